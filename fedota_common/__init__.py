@@ -1,0 +1,6 @@
+"""Code shared by the coordinator, the selectors and the data holder's client.
+
+Only wire helpers live here (Flower Message <-> chunked payload, FAB checks,
+partial aggregation, logging, gRPC plumbing): nothing that knows about one
+service's state.
+"""

@@ -1,0 +1,62 @@
+"""gRPC plumbing shared by every service: channel options, health, errors."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fedota_common.payload import MAX_FRAME
+
+# Large payloads travel in chunks, so frames stay small; keepalives notice a
+# vanished peer (a killed client, a cut cable) within seconds.
+OPTIONS = [
+    ("grpc.max_send_message_length", MAX_FRAME),
+    ("grpc.max_receive_message_length", MAX_FRAME),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+]
+
+# Deadlines for calls that are not long-lived streams.
+UNARY_DEADLINE = 30.0
+# Transfers scale with payload size; this bounds a 1 GB transfer on a slow link.
+TRANSFER_DEADLINE = 3600.0
+
+
+def make_server(max_workers: int) -> grpc.Server:
+    """A threaded gRPC server with our options."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=OPTIONS,
+        maximum_concurrent_rpcs=max_workers,
+    )
+
+
+def add_health(server: grpc.Server, *services: str) -> health.HealthServicer:
+    """Register grpc.health.v1 and mark the server and `services` SERVING."""
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ("", *services):
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
+def channel(target: str) -> grpc.Channel:
+    """An insecure channel with our options (TLS comes with the security issue)."""
+    return grpc.insecure_channel(target, options=OPTIONS)
+
+
+def check_health(target: str, timeout: float = 2.0) -> bool:
+    """True when the server at `target` reports SERVING."""
+    with channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        try:
+            res = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return bool(res.status == health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,147 @@
+"""Flower Message <-> (header, content bytes) and bounded chunking.
+
+A Flower Message crosses every hop as a `PayloadHeader` (Flower's own serialised
+Metadata and Error) and the serialised RecordDict cut into chunks of at most
+`CHUNK_SIZE` bytes. Nothing here depends on gRPC message size limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from flwr.app import Message, RecordDict
+from flwr.app.message import make_message
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.common.serde_utils import (
+    error_from_proto,
+    error_to_proto,
+    metadata_from_proto,
+    metadata_to_proto,
+)
+from flwr.proto.error_pb2 import Error as ProtoError
+from flwr.proto.message_pb2 import Metadata as ProtoMetadata
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+
+from protos.payload.v1 import payload_pb2
+
+CHUNK_SIZE = 1 << 20
+# gRPC frames carry one chunk plus a small header; keep the channel limit just
+# above that so an oversized frame is refused rather than buffered.
+MAX_FRAME = CHUNK_SIZE + (64 << 10)
+# A content larger than this is refused before any byte is buffered.
+MAX_CONTENT_SIZE = 4 << 30
+
+
+class PayloadError(ValueError):
+    """A payload was malformed, truncated, too large or failed its checksum."""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A Flower Message split into its wire parts."""
+
+    header: payload_pb2.PayloadHeader
+    content: bytes
+
+    @property
+    def metadata(self) -> ProtoMetadata:
+        """Return the Flower Metadata proto carried in the header."""
+        return ProtoMetadata.FromString(self.header.metadata)
+
+
+def encode_content(content: RecordDict) -> bytes:
+    """Serialise a RecordDict with Flower's serde."""
+    return recorddict_to_proto(content).SerializeToString()
+
+
+def message_to_payload(message: Message, content: bytes | None = None) -> Payload:
+    """Split a Flower Message into header and content bytes.
+
+    `content` may be passed when the caller already serialised the same
+    RecordDict (e.g. one model sent to many nodes).
+    """
+    if content is None:
+        content = encode_content(message.content) if message.has_content() else b""
+    header = payload_pb2.PayloadHeader(
+        metadata=metadata_to_proto(message.metadata).SerializeToString(),
+        error=(error_to_proto(message.error).SerializeToString() if message.has_error() else b""),
+        content_size=len(content),
+        content_sha256=hashlib.sha256(content).hexdigest() if content else "",
+    )
+    return Payload(header=header, content=content)
+
+
+def payload_to_message(
+    header: payload_pb2.PayloadHeader,
+    content: bytes,
+    *,
+    metadata: ProtoMetadata | None = None,
+) -> Message:
+    """Rebuild a Flower Message; `metadata` overrides the header's metadata."""
+    md_proto = metadata if metadata is not None else ProtoMetadata.FromString(header.metadata)
+    md = metadata_from_proto(md_proto)
+    if header.error:
+        return make_message(metadata=md, error=error_from_proto(ProtoError.FromString(header.error)))
+    return make_message(metadata=md, content=decode_content(content))
+
+
+def decode_content(content: bytes) -> RecordDict:
+    """Parse a serialised RecordDict."""
+    try:
+        proto = ProtoRecordDict.FromString(content)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise PayloadError(f"content is not a valid Flower RecordDict: {exc}") from exc
+    return recorddict_from_proto(proto)
+
+
+def iter_chunks(data: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield views of `data` of at most `chunk_size` bytes (no copy of the whole)."""
+    view = memoryview(data)
+    for start in range(0, len(view), chunk_size):
+        yield bytes(view[start : start + chunk_size])
+
+
+class Assembler:
+    """Collect chunks of a content of announced size, checking bounds and hash."""
+
+    def __init__(self, size: int, sha256: str, *, limit: int = MAX_CONTENT_SIZE) -> None:
+        if size < 0 or size > limit:
+            raise PayloadError(f"content of {size} bytes exceeds the limit of {limit} bytes")
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        self._sha = hashlib.sha256()
+        self._expected_sha = sha256
+
+    def add(self, data: bytes) -> None:
+        """Append one chunk."""
+        if len(data) > CHUNK_SIZE:
+            raise PayloadError(f"chunk of {len(data)} bytes exceeds {CHUNK_SIZE} bytes")
+        end = self._pos + len(data)
+        if end > len(self._buf):
+            raise PayloadError(f"received more than the announced {len(self._buf)} bytes of content")
+        self._view[self._pos : end] = data
+        self._sha.update(data)
+        self._pos = end
+
+    def finish(self) -> bytes:
+        """Return the content once complete and verified."""
+        if self._pos != len(self._buf):
+            raise PayloadError(f"content truncated: got {self._pos} of {len(self._buf)} bytes")
+        if self._expected_sha and self._sha.hexdigest() != self._expected_sha:
+            raise PayloadError("content checksum mismatch")
+        self._view.release()
+        data = bytes(self._buf)
+        # Drop the buffer at once so a large content is held twice only briefly.
+        self._buf = bytearray()
+        return data
+
+
+def assemble(header_size: int, sha256: str, chunks: Iterable[bytes]) -> bytes:
+    """Assemble an iterable of chunks into content."""
+    asm = Assembler(header_size, sha256)
+    for data in chunks:
+        asm.add(data)
+    return asm.finish()
