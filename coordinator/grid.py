@@ -1,0 +1,292 @@
+"""Flower's `Grid` over the selector tier.
+
+The ServerApp (either Flower style) talks to this Grid exactly as it would to a
+SuperLink. Messages are stamped with fresh ids, grouped per selector and pushed
+as one batch; the content shared by several messages (the global model) is
+serialised once and pulled once by each selector. `send_and_receive` adds
+over-selection, the round deadline and the minimum-results rule, and maps
+partial aggregates and substitutes back onto the messages the strategy sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, cast
+from uuid import uuid4
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.app.error import Error
+from flwr.common.constant import ErrorCode
+from flwr.common.serde_utils import metadata_to_proto
+from flwr.proto.message_pb2 import Metadata as ProtoMetadata
+from flwr.serverapp.grid import Grid
+from flwr.supercore.run import Run
+
+from coordinator.hub import Batch, Hub, Instr, Result
+from coordinator.rounds import round_of
+from fedota_common.payload import encode_content, payload_to_message
+from protos.coordinator.v1 import coordinator_pb2 as cpb
+
+log = logging.getLogger(__name__)
+
+WEIGHTED_MEAN_STRATEGIES = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"})
+AGGREGATABLE_TYPES = frozenset({MessageType.TRAIN, MessageType.EVALUATE})
+
+
+class RoundObserver(Protocol):
+    """Receives what crosses the Grid, to report rounds and checkpoint models."""
+
+    def on_push(self, message_type: str, group_id: str, messages: list[Message]) -> None: ...
+
+    def on_close(self, message_type: str, group_id: str, replies: list[Message], participants: list[int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class GridPolicy:
+    round_timeout: float
+    overselect: float
+    min_result_fraction: float
+    aggregation: str  # "weighted-mean" | "individual"
+    weight_key: str
+    flush_grace: float = 30.0
+
+
+class SelectorTierGrid(Grid):
+    """A Flower Grid whose nodes are the clients checked in at our selectors."""
+
+    def __init__(self, hub: Hub, policy: GridPolicy, observer: RoundObserver) -> None:
+        self.hub = hub
+        self.policy = policy
+        self.observer = observer
+        self._run: Run | None = None
+        self._rng = random.Random()
+
+    # ---- Grid API ----------------------------------------------------------------
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        if self._run is None:
+            raise RuntimeError("set_run() was not called")
+        return Run(**vars(self._run))
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.hub.node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        batch = self._push(list(messages), extras=[])
+        return list(batch.instrs)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [payload_to_message(res.header, res.content) for _, res in self.hub.take_results(message_ids)]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        originals = list(messages)
+        if not originals:
+            return []
+        extras = self._overselect(originals)
+        batch = self._push(originals, extras)
+        limit = self.policy.round_timeout if timeout is None else min(timeout, self.policy.round_timeout)
+        deadline = time.monotonic() + limit
+        self.hub.wait(batch, deadline, close_at_target=bool(extras))
+        if batch.owing:
+            self.hub.flush(batch, self.policy.flush_grace)
+        if time.monotonic() >= deadline:
+            reason = f"no reply within the round deadline of {limit:g} s"
+        else:
+            reason = "not needed: the round had enough results"
+        self.hub.close(batch, reason)
+        replies, participants = self._collect(batch, originals)
+        self.hub.forget(batch)
+        self.observer.on_close(batch.message_type, batch.group_id, replies, participants)
+        return replies
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _overselect(self, originals: list[Message]) -> list[Message]:
+        """Ask extra clients (as Bonawitz et al.) so stragglers do not stall a round."""
+        first = originals[0]
+        if (
+            self.policy.overselect <= 1.0
+            or first.metadata.message_type != MessageType.TRAIN
+            or any(m.content is not first.content for m in originals if m.has_content())
+        ):
+            return []
+        targeted = {m.metadata.dst_node_id for m in originals}
+        spare = [n for n in self.hub.node_ids() if n not in targeted]
+        wanted = math.ceil(len(originals) * (self.policy.overselect - 1.0))
+        chosen = self._rng.sample(spare, min(wanted, len(spare)))
+        return [
+            Message(
+                first.content,
+                node_id,
+                first.metadata.message_type,
+                ttl=first.metadata.ttl,
+                group_id=first.metadata.group_id,
+            )
+            for node_id in chosen
+        ]
+
+    def _aggregation(self, message_type: str) -> int:
+        if self.policy.aggregation == "weighted-mean" and message_type in AGGREGATABLE_TYPES:
+            return cpb.AGGREGATION_WEIGHTED_MEAN
+        return cpb.AGGREGATION_INDIVIDUAL
+
+    def _push(self, originals: list[Message], extras: list[Message]) -> Batch:
+        batch_id = self.hub.new_batch_id()
+        first = originals[0] if originals else extras[0]
+        message_type = first.metadata.message_type
+        group_id = round_of(first)
+        aggregation = self._aggregation(message_type)
+        contents: dict[str, bytes] = {}
+        by_object: dict[int, tuple[str, str, int]] = {}
+        per_selector: dict[str, cpb.Instructions] = {}
+        instrs: dict[str, Instr] = {}
+        all_msgs = [(m, True) for m in originals] + [(m, False) for m in extras]
+        self.observer.on_push(message_type, group_id, originals)
+        for msg, original in all_msgs:
+            if msg.metadata.message_type != message_type:
+                raise ValueError("all messages pushed together must have the same message type")
+            # Stamp a fresh id, as a SuperLink does (see Flower's InMemoryGrid).
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            mid = msg.metadata.message_id
+            node_id = msg.metadata.dst_node_id
+            key = id(msg.content) if msg.has_content() else 0
+            if key not in by_object:
+                data = encode_content(msg.content) if msg.has_content() else b""
+                cid = f"{batch_id}/{len(by_object)}"
+                contents[cid] = data
+                by_object[key] = (cid, hashlib.sha256(data).hexdigest(), len(data))
+            cid, sha, size = by_object[key]
+            selector_id = self.hub.selector_of(node_id) or ""
+            instrs[mid] = Instr(mid, node_id, selector_id, original)
+            if not selector_id:
+                instrs[mid].state, instrs[mid].detail = "failed", "node is not connected"
+                continue
+            group = per_selector.setdefault(
+                selector_id,
+                cpb.Instructions(
+                    batch_id=batch_id,
+                    aggregation=cast(cpb.Aggregation, aggregation),
+                    weight_key=self.policy.weight_key,
+                    deadline_seconds=self.policy.round_timeout,
+                ),
+            )
+            group.items.append(
+                cpb.Instruction(
+                    message_id=mid,
+                    node_id=node_id,
+                    metadata=metadata_to_proto(msg.metadata).SerializeToString(),
+                    content_id=cid,
+                    content_size=size,
+                    content_sha256=sha,
+                )
+            )
+        batch = Batch(
+            batch_id=batch_id,
+            message_type=message_type,
+            group_id=group_id,
+            aggregation=aggregation,
+            target=len(originals),
+            instrs=instrs,
+            contents=contents,
+        )
+        self.hub.open_batch(batch, per_selector)
+        log.info(
+            "instructions pushed",
+            extra={
+                "batch": batch_id,
+                "type": message_type,
+                "round": group_id,
+                "nodes": len(originals),
+                "extra_nodes": len(extras),
+                "selectors": len(per_selector),
+                "aggregation": "weighted-mean" if aggregation == cpb.AGGREGATION_WEIGHTED_MEAN else "individual",
+            },
+        )
+        return batch
+
+    def _collect(self, batch: Batch, originals: list[Message]) -> tuple[list[Message], list[int]]:
+        """Turn a closed batch's results into replies to the messages the strategy sent.
+
+        Each returned reply answers a distinct original message: a substitute (an
+        over-selected client) takes the slot of an original that did not answer,
+        so both Flower styles see replies from the nodes they sampled.
+        """
+        by_id = {m.metadata.message_id: m for m in originals}
+        free = [m.metadata.message_id for m in originals]
+        used: set[str] = set()
+        ok_results = [r for r in batch.results if not r.header.error]
+        err_results = [r for r in batch.results if r.header.error]
+        participants = sorted({n for r in ok_results for n in r.node_ids})
+        covered = sum(len(r.message_ids) for r in ok_results)
+        needed = math.ceil(self.policy.min_result_fraction * batch.target)
+        if covered < needed:
+            log.warning(
+                "round abandoned: too few results",
+                extra={"round": batch.group_id, "results": covered, "needed": needed},
+            )
+            ok_results, participants = [], []
+
+        def take_slot(preferred: list[str]) -> str | None:
+            for mid in preferred:
+                if mid in by_id and mid not in used:
+                    used.add(mid)
+                    return mid
+            for mid in free:
+                if mid not in used:
+                    used.add(mid)
+                    return mid
+            return None
+
+        replies: list[Message] = []
+        for res in ok_results + err_results:
+            slot = take_slot(res.message_ids)
+            if slot is None:
+                break  # target met; later results (extras) are surplus
+            for mid in res.message_ids[1:]:
+                if mid in by_id:
+                    used.add(mid)
+            replies.append(self._as_reply(res, by_id[slot]))
+        for mid in free:
+            if mid not in used:
+                instr = batch.instrs[mid]
+                reason = instr.detail or "no reply before the round deadline"
+                replies.append(Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=by_id[mid]))
+        return replies, participants
+
+    @staticmethod
+    def _as_reply(res: Result, slot: Message) -> Message:
+        md = ProtoMetadata.FromString(res.header.metadata)
+        md.src_node_id = slot.metadata.dst_node_id
+        md.reply_to_message_id = slot.metadata.message_id
+        md.run_id = slot.metadata.run_id
+        msg = payload_to_message(res.header, res.content, metadata=md)
+        res.content = b""
+        return msg
+
+
+def choose_aggregation(setting: str, run_config: dict[str, object]) -> str:
+    """Resolve the `aggregation` setting ("auto" looks at the run config's strategy)."""
+    if setting in ("weighted-mean", "individual"):
+        return setting
+    strategy = str(run_config.get("strategy", "")).lower()
+    return "weighted-mean" if strategy in WEIGHTED_MEAN_STRATEGIES else "individual"

@@ -1,0 +1,309 @@
+"""The coordinator's state: the node pool, instruction batches and their results.
+
+Everything the gRPC servicer (selectors) and the Grid (the ServerApp) share goes
+through one `Hub` guarded by one condition variable. Protobuf types stop here:
+the servicer hands in decoded headers and bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from protos.coordinator.v1 import coordinator_pb2 as cpb
+from protos.payload.v1 import payload_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectorLink:
+    """One attached selector and the queue of messages pushed to it."""
+
+    selector_id: str
+    outbox: queue.Queue[cpb.CoordinatorMessage | None] = field(default_factory=queue.Queue)
+    attached_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Node:
+    node_id: int
+    selector_id: str
+    display_name: str
+
+
+@dataclass
+class Result:
+    """A result as received: one client's reply or a selector's partial aggregate."""
+
+    selector_id: str
+    header: payload_pb2.PayloadHeader
+    content: bytes
+    message_ids: list[str]
+    node_ids: list[int]
+    weight: float
+    aggregate: bool
+
+
+@dataclass
+class Instr:
+    message_id: str
+    node_id: int
+    selector_id: str
+    original: bool
+    state: str = "pending"  # pending | ok | failed
+    detail: str = ""
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    message_type: str
+    group_id: str
+    aggregation: int
+    target: int
+    instrs: dict[str, Instr]
+    contents: dict[str, bytes]
+    results: list[Result] = field(default_factory=list)
+    # Selectors that still owe a partial aggregate (or an empty one) for this batch.
+    owing: set[str] = field(default_factory=set)
+    flushed: bool = False
+    closed: bool = False
+    taken: set[str] = field(default_factory=set)
+
+    def count(self, state: str) -> int:
+        return sum(1 for i in self.instrs.values() if i.state == state)
+
+
+class Hub:
+    """Thread-safe coordinator state."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.selectors: dict[str, SelectorLink] = {}
+        self.nodes: dict[int, Node] = {}
+        self.batches: dict[str, Batch] = {}
+        self._msg_batch: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self.finished = False
+
+    # ---- selectors and pool -------------------------------------------------
+
+    def attach(self, selector_id: str, nodes: Iterable[tuple[int, str]]) -> SelectorLink:
+        """Register a selector (replacing an earlier link with the same id)."""
+        with self.cond:
+            old = self.selectors.get(selector_id)
+            if old is not None:
+                old.outbox.put(None)
+                self._drop_selector_nodes(selector_id, "selector reconnected")
+            link = SelectorLink(selector_id)
+            self.selectors[selector_id] = link
+            for node_id, name in nodes:
+                self.nodes[node_id] = Node(node_id, selector_id, name)
+            self.cond.notify_all()
+            return link
+
+    def detach(self, link: SelectorLink) -> None:
+        """Forget a selector whose stream ended, failing its nodes' pending work."""
+        with self.cond:
+            if self.selectors.get(link.selector_id) is link:
+                del self.selectors[link.selector_id]
+                self._drop_selector_nodes(link.selector_id, "selector disconnected")
+                for batch in self.batches.values():
+                    batch.owing.discard(link.selector_id)
+            self.cond.notify_all()
+
+    def _drop_selector_nodes(self, selector_id: str, reason: str) -> None:
+        for node_id in [n.node_id for n in self.nodes.values() if n.selector_id == selector_id]:
+            self._node_left(node_id, reason)
+
+    def node_joined(self, selector_id: str, node_id: int, name: str) -> None:
+        with self.cond:
+            self.nodes[node_id] = Node(node_id, selector_id, name)
+            log.info("node joined", extra={"node_id": node_id, "selector": selector_id, "site": name})
+            self.cond.notify_all()
+
+    def node_left(self, node_id: int, reason: str) -> None:
+        with self.cond:
+            self._node_left(node_id, reason)
+            self.cond.notify_all()
+
+    def _node_left(self, node_id: int, reason: str) -> None:
+        if self.nodes.pop(node_id, None) is None:
+            return
+        log.info("node left", extra={"node_id": node_id, "reason": reason})
+        for batch in self.batches.values():
+            if batch.closed:
+                continue
+            for instr in batch.instrs.values():
+                if instr.node_id == node_id and instr.state == "pending":
+                    instr.state, instr.detail = "failed", f"node left: {reason}"
+
+    def wait_for_nodes(self, count: int, timeout: float) -> bool:
+        """Block until `count` nodes are checked in; False on timeout."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while len(self.nodes) < count:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.cond.wait(timeout=min(remaining, 1.0))
+            return True
+
+    def node_ids(self) -> list[int]:
+        with self.cond:
+            return list(self.nodes)
+
+    def selector_of(self, node_id: int) -> str | None:
+        with self.cond:
+            node = self.nodes.get(node_id)
+            return node.selector_id if node else None
+
+    # ---- batches --------------------------------------------------------------
+
+    def new_batch_id(self) -> str:
+        return f"b{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+
+    def open_batch(self, batch: Batch, per_selector: dict[str, cpb.Instructions]) -> None:
+        """Record a batch and push its instructions to the selectors."""
+        with self.cond:
+            self.batches[batch.batch_id] = batch
+            for mid in batch.instrs:
+                self._msg_batch[mid] = batch.batch_id
+            for selector_id, instructions in per_selector.items():
+                link = self.selectors.get(selector_id)
+                if link is None:
+                    for item in instructions.items:
+                        instr = batch.instrs[item.message_id]
+                        instr.state, instr.detail = "failed", "selector not attached"
+                    continue
+                if instructions.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN:
+                    batch.owing.add(selector_id)
+                link.outbox.put(cpb.CoordinatorMessage(instructions=instructions))
+            self.cond.notify_all()
+
+    def content(self, content_id: str) -> bytes | None:
+        with self.cond:
+            batch_id = content_id.split("/", 1)[0]
+            batch = self.batches.get(batch_id)
+            return None if batch is None else batch.contents.get(content_id)
+
+    def progress(self, batch_id: str, message_id: str, ok: bool, detail: str) -> None:
+        with self.cond:
+            batch = self.batches.get(batch_id)
+            instr = batch.instrs.get(message_id) if batch else None
+            if instr is None or batch is None or batch.closed or instr.state != "pending":
+                return
+            instr.state, instr.detail = ("ok" if ok else "failed"), detail
+            self.cond.notify_all()
+
+    def add_result(self, result: Result, batch_id: str) -> str:
+        """Store a result; returns "" if accepted, else why it was refused."""
+        with self.cond:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return f"unknown batch {batch_id}"
+            if result.aggregate:
+                batch.owing.discard(result.selector_id)
+            if batch.closed:
+                return "the round is closed; result dropped"
+            known = [m for m in result.message_ids if m in batch.instrs]
+            if len(known) != len(result.message_ids):
+                return "result answers instructions this batch did not send"
+            if result.message_ids:
+                for mid in known:
+                    instr = batch.instrs[mid]
+                    if instr.state == "failed" and not result.aggregate:
+                        return "instruction already failed"
+                    instr.state = "ok" if not result.header.error else "failed"
+                batch.results.append(result)
+            self.cond.notify_all()
+            return ""
+
+    def wait(self, batch: Batch, deadline: float, *, close_at_target: bool) -> None:
+        """Block until every instruction is resolved, the target is met, or the deadline."""
+        with self.cond:
+            while True:
+                pending = batch.count("pending")
+                ok = batch.count("ok")
+                if pending == 0 or (close_at_target and ok >= batch.target):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning(
+                        "round deadline reached",
+                        extra={"batch": batch.batch_id, "pending": pending, "ok": ok},
+                    )
+                    break
+                self.cond.wait(timeout=min(remaining, 1.0))
+
+    def flush(self, batch: Batch, grace: float) -> None:
+        """Ask selectors that owe a partial aggregate to send it now, and wait for it."""
+        with self.cond:
+            batch.flushed = True
+            for selector_id in list(batch.owing):
+                link = self.selectors.get(selector_id)
+                if link is None:
+                    batch.owing.discard(selector_id)
+                    continue
+                still_open = any(i.selector_id == selector_id and i.state == "pending" for i in batch.instrs.values())
+                # A selector whose clients all answered sends its aggregate by itself.
+                if still_open:
+                    link.outbox.put(cpb.CoordinatorMessage(flush=cpb.Flush(batch_id=batch.batch_id)))
+            end = time.monotonic() + grace
+            while batch.owing and time.monotonic() < end:
+                self.cond.wait(timeout=0.5)
+            if batch.owing:
+                log.warning(
+                    "selectors did not deliver partial aggregates",
+                    extra={"batch": batch.batch_id, "selectors": ",".join(sorted(batch.owing))},
+                )
+
+    def close(self, batch: Batch, reason: str) -> None:
+        """Stop accepting results for a batch and tell selectors to drop its leftovers."""
+        with self.cond:
+            batch.closed = True
+            leftovers: dict[str, list[str]] = {}
+            for instr in batch.instrs.values():
+                if instr.state == "pending":
+                    instr.state, instr.detail = "failed", reason
+                    leftovers.setdefault(instr.selector_id, []).append(instr.message_id)
+            for selector_id, mids in leftovers.items():
+                link = self.selectors.get(selector_id)
+                if link is not None:
+                    link.outbox.put(cpb.CoordinatorMessage(cancel=cpb.Cancel(message_ids=mids, reason="round closed")))
+            batch.contents.clear()
+
+    def take_results(self, message_ids: Iterable[str]) -> list[tuple[Batch, Result]]:
+        """Hand out (once) the results answering any of `message_ids` (pull_messages)."""
+        wanted = set(message_ids)
+        out: list[tuple[Batch, Result]] = []
+        with self.cond:
+            for bid in {self._msg_batch[m] for m in wanted if m in self._msg_batch}:
+                batch = self.batches[bid]
+                for res in batch.results:
+                    key = res.message_ids[0]
+                    if key in wanted and key not in batch.taken:
+                        batch.taken.add(key)
+                        out.append((batch, res))
+        return out
+
+    def forget(self, batch: Batch) -> None:
+        with self.cond:
+            self.batches.pop(batch.batch_id, None)
+            for mid in batch.instrs:
+                self._msg_batch.pop(mid, None)
+
+    def finish(self, reason: str) -> None:
+        """Tell every selector the run is over."""
+        with self.cond:
+            self.finished = True
+            for link in self.selectors.values():
+                link.outbox.put(cpb.CoordinatorMessage(finished=cpb.RunFinished(reason=reason)))
+            self.cond.notify_all()

@@ -1,0 +1,263 @@
+"""Run a whole federation on this machine: one coordinator, N selectors, one client per data folder.
+
+    python -m coordinator.local --app apps/tabular --data-dir demo/breast_cancer/clients --selectors 2 --rounds 5
+
+Every service is a separate process talking gRPC over loopback, exactly as they
+would across hosts. Round lines go to the terminal; each process's log goes to
+`<out>/logs/`. Exits with the coordinator's exit code (non-zero if any client
+failed its data check or crashed before the run finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m coordinator.local", description=__doc__.split("\n\n")[0])
+    p.add_argument("--app", required=True, help="Flower app folder or .fab file")
+    p.add_argument("--data-dir", required=True, type=Path, help="folder with one sub-folder per data holder")
+    p.add_argument("--selectors", type=int, default=2, help="number of selectors (default 2)")
+    p.add_argument("--rounds", type=int, default=None, help="sets the run config's num-server-rounds")
+    p.add_argument("--strategy", default=None, help="sets the run config's strategy (built-in apps)")
+    p.add_argument("--run-config", default="", help="more overrides: JSON or 'key=value key2=value2'")
+    p.add_argument(
+        "--contract",
+        type=Path,
+        default=None,
+        help="data contract JSON (default: contract.json beside or in --data-dir)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<time>)")
+    p.add_argument("--round-timeout", type=float, default=120.0)
+    p.add_argument("--aggregation", default="auto", choices=["auto", "weighted-mean", "individual"])
+    p.add_argument("--overselect", type=float, default=1.3)
+    p.add_argument("--clients", type=int, default=0, help="only start the first N data folders (0 = all)")
+    return p.parse_args(argv)
+
+
+class Fleet:
+    """The child processes of one local federation."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.logs = out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+        self.env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+    def start(
+        self, name: str, module: str, args: list[str], *, stdout_to_terminal: bool = False
+    ) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        cmd = [sys.executable, "-m", module, *args]
+        (self.logs / f"{name}.cmd").write_text(shlex.join(cmd) + "\n")
+        proc = subprocess.Popen(
+            cmd,
+            stdout=None if stdout_to_terminal else log,
+            stderr=log,
+            env=self.env,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        # Lets an operator (or a failure test) find and signal one participant.
+        (self.out / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+        return proc
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _plain_errors(log: Path) -> str:
+    """The human-readable `error:` lines a service printed before it exited."""
+    if not log.exists():
+        return ""
+    lines = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith(("error:", "invalid settings", "  "))
+    ]
+    return "\n".join(lines[-10:])
+
+
+def _wait_file(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> dict[str, object]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists():
+            try:
+                return dict(json.loads(path.read_text()))
+            except json.JSONDecodeError:
+                pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} was not ready within {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    data_dir = args.data_dir.resolve()
+    if not data_dir.is_dir():
+        print(f"error: --data-dir {data_dir} is not a folder", file=sys.stderr)
+        return 2
+    holders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if args.clients:
+        holders = holders[: args.clients]
+    if not holders:
+        print(f"error: {data_dir} has no sub-folders; expected one folder per data holder", file=sys.stderr)
+        return 2
+    if args.selectors < 1:
+        print("error: --selectors must be at least 1", file=sys.stderr)
+        return 2
+    contract = args.contract
+    if contract is None:
+        for candidate in (data_dir / "contract.json", data_dir.parent / "contract.json"):
+            if candidate.is_file():
+                contract = candidate
+                break
+    overrides: dict[str, object] = {}
+    if args.run_config:
+        from fedota_common.settings import run_config
+
+        overrides.update(run_config(args.run_config))
+    if args.rounds is not None:
+        overrides["num-server-rounds"] = args.rounds
+    if args.strategy:
+        overrides["strategy"] = args.strategy
+    out = (args.out or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(out)
+    print(
+        f"federation: app {args.app}, {len(holders)} data holders, {args.selectors} selectors; logs in {fleet.logs}",
+        flush=True,
+    )
+    code = 1
+    try:
+        coord = fleet.start(
+            "coordinator",
+            "coordinator",
+            [
+                "--app",
+                str(Path(args.app).resolve()),
+                "--state-dir",
+                str(out / "coordinator"),
+                "--listen",
+                "127.0.0.1:0",
+                "--run-config",
+                json.dumps(overrides),
+                "--round-timeout",
+                str(args.round_timeout),
+                "--aggregation",
+                args.aggregation,
+                "--overselect",
+                str(args.overselect),
+                "--wait-for-nodes",
+                str(len(holders)),
+                "--wait-timeout",
+                "120",
+            ],
+            stdout_to_terminal=True,
+        )
+        info = _wait_file(out / "coordinator" / "coordinator.json", coord, "the coordinator")
+        selector_addrs = []
+        for i in range(args.selectors):
+            state = out / "selectors" / f"selector-{i + 1}.json"
+            proc = fleet.start(
+                f"selector-{i + 1}",
+                "selector",
+                [
+                    "--coordinator",
+                    str(info["address"]),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--selector-id",
+                    f"selector-{i + 1}",
+                    "--state-file",
+                    str(state),
+                ],
+            )
+            selector_addrs.append(str(_wait_file(state, proc, f"selector-{i + 1}")["address"]))
+        clients = []
+        for i, folder in enumerate(holders):
+            cargs = [
+                "--selector",
+                selector_addrs[i % len(selector_addrs)],
+                "--data-path",
+                str(folder),
+                "--partition-id",
+                str(i),
+                "--num-partitions",
+                str(len(holders)),
+                "--cache-dir",
+                str(out / "clients" / folder.name),
+                "--name",
+                folder.name,
+                "--fab-sha256",
+                str(info["fab_sha256"]),
+            ]
+            if contract is not None:
+                cargs += ["--contract", str(contract)]
+            clients.append((folder.name, fleet.start(f"client-{folder.name}", "client_image", cargs)))
+        # Wait for the coordinator; stop early if every client has given up.
+        while coord.poll() is None:
+            # Clients exit 0 when told the run is over; only failures mean trouble.
+            if all(p.poll() not in (None, 0) for _, p in clients):
+                failed = [f"{n} (exit {p.returncode})" for n, p in clients if p.returncode]
+                print(
+                    "error: every client has stopped before the run finished"
+                    + (f"; failed: {', '.join(failed)}" if failed else "")
+                    + f". See {fleet.logs}",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.2)
+        code = coord.returncode
+        end = time.monotonic() + 15
+        for _name, proc in clients:
+            try:
+                proc.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        bad = [f"{n} (exit {p.returncode})" for n, p in clients if p.returncode not in (0, None)]
+        if bad:
+            print(f"warning: clients that failed: {', '.join(bad)}; see {fleet.logs}", file=sys.stderr)
+        print(f"run folder: {out}", flush=True)
+        return code
+    except KeyboardInterrupt:
+        print("interrupted; stopping every process", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"error: {exc}. See {fleet.logs}", file=sys.stderr)
+        for name in fleet.procs:
+            detail = _plain_errors(fleet.logs / f"{name}.log")
+            if detail:
+                print(f"{name}:\n{detail}", file=sys.stderr)
+        return 1
+    finally:
+        fleet.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

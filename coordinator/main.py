@@ -1,0 +1,207 @@
+"""Coordinator entry point (`fedota-coordinator`, `python -m coordinator`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
+from coordinator.hub import Hub
+from coordinator.rounds import RoundTracker
+from coordinator.servicer import CoordinatorServicer
+from fedota_common import logs
+from fedota_common.fab import FabError, extract, load_app
+from fedota_common.grpcutil import add_health, make_server
+from fedota_common.settings import (
+    Key,
+    SettingsError,
+    fraction,
+    load,
+    non_negative_int,
+    positive_float,
+    run_config,
+)
+from protos.coordinator.v1 import coordinator_pb2_grpc
+
+log = logging.getLogger("coordinator")
+
+KEYS = [
+    Key("app", str, required=True, help="Flower app folder or .fab file"),
+    Key("state-dir", Path, Path("coordinator-state"), "folder for checkpoints, final model and the app"),
+    Key("listen", str, "0.0.0.0:9091", "address:port the selectors dial (port 0 picks one)"),
+    Key("run-config", run_config, {}, "run config overrides: JSON object or 'key=value key2=value2'"),
+    Key("run-id", int, 1, "run id passed to the ServerApp's Context"),
+    Key("round-timeout", positive_float, 600.0, "seconds a round waits for replies at most"),
+    Key("overselect", positive_float, 1.3, "ask this many times the sampled clients when spare clients exist"),
+    Key(
+        "min-result-fraction",
+        fraction,
+        0.0,
+        "a round with fewer results than this share of the sampled clients is abandoned",
+    ),
+    Key("aggregation", str, "auto", "auto | weighted-mean | individual (partial aggregation at selectors)"),
+    Key("weight-key", str, "num-examples", "metric a reply is weighted by"),
+    Key("keep-checkpoints", non_negative_int, 5, "model checkpoints kept (0 = all)"),
+    Key("selector-token", str, "", "shared token selectors must present (empty: none)"),
+    Key("wait-for-nodes", non_negative_int, 0, "start the ServerApp once this many clients have checked in"),
+    Key("wait-timeout", positive_float, 600.0, "seconds to wait for --wait-for-nodes before starting anyway"),
+    Key("max-workers", int, 64, "gRPC worker threads"),
+    Key("log-level", str, "INFO", "log level"),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    app: str
+    state_dir: Path
+    listen: str
+    run_config: dict[str, Any]
+    run_id: int
+    round_timeout: float
+    overselect: float
+    min_result_fraction: float
+    aggregation: str
+    weight_key: str
+    keep_checkpoints: int
+    selector_token: str
+    wait_for_nodes: int
+    wait_timeout: float
+    max_workers: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
+        values = load("fedota-coordinator", "Run a problem's Flower ServerApp over the selectors.", KEYS, argv, environ)
+        if values["aggregation"] not in ("auto", "weighted-mean", "individual"):
+            raise SettingsError(
+                f"invalid settings:\n  FEDOTA_AGGREGATION={values['aggregation']!r} must be auto, weighted-mean or individual"
+            )
+        return cls(**values)
+
+
+def _flower_env() -> None:
+    # Flower must not phone home from a hospital's network.
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+def run(settings: Settings) -> int:
+    """Serve the selectors and run the ServerApp to completion; returns the exit code."""
+    _flower_env()
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.serverapp.server_app import LoadServerAppError, ServerApp
+    from flwr.supercore.object_ref import load_app as load_object
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+
+    state_dir = settings.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        app = load_app(settings.app)
+        config = app.fused_config(settings.run_config)
+    except FabError as exc:
+        log.error("cannot load the app", extra={"error": str(exc)})
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app_dir = extract(app, state_dir / "apps")
+    aggregation = choose_aggregation(settings.aggregation, config)
+
+    hub = Hub()
+    server = make_server(settings.max_workers)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorServicer(hub, app, settings.run_id, json.dumps(settings.run_config), settings.selector_token),
+        server,
+    )
+    add_health(server, "protos.coordinator.v1.Coordinator")
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        print(f"error: cannot listen on {settings.listen}", file=sys.stderr)
+        return 2
+    server.start()
+    host = settings.listen.rsplit(":", 1)[0]
+    address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
+    (state_dir / "coordinator.json").write_text(
+        json.dumps({"address": address, "pid": os.getpid(), "fab_sha256": app.sha256})
+    )
+    log.info(
+        "coordinator listening",
+        extra={"address": address, "app": app.name, "fab_sha256": app.sha256, "aggregation": aggregation},
+    )
+
+    rounds = config.get("num-server-rounds")
+    tracker = RoundTracker(
+        state_dir,
+        weight_key=settings.weight_key,
+        total_rounds=rounds if isinstance(rounds, int) else None,
+        keep_checkpoints=settings.keep_checkpoints,
+        echo=lambda line: print(line, flush=True),
+    )
+    policy = GridPolicy(
+        round_timeout=settings.round_timeout,
+        overselect=settings.overselect,
+        min_result_fraction=settings.min_result_fraction,
+        aggregation=aggregation,
+        weight_key=settings.weight_key,
+    )
+    grid = SelectorTierGrid(hub, policy, tracker)
+    run_info = Run.create_empty(settings.run_id)
+    run_info.fab_hash = app.sha256
+    run_info.override_config = settings.run_config
+    grid.set_run(run_info)
+    # Flower's runtimes set the task identity before any Message is built.
+    TaskIdentity.run_id = settings.run_id
+    TaskIdentity.task_id = 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(
+        run_id=settings.run_id,
+        node_id=SUPERLINK_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=config,
+    )
+    if settings.wait_for_nodes:
+        print(f"waiting for {settings.wait_for_nodes} clients to check in", flush=True)
+        if not hub.wait_for_nodes(settings.wait_for_nodes, settings.wait_timeout):
+            log.warning("starting with fewer clients than asked for", extra={"nodes": len(hub.node_ids())})
+    code = 0
+    cwd = os.getcwd()
+    try:
+        server_app = load_object(app.serverapp, LoadServerAppError, str(app_dir))
+        if not isinstance(server_app, ServerApp):
+            raise LoadServerAppError(f"{app.serverapp} is not a flwr ServerApp")
+        os.chdir(state_dir)
+        server_app(grid=grid, context=context)
+        log.info("ServerApp finished")
+    except Exception as exc:
+        log.exception("ServerApp failed", extra={"error": str(exc)})
+        print(f"error: the ServerApp failed: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        os.chdir(cwd)
+    final = tracker.finish(context.state)
+    if final is not None:
+        print(f"final model: {final} and {final.with_suffix('.pt')}", flush=True)
+    hub.finish("run finished" if code == 0 else "run failed")
+    server.stop(grace=2.0).wait()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = Settings.from_env(os.environ, argv)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    logs.setup("coordinator", settings.log_level)
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

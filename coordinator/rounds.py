@@ -1,0 +1,261 @@
+"""Round reporting and checkpoints.
+
+Sees every batch the Grid pushes and closes. A round is the set of batches with
+one `group_id` (Flower uses the server round). When the next round starts (or
+the run ends) the finished round gets one printed line, a JSON record in
+`rounds.jsonl`, and a checkpoint of the global model it produced:
+`checkpoints/round_NNNN.npz` plus `round_NNNN.json` (round, metrics,
+participants). At the end the final model is written as `final_model.pt`
+(PyTorch state_dict) and `final_model.npz`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+
+from fedota_common.aggregate import LEGACY_WEIGHT_KEY, NotAggregatable, reply_weight
+
+log = logging.getLogger(__name__)
+
+TRAIN_LOSS_KEYS = ("train_loss", "train-loss", "loss")
+EVAL_ACC_KEYS = ("eval_acc", "eval-acc", "eval_accuracy", "accuracy", "acc")
+
+
+@dataclass
+class RoundRecord:
+    round: str
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+    participants: list[int] = field(default_factory=list)
+    failures: int = 0
+    train: dict[str, float] = field(default_factory=dict)
+    evaluate: dict[str, float] = field(default_factory=dict)
+    eval_participants: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "round": int(self.round) if self.round.isdigit() else self.round,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": round(self.finished - self.started, 3),
+            "participants": self.participants,
+            "failures": self.failures,
+            "train_metrics": self.train,
+            "eval_metrics": self.evaluate,
+            "eval_participants": self.eval_participants,
+        }
+
+
+def weighted_metrics(replies: list[Message], weight_key: str) -> dict[str, float]:
+    """Weighted mean of every numeric metric in the replies (both Flower styles)."""
+    sums: dict[str, float] = {}
+    total = 0.0
+    for reply in replies:
+        if not reply.has_content():
+            continue
+        content = reply.content
+        try:
+            w = reply_weight(content, weight_key)
+        except NotAggregatable:
+            w = 1.0
+        values: dict[str, float] = {}
+        for rec in content.metric_records.values():
+            for k, v in rec.items():
+                if k not in (weight_key, LEGACY_WEIGHT_KEY) and isinstance(v, (int, float)):
+                    values[k] = float(v)
+        for name, crec in content.config_records.items():
+            if name.endswith(".metrics"):
+                for k, v in crec.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        values[k] = float(v)
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v * w
+        total += w
+    return {k: v / total for k, v in sums.items()} if total else {}
+
+
+def _first(metrics: dict[str, float], keys: tuple[str, ...]) -> float | None:
+    for k in keys:
+        if k in metrics:
+            return metrics[k]
+    return None
+
+
+def round_of(message: Message) -> str:
+    """The server round a message belongs to.
+
+    The compatibility workflow sets `group_id`; Message-API strategies leave it
+    empty and put `server-round` in the ConfigRecord they send.
+    """
+    if message.metadata.group_id:
+        return message.metadata.group_id
+    if message.has_content():
+        for rec in message.content.config_records.values():
+            value = rec.get("server-round")
+            if isinstance(value, int) and not isinstance(value, bool):
+                return str(value)
+    return ""
+
+
+def _only_arrays(content: RecordDict) -> ArrayRecord | None:
+    records = list(content.array_records.values())
+    return records[0] if len(records) == 1 else None
+
+
+class RoundTracker:
+    """Implements the Grid's RoundObserver: prints, records and checkpoints rounds."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        weight_key: str,
+        total_rounds: int | None,
+        keep_checkpoints: int,
+        echo: Callable[[str], None] = print,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.dir = state_dir
+        self.ckpt_dir = state_dir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.weight_key = weight_key
+        self.total_rounds = total_rounds
+        self.keep = keep_checkpoints
+        self.echo = echo
+        self.on_round = on_round
+        self.current: RoundRecord | None = None
+        self.rounds: list[dict[str, Any]] = []
+        self._model_after: dict[str, ArrayRecord] = {}
+        self.final_arrays: ArrayRecord | None = None
+        self._writes: queue.Queue[tuple[Path, ArrayRecord] | None] = queue.Queue(maxsize=2)
+        self._writer = threading.Thread(target=self._write_loop, name="checkpoint-writer", daemon=True)
+        self._writer.start()
+
+    # ---- RoundObserver -------------------------------------------------------------
+
+    def on_push(self, message_type: str, group_id: str, messages: list[Message]) -> None:
+        if not messages or not messages[0].has_content():
+            return
+        arrays = _only_arrays(messages[0].content)
+        if message_type == MessageType.TRAIN:
+            if self.current is not None and self.current.round != group_id:
+                if arrays is not None and group_id.isdigit():
+                    # The model sent for round r+1 is the aggregate of round r.
+                    self._model_after.setdefault(str(int(group_id) - 1), arrays)
+                self._finish_round()
+            if self.current is None:
+                self.current = RoundRecord(group_id)
+        elif message_type == MessageType.EVALUATE and arrays is not None:
+            self._model_after[group_id] = arrays
+            if self.current is None:
+                self.current = RoundRecord(group_id)
+
+    def on_close(self, message_type: str, group_id: str, replies: list[Message], participants: list[int]) -> None:
+        rec = self.current
+        if rec is None or rec.round != group_id:
+            return
+        rec.finished = time.time()
+        ok = [r for r in replies if r.has_content()]
+        if message_type == MessageType.TRAIN:
+            rec.participants = participants
+            rec.failures = len(replies) - len(ok)
+            rec.train = weighted_metrics(ok, self.weight_key)
+        elif message_type == MessageType.EVALUATE:
+            rec.evaluate = weighted_metrics(ok, self.weight_key)
+            # Legacy evaluate replies carry the loss in its own record.
+            rec.eval_participants = len(participants)
+
+    # ---- end of run ----------------------------------------------------------------------
+
+    def finish(self, final_state: RecordDict | None) -> Path | None:
+        """Close the last round and write the final model; returns its .npz path."""
+        if final_state is not None:
+            arrays = _only_arrays(final_state) if final_state.array_records else None
+            if arrays is not None and self.current is not None:
+                self._model_after[self.current.round] = arrays
+        last_round = self.current.round if self.current else None
+        self._finish_round()
+        self._writes.put(None)
+        self._writer.join()
+        arrays = self._model_after.get(last_round) if last_round else None
+        if arrays is None and self._model_after:
+            arrays = self._model_after[max(self._model_after, key=lambda k: (len(k), k))]
+        if arrays is None:
+            log.warning("no global model was seen; no final model written")
+            return None
+        self.final_arrays = arrays
+        npz = self.dir / "final_model.npz"
+        _save_npz(npz, arrays)
+        try:
+            import torch
+
+            torch.save(arrays.to_torch_state_dict(), self.dir / "final_model.pt")
+        except (ImportError, OSError, RuntimeError, TypeError) as exc:  # torch is optional here
+            log.warning("could not write final_model.pt", extra={"error": str(exc)})
+        (self.dir / "summary.json").write_text(json.dumps({"rounds": self.rounds}, indent=2))
+        return npz
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _finish_round(self) -> None:
+        rec = self.current
+        self.current = None
+        if rec is None:
+            return
+        if not rec.finished:
+            rec.finished = time.time()
+        doc = rec.as_json()
+        arrays = self._model_after.get(rec.round)
+        stem = f"round_{int(rec.round):04d}" if rec.round.isdigit() else f"round_{rec.round}"
+        doc["checkpoint"] = f"checkpoints/{stem}.npz" if arrays is not None else None
+        self.rounds.append(doc)
+        (self.ckpt_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2))
+        with (self.dir / "rounds.jsonl").open("a") as fh:
+            fh.write(json.dumps(doc) + "\n")
+        if arrays is not None:
+            self._writes.put((self.ckpt_dir / f"{stem}.npz", arrays))
+        loss = _first(rec.train, TRAIN_LOSS_KEYS)
+        acc = _first(rec.evaluate, EVAL_ACC_KEYS)
+        total = f"/{self.total_rounds}" if self.total_rounds else ""
+        self.echo(
+            f"round {rec.round}{total} | clients {len(rec.participants)}"
+            f" | train_loss {'-' if loss is None else f'{loss:.4f}'}"
+            f" | eval_acc {'-' if acc is None else f'{acc:.4f}'}"
+            f" | {doc['seconds']:.2f} s"
+        )
+        if self.on_round is not None:
+            self.on_round(doc)
+
+    def _write_loop(self) -> None:
+        while (item := self._writes.get()) is not None:
+            path, arrays = item
+            try:
+                _save_npz(path, arrays)
+                self._prune()
+            except Exception:  # a failed checkpoint must not stop training
+                log.exception("checkpoint write failed", extra={"path": str(path)})
+
+    def _prune(self) -> None:
+        if self.keep <= 0:
+            return
+        files = sorted(self.ckpt_dir.glob("round_*.npz"))
+        for old in files[: -self.keep]:
+            old.unlink(missing_ok=True)
+
+
+def _save_npz(path: Path, arrays: ArrayRecord) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **{k: v.numpy() for k, v in arrays.items()})
+    tmp.replace(path)

@@ -1,0 +1,124 @@
+"""gRPC adapter for selectors: proto in, Hub calls, proto out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from coordinator.hub import Hub, Result
+from fedota_common.fab import App
+from fedota_common.payload import Assembler, PayloadError, iter_chunks
+from protos.coordinator.v1 import coordinator_pb2 as cpb
+from protos.coordinator.v1 import coordinator_pb2_grpc
+from protos.payload.v1 import payload_pb2
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, hub: Hub, app: App, run_id: int, run_config_json: str, token: str) -> None:
+        self.hub = hub
+        self.app = app
+        self.welcome = cpb.Welcome(
+            run_id=run_id,
+            fab_sha256=app.sha256,
+            fab_size=len(app.content),
+            run_config_json=run_config_json,
+        )
+        self.token = token
+
+    def _check_token(self, token: str, context: grpc.ServicerContext) -> None:
+        if self.token and token != self.token:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid selector token")
+
+    def Attach(
+        self, request_iterator: Iterator[cpb.SelectorMessage], context: grpc.ServicerContext
+    ) -> Iterator[cpb.CoordinatorMessage]:
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            return
+        if first.WhichOneof("msg") != "hello":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+        self._check_token(first.hello.token, context)
+        selector_id = first.hello.selector_id
+        link = self.hub.attach(selector_id, [(n.node_id, n.display_name) for n in first.hello.nodes])
+        log.info("selector attached", extra={"selector": selector_id, "nodes": len(first.hello.nodes)})
+
+        def read() -> None:
+            try:
+                for msg in request_iterator:
+                    kind = msg.WhichOneof("msg")
+                    if kind == "node_joined":
+                        self.hub.node_joined(selector_id, msg.node_joined.node_id, msg.node_joined.display_name)
+                    elif kind == "node_left":
+                        self.hub.node_left(msg.node_left.node_id, msg.node_left.reason)
+                    elif kind == "progress":
+                        p = msg.progress
+                        self.hub.progress(p.batch_id, p.message_id, p.ok, p.detail)
+            except grpc.RpcError:
+                pass
+            finally:
+                link.outbox.put(None)
+
+        reader = threading.Thread(target=read, name=f"attach-{selector_id}", daemon=True)
+        reader.start()
+        try:
+            yield cpb.CoordinatorMessage(welcome=self.welcome)
+            if self.hub.finished:
+                yield cpb.CoordinatorMessage(finished=cpb.RunFinished(reason="run finished"))
+            while context.is_active():
+                item = link.outbox.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            self.hub.detach(link)
+            log.info("selector detached", extra={"selector": selector_id})
+
+    def PullContent(
+        self, request: cpb.PullContentRequest, context: grpc.ServicerContext
+    ) -> Iterator[payload_pb2.Chunk]:
+        self._check_token(request.token, context)
+        data = self.hub.content(request.content_id)
+        if data is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"content {request.content_id} is gone (round closed)")
+        for chunk in iter_chunks(data):
+            yield payload_pb2.Chunk(data=chunk)
+
+    def PushResult(
+        self, request_iterator: Iterator[cpb.ResultPart], context: grpc.ServicerContext
+    ) -> cpb.PushResultResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the header")
+        header = first.header
+        self._check_token(header.token, context)
+        try:
+            asm = Assembler(header.payload.content_size, header.payload.content_sha256)
+            for part in request_iterator:
+                asm.add(part.chunk.data)
+            content = asm.finish()
+        except PayloadError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        result = Result(
+            selector_id=header.selector_id,
+            header=header.payload,
+            content=content,
+            message_ids=list(header.message_ids),
+            node_ids=list(header.node_ids),
+            weight=header.total_weight,
+            aggregate=header.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN,
+        )
+        refused = self.hub.add_result(result, header.batch_id)
+        if refused:
+            log.info("result refused", extra={"selector": header.selector_id, "reason": refused})
+        return cpb.PushResultResponse(accepted=not refused, detail=refused)
+
+    def GetFab(self, request: cpb.GetFabRequest, context: grpc.ServicerContext) -> Iterator[payload_pb2.Chunk]:
+        self._check_token(request.token, context)
+        for chunk in iter_chunks(self.app.content):
+            yield payload_pb2.Chunk(data=chunk)
