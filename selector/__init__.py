@@ -1,0 +1,1 @@
+"""Per-problem selector: holds data-holder clients, relays tasks, pre-aggregates results."""

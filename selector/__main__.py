@@ -1,0 +1,5 @@
+import sys
+
+from selector.main import main
+
+sys.exit(main())

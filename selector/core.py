@@ -1,0 +1,463 @@
+"""Selector state and logic: sessions, tasks, per-batch partial aggregation.
+
+The client-facing servicer and the coordinator link both call into one
+`SelectorCore`. It talks to the coordinator only through the small `Upstream`
+interface, so tests can drive it without a network.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import random
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fedota_common.aggregate import NotAggregatable, WeightedMean
+from fedota_common.payload import PayloadError, decode_content, encode_content
+from protos.coordinator.v1 import coordinator_pb2 as cpb
+from protos.payload.v1 import payload_pb2
+from protos.selector.v1 import selector_pb2 as spb
+
+log = logging.getLogger(__name__)
+
+
+class Upstream(Protocol):
+    """What the selector needs from its coordinator."""
+
+    def send(self, msg: cpb.SelectorMessage) -> None: ...
+
+    def pull_content(self, content_id: str) -> bytes: ...
+
+    def push_result(self, header: cpb.ResultHeader, content: bytes) -> cpb.PushResultResponse: ...
+
+
+class Authenticator(Protocol):
+    def check(self, credential: str) -> str | None:
+        """Return a display name for a valid credential, None to refuse."""
+        ...
+
+
+class OpenAuthenticator:
+    """Accepts any credential (local development, before credentials exist)."""
+
+    def check(self, credential: str) -> str | None:
+        return credential or "anonymous"
+
+
+class SelectorError(Exception):
+    """A client request that cannot be served; `code` names the gRPC status."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Session:
+    session_id: str
+    node_id: int
+    display_name: str
+    outbox: queue.Queue[spb.SelectorEvent | None] = field(default_factory=queue.Queue)
+    subscribed: bool = False
+    last_seen: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+
+@dataclass
+class Task:
+    task_id: str
+    node_id: int
+    batch_id: str
+    metadata: bytes
+    content_id: str
+    content_size: int
+    content_sha256: str
+    state: str = "pending"  # pending | announced | done | failed
+
+
+@dataclass
+class BatchState:
+    batch_id: str
+    aggregation: int
+    weight_key: str
+    task_ids: set[str]
+    acc: WeightedMean | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    resolved: set[str] = field(default_factory=set)
+    covered: list[str] = field(default_factory=list)
+    covered_nodes: list[int] = field(default_factory=list)
+    first_metadata: bytes = b""
+    finalized: bool = False
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: int
+    fab_sha256: str
+    fab_size: int
+    run_config_json: str
+
+
+class SelectorCore:
+    """Everything a selector knows and does."""
+
+    def __init__(
+        self,
+        selector_id: str,
+        auth: Authenticator,
+        *,
+        heartbeat_interval: float = 5.0,
+    ) -> None:
+        self.selector_id = selector_id
+        self.auth = auth
+        self.heartbeat_interval = heartbeat_interval
+        self.upstream: Upstream | None = None
+        self.run: RunInfo | None = None
+        self.finished = False
+        self.fab: bytes | None = None
+        self._lock = threading.RLock()
+        self.sessions: dict[str, Session] = {}
+        self.by_node: dict[int, Session] = {}
+        self.tasks: dict[str, Task] = {}
+        self.batches: dict[str, BatchState] = {}
+        self.contents: dict[str, bytes] = {}
+        self._fetching: set[str] = set()
+        self._finalized: collections.deque[str] = collections.deque(maxlen=256)
+        self._rng = random.SystemRandom()
+
+    # ---- coordinator side ------------------------------------------------------------
+
+    def on_welcome(self, welcome: cpb.Welcome) -> None:
+        with self._lock:
+            if self.run is None or self.run.fab_sha256 != welcome.fab_sha256:
+                self.fab = None
+            self.run = RunInfo(welcome.run_id, welcome.fab_sha256, welcome.fab_size, welcome.run_config_json)
+            self.finished = False
+        log.info("run info received", extra={"run_id": welcome.run_id, "fab_sha256": welcome.fab_sha256})
+
+    def hello_nodes(self) -> list[cpb.NodeJoined]:
+        with self._lock:
+            return [
+                cpb.NodeJoined(node_id=s.node_id, display_name=s.display_name)
+                for s in self.sessions.values()
+                if s.subscribed and not s.closed
+            ]
+
+    def on_instructions(self, ins: cpb.Instructions) -> None:
+        """Store a batch's tasks, fetch each distinct content once, then announce."""
+        acc = WeightedMean(ins.weight_key) if ins.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN else None
+        batch = BatchState(ins.batch_id, ins.aggregation, ins.weight_key, {i.message_id for i in ins.items}, acc)
+        to_fetch: set[str] = set()
+        with self._lock:
+            self.batches[ins.batch_id] = batch
+            for item in ins.items:
+                self.tasks[item.message_id] = Task(
+                    item.message_id,
+                    item.node_id,
+                    ins.batch_id,
+                    item.metadata,
+                    item.content_id,
+                    item.content_size,
+                    item.content_sha256,
+                )
+                if item.content_id not in self.contents and item.content_id not in self._fetching:
+                    to_fetch.add(item.content_id)
+                    self._fetching.add(item.content_id)
+        for cid in to_fetch:
+            threading.Thread(target=self._fetch, args=(cid,), name=f"fetch-{cid}", daemon=True).start()
+        self._announce_ready()
+
+    def _fetch(self, content_id: str) -> None:
+        assert self.upstream is not None
+        try:
+            data = self.upstream.pull_content(content_id)
+        except Exception as exc:  # noqa: BLE001 - any upstream failure fails the tasks, not the selector
+            log.warning("content fetch failed", extra={"content_id": content_id, "error": str(exc)})
+            with self._lock:
+                self._fetching.discard(content_id)
+                failed = [t for t in self.tasks.values() if t.content_id == content_id and t.state == "pending"]
+            for task in failed:
+                self._fail_task(task, f"selector could not fetch the instruction: {exc}")
+            return
+        with self._lock:
+            self._fetching.discard(content_id)
+            self.contents[content_id] = data
+        self._announce_ready()
+
+    def _announce_ready(self) -> None:
+        unreachable: list[Task] = []
+        with self._lock:
+            for task in self.tasks.values():
+                if task.state != "pending" or task.content_id not in self.contents:
+                    continue
+                session = self.by_node.get(task.node_id)
+                if session is None or session.closed:
+                    unreachable.append(task)
+                    continue
+                task.state = "announced"
+                session.outbox.put(
+                    spb.SelectorEvent(task=spb.TaskAvailable(task_id=task.task_id, content_size=task.content_size))
+                )
+        for task in unreachable:
+            self._fail_task(task, "client is no longer connected")
+
+    def on_flush(self, batch_id: str) -> None:
+        batch = self.batches.get(batch_id)
+        if batch is None and batch_id in self._finalized:
+            return  # its aggregate is already on the way
+        if batch is None:
+            # Never saw the batch (e.g. reconnected): answer with an empty aggregate.
+            batch = BatchState(batch_id, cpb.AGGREGATION_WEIGHTED_MEAN, "", set(), None)
+            self._send_aggregate(batch)
+            return
+        self._finalize(batch)
+
+    def on_cancel(self, message_ids: Iterable[str], reason: str) -> None:
+        with self._lock:
+            for mid in message_ids:
+                task = self.tasks.pop(mid, None)
+                if task is None:
+                    continue
+                session = self.by_node.get(task.node_id)
+                if session is not None and task.state == "announced":
+                    session.outbox.put(spb.SelectorEvent(cancelled=spb.TaskCancelled(task_id=mid, reason=reason)))
+            self._gc()
+
+    def on_run_finished(self, reason: str) -> None:
+        with self._lock:
+            self.finished = True
+            for session in self.sessions.values():
+                session.outbox.put(spb.SelectorEvent(shutdown=spb.Shutdown(reason=reason)))
+        log.info("run finished; clients told to stop", extra={"reason": reason})
+
+    # ---- client side ---------------------------------------------------------------------
+
+    def join(self, credential: str, fab_sha256: str, display_name: str) -> tuple[Session, RunInfo]:
+        name = self.auth.check(credential)
+        if name is None:
+            raise SelectorError("UNAUTHENTICATED", "the credential was refused by this selector")
+        with self._lock:
+            run = self.run
+            if self.finished:
+                raise SelectorError("FAILED_PRECONDITION", "the run has finished; no new work will be given out")
+            if run is None:
+                raise SelectorError(
+                    "UNAVAILABLE", "the selector is not yet connected to its coordinator; retry shortly"
+                )
+            if fab_sha256 and fab_sha256 != run.fab_sha256:
+                raise SelectorError(
+                    "FAILED_PRECONDITION",
+                    f"this problem now runs app {run.fab_sha256[:12]}…, but your join bundle pins "
+                    f"{fab_sha256[:12]}…; download a new join bundle and review the new code",
+                )
+            node_id = self._rng.randrange(1 << 32, 1 << 63)
+            session = Session(secrets.token_urlsafe(24), node_id, display_name or name)
+            self.sessions[session.session_id] = session
+            self.by_node[node_id] = session
+        log.info("client joined", extra={"node_id": node_id, "site": session.display_name})
+        return session, run
+
+    def session(self, session_id: str) -> Session:
+        with self._lock:
+            session = self.sessions.get(session_id)
+        if session is None or session.closed:
+            raise SelectorError("UNAUTHENTICATED", "unknown or expired session; join again")
+        session.last_seen = time.monotonic()
+        return session
+
+    def subscribe(self, session: Session) -> None:
+        with self._lock:
+            session.subscribed = True
+        if self.upstream is not None:
+            self.upstream.send(
+                cpb.SelectorMessage(
+                    node_joined=cpb.NodeJoined(node_id=session.node_id, display_name=session.display_name)
+                )
+            )
+        self._announce_ready()
+
+    def leave(self, session: Session, reason: str) -> None:
+        """Drop a session; its unfinished tasks fail at once."""
+        with self._lock:
+            if session.closed:
+                return
+            session.closed = True
+            session.outbox.put(None)
+            self.sessions.pop(session.session_id, None)
+            if self.by_node.get(session.node_id) is session:
+                del self.by_node[session.node_id]
+            open_tasks = [
+                t for t in self.tasks.values() if t.node_id == session.node_id and t.state in ("pending", "announced")
+            ]
+        log.info("client left", extra={"node_id": session.node_id, "reason": reason})
+        if self.upstream is not None and session.subscribed:
+            self.upstream.send(cpb.SelectorMessage(node_left=cpb.NodeLeft(node_id=session.node_id, reason=reason)))
+        for task in open_tasks:
+            self._fail_task(task, f"client disconnected: {reason}")
+
+    def task_for(self, session: Session, task_id: str) -> tuple[Task, bytes]:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None or task.node_id != session.node_id:
+                raise SelectorError("NOT_FOUND", f"no task {task_id} for this client (cancelled or not yours)")
+            content = self.contents.get(task.content_id)
+        if content is None:
+            raise SelectorError("UNAVAILABLE", "the instruction is not available yet")
+        return task, content
+
+    def submit(self, session: Session, task_id: str, header: payload_pb2.PayloadHeader, content: bytes) -> None:
+        """Take a client's reply: fold it into the partial aggregate or forward it."""
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None or task.node_id != session.node_id:
+                raise SelectorError("NOT_FOUND", f"task {task_id} is not open for this client (closed or not yours)")
+            if task.state not in ("announced", "pending"):
+                raise SelectorError("ALREADY_EXISTS", f"task {task_id} was already answered")
+            task.state = "done"
+            batch = self.batches.get(task.batch_id)
+        if batch is None:
+            raise SelectorError("NOT_FOUND", "the round of this task is closed")
+        if batch.acc is not None and not header.error:
+            try:
+                record = decode_content(content)
+                with batch.lock:
+                    if batch.finalized:
+                        raise SelectorError("DEADLINE_EXCEEDED", "the round closed before this result arrived")
+                    batch.acc.add(record)
+                    batch.covered.append(task_id)
+                    batch.covered_nodes.append(session.node_id)
+                    if not batch.first_metadata:
+                        batch.first_metadata = header.metadata
+                    batch.resolved.add(task_id)
+                self._progress(batch, task_id, True, "")
+                self._maybe_finalize(batch)
+                return
+            except (NotAggregatable, PayloadError) as exc:
+                log.info("reply forwarded individually", extra={"task": task_id, "reason": str(exc)})
+        self._forward(batch, task, session.node_id, header, content)
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _forward(
+        self, batch: BatchState, task: Task, node_id: int, header: payload_pb2.PayloadHeader, content: bytes
+    ) -> None:
+        assert self.upstream is not None
+        res = self.upstream.push_result(
+            cpb.ResultHeader(
+                selector_id=self.selector_id,
+                batch_id=batch.batch_id,
+                aggregation=cpb.AGGREGATION_INDIVIDUAL,
+                payload=header,
+                message_ids=[task.task_id],
+                node_ids=[node_id],
+            ),
+            content,
+        )
+        with batch.lock:
+            batch.resolved.add(task.task_id)
+        if not res.accepted:
+            log.info("coordinator refused a result", extra={"task": task.task_id, "detail": res.detail})
+        self._maybe_finalize(batch)
+        self._gc()
+
+    def _progress(self, batch: BatchState, task_id: str, ok: bool, detail: str) -> None:
+        if batch.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN and self.upstream is not None:
+            self.upstream.send(
+                cpb.SelectorMessage(
+                    progress=cpb.TaskProgress(batch_id=batch.batch_id, message_id=task_id, ok=ok, detail=detail)
+                )
+            )
+
+    def _fail_task(self, task: Task, detail: str) -> None:
+        with self._lock:
+            if task.state in ("done", "failed"):
+                return
+            task.state = "failed"
+            batch = self.batches.get(task.batch_id)
+        if batch is None:
+            return
+        with batch.lock:
+            batch.resolved.add(task.task_id)
+        self._progress(batch, task.task_id, False, detail)
+        self._maybe_finalize(batch)
+
+    def _maybe_finalize(self, batch: BatchState) -> None:
+        with batch.lock:
+            done = batch.acc is not None and batch.resolved >= batch.task_ids
+        if done:
+            self._finalize(batch)
+
+    def _finalize(self, batch: BatchState) -> None:
+        with batch.lock:
+            if batch.finalized:
+                return
+            batch.finalized = True
+            self._finalized.append(batch.batch_id)
+        if batch.acc is not None:
+            threading.Thread(target=self._send_aggregate, args=(batch,), daemon=True).start()
+        self._gc()
+
+    def _send_aggregate(self, batch: BatchState) -> None:
+        assert self.upstream is not None
+        acc = batch.acc
+        content = b""
+        header = payload_pb2.PayloadHeader()
+        if acc is not None and acc.count:
+            import hashlib
+
+            content = encode_content(acc.result())
+            header = payload_pb2.PayloadHeader(
+                metadata=batch.first_metadata,
+                content_size=len(content),
+                content_sha256=hashlib.sha256(content).hexdigest(),
+            )
+        try:
+            self.upstream.push_result(
+                cpb.ResultHeader(
+                    selector_id=self.selector_id,
+                    batch_id=batch.batch_id,
+                    aggregation=cpb.AGGREGATION_WEIGHTED_MEAN,
+                    payload=header,
+                    message_ids=batch.covered if content else [],
+                    node_ids=batch.covered_nodes if content else [],
+                    total_weight=acc.total_weight if acc is not None else 0.0,
+                ),
+                content,
+            )
+            log.info(
+                "partial aggregate sent",
+                extra={"batch": batch.batch_id, "clients": len(batch.covered), "bytes": len(content)},
+            )
+        except Exception as exc:  # noqa: BLE001 - the coordinator times the round out instead
+            log.warning("partial aggregate upload failed", extra={"batch": batch.batch_id, "error": str(exc)})
+        batch.acc = None
+
+    def _gc(self) -> None:
+        """Drop finished batches and contents nobody needs any more."""
+        with self._lock:
+            for bid, batch in list(self.batches.items()):
+                open_tasks = [
+                    t for t in batch.task_ids if t in self.tasks and self.tasks[t].state in ("pending", "announced")
+                ]
+                if not open_tasks and (batch.acc is None or batch.finalized):
+                    for t in batch.task_ids:
+                        self.tasks.pop(t, None)
+                    del self.batches[bid]
+            needed = {t.content_id for t in self.tasks.values() if t.state in ("pending", "announced")}
+            for cid in list(self.contents):
+                if cid not in needed:
+                    del self.contents[cid]
+
+    def expire_idle(self, timeout: float) -> None:
+        """Drop sessions whose heartbeats stopped (a client that vanished without a FIN)."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [s for s in self.sessions.values() if now - s.last_seen > timeout]
+        for session in stale:
+            self.leave(session, "heartbeat timeout")

@@ -1,0 +1,103 @@
+"""Selector entry point (`fedota-selector`, `python -m selector`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedota_common import logs
+from fedota_common.grpcutil import add_health, make_server
+from fedota_common.settings import Key, SettingsError, load, positive_float
+from protos.selector.v1 import selector_pb2_grpc
+from selector.core import OpenAuthenticator, SelectorCore
+from selector.servicer import FabSource, SelectorServicer
+from selector.upstream import CoordinatorLink
+
+log = logging.getLogger("selector")
+
+KEYS = [
+    Key("coordinator", str, required=True, help="host:port of the problem's coordinator"),
+    Key("listen", str, "0.0.0.0:9092", "address:port clients dial (port 0 picks one)"),
+    Key("selector-id", str, "", "name of this selector (default: hostname-pid)"),
+    Key("selector-token", str, "", "token presented to the coordinator"),
+    Key("heartbeat-interval", positive_float, 5.0, "seconds between client heartbeats"),
+    Key("max-clients", int, 256, "connected clients served at once"),
+    Key("state-file", Path, None, "write {address, pid} here once listening"),
+    Key("log-level", str, "INFO", "log level"),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    coordinator: str
+    listen: str
+    selector_id: str
+    selector_token: str
+    heartbeat_interval: float
+    max_clients: int
+    state_file: Path | None
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
+        values = load("fedota-selector", "Hold data-holder clients for one problem.", KEYS, argv, environ)
+        if not values["selector_id"]:
+            values["selector_id"] = f"{socket.gethostname()}-{os.getpid()}"
+        return cls(**values)
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> int:
+    core = SelectorCore(settings.selector_id, OpenAuthenticator(), heartbeat_interval=settings.heartbeat_interval)
+    link = CoordinatorLink(core, settings.coordinator, settings.selector_token)
+    core.upstream = link
+    # Each connected client holds one thread for its stream, plus transfers.
+    server = make_server(settings.max_clients + 16)
+    selector_pb2_grpc.add_SelectorServicer_to_server(SelectorServicer(core, FabSource(core, link.fetch_fab)), server)
+    add_health(server, "protos.selector.v1.Selector")
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        print(f"error: cannot listen on {settings.listen}", file=sys.stderr)
+        return 2
+    server.start()
+    host = settings.listen.rsplit(":", 1)[0]
+    address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
+    if settings.state_file is not None:
+        settings.state_file.parent.mkdir(parents=True, exist_ok=True)
+        settings.state_file.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    log.info(
+        "selector listening",
+        extra={"address": address, "coordinator": settings.coordinator, "selector": settings.selector_id},
+    )
+    link.start()
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(settings.heartbeat_interval):
+        core.expire_idle(settings.heartbeat_interval * 4)
+    link.stop()
+    server.stop(grace=1.0).wait()
+    log.info("selector stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = Settings.from_env(os.environ, argv)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    logs.setup("selector", settings.log_level)
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

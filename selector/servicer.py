@@ -1,0 +1,161 @@
+"""gRPC adapter for data-holder clients."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from fedota_common.payload import Assembler, PayloadError, iter_chunks
+from protos.payload.v1 import payload_pb2
+from protos.selector.v1 import selector_pb2 as spb
+from protos.selector.v1 import selector_pb2_grpc
+from selector.core import SelectorCore, SelectorError
+
+log = logging.getLogger(__name__)
+
+
+def _abort(context: grpc.ServicerContext, err: SelectorError) -> None:
+    context.abort(getattr(grpc.StatusCode, err.code), str(err))
+
+
+class SelectorServicer(selector_pb2_grpc.SelectorServicer):
+    def __init__(self, core: SelectorCore, fab_source: FabSource) -> None:
+        self.core = core
+        self.fab_source = fab_source
+
+    def Join(self, request: spb.JoinRequest, context: grpc.ServicerContext) -> spb.JoinResponse:
+        try:
+            session, run = self.core.join(request.credential, request.fab_sha256, request.display_name)
+        except SelectorError as err:
+            _abort(context, err)
+            raise
+        return spb.JoinResponse(
+            session_id=session.session_id,
+            node_id=session.node_id,
+            run=spb.RunInfo(
+                run_id=run.run_id,
+                fab_sha256=run.fab_sha256,
+                run_config_json=run.run_config_json,
+                fab_size=run.fab_size,
+            ),
+            heartbeat_interval=self.core.heartbeat_interval,
+        )
+
+    def Subscribe(
+        self, request_iterator: Iterator[spb.ClientEvent], context: grpc.ServicerContext
+    ) -> Iterator[spb.SelectorEvent]:
+        first = next(request_iterator, None)
+        if first is None:
+            return
+        try:
+            session = self.core.session(first.session_id)
+        except SelectorError as err:
+            _abort(context, err)
+            return
+        # A killed client's stream ends here, which fails its tasks at once.
+        context.add_callback(lambda: self.core.leave(session, "stream closed"))
+
+        def read() -> None:
+            try:
+                for _event in request_iterator:
+                    session.last_seen = time.monotonic()
+            except grpc.RpcError:
+                pass
+            finally:
+                self.core.leave(session, "stream closed")
+
+        threading.Thread(target=read, name=f"hb-{session.node_id}", daemon=True).start()
+        self.core.subscribe(session)
+        yield spb.SelectorEvent(welcome=spb.Welcome(node_id=session.node_id))
+        while context.is_active():
+            try:
+                event = session.outbox.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if event is None:
+                break
+            yield event
+
+    def PullTask(self, request: spb.PullTaskRequest, context: grpc.ServicerContext) -> Iterator[spb.TaskPart]:
+        try:
+            session = self.core.session(request.session_id)
+            task, content = self.core.task_for(session, request.task_id)
+        except SelectorError as err:
+            _abort(context, err)
+            return
+        yield spb.TaskPart(
+            header=payload_pb2.PayloadHeader(
+                metadata=task.metadata,
+                content_size=task.content_size,
+                content_sha256=task.content_sha256,
+            )
+        )
+        for chunk in iter_chunks(content):
+            yield spb.TaskPart(chunk=payload_pb2.Chunk(data=chunk))
+
+    def PushResult(
+        self, request_iterator: Iterator[spb.ResultPart], context: grpc.ServicerContext
+    ) -> spb.PushResultResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the result header")
+        header = first.header
+        try:
+            session = self.core.session(header.session_id)
+            asm = Assembler(header.payload.content_size, header.payload.content_sha256)
+            for part in request_iterator:
+                if part.WhichOneof("part") != "chunk":
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only chunks may follow the header")
+                asm.add(part.chunk.data)
+            content = asm.finish()
+            self.core.submit(session, header.task_id, header.payload, content)
+        except SelectorError as err:
+            _abort(context, err)
+        except PayloadError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return spb.PushResultResponse(accepted=True)
+
+    def GetFab(self, request: spb.GetFabRequest, context: grpc.ServicerContext) -> Iterator[payload_pb2.Chunk]:
+        try:
+            self.core.session(request.session_id)
+            fab = self.fab_source.get()
+        except SelectorError as err:
+            _abort(context, err)
+            return
+        for chunk in iter_chunks(fab):
+            yield payload_pb2.Chunk(data=chunk)
+
+    def Leave(self, request: spb.LeaveRequest, context: grpc.ServicerContext) -> spb.LeaveResponse:
+        try:
+            session = self.core.session(request.session_id)
+        except SelectorError:
+            return spb.LeaveResponse()
+        self.core.leave(session, request.reason or "client left")
+        return spb.LeaveResponse()
+
+
+class FabSource:
+    """Fetches the FAB from the coordinator once per app and caches it."""
+
+    def __init__(self, core: SelectorCore, fetch: Callable[[], bytes]) -> None:
+        self.core = core
+        self._fetch = fetch
+        self._lock = threading.Lock()
+
+    def get(self) -> bytes:
+        with self._lock:
+            if self.core.fab is None:
+                if self.core.run is None:
+                    raise SelectorError("UNAVAILABLE", "no run yet")
+                try:
+                    self.core.fab = self._fetch()
+                except grpc.RpcError as exc:
+                    raise SelectorError(
+                        "UNAVAILABLE", f"could not fetch the app from the coordinator: {exc.details()}"
+                    ) from exc
+            return self.core.fab

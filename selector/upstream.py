@@ -1,0 +1,140 @@
+"""The selector's link to its coordinator: one Attach stream, reconnecting."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from fedota_common.grpcutil import TRANSFER_DEADLINE, channel
+from fedota_common.payload import assemble, iter_chunks
+from protos.coordinator.v1 import coordinator_pb2 as cpb
+from protos.coordinator.v1 import coordinator_pb2_grpc
+from protos.payload.v1 import payload_pb2
+from selector.core import SelectorCore
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorLink:
+    """Implements `Upstream` over gRPC and feeds coordinator messages to the core."""
+
+    def __init__(self, core: SelectorCore, target: str, token: str) -> None:
+        self.core = core
+        self.target = target
+        self.token = token
+        self.channel = channel(target)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        self._outbox: queue.Queue[cpb.SelectorMessage | None] | None = None
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+
+    # ---- Upstream ---------------------------------------------------------------------
+
+    def send(self, msg: cpb.SelectorMessage) -> None:
+        box = self._outbox
+        if box is not None:
+            box.put(msg)
+
+    def pull_content(self, content_id: str) -> bytes:
+        chunks = self.stub.PullContent(
+            cpb.PullContentRequest(selector_id=self.core.selector_id, token=self.token, content_id=content_id),
+            timeout=TRANSFER_DEADLINE,
+        )
+        data = bytearray()
+        for chunk in chunks:
+            data += chunk.data
+        return bytes(data)
+
+    def fetch_fab(self) -> bytes:
+        run = self.core.run
+        chunks = self.stub.GetFab(
+            cpb.GetFabRequest(selector_id=self.core.selector_id, token=self.token), timeout=TRANSFER_DEADLINE
+        )
+        return assemble(run.fab_size if run else 0, run.fab_sha256 if run else "", (c.data for c in chunks))
+
+    def push_result(self, header: cpb.ResultHeader, content: bytes) -> cpb.PushResultResponse:
+        header.selector_id = self.core.selector_id
+        header.token = self.token
+
+        def parts() -> Iterator[cpb.ResultPart]:
+            yield cpb.ResultPart(header=header)
+            for chunk in iter_chunks(content):
+                yield cpb.ResultPart(chunk=payload_pb2.Chunk(data=chunk))
+
+        response: cpb.PushResultResponse = self.stub.PushResult(parts(), timeout=TRANSFER_DEADLINE)
+        return response
+
+    # ---- the Attach loop ------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._loop, name="coordinator-link", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+        box = self._outbox
+        if box is not None:
+            box.put(None)
+
+    def _loop(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                self._attach_once()
+                backoff = 0.2
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    log.error("coordinator refused this selector's token", extra={"detail": exc.details()})
+                else:
+                    log.info("coordinator unreachable; retrying", extra={"target": self.target, "code": str(code)})
+            self.connected.clear()
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _attach_once(self) -> None:
+        box: queue.Queue[cpb.SelectorMessage | None] = queue.Queue()
+        box.put(
+            cpb.SelectorMessage(
+                hello=cpb.Hello(selector_id=self.core.selector_id, token=self.token, nodes=self.core.hello_nodes())
+            )
+        )
+        self._outbox = box
+
+        def requests() -> Iterator[cpb.SelectorMessage]:
+            while True:
+                try:
+                    item = box.get(timeout=15.0)
+                except queue.Empty:
+                    item = cpb.SelectorMessage(heartbeat=cpb.Heartbeat())
+                if item is None:
+                    return
+                yield item
+
+        call = self.stub.Attach(requests())
+        try:
+            for msg in call:
+                kind = msg.WhichOneof("msg")
+                if kind == "welcome":
+                    self.core.on_welcome(msg.welcome)
+                    self.connected.set()
+                elif kind == "instructions":
+                    self.core.on_instructions(msg.instructions)
+                elif kind == "flush":
+                    self.core.on_flush(msg.flush.batch_id)
+                elif kind == "cancel":
+                    self.core.on_cancel(msg.cancel.message_ids, msg.cancel.reason)
+                elif kind == "finished":
+                    self.core.on_run_finished(msg.finished.reason)
+        finally:
+            self._outbox = None
+            box.put(None)
+            call.cancel()
+        # The coordinator closed the stream (e.g. it finished and stopped).
+        time.sleep(0)
