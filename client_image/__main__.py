@@ -1,0 +1,5 @@
+import sys
+
+from client_image.main import main
+
+sys.exit(main())

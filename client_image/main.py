@@ -1,0 +1,142 @@
+"""The data holder's client (`fedota-client`, `python -m client_image`).
+
+Order matters for trust: the data is checked against the problem's contract
+before any connection is made; the app's hash is checked before any of its code
+is imported; only model updates ever leave this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client_image.contract import ContractSpecError, DataContractError, check_or_raise
+from client_image.runner import ClientError, Node, NodeSetup
+from fedota_common import logs
+from fedota_common.settings import Key, SettingsError, load, non_negative_int, positive_float
+
+log = logging.getLogger("client")
+
+EXIT_DATA = 3
+EXIT_REFUSED = 4
+
+KEYS = [
+    Key(
+        "join-bundle", Path, None, "join bundle JSON from the problem page (selectors, credential, FAB hash, contract)"
+    ),
+    Key("selector", str, "", "host:port of a selector (comma-separated for several); overrides the bundle"),
+    Key("data-path", Path, Path("/data"), "folder with this site's data (mounted read-only)"),
+    Key("credential", str, "", "participant credential; overrides the bundle"),
+    Key("fab-sha256", str, "", "SHA-256 of the app you reviewed; overrides the bundle"),
+    Key("contract", Path, None, "data contract JSON file; overrides the bundle"),
+    Key("partition-id", non_negative_int, 0, "node_config partition-id passed to the ClientApp"),
+    Key("num-partitions", non_negative_int, 1, "node_config num-partitions passed to the ClientApp"),
+    Key("cache-dir", Path, Path.home() / ".cache" / "fedota-client", "where the app is unpacked"),
+    Key("name", str, "", "site name shown to the problem setter"),
+    Key("max-join-wait", positive_float, 120.0, "seconds to keep trying to reach a selector"),
+    Key("check-only", lambda s: s.lower() in ("1", "true", "yes"), False, "only check the data, then exit"),
+    Key("log-level", str, "INFO", "log level"),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    join_bundle: Path | None
+    selector: str
+    data_path: Path
+    credential: str
+    fab_sha256: str
+    contract: Path | None
+    partition_id: int
+    num_partitions: int
+    cache_dir: Path
+    name: str
+    max_join_wait: float
+    check_only: bool
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
+        return cls(**load("fedota-client", "Join a Fedota federation with local data.", KEYS, argv, environ))
+
+
+def _bundle(settings: Settings) -> dict[str, Any]:
+    if settings.join_bundle is None:
+        return {}
+    try:
+        data = json.loads(settings.join_bundle.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ClientError(f"cannot read the join bundle {settings.join_bundle}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ClientError(f"the join bundle {settings.join_bundle} must be a JSON object")
+    return data
+
+
+def run(settings: Settings) -> int:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    try:
+        bundle = _bundle(settings)
+        contract: Any = settings.contract or bundle.get("data_contract")
+        if contract is None:
+            log.warning("no data contract given: the data is not checked before joining")
+        else:
+            try:
+                summary = check_or_raise(contract, settings.data_path)
+            except DataContractError as exc:
+                print(
+                    f"error: the data in {settings.data_path} does not match the problem's data contract:\n{exc}",
+                    file=sys.stderr,
+                )
+                print("nothing was sent; fix the data and run again.", file=sys.stderr)
+                return EXIT_DATA
+            except ContractSpecError as exc:
+                print(f"error: the data contract itself is invalid: {exc}", file=sys.stderr)
+                return EXIT_DATA
+            log.info("data matches the contract", extra={"summary": str(summary)})
+            print(f"data check passed: {summary}", file=sys.stderr)
+        if settings.check_only:
+            return 0
+        selectors = [
+            s.strip() for s in (settings.selector or ",".join(bundle.get("selectors", []))).split(",") if s.strip()
+        ]
+        if not selectors:
+            raise ClientError("no selector given: pass --selector host:port or a join bundle with 'selectors'")
+        setup = NodeSetup(
+            selectors=selectors,
+            credential=settings.credential or str(bundle.get("credential", "")),
+            fab_sha256=settings.fab_sha256 or str(bundle.get("fab_sha256", "")),
+            data_path=settings.data_path.resolve(),
+            partition_id=settings.partition_id,
+            num_partitions=settings.num_partitions,
+            cache_dir=settings.cache_dir,
+            display_name=settings.name or str(bundle.get("site_name", "")),
+            max_join_wait=settings.max_join_wait,
+        )
+        node = Node(setup)
+        reason = node.serve()
+        log.info("run over", extra={"reason": reason, "tasks": node.tasks_done})
+        return 0
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = Settings.from_env(os.environ, argv)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    logs.setup("client", settings.log_level)
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
