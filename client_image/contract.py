@@ -312,19 +312,43 @@ class _Collector:
 
 _COMMON_KEYS = {"kind", "description", "title"}
 _TABULAR_KEYS = _COMMON_KEYS | {
-    "files", "min_rows", "label", "schema", "extra_columns", "delimiter",
+    "files",
+    "min_rows",
+    "label",
+    "schema",
+    "extra_columns",
+    "delimiter",
 }
 _IMAGE_KEYS = _COMMON_KEYS | {
-    "classes", "extensions", "image_size", "mode", "min_images_per_class", "min_images",
+    "classes",
+    "extensions",
+    "image_size",
+    "mode",
+    "min_images_per_class",
+    "min_images",
 }
 _NUMPY_KEYS = _COMMON_KEYS | {"files", "same_length", "extra_arrays"}
 _SCHEMA_KEYS = {"fields", "missingValues", "primaryKey"}
 _FIELD_KEYS = {
-    "name", "type", "format", "constraints", "title", "description", "example",
-    "trueValues", "falseValues",
+    "name",
+    "type",
+    "format",
+    "constraints",
+    "title",
+    "description",
+    "example",
+    "trueValues",
+    "falseValues",
 }
 _CONSTRAINT_KEYS = {
-    "required", "unique", "minimum", "maximum", "enum", "pattern", "minLength", "maxLength",
+    "required",
+    "unique",
+    "minimum",
+    "maximum",
+    "enum",
+    "pattern",
+    "minLength",
+    "maxLength",
 }
 
 
@@ -390,14 +414,10 @@ def parse_contract(spec: ContractLike) -> DataContract:
 def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str, issues: list[str]) -> None:
     for key in obj:
         if key not in allowed:
-            issues.append(
-                f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
-            )
+            issues.append(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
 
 
-def _int_setting(
-    data: Mapping[str, Any], key: str, default: int, minimum: int, issues: list[str]
-) -> int:
+def _int_setting(data: Mapping[str, Any], key: str, default: int, minimum: int, issues: list[str]) -> int:
     value = data.get(key, default)
     if not _is_int(value) or value < minimum:
         issues.append(f"{key!r} must be an integer >= {minimum}, got {value!r}")
@@ -405,9 +425,7 @@ def _int_setting(
     return int(value)
 
 
-def _choice_setting(
-    data: Mapping[str, Any], key: str, choices: tuple[str, ...], issues: list[str]
-) -> str:
+def _choice_setting(data: Mapping[str, Any], key: str, choices: tuple[str, ...], issues: list[str]) -> str:
     value = data.get(key, choices[0])
     if value not in choices:
         issues.append(f"{key!r} must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -424,7 +442,7 @@ def _parse_tabular(data: Mapping[str, Any], issues: list[str]) -> TabularContrac
     min_rows = _int_setting(data, "min_rows", 1, 0, issues)
     extra = _choice_setting(data, "extra_columns", ("forbid", "allow"), issues)
     delimiter = data.get("delimiter", ",")
-    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
         issues.append(f"'delimiter' must be a single character such as ',', got {delimiter!r}")
         delimiter = ","
 
@@ -434,9 +452,7 @@ def _parse_tabular(data: Mapping[str, Any], issues: list[str]) -> TabularContrac
     missing_values: tuple[str, ...] = ("",)
     primary_key: tuple[str, ...] = ()
     if not isinstance(schema, Mapping):
-        issues.append(
-            "'schema' must be an object with a 'fields' list (a Frictionless Table Schema)"
-        )
+        issues.append("'schema' must be an object with a 'fields' list (a Frictionless Table Schema)")
     else:
         _check_keys(schema, _SCHEMA_KEYS, "schema", issues)
         raw_fields = schema.get("fields")
@@ -475,16 +491,11 @@ def _parse_tabular(data: Mapping[str, Any], issues: list[str]) -> TabularContrac
         issues.append(f"'label' must be a field name (string), got {label!r}")
         label = None
     elif label is not None and names and label not in names:
-        issues.append(
-            f"label {label!r} is not a field in schema.fields (fields: {', '.join(names)})"
-        )
+        issues.append(f"label {label!r} is not a field in schema.fields (fields: {', '.join(names)})")
 
     # A primary key implies required + unique (Frictionless spec).
     if len(primary_key) == 1:
-        fields = [
-            replace(f, required=True, unique=True) if f.name == primary_key[0] else f
-            for f in fields
-        ]
+        fields = [replace(f, required=True, unique=True) if f.name == primary_key[0] else f for f in fields]
     elif primary_key:
         fields = [replace(f, required=True) if f.name in primary_key else f for f in fields]
     return TabularContract(
@@ -565,10 +576,7 @@ def _parse_field(raw: Any, index: int, issues: list[str]) -> FieldSpec | None:
         except _CellError as exc:
             issues.append(f"{where}: constraint {key!r}: {exc}")
     if "minimum" in bounds and "maximum" in bounds and bounds["minimum"] > bounds["maximum"]:
-        issues.append(
-            f"{where}: minimum {constraints['minimum']!r} is greater than "
-            f"maximum {constraints['maximum']!r}"
-        )
+        issues.append(f"{where}: minimum {constraints['minimum']!r} is greater than maximum {constraints['maximum']!r}")
 
     lengths: dict[str, int] = {}
     for key in ("minLength", "maxLength"):
@@ -582,10 +590,7 @@ def _parse_field(raw: Any, index: int, issues: list[str]) -> FieldSpec | None:
         else:
             lengths[key] = value
     if lengths.get("minLength", 0) > lengths.get("maxLength", sys.maxsize):
-        issues.append(
-            f"{where}: minLength {lengths['minLength']} is greater than "
-            f"maxLength {lengths['maxLength']}"
-        )
+        issues.append(f"{where}: minLength {lengths['minLength']} is greater than maxLength {lengths['maxLength']}")
 
     enum: tuple[Any, ...] | None = None
     if "enum" in constraints:
@@ -649,8 +654,7 @@ def _parse_image_folder(data: Mapping[str, Any], issues: list[str]) -> ImageFold
         issues.append(f"'classes' must be a non-empty list of class names, got {classes!r}")
     else:
         for name in classes:
-            if not isinstance(name, str) or not name or name.startswith(".") or "/" in name \
-                    or "\\" in name:
+            if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
                 issues.append(
                     f"class {name!r} cannot be a folder name (use a non-empty string "
                     "without slashes that does not start with '.')"
@@ -674,14 +678,8 @@ def _parse_image_folder(data: Mapping[str, Any], issues: list[str]) -> ImageFold
     size = data.get("image_size")
     image_size: tuple[int, int] | None = None
     if size is not None:
-        if (
-            not isinstance(size, list)
-            or len(size) != 2
-            or not all(_is_int(v) and v > 0 for v in size)
-        ):
-            issues.append(
-                f"'image_size' must be [width, height] with positive integers, got {size!r}"
-            )
+        if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
+            issues.append(f"'image_size' must be [width, height] with positive integers, got {size!r}")
         else:
             image_size = (int(size[0]), int(size[1]))
 
@@ -710,19 +708,14 @@ def _parse_numpy(data: Mapping[str, Any], issues: list[str]) -> NumpyContract:
     files = data.get("files")
     parsed_files: list[tuple[str, tuple[tuple[str, ArraySpec], ...]]] = []
     if not isinstance(files, Mapping) or not files:
-        issues.append(
-            "'files' must be an object mapping .npz file names to their arrays, "
-            f"got {files!r}"
-        )
+        issues.append(f"'files' must be an object mapping .npz file names to their arrays, got {files!r}")
         files = {}
     for fname, arrays in files.items():
         if not _safe_relative(fname) or not fname.endswith(".npz") or _is_hidden(Path(fname)):
             issues.append(f"file {fname!r}: must be a relative path ending in '.npz', not hidden")
             continue
         if not isinstance(arrays, Mapping) or not arrays:
-            issues.append(
-                f"file {fname!r}: must map array names to {{dtype, shape}}, got {arrays!r}"
-            )
+            issues.append(f"file {fname!r}: must map array names to {{dtype, shape}}, got {arrays!r}")
             continue
         specs: list[tuple[str, ArraySpec]] = []
         for aname, aspec in arrays.items():
@@ -739,7 +732,7 @@ def _parse_numpy(data: Mapping[str, Any], issues: list[str]) -> NumpyContract:
 
 def _parse_array_spec(where: str, raw: Any, issues: list[str]) -> ArraySpec | None:
     if not isinstance(raw, Mapping):
-        issues.append(f"{where}: must be an object such as {{\"dtype\": \"float32\"}}, got {raw!r}")
+        issues.append(f'{where}: must be an object such as {{"dtype": "float32"}}, got {raw!r}')
         return None
     _check_keys(raw, {"dtype", "shape"}, where, issues)
     dtype = raw.get("dtype")
@@ -750,21 +743,14 @@ def _parse_array_spec(where: str, raw: Any, issues: list[str]) -> ArraySpec | No
             issues.append(f"{where}: unknown numpy dtype {dtype!r}")
             return None
         if resolved.hasobject:
-            issues.append(
-                f"{where}: dtype {dtype!r} holds Python objects, which cannot be loaded safely"
-            )
+            issues.append(f"{where}: dtype {dtype!r} holds Python objects, which cannot be loaded safely")
             return None
         dtype = resolved.name if resolved.fields is None else str(resolved)
     shape = raw.get("shape")
     if shape is not None:
-        sizes_ok = isinstance(shape, list) and all(
-            v is None or (_is_int(v) and v >= 0) for v in shape
-        )
+        sizes_ok = isinstance(shape, list) and all(v is None or (_is_int(v) and v >= 0) for v in shape)
         if not sizes_ok:
-            issues.append(
-                f"{where}: 'shape' must be a list of sizes (integers >= 0, or null for any), "
-                f"got {shape!r}"
-            )
+            issues.append(f"{where}: 'shape' must be a list of sizes (integers >= 0, or null for any), got {shape!r}")
             return None
         shape = tuple(shape)
     return ArraySpec(dtype=dtype, shape=shape)
@@ -793,8 +779,13 @@ def _parse_number(cell: str) -> float:
     else:
         # float() is fast but lenient (" 1", "1_0", "nan", non-ASCII digits), so only a
         # finite result from plain ASCII text skips the strict regex.
-        if -math.inf < value < math.inf and cell.isascii() and "_" not in cell \
-                and not cell[0].isspace() and not cell[-1].isspace():
+        if (
+            -math.inf < value < math.inf
+            and cell.isascii()
+            and "_" not in cell
+            and not cell[0].isspace()
+            and not cell[-1].isspace()
+        ):
             return value
     if _NUMBER_RE.fullmatch(cell):
         return float(cell)
@@ -806,8 +797,7 @@ def _parse_number(cell: str) -> float:
 
 def _parse_integer(cell: str) -> int:
     # int() also accepts " 1", "1_0" and non-ASCII digits; the spec does not.
-    if cell and cell.isascii() and "_" not in cell \
-            and not cell[0].isspace() and not cell[-1].isspace():
+    if cell and cell.isascii() and "_" not in cell and not cell[0].isspace() and not cell[-1].isspace():
         try:
             return int(cell)
         except ValueError:  # not digits, or more digits than int() allows
@@ -828,9 +818,7 @@ def _parse_string(cell: str) -> str:
     return cell
 
 
-def _make_parser(
-    ftype: str, true_values: Sequence[str], false_values: Sequence[str]
-) -> Callable[[str], Any]:
+def _make_parser(ftype: str, true_values: Sequence[str], false_values: Sequence[str]) -> Callable[[str], Any]:
     if ftype == "number":
         return _parse_number
     if ftype == "integer":
@@ -869,8 +857,7 @@ def _make_checker(spec: FieldSpec) -> Callable[[str], Any]:
     allowed = frozenset(spec.enum) if spec.enum is not None else None
     regex = re.compile(spec.pattern) if spec.pattern is not None else None
     min_len, max_len = spec.min_length, spec.max_length
-    if low is None and high is None and allowed is None and regex is None \
-            and min_len is None and max_len is None:
+    if low is None and high is None and allowed is None and regex is None and min_len is None and max_len is None:
         return parse
 
     low_text = _plain(low) if low is not None else ""
@@ -890,13 +877,9 @@ def _make_checker(spec: FieldSpec) -> Callable[[str], Any]:
         if regex is not None and not regex.fullmatch(cell):
             raise _CellError(f"expected text matching pattern {spec.pattern!r}, got {_show(cell)}")
         if min_len is not None and len(value) < min_len:
-            raise _CellError(
-                f"expected at least {min_len} characters, got {len(value)} ({_show(cell)})"
-            )
+            raise _CellError(f"expected at least {min_len} characters, got {len(value)} ({_show(cell)})")
         if max_len is not None and len(value) > max_len:
-            raise _CellError(
-                f"expected at most {max_len} characters, got {len(value)} ({_show(cell)})"
-            )
+            raise _CellError(f"expected at most {max_len} characters, got {len(value)} ({_show(cell)})")
         return value
 
     return check
@@ -925,18 +908,14 @@ class _TabularState:
     seen_keys: dict[tuple[Any, ...], tuple[str, int]] = field(default_factory=dict)
 
 
-def _check_tabular(
-    contract: TabularContract, data_dir: Path, out: _Collector
-) -> DataSummary:
-    paths = sorted(
-        p for p in data_dir.glob(contract.files)
-        if p.is_file() and not _is_hidden(p.relative_to(data_dir))
-    )
+def _check_tabular(contract: TabularContract, data_dir: Path, out: _Collector) -> DataSummary:
+    paths = sorted(p for p in data_dir.glob(contract.files) if p.is_file() and not _is_hidden(p.relative_to(data_dir)))
     if not paths:
         out.add(
-            "", None, None,
-            f"no CSV files matching {contract.files!r} in the data folder; "
-            f"{_describe_folder(data_dir)}",
+            "",
+            None,
+            None,
+            f"no CSV files matching {contract.files!r} in the data folder; {_describe_folder(data_dir)}",
         )
         return DataSummary(kind="tabular", files=0)
 
@@ -951,9 +930,10 @@ def _check_tabular(
             line = _first_bad_utf8_line(path)
             where = f" (first invalid byte on line {line})" if line else ""
             out.add(
-                rel, None, None,
-                f"file is not valid UTF-8 text{where}; expected a UTF-8 encoded CSV "
-                "(e.g. save as 'CSV UTF-8')",
+                rel,
+                None,
+                None,
+                f"file is not valid UTF-8 text{where}; expected a UTF-8 encoded CSV (e.g. save as 'CSV UTF-8')",
             )
         except OSError as exc:
             out.add(rel, None, None, f"cannot read file: {exc.strerror or exc}")
@@ -961,9 +941,10 @@ def _check_tabular(
     if state.rows < contract.min_rows:
         in_files = f" in {state.files} files" if state.files > 1 else ""
         out.add(
-            "", None, None,
-            f"expected at least {contract.min_rows} data rows in total, "
-            f"found {state.rows}{in_files}",
+            "",
+            None,
+            None,
+            f"expected at least {contract.min_rows} data rows in total, found {state.rows}{in_files}",
         )
     return DataSummary(kind="tabular", files=state.files, rows=state.rows)
 
@@ -978,9 +959,7 @@ def _first_bad_utf8_line(path: Path) -> int | None:
     return None
 
 
-def _check_header(
-    contract: TabularContract, header: list[str], rel: str, out: _Collector
-) -> dict[str, int]:
+def _check_header(contract: TabularContract, header: list[str], rel: str, out: _Collector) -> dict[str, int]:
     """Report header problems; return the column index of each contract field found."""
     positions: dict[str, list[int]] = {}
     for index, name in enumerate(header):
@@ -991,8 +970,12 @@ def _check_header(
     for name, where in positions.items():
         if len(where) > 1 and (name in field_names or contract.extra_columns == "forbid"):
             cols = ", ".join(str(i + 1) for i in where)
-            out.add(rel, 1, name or None, f"column appears {len(where)} times in the header "
-                    f"(columns {cols}); expected it once")
+            out.add(
+                rel,
+                1,
+                name or None,
+                f"column appears {len(where)} times in the header (columns {cols}); expected it once",
+            )
 
     by_loose_name = {h.strip().casefold(): h for h in header}
     for name in field_names:
@@ -1009,7 +992,9 @@ def _check_header(
                 continue
             label = _quote(name) if name else f"#{index + 1} (no name)"
             out.add(
-                rel, 1, name or None,
+                rel,
+                1,
+                name or None,
                 f"unexpected column {label}; expected only the contract's columns: {expected}",
             )
     return {name: where[0] for name, where in positions.items() if name in field_names}
@@ -1031,20 +1016,29 @@ def _check_csv_file(
         try:
             header = next(reader, None)
             if header is None:
-                out.add(rel, None, None, "file is empty; expected a header row with the columns: "
-                        + ", ".join(_quote(f.name) for f in contract.fields))
+                out.add(
+                    rel,
+                    None,
+                    None,
+                    "file is empty; expected a header row with the columns: "
+                    + ", ".join(_quote(f.name) for f in contract.fields),
+                )
                 return
             index_of = _check_header(contract, header, rel, out)
             width = len(header)
             columns = [
-                (index_of[name], name, checkers[name], specs[name].required,
-                 state.seen.get(name), _TYPE_WORDS[specs[name].type])
-                for name in specs if name in index_of
-            ]
-            pk_columns = [
-                (index_of[name], checkers[name]) for name in contract.primary_key
+                (
+                    index_of[name],
+                    name,
+                    checkers[name],
+                    specs[name].required,
+                    state.seen.get(name),
+                    _TYPE_WORDS[specs[name].type],
+                )
+                for name in specs
                 if name in index_of
             ]
+            pk_columns = [(index_of[name], checkers[name]) for name in contract.primary_key if name in index_of]
             if len(pk_columns) != len(contract.primary_key):
                 pk_columns = []
 
@@ -1053,16 +1047,14 @@ def _check_csv_file(
                     continue  # blank line: skipped, but still counted for row numbers
                 state.rows += 1
                 if len(row) != width:
-                    out.add(rel, row_no, None,
-                            f"expected {width} cells (one per header column), got {len(row)}")
+                    out.add(rel, row_no, None, f"expected {width} cells (one per header column), got {len(row)}")
                     continue
                 for index, name, check, required, seen, type_word in columns:
                     cell = row[index]
                     if cell in missing_values:
                         if required:
                             got = "an empty cell" if cell == "" else _show(cell)
-                            out.add(rel, row_no, name,
-                                    f"a value is required (expected {type_word}), got {got}")
+                            out.add(rel, row_no, name, f"a value is required (expected {type_word}), got {got}")
                         continue
                     try:
                         value = check(cell)
@@ -1072,17 +1064,18 @@ def _check_csv_file(
                     if seen is not None:
                         first = seen.setdefault(value, (rel, row_no))
                         if first[1] != row_no or first[0] != rel:
-                            out.add(rel, row_no, name,
-                                    f"expected a unique value, but {_show(cell)} also appears in "
-                                    + _where(first, rel))
+                            out.add(
+                                rel,
+                                row_no,
+                                name,
+                                f"expected a unique value, but {_show(cell)} also appears in " + _where(first, rel),
+                            )
                 if pk_columns:
-                    _check_primary_key(contract, pk_columns, row, rel, row_no, missing_values,
-                                       state, out)
+                    _check_primary_key(contract, pk_columns, row, rel, row_no, missing_values, state, out)
         except csv.Error as exc:
             message = str(exc)
             hint = _CSV_HINTS.get(message.replace(contract.delimiter, ","), "")
-            out.add(rel, row_no + 1, None,
-                    f"malformed CSV: {message}" + (f" ({hint})" if hint else ""))
+            out.add(rel, row_no + 1, None, f"malformed CSV: {message}" + (f" ({hint})" if hint else ""))
 
 
 def _where(first: tuple[str, int], rel: str) -> str:
@@ -1100,9 +1093,7 @@ def _check_primary_key(
     out: _Collector,
 ) -> None:
     try:
-        key = tuple(
-            None if row[i] in missing_values else check(row[i]) for i, check in pk_columns
-        )
+        key = tuple(None if row[i] in missing_values else check(row[i]) for i, check in pk_columns)
     except _CellError:
         return  # already reported as a cell problem
     if None in key:
@@ -1111,9 +1102,12 @@ def _check_primary_key(
     if first != (rel, row_no):
         names = ", ".join(_quote(n) for n in contract.primary_key)
         values = ", ".join(_show(row[i]) for i, _ in pk_columns)
-        out.add(rel, row_no, None,
-                f"expected a unique primary key ({names}), but ({values}) also appears in "
-                + _where(first, rel))
+        out.add(
+            rel,
+            row_no,
+            None,
+            f"expected a unique primary key ({names}), but ({values}) also appears in " + _where(first, rel),
+        )
 
 
 # --------------------------------------------------------------------------
@@ -1121,9 +1115,16 @@ def _check_primary_key(
 # --------------------------------------------------------------------------
 
 _MODE_NAMES = {
-    "1": "black and white", "L": "8-bit grayscale", "LA": "grayscale with alpha",
-    "P": "palette", "RGB": "colour", "RGBA": "colour with alpha", "I": "32-bit integer",
-    "F": "32-bit float", "CMYK": "CMYK", "I;16": "16-bit grayscale",
+    "1": "black and white",
+    "L": "8-bit grayscale",
+    "LA": "grayscale with alpha",
+    "P": "palette",
+    "RGB": "colour",
+    "RGBA": "colour with alpha",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+    "CMYK": "CMYK",
+    "I;16": "16-bit grayscale",
 }
 
 
@@ -1132,42 +1133,55 @@ def _mode_text(mode: str) -> str:
     return f"{mode!r} ({name})" if name else repr(mode)
 
 
-def _check_image_folder(
-    contract: ImageFolderContract, data_dir: Path, out: _Collector
-) -> DataSummary:
-    classes_text = ", ".join(contract.classes[:_MAX_LISTED]) + (
-        ", ..." if len(contract.classes) > _MAX_LISTED else ""
-    )
+def _check_image_folder(contract: ImageFolderContract, data_dir: Path, out: _Collector) -> DataSummary:
+    classes_text = ", ".join(contract.classes[:_MAX_LISTED]) + (", ..." if len(contract.classes) > _MAX_LISTED else "")
     ext_text = ", ".join(contract.extensions)
     entries = sorted(p for p in data_dir.iterdir() if not p.name.startswith("."))
     if not entries:
-        out.add("", None, None,
-                f"the data folder is empty; expected one sub-folder per class ({classes_text}) "
-                f"holding {ext_text} images")
+        out.add(
+            "",
+            None,
+            None,
+            f"the data folder is empty; expected one sub-folder per class ({classes_text}) holding {ext_text} images",
+        )
         return DataSummary(kind="image-folder", files=0)
 
     counts = {name: 0 for name in contract.classes}
     for entry in entries:
         if not entry.is_dir():
-            out.add(entry.name, None, None,
-                    f"unexpected file at the top of the data folder; expected only class "
-                    f"sub-folders ({classes_text})")
+            out.add(
+                entry.name,
+                None,
+                None,
+                f"unexpected file at the top of the data folder; expected only class sub-folders ({classes_text})",
+            )
         elif entry.name not in counts:
-            out.add(entry.name + "/", None, None,
-                    f"folder {entry.name!r} is not one of the contract's classes ({classes_text})")
+            out.add(
+                entry.name + "/",
+                None,
+                None,
+                f"folder {entry.name!r} is not one of the contract's classes ({classes_text})",
+            )
         else:
             counts[entry.name] = _check_class_folder(contract, entry, data_dir, out)
 
     for name, n in counts.items():
         if n < contract.min_images_per_class:
-            out.add(name + "/", None, None,
-                    f"expected at least {contract.min_images_per_class} valid images for class "
-                    f"{name!r}, found {n}")
+            out.add(
+                name + "/",
+                None,
+                None,
+                f"expected at least {contract.min_images_per_class} valid images for class {name!r}, found {n}",
+            )
     total = sum(counts.values())
     if total < contract.min_images:
-        out.add("", None, None,
-                f"expected at least {contract.min_images} valid {ext_text} image(s) in the class "
-                f"sub-folders ({classes_text}), found {total}; {_describe_folder(data_dir)}")
+        out.add(
+            "",
+            None,
+            None,
+            f"expected at least {contract.min_images} valid {ext_text} image(s) in the class "
+            f"sub-folders ({classes_text}), found {total}; {_describe_folder(data_dir)}",
+        )
     return DataSummary(
         kind="image-folder",
         files=total,
@@ -1176,22 +1190,20 @@ def _check_image_folder(
     )
 
 
-def _check_class_folder(
-    contract: ImageFolderContract, folder: Path, data_dir: Path, out: _Collector
-) -> int:
+def _check_class_folder(contract: ImageFolderContract, folder: Path, data_dir: Path, out: _Collector) -> int:
     valid = 0
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
         rel = path.relative_to(data_dir).as_posix()
         if path.is_dir():
-            out.add(rel + "/", None, None,
-                    "unexpected sub-folder; images must sit directly in their class folder")
+            out.add(rel + "/", None, None, "unexpected sub-folder; images must sit directly in their class folder")
             continue
         if path.suffix.lower() not in contract.extensions:
             found = f"{path.suffix!r}" if path.suffix else "no extension"
-            out.add(rel, None, None, f"unexpected file type ({found}); expected one of "
-                    f"{', '.join(contract.extensions)}")
+            out.add(
+                rel, None, None, f"unexpected file type ({found}); expected one of {', '.join(contract.extensions)}"
+            )
             continue
         if _check_image(contract, path, rel, out):
             valid += 1
@@ -1210,18 +1222,17 @@ def _check_image(contract: ImageFolderContract, path: Path, rel: str, out: _Coll
     # Pillow raises many unrelated exception types for corrupt files.
     except Exception as exc:  # noqa: BLE001
         detail = str(exc).replace(str(path), rel) or type(exc).__name__
-        out.add(rel, None, None, f"cannot be opened as an image ({detail}); expected a valid "
-                f"{path.suffix.lower()} file")
+        out.add(
+            rel, None, None, f"cannot be opened as an image ({detail}); expected a valid {path.suffix.lower()} file"
+        )
         return False
     ok = True
     if contract.image_size is not None and size != contract.image_size:
         w, h = contract.image_size
-        out.add(rel, None, None,
-                f"expected {w}x{h} pixels (width x height), got {size[0]}x{size[1]}")
+        out.add(rel, None, None, f"expected {w}x{h} pixels (width x height), got {size[0]}x{size[1]}")
         ok = False
     if contract.mode is not None and mode != contract.mode:
-        out.add(rel, None, None,
-                f"expected image mode {_mode_text(contract.mode)}, got {_mode_text(mode)}")
+        out.add(rel, None, None, f"expected image mode {_mode_text(contract.mode)}, got {_mode_text(mode)}")
         ok = False
     return ok
 
@@ -1247,11 +1258,15 @@ def _check_numpy(contract: NumpyContract, data_dir: Path, out: _Collector) -> Da
         path = data_dir / fname
         if not path.is_file():
             others = sorted(
-                p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*.npz")
+                p.relative_to(data_dir).as_posix()
+                for p in data_dir.rglob("*.npz")
                 if not _is_hidden(p.relative_to(data_dir))
             )
-            found = f"; .npz files found: {', '.join(others[:_MAX_LISTED])}" if others \
+            found = (
+                f"; .npz files found: {', '.join(others[:_MAX_LISTED])}"
+                if others
                 else f"; {_describe_folder(data_dir)}"
+            )
             out.add(fname, None, None, f"missing file {fname!r}{found}")
             continue
         files += 1
@@ -1260,17 +1275,20 @@ def _check_numpy(contract: NumpyContract, data_dir: Path, out: _Collector) -> Da
 
 
 def _check_npz(
-    contract: NumpyContract, path: Path, fname: str, specs: Mapping[str, ArraySpec],
+    contract: NumpyContract,
+    path: Path,
+    fname: str,
+    specs: Mapping[str, ArraySpec],
     out: _Collector,
 ) -> int:
     expected = "expected a .npz archive written by numpy.savez or numpy.savez_compressed"
     if not zipfile.is_zipfile(path):
         with path.open("rb") as handle:
             magic = handle.read(6)
-        found = "a single .npy array" if magic == b"\x93NUMPY" else \
-            "an empty file" if not magic else "not a zip archive"
-        out.add(fname, None, None, f"cannot be read: it is {found}; {expected} "
-                f"holding arrays {', '.join(specs)}")
+        found = (
+            "a single .npy array" if magic == b"\x93NUMPY" else "an empty file" if not magic else "not a zip archive"
+        )
+        out.add(fname, None, None, f"cannot be read: it is {found}; {expected} holding arrays {', '.join(specs)}")
         return 0
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -1284,47 +1302,52 @@ def _check_npz(
         names = list(loaded.files)
         for name in names:
             if name not in specs and contract.extra_arrays == "forbid":
-                out.add(fname, None, None,
-                        f"unexpected array {name!r}; expected only: {', '.join(specs)}")
+                out.add(fname, None, None, f"unexpected array {name!r}; expected only: {', '.join(specs)}")
         for name, spec in specs.items():
             if name not in names:
-                out.add(fname, None, None, f"missing array {name!r}; the file has: "
-                        f"{', '.join(names) or '(no arrays)'}")
+                out.add(fname, None, None, f"missing array {name!r}; the file has: {', '.join(names) or '(no arrays)'}")
                 continue
             try:
                 array = loaded[name]
             except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                detail = "it holds Python objects (dtype=object), which cannot be loaded " \
-                    "safely" if "allow_pickle" in str(exc) else str(exc)
+                detail = (
+                    "it holds Python objects (dtype=object), which cannot be loaded safely"
+                    if "allow_pickle" in str(exc)
+                    else str(exc)
+                )
                 expected = f"; expected dtype {spec.dtype}" if spec.dtype else ""
                 out.add(fname, None, None, f"array {name!r} cannot be read: {detail}{expected}")
                 continue
             count += 1
             lengths[name] = array.shape[0] if array.ndim else None
             if spec.dtype is not None and not _dtype_matches(array.dtype, spec.dtype):
-                out.add(fname, None, None,
-                        f"array {name!r}: expected dtype {spec.dtype}, got {array.dtype.name}")
+                out.add(fname, None, None, f"array {name!r}: expected dtype {spec.dtype}, got {array.dtype.name}")
             if spec.shape is not None and not _shape_matches(array.shape, spec.shape):
-                out.add(fname, None, None,
-                        f"array {name!r}: expected shape {_shape_text(spec.shape)}, "
-                        f"got {_shape_text(array.shape)}")
+                out.add(
+                    fname,
+                    None,
+                    None,
+                    f"array {name!r}: expected shape {_shape_text(spec.shape)}, got {_shape_text(array.shape)}",
+                )
     if contract.same_length and len(lengths) > 1:
         scalars = [n for n, length in lengths.items() if length is None]
         for name in scalars:
-            out.add(fname, None, None, f"array {name!r} is a scalar (0-d) and has no length; "
-                    "same_length expects every array to have a first dimension")
+            out.add(
+                fname,
+                None,
+                None,
+                f"array {name!r} is a scalar (0-d) and has no length; "
+                "same_length expects every array to have a first dimension",
+            )
         sized = {n: length for n, length in lengths.items() if length is not None}
         if len(set(sized.values())) > 1:
             detail = ", ".join(f"{n} has {length}" for n, length in sized.items())
-            out.add(fname, None, None,
-                    f"expected all arrays to have the same length (first dimension), got: {detail}")
+            out.add(fname, None, None, f"expected all arrays to have the same length (first dimension), got: {detail}")
     return count
 
 
 def _shape_matches(actual: tuple[int, ...], expected: Sequence[int | None]) -> bool:
-    return len(actual) == len(expected) and all(
-        e is None or a == e for a, e in zip(actual, expected, strict=True)
-    )
+    return len(actual) == len(expected) and all(e is None or a == e for a, e in zip(actual, expected, strict=True))
 
 
 # --------------------------------------------------------------------------
@@ -1335,8 +1358,13 @@ def _shape_matches(actual: tuple[int, ...], expected: Sequence[int | None]) -> b
 def _run(contract: DataContract, data_dir: Path, out: _Collector) -> DataSummary:
     data_dir = Path(data_dir)
     if not data_dir.exists():
-        out.add("", None, None, f"the data folder {str(data_dir)!r} does not exist; "
-                "expected the folder holding your data to be mounted there")
+        out.add(
+            "",
+            None,
+            None,
+            f"the data folder {str(data_dir)!r} does not exist; "
+            "expected the folder holding your data to be mounted there",
+        )
         return DataSummary(kind=contract.kind, files=0)
     if not data_dir.is_dir():
         out.add("", None, None, f"{str(data_dir)!r} is a file; expected a data folder")

@@ -124,14 +124,18 @@ class SelectorTierGrid(Grid):
     def _overselect(self, originals: list[Message]) -> list[Message]:
         """Ask extra clients (as Bonawitz et al.) so stragglers do not stall a round."""
         first = originals[0]
+        # Only a batch that is a whole round qualifies: the compatibility
+        # workflow sends one message per client from parallel threads.
         if (
             self.policy.overselect <= 1.0
+            or len(originals) < 2
             or first.metadata.message_type != MessageType.TRAIN
             or any(m.content is not first.content for m in originals if m.has_content())
         ):
             return []
         targeted = {m.metadata.dst_node_id for m in originals}
-        spare = [n for n in self.hub.node_ids() if n not in targeted]
+        busy = self.hub.busy_nodes()
+        spare = [n for n in self.hub.node_ids() if n not in targeted and n not in busy]
         wanted = math.ceil(len(originals) * (self.policy.overselect - 1.0))
         chosen = self._rng.sample(spare, min(wanted, len(spare)))
         return [

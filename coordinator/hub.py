@@ -160,6 +160,17 @@ class Hub:
         with self.cond:
             return list(self.nodes)
 
+    def busy_nodes(self) -> set[int]:
+        """Nodes with an unanswered instruction in an open batch."""
+        with self.cond:
+            return {
+                i.node_id
+                for b in self.batches.values()
+                if not b.closed
+                for i in b.instrs.values()
+                if i.state == "pending"
+            }
+
     def selector_of(self, node_id: int) -> str | None:
         with self.cond:
             node = self.nodes.get(node_id)

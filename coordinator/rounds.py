@@ -33,15 +33,26 @@ EVAL_ACC_KEYS = ("eval_acc", "eval-acc", "eval_accuracy", "accuracy", "acc")
 
 
 @dataclass
+class MetricsSum:
+    """Running weighted sums of reply metrics; a round may span several batches."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+
+    def mean(self) -> dict[str, float]:
+        return {k: v / self.total for k, v in self.sums.items()} if self.total else {}
+
+
+@dataclass
 class RoundRecord:
     round: str
     started: float = field(default_factory=time.time)
     finished: float = 0.0
-    participants: list[int] = field(default_factory=list)
+    participants: set[int] = field(default_factory=set)
     failures: int = 0
-    train: dict[str, float] = field(default_factory=dict)
-    evaluate: dict[str, float] = field(default_factory=dict)
-    eval_participants: int = 0
+    train: MetricsSum = field(default_factory=MetricsSum)
+    evaluate: MetricsSum = field(default_factory=MetricsSum)
+    eval_participants: set[int] = field(default_factory=set)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -49,18 +60,17 @@ class RoundRecord:
             "started": self.started,
             "finished": self.finished,
             "seconds": round(self.finished - self.started, 3),
-            "participants": self.participants,
+            "participants": sorted(self.participants),
             "failures": self.failures,
-            "train_metrics": self.train,
-            "eval_metrics": self.evaluate,
-            "eval_participants": self.eval_participants,
+            "train_metrics": self.train.mean(),
+            "eval_metrics": self.evaluate.mean(),
+            "eval_participants": len(self.eval_participants),
         }
 
 
-def weighted_metrics(replies: list[Message], weight_key: str) -> dict[str, float]:
-    """Weighted mean of every numeric metric in the replies (both Flower styles)."""
-    sums: dict[str, float] = {}
-    total = 0.0
+def add_metrics(acc: MetricsSum, replies: list[Message], weight_key: str) -> None:
+    """Add every numeric metric of the replies (both Flower styles), weighted by examples."""
+    sums, total = acc.sums, 0.0
     for reply in replies:
         if not reply.has_content():
             continue
@@ -71,18 +81,18 @@ def weighted_metrics(replies: list[Message], weight_key: str) -> dict[str, float
             w = 1.0
         values: dict[str, float] = {}
         for rec in content.metric_records.values():
-            for k, v in rec.items():
-                if k not in (weight_key, LEGACY_WEIGHT_KEY) and isinstance(v, (int, float)):
-                    values[k] = float(v)
+            for k, mv in rec.items():
+                if k not in (weight_key, LEGACY_WEIGHT_KEY) and isinstance(mv, (int, float)):
+                    values[k] = float(mv)
         for name, crec in content.config_records.items():
             if name.endswith(".metrics"):
-                for k, v in crec.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        values[k] = float(v)
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v * w
+                for k, cv in crec.items():
+                    if isinstance(cv, (int, float)) and not isinstance(cv, bool):
+                        values[k] = float(cv)
+        for k, fv in values.items():
+            sums[k] = sums.get(k, 0.0) + fv * w
         total += w
-    return {k: v / total for k, v in sums.items()} if total else {}
+    acc.total += total
 
 
 def _first(metrics: dict[str, float], keys: tuple[str, ...]) -> float | None:
@@ -138,6 +148,7 @@ class RoundTracker:
         self.rounds: list[dict[str, Any]] = []
         self._model_after: dict[str, ArrayRecord] = {}
         self.final_arrays: ArrayRecord | None = None
+        self._lock = threading.Lock()
         self._writes: queue.Queue[tuple[Path, ArrayRecord] | None] = queue.Queue(maxsize=2)
         self._writer = threading.Thread(target=self._write_loop, name="checkpoint-writer", daemon=True)
         self._writer.start()
@@ -145,6 +156,11 @@ class RoundTracker:
     # ---- RoundObserver -------------------------------------------------------------
 
     def on_push(self, message_type: str, group_id: str, messages: list[Message]) -> None:
+        # The compatibility workflow pushes one message per client from parallel threads.
+        with self._lock:
+            self._on_push(message_type, group_id, messages)
+
+    def _on_push(self, message_type: str, group_id: str, messages: list[Message]) -> None:
         if not messages or not messages[0].has_content():
             return
         arrays = _only_arrays(messages[0].content)
@@ -162,19 +178,19 @@ class RoundTracker:
                 self.current = RoundRecord(group_id)
 
     def on_close(self, message_type: str, group_id: str, replies: list[Message], participants: list[int]) -> None:
-        rec = self.current
-        if rec is None or rec.round != group_id:
-            return
-        rec.finished = time.time()
-        ok = [r for r in replies if r.has_content()]
-        if message_type == MessageType.TRAIN:
-            rec.participants = participants
-            rec.failures = len(replies) - len(ok)
-            rec.train = weighted_metrics(ok, self.weight_key)
-        elif message_type == MessageType.EVALUATE:
-            rec.evaluate = weighted_metrics(ok, self.weight_key)
-            # Legacy evaluate replies carry the loss in its own record.
-            rec.eval_participants = len(participants)
+        with self._lock:
+            rec = self.current
+            if rec is None or rec.round != group_id:
+                return
+            rec.finished = time.time()
+            ok = [r for r in replies if r.has_content()]
+            if message_type == MessageType.TRAIN:
+                rec.participants.update(participants)
+                rec.failures += len(replies) - len(ok)
+                add_metrics(rec.train, ok, self.weight_key)
+            elif message_type == MessageType.EVALUATE:
+                add_metrics(rec.evaluate, ok, self.weight_key)
+                rec.eval_participants.update(participants)
 
     # ---- end of run ----------------------------------------------------------------------
 
@@ -185,7 +201,8 @@ class RoundTracker:
             if arrays is not None and self.current is not None:
                 self._model_after[self.current.round] = arrays
         last_round = self.current.round if self.current else None
-        self._finish_round()
+        with self._lock:
+            self._finish_round()
         self._writes.put(None)
         self._writer.join()
         arrays = self._model_after.get(last_round) if last_round else None
@@ -225,8 +242,8 @@ class RoundTracker:
             fh.write(json.dumps(doc) + "\n")
         if arrays is not None:
             self._writes.put((self.ckpt_dir / f"{stem}.npz", arrays))
-        loss = _first(rec.train, TRAIN_LOSS_KEYS)
-        acc = _first(rec.evaluate, EVAL_ACC_KEYS)
+        loss = _first(rec.train.mean(), TRAIN_LOSS_KEYS)
+        acc = _first(rec.evaluate.mean(), EVAL_ACC_KEYS)
         total = f"/{self.total_rounds}" if self.total_rounds else ""
         self.echo(
             f"round {rec.round}{total} | clients {len(rec.participants)}"
@@ -257,5 +274,5 @@ class RoundTracker:
 def _save_npz(path: Path, arrays: ArrayRecord) -> None:
     tmp = path.with_suffix(".tmp.npz")
     with tmp.open("wb") as fh:
-        np.savez(fh, **{k: v.numpy() for k, v in arrays.items()})
+        np.savez(fh, **{k: v.numpy() for k, v in arrays.items()})  # type: ignore[arg-type]
     tmp.replace(path)

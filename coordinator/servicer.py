@@ -10,6 +10,7 @@ import grpc
 
 from coordinator.hub import Hub, Result
 from fedota_common.fab import App
+from fedota_common.grpcutil import abort
 from fedota_common.payload import Assembler, PayloadError, iter_chunks
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.coordinator.v1 import coordinator_pb2_grpc
@@ -32,7 +33,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def _check_token(self, token: str, context: grpc.ServicerContext) -> None:
         if self.token and token != self.token:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid selector token")
+            abort(context, grpc.StatusCode.UNAUTHENTICATED, "invalid selector token")
 
     def Attach(
         self, request_iterator: Iterator[cpb.SelectorMessage], context: grpc.ServicerContext
@@ -42,7 +43,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         except StopIteration:
             return
         if first.WhichOneof("msg") != "hello":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         self._check_token(first.hello.token, context)
         selector_id = first.hello.selector_id
         link = self.hub.attach(selector_id, [(n.node_id, n.display_name) for n in first.hello.nodes])
@@ -85,7 +86,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._check_token(request.token, context)
         data = self.hub.content(request.content_id)
         if data is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"content {request.content_id} is gone (round closed)")
+            abort(context, grpc.StatusCode.NOT_FOUND, f"content {request.content_id} is gone (round closed)")
         for chunk in iter_chunks(data):
             yield payload_pb2.Chunk(data=chunk)
 
@@ -94,7 +95,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> cpb.PushResultResponse:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the header")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the header")
         header = first.header
         self._check_token(header.token, context)
         try:
@@ -103,7 +104,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 asm.add(part.chunk.data)
             content = asm.finish()
         except PayloadError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         result = Result(
             selector_id=header.selector_id,
             header=header.payload,

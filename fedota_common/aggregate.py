@@ -16,7 +16,7 @@ folded: `NotAggregatable` tells the caller to forward replies individually.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -69,46 +69,46 @@ class WeightedMean:
         if self._signature is not None and signature != self._signature:
             raise NotAggregatable("reply structure differs from earlier replies")
         # Validate every value before mutating, so a bad reply leaves the sum intact.
-        for name, rec in content.config_records.items():
-            for key, value in rec.items():
+        for name, crec in content.config_records.items():
+            for key, value in crec.items():
                 if not _numeric(value) and self._signature is not None:
                     if self._configs[name][key][0] != value:
                         raise NotAggregatable(f"config value {name}.{key} differs between replies")
-        for name, rec in content.metric_records.items():
-            for key, value in rec.items():
-                if isinstance(value, list) and self._signature is not None:
+        for name, mrec in content.metric_records.items():
+            for key, mvalue in mrec.items():
+                if isinstance(mvalue, list) and self._signature is not None:
                     prev = self._metrics[name][key]
-                    if len(prev) != len(value):
+                    if len(prev) != len(mvalue):
                         raise NotAggregatable(f"metric list {name}.{key} differs in length")
 
         first = self._signature is None
         self._signature = signature
-        for name, rec in content.array_records.items():
+        for name, arec in content.array_records.items():
             acc = self._arrays.setdefault(name, {})
             dts = self._dtypes.setdefault(name, {})
-            for key, arr in rec.items():
+            for key, arr in arec.items():
                 nd = arr.numpy()
                 if first:
                     dts[key] = nd.dtype
                     acc[key] = nd.astype(np.float64) * weight
                 else:
                     acc[key] += nd.astype(np.float64) * weight
-        for name, rec in content.metric_records.items():
+        for name, mrec in content.metric_records.items():
             acc_m = self._metrics.setdefault(name, {})
-            for key, value in rec.items():
+            for key, mvalue in mrec.items():
                 if _is_weight(key, self.weight_key):
-                    acc_m[key] = acc_m.get(key, 0) + value
-                elif isinstance(value, list):
-                    scaled = np.asarray(value, dtype=np.float64) * weight
+                    acc_m[key] = acc_m.get(key, 0) + mvalue
+                elif isinstance(mvalue, list):
+                    scaled = np.asarray(mvalue, dtype=np.float64) * weight
                     acc_m[key] = scaled if first else acc_m[key] + scaled
                 else:
-                    acc_m[key] = acc_m.get(key, 0.0) + float(value) * weight
+                    acc_m[key] = acc_m.get(key, 0.0) + float(mvalue) * weight
         # Config entries keep their value (and type) while every reply agrees,
         # e.g. a status code; numbers that differ (legacy metrics) are averaged.
-        for name, rec in content.config_records.items():
+        for name, crec in content.config_records.items():
             acc_c = self._configs.setdefault(name, {})
-            for key, value in rec.items():
-                wsum = float(value) * weight if _numeric(value) else 0.0
+            for key, value in crec.items():
+                wsum = float(cast(float, value)) * weight if _numeric(value) else 0.0
                 if key not in acc_c:
                     acc_c[key] = [value, True, wsum]
                 else:

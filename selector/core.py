@@ -32,7 +32,7 @@ class Upstream(Protocol):
 
     def send(self, msg: cpb.SelectorMessage) -> None: ...
 
-    def pull_content(self, content_id: str) -> bytes: ...
+    def pull_content(self, content_id: str, size: int, sha256: str) -> bytes: ...
 
     def push_result(self, header: cpb.ResultHeader, content: bytes) -> cpb.PushResultResponse: ...
 
@@ -153,7 +153,7 @@ class SelectorCore:
         """Store a batch's tasks, fetch each distinct content once, then announce."""
         acc = WeightedMean(ins.weight_key) if ins.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN else None
         batch = BatchState(ins.batch_id, ins.aggregation, ins.weight_key, {i.message_id for i in ins.items}, acc)
-        to_fetch: set[str] = set()
+        to_fetch: dict[str, tuple[int, str]] = {}
         with self._lock:
             self.batches[ins.batch_id] = batch
             for item in ins.items:
@@ -167,16 +167,16 @@ class SelectorCore:
                     item.content_sha256,
                 )
                 if item.content_id not in self.contents and item.content_id not in self._fetching:
-                    to_fetch.add(item.content_id)
+                    to_fetch[item.content_id] = (item.content_size, item.content_sha256)
                     self._fetching.add(item.content_id)
-        for cid in to_fetch:
-            threading.Thread(target=self._fetch, args=(cid,), name=f"fetch-{cid}", daemon=True).start()
+        for cid, (size, sha) in to_fetch.items():
+            threading.Thread(target=self._fetch, args=(cid, size, sha), name=f"fetch-{cid}", daemon=True).start()
         self._announce_ready()
 
-    def _fetch(self, content_id: str) -> None:
+    def _fetch(self, content_id: str, size: int, sha256: str) -> None:
         assert self.upstream is not None
         try:
-            data = self.upstream.pull_content(content_id)
+            data = self.upstream.pull_content(content_id, size, sha256)
         except Exception as exc:  # noqa: BLE001 - any upstream failure fails the tasks, not the selector
             log.warning("content fetch failed", extra={"content_id": content_id, "error": str(exc)})
             with self._lock:

@@ -7,9 +7,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 import grpc
 
+from fedota_common.grpcutil import abort
 from fedota_common.payload import Assembler, PayloadError, iter_chunks
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
@@ -19,8 +21,8 @@ from selector.core import SelectorCore, SelectorError
 log = logging.getLogger(__name__)
 
 
-def _abort(context: grpc.ServicerContext, err: SelectorError) -> None:
-    context.abort(getattr(grpc.StatusCode, err.code), str(err))
+def _abort(context: grpc.ServicerContext, err: SelectorError) -> NoReturn:
+    abort(context, getattr(grpc.StatusCode, err.code), str(err))
 
 
 class SelectorServicer(selector_pb2_grpc.SelectorServicer):
@@ -33,7 +35,6 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
             session, run = self.core.join(request.credential, request.fab_sha256, request.display_name)
         except SelectorError as err:
             _abort(context, err)
-            raise
         return spb.JoinResponse(
             session_id=session.session_id,
             node_id=session.node_id,
@@ -103,21 +104,21 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
     ) -> spb.PushResultResponse:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the result header")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the result header")
         header = first.header
         try:
             session = self.core.session(header.session_id)
             asm = Assembler(header.payload.content_size, header.payload.content_sha256)
             for part in request_iterator:
                 if part.WhichOneof("part") != "chunk":
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only chunks may follow the header")
+                    abort(context, grpc.StatusCode.INVALID_ARGUMENT, "only chunks may follow the header")
                 asm.add(part.chunk.data)
             content = asm.finish()
             self.core.submit(session, header.task_id, header.payload, content)
         except SelectorError as err:
             _abort(context, err)
         except PayloadError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return spb.PushResultResponse(accepted=True)
 
     def GetFab(self, request: spb.GetFabRequest, context: grpc.ServicerContext) -> Iterator[payload_pb2.Chunk]:

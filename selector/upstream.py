@@ -40,15 +40,12 @@ class CoordinatorLink:
         if box is not None:
             box.put(msg)
 
-    def pull_content(self, content_id: str) -> bytes:
+    def pull_content(self, content_id: str, size: int, sha256: str) -> bytes:
         chunks = self.stub.PullContent(
             cpb.PullContentRequest(selector_id=self.core.selector_id, token=self.token, content_id=content_id),
             timeout=TRANSFER_DEADLINE,
         )
-        data = bytearray()
-        for chunk in chunks:
-            data += chunk.data
-        return bytes(data)
+        return assemble(size, sha256, (c.data for c in chunks))
 
     def fetch_fab(self) -> bytes:
         run = self.core.run
