@@ -1,0 +1,124 @@
+"""Pick a `flwr.serverapp.strategy` by name from the run config."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp import strategy as fl
+
+from .task import cfg_float, cfg_int, cfg_str
+
+STRATEGIES: dict[str, type[fl.FedAvg]] = {
+    "FedAvg": fl.FedAvg,
+    "FedProx": fl.FedProx,
+    "FedAvgM": fl.FedAvgM,
+    "FedAdam": fl.FedAdam,
+    "FedYogi": fl.FedYogi,
+    "FedAdagrad": fl.FedAdagrad,
+    "FedMedian": fl.FedMedian,
+    "FedTrimmedAvg": fl.FedTrimmedAvg,
+    "Krum": fl.Krum,
+    "MultiKrum": fl.MultiKrum,
+    "Bulyan": fl.Bulyan,
+}
+
+
+# Strategies that apply a server-side optimiser step to the averaged update.
+SERVER_OPTIMISERS = ("FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
+
+
+def _plain_weighted_mean(replies: list[Message], keys: Collection[str], weight_key: str) -> dict[str, np.ndarray]:
+    sums: dict[str, np.ndarray] = {}
+    total = 0.0
+    for msg in replies:
+        if msg.has_error():
+            continue
+        content = msg.content
+        metrics = next(iter(content.metric_records.values()), MetricRecord())
+        weight = float(metrics.get(weight_key, 0.0))  # type: ignore[arg-type]
+        for record in content.array_records.values():
+            for key in keys:
+                if key in record:
+                    value = record[key].numpy().astype(np.float64) * weight
+                    sums[key] = sums[key] + value if key in sums else value
+        total += weight
+    if total <= 0:
+        return {}
+    return {k: (v / total).astype(np.float32) for k, v in sums.items()}
+
+
+def with_plain_mean_for(cls: type[fl.FedAvg], keys: Collection[str]) -> type:
+    """Subclass ``cls`` so that arrays named in ``keys`` get the weighted mean.
+
+    Running statistics (the scaler's moments) are not trainable parameters: a
+    server optimiser (momentum, Adam, ...) stepping them would overshoot and
+    corrupt the normalisation. This keeps the strategy's update for everything
+    else and sets those arrays to the plain ``num-examples``-weighted mean.
+    """
+    keys = frozenset(keys)
+
+    def aggregate_train(
+        self: fl.FedAvg, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        plain = _plain_weighted_mean(replies, keys, self.weighted_by_key)
+        arrays, metrics = cls.aggregate_train(self, server_round, replies)
+        if arrays is not None:
+            for key, value in plain.items():
+                if key in arrays:
+                    arrays[key] = Array(value)
+        return arrays, metrics
+
+    return type(cls.__name__, (cls,), {"aggregate_train": aggregate_train})
+
+
+def make_strategy(run_config: Mapping[str, Any], statistics_keys: Collection[str] = ()) -> fl.FedAvg:
+    """Build the strategy named by ``strategy`` with its run-config parameters.
+
+    Every strategy gets ``fraction-train``/``fraction-evaluate`` and waits for
+    ``min-available-nodes`` nodes, sampling at least that many per round.
+    Strategy-specific keys: FedProx ``proximal-mu``; FedAvgM
+    ``server-learning-rate``, ``server-momentum``; FedAdam/FedYogi/FedAdagrad
+    ``fedopt-eta`` (server learning rate), ``fedopt-tau``; Krum/MultiKrum/Bulyan
+    ``num-malicious-nodes``; MultiKrum ``num-nodes-to-select``; FedTrimmedAvg
+    ``trim-beta``. Names match case-insensitively; an unknown name raises
+    ValueError listing the valid ones. For the server-optimiser strategies the
+    arrays named in ``statistics_keys`` (running statistics, not parameters) are
+    averaged plainly instead of being stepped by the optimiser.
+    """
+    name = cfg_str(run_config, "strategy")
+    by_lower = {k.lower(): k for k in STRATEGIES}
+    if name.lower() not in by_lower:
+        raise ValueError(f"unknown strategy {name!r}; valid strategies: {', '.join(STRATEGIES)}")
+    name = by_lower[name.lower()]
+    min_nodes = max(1, cfg_int(run_config, "min-available-nodes"))
+    common: dict[str, Any] = {
+        "fraction_train": cfg_float(run_config, "fraction-train"),
+        "fraction_evaluate": cfg_float(run_config, "fraction-evaluate"),
+        "min_train_nodes": min_nodes,
+        "min_evaluate_nodes": min_nodes,
+        "min_available_nodes": min_nodes,
+    }
+    extra: dict[str, Any] = {}
+    if name == "FedProx":
+        extra["proximal_mu"] = cfg_float(run_config, "proximal-mu")
+    elif name == "FedAvgM":
+        extra["server_learning_rate"] = cfg_float(run_config, "server-learning-rate")
+        extra["server_momentum"] = cfg_float(run_config, "server-momentum")
+    elif name in ("FedAdam", "FedYogi", "FedAdagrad"):
+        extra["eta"] = cfg_float(run_config, "fedopt-eta")
+        extra["tau"] = cfg_float(run_config, "fedopt-tau")
+    elif name in ("Krum", "Bulyan"):
+        extra["num_malicious_nodes"] = cfg_int(run_config, "num-malicious-nodes")
+    elif name == "MultiKrum":
+        extra["num_malicious_nodes"] = cfg_int(run_config, "num-malicious-nodes")
+        extra["num_nodes_to_select"] = cfg_int(run_config, "num-nodes-to-select")
+    elif name == "FedTrimmedAvg":
+        extra["beta"] = cfg_float(run_config, "trim-beta")
+    cls = STRATEGIES[name]
+    if name in SERVER_OPTIMISERS and statistics_keys:
+        cls = with_plain_mean_for(cls, statistics_keys)
+    return cls(**common, **extra)

@@ -1,0 +1,1 @@
+"""Developer scripts (run as modules, e.g. ``python -m scripts.make_demo_data``)."""

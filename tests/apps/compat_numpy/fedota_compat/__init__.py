@@ -1,0 +1,1 @@
+"""Logistic regression in NumPy on the Flower compatibility API (test fixture)."""

@@ -1,0 +1,1 @@
+"""No-training Message-API app for transport benchmarks (test fixture)."""
