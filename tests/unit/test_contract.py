@@ -39,12 +39,9 @@ def tabular_contract(**overrides: Any) -> dict[str, Any]:
         "label": "diagnosis",
         "schema": {
             "fields": [
-                {"name": "id", "type": "integer",
-                 "constraints": {"required": True, "unique": True}},
-                {"name": "mean radius", "type": "number",
-                 "constraints": {"minimum": 0, "maximum": 50}},
-                {"name": "diagnosis", "type": "string",
-                 "constraints": {"required": True, "enum": ["B", "M"]}},
+                {"name": "id", "type": "integer", "constraints": {"required": True, "unique": True}},
+                {"name": "mean radius", "type": "number", "constraints": {"minimum": 0, "maximum": 50}},
+                {"name": "diagnosis", "type": "string", "constraints": {"required": True, "enum": ["B", "M"]}},
                 {"name": "visit", "type": "date"},
                 {"name": "smoker", "type": "boolean"},
             ],
@@ -57,8 +54,7 @@ def tabular_contract(**overrides: Any) -> dict[str, Any]:
 
 def good_rows(n: int = 30) -> list[list[str]]:
     return [
-        [str(i), f"{10 + i * 0.5:.2f}", "BM"[i % 2], f"2024-01-{i % 28 + 1:02d}",
-         "true" if i % 3 else "false"]
+        [str(i), f"{10 + i * 0.5:.2f}", "BM"[i % 2], f"2024-01-{i % 28 + 1:02d}", "true" if i % 3 else "false"]
         for i in range(1, n + 1)
     ]
 
@@ -84,7 +80,7 @@ def only(problems: list[Problem]) -> Problem:
 
 def test_valid_tabular_folder_passes(tmp_path: Path) -> None:
     write_csv(tmp_path / "hospital.csv", good_rows(30))
-    (tmp_path / ".hidden.csv").write_text("garbage,\"\n", encoding="utf-8")
+    (tmp_path / ".hidden.csv").write_text('garbage,"\n', encoding="utf-8")
     (tmp_path / "README.txt").write_text("not data", encoding="utf-8")
 
     assert check_data(tabular_contract(), tmp_path) == []
@@ -109,9 +105,7 @@ def test_wrong_type_reports_spreadsheet_row_17(tmp_path: Path) -> None:
     problem = only(check_data(tabular_contract(), tmp_path))
     assert (problem.file, problem.row, problem.column) == ("hospital.csv", 17, "mean radius")
     assert "expected a number" in problem.message and "'abc'" in problem.message
-    assert str(problem) == (
-        "hospital.csv, row 17, column 'mean radius': expected a number, got 'abc'"
-    )
+    assert str(problem) == ("hospital.csv, row 17, column 'mean radius': expected a number, got 'abc'")
 
 
 def test_row_numbers_follow_records_not_physical_lines(tmp_path: Path) -> None:
@@ -223,9 +217,11 @@ def test_required_unique_date_and_boolean_cells(tmp_path: Path) -> None:
 def test_pattern_and_length_constraints(tmp_path: Path) -> None:
     spec = {
         "kind": "tabular",
-        "schema": {"fields": [
-            {"name": "code", "constraints": {"pattern": "[A-Z]{2}[0-9]+", "maxLength": 5}},
-        ]},
+        "schema": {
+            "fields": [
+                {"name": "code", "constraints": {"pattern": "[A-Z]{2}[0-9]+", "maxLength": 5}},
+            ]
+        },
     }
     write_csv(tmp_path / "a.csv", [["AB12"], ["ab12"], ["AB1234"]], header=["code"])
 
@@ -323,9 +319,7 @@ def test_large_csv_is_checked_in_full(tmp_path: Path) -> None:
     spec = {
         "kind": "tabular",
         "min_rows": n_rows,
-        "schema": {"fields": [
-            {"name": name, "type": "number", "constraints": {"minimum": 0}} for name in header
-        ]},
+        "schema": {"fields": [{"name": name, "type": "number", "constraints": {"minimum": 0}} for name in header]},
     }
     line = ",".join(f"{i}.25" for i in range(30)) + "\n"
     with (tmp_path / "big.csv").open("w", encoding="utf-8") as handle:
@@ -362,15 +356,20 @@ def test_label_must_be_a_field() -> None:
     ("field", "expected"),
     [
         ({"name": "a", "type": "float"}, "field 'a': unknown type 'float'"),
-        ({"name": "a", "type": "number", "constraints": {"minimum": 5, "maximum": 1}},
-         "field 'a': minimum 5 is greater than maximum 1"),
-        ({"name": "a", "constraints": {"enum": "B"}},
-         "field 'a': constraint 'enum' must be a non-empty list"),
+        (
+            {"name": "a", "type": "number", "constraints": {"minimum": 5, "maximum": 1}},
+            "field 'a': minimum 5 is greater than maximum 1",
+        ),
+        ({"name": "a", "constraints": {"enum": "B"}}, "field 'a': constraint 'enum' must be a non-empty list"),
         ({"name": "a", "constraints": {"pattern": "(["}}, "field 'a': invalid regex pattern '(['"),
-        ({"name": "a", "type": "integer", "constraints": {"enum": [1, "two"]}},
-         "field 'a': enum value 'two': expected an integer"),
-        ({"name": "a", "constraints": {"minimum": 1}},
-         "field 'a': constraint 'minimum' does not apply to string fields"),
+        (
+            {"name": "a", "type": "integer", "constraints": {"enum": [1, "two"]}},
+            "field 'a': enum value 'two': expected an integer",
+        ),
+        (
+            {"name": "a", "constraints": {"minimum": 1}},
+            "field 'a': constraint 'minimum' does not apply to string fields",
+        ),
         ({"name": "a", "constraints": {"requried": True}}, "unknown key 'requried'"),
     ],
 )
@@ -515,8 +514,7 @@ def test_min_images_per_class(tmp_path: Path) -> None:
 
 
 def test_malformed_image_contract() -> None:
-    issues = spec_issues({"kind": "image-folder", "classes": ["a", "a", "../x"],
-                          "image_size": [8], "mode": "GREY"})
+    issues = spec_issues({"kind": "image-folder", "classes": ["a", "a", "../x"], "image_size": [8], "mode": "GREY"})
     assert len(issues) == 4
     assert any("'a' is listed twice" in i for i in issues)
     assert any("image_size" in i for i in issues) and any("Pillow image mode" in i for i in issues)
@@ -569,8 +567,7 @@ def test_npz_wrong_dtype(tmp_path: Path) -> None:
 
 
 def test_npz_wrong_shape(tmp_path: Path) -> None:
-    save_npz(tmp_path / "train.npz", x=np.zeros((40, 29), dtype=np.float32),
-             y=np.zeros((40, 1), dtype=np.int64))
+    save_npz(tmp_path / "train.npz", x=np.zeros((40, 29), dtype=np.float32), y=np.zeros((40, 1), dtype=np.int64))
 
     x_shape, y_shape = check_data(NUMPY_CONTRACT, tmp_path)
     assert x_shape.message == "array 'x': expected shape (any, 30), got (40, 29)"
@@ -615,10 +612,15 @@ def test_not_an_npz_file(tmp_path: Path) -> None:
 
 
 def test_malformed_numpy_contract() -> None:
-    issues = spec_issues({"kind": "numpy", "files": {
-        "train.npy": {"x": {}},
-        "a.npz": {"x": {"dtype": "float33"}, "y": {"shape": [-1]}},
-    }})
+    issues = spec_issues(
+        {
+            "kind": "numpy",
+            "files": {
+                "train.npy": {"x": {}},
+                "a.npz": {"x": {"dtype": "float33"}, "y": {"shape": [-1]}},
+            },
+        }
+    )
     assert len(issues) == 3
     assert "float33" in issues[1] and "'shape'" in issues[2]
 

@@ -1,0 +1,140 @@
+"""Round latency and memory of the federation core with a no-training app.
+
+    python bench/round_latency.py [--clients 10] [--selectors 2] [--rounds 20] [--sizes 1,100]
+
+For each model size it runs `coordinator.local` with the echo app (each client
+returns the arrays it received), then reports:
+- median round time (coordinator's round records),
+- platform overhead per round: round time minus the slowest client's ClientApp
+  time in that round (from the clients' "task done" log lines),
+- peak resident memory (VmHWM) of the coordinator and of each selector,
+  sampled from /proc while they run.
+Figures vary by machine; record them in bench/README.md with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _sample_peaks(out: Path, stop: threading.Event, peaks: dict[str, int]) -> None:
+    while not stop.is_set():
+        pids_file = out / "pids.json"
+        if pids_file.exists():
+            try:
+                pids = json.loads(pids_file.read_text())
+            except json.JSONDecodeError:
+                pids = {}
+            for name, pid in pids.items():
+                if name.startswith(("coordinator", "selector")):
+                    peaks[name] = max(peaks.get(name, 0), _hwm_kib(pid))
+        stop.wait(0.2)
+
+
+def run_once(size_mb: float, clients: int, selectors: int, rounds: int, work: Path) -> dict[str, object]:
+    data = work / f"data-{size_mb}"
+    for i in range(clients):
+        (data / f"client_{i:02d}").mkdir(parents=True, exist_ok=True)
+    out = work / f"run-{size_mb}"
+    peaks: dict[str, int] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_peaks, args=(out, stop, peaks), daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator.local",
+            "--app",
+            str(REPO / "tests" / "apps" / "echo"),
+            "--data-dir",
+            str(data),
+            "--selectors",
+            str(selectors),
+            "--rounds",
+            str(rounds),
+            "--out",
+            str(out),
+            "--overselect",
+            "1.0",
+            "--round-timeout",
+            "1800",
+            "--run-config",
+            json.dumps({"model-size-mb": float(size_mb), "min-available-nodes": clients}),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    records = [json.loads(x) for x in (out / "coordinator" / "rounds.jsonl").read_text().splitlines()]
+    # Round 1 includes clients loading the app; report steady state from round 2 on.
+    steady = records[1:] if len(records) > 1 else records
+    client_secs: dict[int, float] = {}
+    for log in (out / "logs").glob("client-*.log"):
+        for line in log.read_text().splitlines():
+            if '"task done"' in line:
+                doc = json.loads(line)
+                rnd = int(doc.get("round") or 0)
+                client_secs[rnd] = max(client_secs.get(rnd, 0.0), float(doc["seconds"]))
+    overheads = [r["seconds"] - client_secs.get(int(r["round"]), 0.0) for r in steady]
+    return {
+        "model_mb": size_mb,
+        "rounds": len(records),
+        "median_round_s": statistics.median(r["seconds"] for r in steady),
+        "median_overhead_s": statistics.median(overheads),
+        "coordinator_peak_mib": peaks.get("coordinator", 0) / 1024,
+        "selector_peak_mib": max((v for k, v in peaks.items() if k.startswith("selector")), default=0) / 1024,
+        "wall_s": wall,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--selectors", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--sizes", default="1,100", help="model sizes in MB, comma-separated")
+    args = p.parse_args()
+    print(f"{args.clients} clients, {args.selectors} selectors, {args.rounds} rounds, echo app")
+    print(
+        f"{'model':>8} {'median round':>13} {'overhead/round':>15} {'coordinator peak':>17} {'selector peak':>14} {'wall':>7}"
+    )
+    with tempfile.TemporaryDirectory(prefix="fedota-bench-") as tmp:
+        for size in (float(s) for s in args.sizes.split(",")):
+            r = run_once(size, args.clients, args.selectors, args.rounds, Path(tmp))
+            print(
+                f"{r['model_mb']:>6.0f}MB {r['median_round_s']:>12.3f}s {r['median_overhead_s']:>14.3f}s "
+                f"{r['coordinator_peak_mib']:>15.0f}MiB {r['selector_peak_mib']:>12.0f}MiB {r['wall_s']:>6.0f}s",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
