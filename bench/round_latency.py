@@ -101,7 +101,7 @@ def run_once(size_mb: float, clients: int, selectors: int, rounds: int, work: Pa
             if '"task done"' in line:
                 doc = json.loads(line)
                 rnd = int(doc.get("round") or 0)
-                client_secs[rnd] = max(client_secs.get(rnd, 0.0), float(doc["seconds"]))
+                client_secs[rnd] = max(client_secs.get(rnd, 0.0), float(doc["app_seconds"]))
     overheads = [r["seconds"] - client_secs.get(int(r["round"]), 0.0) for r in steady]
     return {
         "model_mb": size_mb,

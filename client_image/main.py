@@ -18,8 +18,7 @@ from typing import Any
 
 from client_image.contract import ContractSpecError, DataContractError, check_or_raise
 from client_image.runner import ClientError, Node, NodeSetup
-from fedota_common import logs
-from fedota_common.settings import Key, SettingsError, load, non_negative_int, positive_float
+from fedota_common.settings import Key, load, non_negative_int, positive_float, service_main
 
 log = logging.getLogger("client")
 
@@ -129,13 +128,7 @@ def run(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = Settings.from_env(os.environ, argv)
-    except SettingsError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    logs.setup("client", settings.log_level)
-    return run(settings)
+    return service_main("client", Settings.from_env, run, argv)
 
 
 if __name__ == "__main__":

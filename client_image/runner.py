@@ -22,7 +22,7 @@ import grpc
 
 from fedota_common.fab import App, FabError, extract, parse_fab
 from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
-from fedota_common.payload import Assembler, iter_chunks, message_to_payload, payload_to_message
+from fedota_common.payload import Assembler, iter_chunks, message_to_payload, payload_to_message, round_of
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -124,7 +124,7 @@ class Node:
             for chunk in chunks:
                 asm.add(chunk.data)
             content = asm.finish()
-            app = parse_fab(content, origin="the app served by the selector")
+            app = parse_fab(bytes(content), origin="the app served by the selector")
             expected = self.setup.fab_sha256 or run.fab_sha256
             if app.sha256 != expected:
                 raise ClientError(
@@ -238,10 +238,10 @@ class Node:
         if header is None or asm is None:
             raise ClientError("the selector sent a task without a header")
         message = payload_to_message(header, asm.finish())
+        received = time.monotonic()
         TaskIdentity.run_id = message.metadata.run_id
         TaskIdentity.node_id = node_id
         TaskIdentity.task_id = (TaskIdentity._task_id or 0) + 1
-        started = time.monotonic()
         try:
             reply = self.client_app(message=message, context=self.context)
         except Exception as exc:
@@ -251,6 +251,7 @@ class Node:
                 Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
                 reply_to=message,
             )
+        app_seconds = time.monotonic() - received
         payload = message_to_payload(reply)
         del reply
 
@@ -266,8 +267,9 @@ class Node:
             extra={
                 "task": task_id,
                 "type": message.metadata.message_type,
-                "round": message.metadata.group_id,
-                "seconds": round(time.monotonic() - started, 3),
+                "round": round_of(message),
+                "app_seconds": round(app_seconds, 3),
+                "upload_seconds": round(time.monotonic() - received - app_seconds, 3),
                 "accepted": res.accepted,
             },
         )

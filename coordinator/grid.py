@@ -29,8 +29,7 @@ from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 
 from coordinator.hub import Batch, Hub, Instr, Result
-from coordinator.rounds import round_of
-from fedota_common.payload import encode_content, payload_to_message
+from fedota_common.payload import encode_content, payload_to_message, round_of
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 
 log = logging.getLogger(__name__)

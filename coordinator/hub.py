@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from fedota_common.payload import Content
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 
@@ -44,7 +45,7 @@ class Result:
 
     selector_id: str
     header: payload_pb2.PayloadHeader
-    content: bytes
+    content: Content
     message_ids: list[str]
     node_ids: list[int]
     weight: float

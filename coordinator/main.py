@@ -15,9 +15,8 @@ from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
 from coordinator.hub import Hub
 from coordinator.rounds import RoundTracker
 from coordinator.servicer import CoordinatorServicer
-from fedota_common import logs
 from fedota_common.fab import FabError, extract, load_app
-from fedota_common.grpcutil import add_health, make_server
+from fedota_common.grpcutil import add_health, bind, make_server
 from fedota_common.settings import (
     Key,
     SettingsError,
@@ -26,6 +25,7 @@ from fedota_common.settings import (
     non_negative_int,
     positive_float,
     run_config,
+    service_main,
 )
 from protos.coordinator.v1 import coordinator_pb2_grpc
 
@@ -120,13 +120,11 @@ def run(settings: Settings) -> int:
         server,
     )
     add_health(server, "protos.coordinator.v1.Coordinator")
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
+    address = bind(server, settings.listen)
+    if address is None:
         print(f"error: cannot listen on {settings.listen}", file=sys.stderr)
         return 2
     server.start()
-    host = settings.listen.rsplit(":", 1)[0]
-    address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
     (state_dir / "coordinator.json").write_text(
         json.dumps({"address": address, "pid": os.getpid(), "fab_sha256": app.sha256})
     )
@@ -194,13 +192,7 @@ def run(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = Settings.from_env(os.environ, argv)
-    except SettingsError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    logs.setup("coordinator", settings.log_level)
-    return run(settings)
+    return service_main("coordinator", Settings.from_env, run, argv)
 
 
 if __name__ == "__main__":

@@ -102,22 +102,6 @@ def _first(metrics: dict[str, float], keys: tuple[str, ...]) -> float | None:
     return None
 
 
-def round_of(message: Message) -> str:
-    """The server round a message belongs to.
-
-    The compatibility workflow sets `group_id`; Message-API strategies leave it
-    empty and put `server-round` in the ConfigRecord they send.
-    """
-    if message.metadata.group_id:
-        return message.metadata.group_id
-    if message.has_content():
-        for rec in message.content.config_records.values():
-            value = rec.get("server-round")
-            if isinstance(value, int) and not isinstance(value, bool):
-                return str(value)
-    return ""
-
-
 def _only_arrays(content: RecordDict) -> ArrayRecord | None:
     records = list(content.array_records.values())
     return records[0] if len(records) == 1 else None
@@ -147,6 +131,7 @@ class RoundTracker:
         self.current: RoundRecord | None = None
         self.rounds: list[dict[str, Any]] = []
         self._model_after: dict[str, ArrayRecord] = {}
+        self._latest: ArrayRecord | None = None
         self.final_arrays: ArrayRecord | None = None
         self._lock = threading.Lock()
         self._writes: queue.Queue[tuple[Path, ArrayRecord] | None] = queue.Queue(maxsize=2)
@@ -196,18 +181,16 @@ class RoundTracker:
 
     def finish(self, final_state: RecordDict | None) -> Path | None:
         """Close the last round and write the final model; returns its .npz path."""
-        if final_state is not None:
-            arrays = _only_arrays(final_state) if final_state.array_records else None
-            if arrays is not None and self.current is not None:
-                self._model_after[self.current.round] = arrays
-        last_round = self.current.round if self.current else None
         with self._lock:
+            if final_state is not None and self.current is not None:
+                state_arrays = _only_arrays(final_state) if final_state.array_records else None
+                if state_arrays is not None:
+                    # The compatibility workflow keeps the final global model here.
+                    self._model_after[self.current.round] = state_arrays
             self._finish_round()
         self._writes.put(None)
         self._writer.join()
-        arrays = self._model_after.get(last_round) if last_round else None
-        if arrays is None and self._model_after:
-            arrays = self._model_after[max(self._model_after, key=lambda k: (len(k), k))]
+        arrays = self._latest
         if arrays is None:
             log.warning("no global model was seen; no final model written")
             return None
@@ -234,6 +217,12 @@ class RoundTracker:
             rec.finished = time.time()
         doc = rec.as_json()
         arrays = self._model_after.get(rec.round)
+        if arrays is not None:
+            self._latest = arrays
+        # Hold no model older than this round: a long run must not grow in memory.
+        if rec.round.isdigit():
+            for key in [k for k in self._model_after if not k.isdigit() or int(k) <= int(rec.round)]:
+                del self._model_after[key]
         stem = f"round_{int(rec.round):04d}" if rec.round.isdigit() else f"round_{rec.round}"
         doc["checkpoint"] = f"checkpoints/{stem}.npz" if arrays is not None else None
         self.rounds.append(doc)

@@ -88,11 +88,13 @@ class WeightedMean:
             dts = self._dtypes.setdefault(name, {})
             for key, arr in arec.items():
                 nd = arr.numpy()
+                # Accumulate in the array's own float type, as Flower's FedAvg does;
+                # integer arrays (e.g. step counters) promote to float64.
                 if first:
                     dts[key] = nd.dtype
-                    acc[key] = nd.astype(np.float64) * weight
+                    acc[key] = nd * weight
                 else:
-                    acc[key] += nd.astype(np.float64) * weight
+                    acc[key] += nd * weight
         for name, mrec in content.metric_records.items():
             acc_m = self._metrics.setdefault(name, {})
             for key, mvalue in mrec.items():

@@ -38,6 +38,15 @@ def make_server(max_workers: int) -> grpc.Server:
     )
 
 
+def bind(server: grpc.Server, listen: str) -> str | None:
+    """Bind `listen` (port 0 picks one); return the address peers should dial, None on failure."""
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        return None
+    host = listen.rsplit(":", 1)[0]
+    return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
+
+
 def add_health(server: grpc.Server, *services: str) -> health.HealthServicer:
     """Register grpc.health.v1 and mark the server and `services` SERVING."""
     servicer = health.HealthServicer()

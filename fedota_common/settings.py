@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 
 class SettingsError(ValueError):
@@ -112,3 +114,29 @@ def load(
     if problems:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
     return values
+
+
+class _HasLogLevel(Protocol):
+    @property
+    def log_level(self) -> str: ...
+
+
+S = TypeVar("S", bound=_HasLogLevel)
+
+
+def service_main(
+    service: str,
+    from_env: Callable[[Mapping[str, str], Sequence[str] | None], S],
+    run: Callable[[S], int],
+    argv: Sequence[str] | None,
+) -> int:
+    """The one place a service reads its environment: settings, logging, then run."""
+    from fedota_common import logs
+
+    try:
+        settings = from_env(os.environ, argv)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    logs.setup(service, settings.log_level)
+    return run(settings)

@@ -8,6 +8,7 @@ interface, so tests can drive it without a network.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import queue
 import random
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fedota_common.aggregate import NotAggregatable, WeightedMean
-from fedota_common.payload import PayloadError, decode_content, encode_content
+from fedota_common.payload import Content, PayloadError, decode_content, encode_content
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
@@ -32,9 +33,9 @@ class Upstream(Protocol):
 
     def send(self, msg: cpb.SelectorMessage) -> None: ...
 
-    def pull_content(self, content_id: str, size: int, sha256: str) -> bytes: ...
+    def pull_content(self, content_id: str, size: int, sha256: str) -> Content: ...
 
-    def push_result(self, header: cpb.ResultHeader, content: bytes) -> cpb.PushResultResponse: ...
+    def push_result(self, header: cpb.ResultHeader, content: Content) -> cpb.PushResultResponse: ...
 
 
 class Authenticator(Protocol):
@@ -126,7 +127,7 @@ class SelectorCore:
         self.by_node: dict[int, Session] = {}
         self.tasks: dict[str, Task] = {}
         self.batches: dict[str, BatchState] = {}
-        self.contents: dict[str, bytes] = {}
+        self.contents: dict[str, Content] = {}
         self._fetching: set[str] = set()
         self._finalized: collections.deque[str] = collections.deque(maxlen=256)
         self._rng = random.SystemRandom()
@@ -301,7 +302,7 @@ class SelectorCore:
         for task in open_tasks:
             self._fail_task(task, f"client disconnected: {reason}")
 
-    def task_for(self, session: Session, task_id: str) -> tuple[Task, bytes]:
+    def task_for(self, session: Session, task_id: str) -> tuple[Task, Content]:
         with self._lock:
             task = self.tasks.get(task_id)
             if task is None or task.node_id != session.node_id:
@@ -311,7 +312,7 @@ class SelectorCore:
             raise SelectorError("UNAVAILABLE", "the instruction is not available yet")
         return task, content
 
-    def submit(self, session: Session, task_id: str, header: payload_pb2.PayloadHeader, content: bytes) -> None:
+    def submit(self, session: Session, task_id: str, header: payload_pb2.PayloadHeader, content: Content) -> None:
         """Take a client's reply: fold it into the partial aggregate or forward it."""
         with self._lock:
             task = self.tasks.get(task_id)
@@ -345,7 +346,7 @@ class SelectorCore:
     # ---- internals ---------------------------------------------------------------------------
 
     def _forward(
-        self, batch: BatchState, task: Task, node_id: int, header: payload_pb2.PayloadHeader, content: bytes
+        self, batch: BatchState, task: Task, node_id: int, header: payload_pb2.PayloadHeader, content: Content
     ) -> None:
         assert self.upstream is not None
         res = self.upstream.push_result(
@@ -409,8 +410,6 @@ class SelectorCore:
         content = b""
         header = payload_pb2.PayloadHeader()
         if acc is not None and acc.count:
-            import hashlib
-
             content = encode_content(acc.result())
             header = payload_pb2.PayloadHeader(
                 metadata=batch.first_metadata,

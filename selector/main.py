@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedota_common import logs
-from fedota_common.grpcutil import add_health, make_server
-from fedota_common.settings import Key, SettingsError, load, positive_float
+from fedota_common.grpcutil import add_health, bind, make_server
+from fedota_common.settings import Key, load, positive_float, service_main
 from protos.selector.v1 import selector_pb2_grpc
 from selector.core import OpenAuthenticator, SelectorCore
 from selector.servicer import FabSource, SelectorServicer
@@ -62,13 +61,11 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     server = make_server(settings.max_clients + 16)
     selector_pb2_grpc.add_SelectorServicer_to_server(SelectorServicer(core, FabSource(core, link.fetch_fab)), server)
     add_health(server, "protos.selector.v1.Selector")
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
+    address = bind(server, settings.listen)
+    if address is None:
         print(f"error: cannot listen on {settings.listen}", file=sys.stderr)
         return 2
     server.start()
-    host = settings.listen.rsplit(":", 1)[0]
-    address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
     if settings.state_file is not None:
         settings.state_file.parent.mkdir(parents=True, exist_ok=True)
         settings.state_file.write_text(json.dumps({"address": address, "pid": os.getpid()}))
@@ -90,13 +87,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = Settings.from_env(os.environ, argv)
-    except SettingsError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    logs.setup("selector", settings.log_level)
-    return run(settings)
+    return service_main("selector", Settings.from_env, run, argv)
 
 
 if __name__ == "__main__":

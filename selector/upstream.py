@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import grpc
 
 from fedota_common.grpcutil import TRANSFER_DEADLINE, channel
-from fedota_common.payload import assemble, iter_chunks
+from fedota_common.payload import Content, assemble, iter_chunks
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.coordinator.v1 import coordinator_pb2_grpc
 from protos.payload.v1 import payload_pb2
@@ -40,7 +40,7 @@ class CoordinatorLink:
         if box is not None:
             box.put(msg)
 
-    def pull_content(self, content_id: str, size: int, sha256: str) -> bytes:
+    def pull_content(self, content_id: str, size: int, sha256: str) -> Content:
         chunks = self.stub.PullContent(
             cpb.PullContentRequest(selector_id=self.core.selector_id, token=self.token, content_id=content_id),
             timeout=TRANSFER_DEADLINE,
@@ -52,9 +52,9 @@ class CoordinatorLink:
         chunks = self.stub.GetFab(
             cpb.GetFabRequest(selector_id=self.core.selector_id, token=self.token), timeout=TRANSFER_DEADLINE
         )
-        return assemble(run.fab_size if run else 0, run.fab_sha256 if run else "", (c.data for c in chunks))
+        return bytes(assemble(run.fab_size if run else 0, run.fab_sha256 if run else "", (c.data for c in chunks)))
 
-    def push_result(self, header: cpb.ResultHeader, content: bytes) -> cpb.PushResultResponse:
+    def push_result(self, header: cpb.ResultHeader, content: Content) -> cpb.PushResultResponse:
         header.selector_id = self.core.selector_id
         header.token = self.token
 

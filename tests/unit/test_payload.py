@@ -89,3 +89,28 @@ def test_checksum_mismatch_is_refused() -> None:
 def test_garbage_content_gives_a_clear_error() -> None:
     with pytest.raises(PayloadError, match="not a valid Flower RecordDict"):
         decode_content(b"\xff\xff\xff\xff")
+
+
+def test_content_encoding_is_byte_identical_to_flowers_serde() -> None:
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedota_common.payload import encode_content
+
+    content = RecordDict(
+        {
+            "model": ArrayRecord(
+                {
+                    "a": Array(np.arange(12, dtype=np.float32).reshape(3, 4)),
+                    "b": Array(np.array([1, 2], dtype=np.int64)),
+                    "scalar": Array(np.array(3.5, dtype=np.float64)),
+                }
+            ),
+            "empty": ArrayRecord(),
+            "metrics": MetricRecord({"num-examples": 7, "loss": 0.25, "hist": [1.0, 2.0], "counts": [1, 2]}),
+            "config": ConfigRecord({"lr": 0.1, "name": "x", "flag": True, "blob": b"\x00", "ids": [1, 2]}),
+        }
+    )
+    assert encode_content(content) == recorddict_to_proto(content).SerializeToString()
+    assert (
+        decode_content(encode_content(content))["model"]["a"].numpy().tolist() == content["model"]["a"].numpy().tolist()
+    )
