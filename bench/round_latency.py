@@ -51,7 +51,9 @@ def _sample_peaks(out: Path, stop: threading.Event, peaks: dict[str, int]) -> No
         stop.wait(0.2)
 
 
-def run_once(size_mb: float, clients: int, selectors: int, rounds: int, work: Path) -> dict[str, object]:
+def run_once(
+    size_mb: float, clients: int, selectors: int, rounds: int, aggregation: str, work: Path
+) -> dict[str, object]:
     data = work / f"data-{size_mb}"
     for i in range(clients):
         (data / f"client_{i:02d}").mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,8 @@ def run_once(size_mb: float, clients: int, selectors: int, rounds: int, work: Pa
             "1.0",
             "--round-timeout",
             "1800",
+            "--aggregation",
+            aggregation,
             "--run-config",
             json.dumps({"model-size-mb": float(size_mb), "min-available-nodes": clients}),
         ],
@@ -120,14 +124,20 @@ def main() -> int:
     p.add_argument("--selectors", type=int, default=2)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--sizes", default="1,100", help="model sizes in MB, comma-separated")
+    p.add_argument(
+        "--aggregation",
+        default="weighted-mean",
+        choices=["weighted-mean", "individual"],
+        help="weighted-mean: selectors pre-aggregate (FedAvg and relatives); individual: every reply is forwarded",
+    )
     args = p.parse_args()
-    print(f"{args.clients} clients, {args.selectors} selectors, {args.rounds} rounds, echo app")
+    print(f"{args.clients} clients, {args.selectors} selectors, {args.rounds} rounds, echo app, {args.aggregation}")
     print(
         f"{'model':>8} {'median round':>13} {'overhead/round':>15} {'coordinator peak':>17} {'selector peak':>14} {'wall':>7}"
     )
     with tempfile.TemporaryDirectory(prefix="fedota-bench-") as tmp:
         for size in (float(s) for s in args.sizes.split(",")):
-            r = run_once(size, args.clients, args.selectors, args.rounds, Path(tmp))
+            r = run_once(size, args.clients, args.selectors, args.rounds, args.aggregation, Path(tmp))
             print(
                 f"{r['model_mb']:>6.0f}MB {r['median_round_s']:>12.3f}s {r['median_overhead_s']:>14.3f}s "
                 f"{r['coordinator_peak_mib']:>15.0f}MiB {r['selector_peak_mib']:>12.0f}MiB {r['wall_s']:>6.0f}s",
