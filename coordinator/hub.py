@@ -29,7 +29,6 @@ class SelectorLink:
 
     selector_id: str
     outbox: queue.Queue[cpb.CoordinatorMessage | None] = field(default_factory=queue.Queue)
-    attached_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -74,7 +73,6 @@ class Batch:
     results: list[Result] = field(default_factory=list)
     # Selectors that still owe a partial aggregate (or an empty one) for this batch.
     owing: set[str] = field(default_factory=set)
-    flushed: bool = False
     closed: bool = False
     taken: set[str] = field(default_factory=set)
 
@@ -258,7 +256,6 @@ class Hub:
     def flush(self, batch: Batch, grace: float) -> None:
         """Ask selectors that owe a partial aggregate to send it now, and wait for it."""
         with self.cond:
-            batch.flushed = True
             for selector_id in list(batch.owing):
                 link = self.selectors.get(selector_id)
                 if link is None:

@@ -132,7 +132,6 @@ class RoundTracker:
         self.rounds: list[dict[str, Any]] = []
         self._model_after: dict[str, ArrayRecord] = {}
         self._latest: ArrayRecord | None = None
-        self.final_arrays: ArrayRecord | None = None
         self._lock = threading.Lock()
         self._writes: queue.Queue[tuple[Path, ArrayRecord] | None] = queue.Queue(maxsize=2)
         self._writer = threading.Thread(target=self._write_loop, name="checkpoint-writer", daemon=True)
@@ -194,7 +193,6 @@ class RoundTracker:
         if arrays is None:
             log.warning("no global model was seen; no final model written")
             return None
-        self.final_arrays = arrays
         npz = self.dir / "final_model.npz"
         _save_npz(npz, arrays)
         try:

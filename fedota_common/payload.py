@@ -49,11 +49,6 @@ class Payload:
     header: payload_pb2.PayloadHeader
     content: bytes
 
-    @property
-    def metadata(self) -> ProtoMetadata:
-        """Return the Flower Metadata proto carried in the header."""
-        return ProtoMetadata.FromString(self.header.metadata)
-
 
 def encode_content(content: RecordDict) -> bytes:
     """Serialise a RecordDict to Flower's `RecordDict` proto bytes.
@@ -86,14 +81,9 @@ def encode_content(content: RecordDict) -> bytes:
     return proto.SerializeToString()
 
 
-def message_to_payload(message: Message, content: bytes | None = None) -> Payload:
-    """Split a Flower Message into header and content bytes.
-
-    `content` may be passed when the caller already serialised the same
-    RecordDict (e.g. one model sent to many nodes).
-    """
-    if content is None:
-        content = encode_content(message.content) if message.has_content() else b""
+def message_to_payload(message: Message) -> Payload:
+    """Split a Flower Message into header and content bytes."""
+    content = encode_content(message.content) if message.has_content() else b""
     header = payload_pb2.PayloadHeader(
         metadata=metadata_to_proto(message.metadata).SerializeToString(),
         error=(error_to_proto(message.error).SerializeToString() if message.has_error() else b""),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -133,5 +132,3 @@ class CoordinatorLink:
             self._outbox = None
             box.put(None)
             call.cancel()
-        # The coordinator closed the stream (e.g. it finished and stopped).
-        time.sleep(0)
