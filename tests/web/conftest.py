@@ -1,0 +1,94 @@
+"""Fixtures for the Django site's tests: one user per role and ready-made problems.
+
+Tests here run against SQLite by default and against PostgreSQL when
+DATABASE_URL names one (CI runs them both ways). Media files go to a
+per-test folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.base import ContentFile
+
+from fedota_common.fab import load_app
+
+REPO = Path(__file__).resolve().parents[2]
+PASSWORD = "correct horse battery staple 42"
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings: Any, tmp_path: Path) -> None:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.FEDOTA_STATE_DIR = tmp_path / "problems"
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+@pytest.fixture(scope="session")
+def tabular_fab() -> bytes:
+    """The built-in tabular app as FAB bytes (built like `flwr build`)."""
+    return load_app(REPO / "apps" / "tabular").content
+
+
+@pytest.fixture(scope="session")
+def breast_cancer_contract() -> dict[str, Any]:
+    from scripts.make_demo_data import breast_cancer_contract as contract
+
+    features = [f"f{i}" for i in range(30)]
+    return contract(features)
+
+
+def _user(username: str, role: str | None, *, organisation: str = "", staff: bool = False) -> Any:
+    from django.contrib.auth import get_user_model
+
+    from webserver.accounts.models import Profile
+
+    user = get_user_model().objects.create_user(
+        username=username, email=f"{username}@example.org", password=PASSWORD, is_staff=staff, is_superuser=staff
+    )
+    if role is not None:
+        Profile.objects.create(user=user, role=role, organisation=organisation, email_verified=True)
+    return user
+
+
+@pytest.fixture
+def users(db: Any) -> dict[str, Any]:
+    """owner and other_setter (problem setters), holder and participant (data holders), admin (site admin)."""
+    return {
+        "owner": _user("owner", "setter"),
+        "other_setter": _user("other_setter", "setter"),
+        "holder": _user("holder", "holder", organisation="St Elsewhere"),
+        "participant": _user("participant", "holder", organisation="General Hospital"),
+        "admin": _user("admin", None, staff=True),
+    }
+
+
+@pytest.fixture
+def make_problem(db: Any, tabular_fab: bytes, breast_cancer_contract: dict[str, Any]) -> Callable[..., Any]:
+    """Create a problem row directly (no services), published unless `state` says otherwise."""
+    import hashlib
+
+    from webserver.problems.models import JoinPolicy, Problem, ProblemState
+
+    def make(owner: Any, *, state: str = ProblemState.PUBLISHED, title: str = "Breast cancer", **extra: Any) -> Any:
+        problem = Problem(
+            owner=owner,
+            title=title,
+            description="Predict **malignant** tumours.",
+            contract=breast_cancer_contract,
+            app_template="tabular",
+            fab_sha256=hashlib.sha256(tabular_fab).hexdigest(),
+            fab_name="tabular.fab",
+            run_config={"rounds": 3, "num_selectors": 1},
+            join_policy=extra.pop("join_policy", JoinPolicy.APPROVAL),
+            state=state,
+            **extra,
+        )
+        problem.fab.save("tabular.fab", ContentFile(tabular_fab), save=False)
+        problem.save()
+        return problem
+
+    return make

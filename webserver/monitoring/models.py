@@ -1,0 +1,50 @@
+"""What coordinators report: rounds, metrics, checkpoints, log lines."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from webserver.problems.models import Run
+
+
+class RoundRecord(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="rounds")
+    number = models.PositiveIntegerField()
+    phase = models.CharField(max_length=32, blank=True)  # train | evaluate | done
+    clients = models.PositiveIntegerField(default=0)
+    train_loss = models.FloatField(null=True, blank=True)
+    eval_loss = models.FloatField(null=True, blank=True)
+    eval_acc = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict)
+    seconds = models.FloatField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [models.UniqueConstraint(fields=["run", "number"], name="round_unique")]
+
+
+class Checkpoint(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    round = models.PositiveIntegerField()  # 0 = final model
+    npz = models.FileField(upload_to="checkpoints/", blank=True)
+    pt = models.FileField(upload_to="checkpoints/", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "round"]
+        constraints = [models.UniqueConstraint(fields=["run", "round"], name="checkpoint_unique")]
+
+
+class LogLine(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_lines")
+    event_id = models.CharField(max_length=64)  # from the coordinator, makes retries idempotent
+    ts = models.DateTimeField()
+    level = models.CharField(max_length=16, default="INFO")
+    source = models.CharField(max_length=64, blank=True)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["run", "ts", "id"]
+        constraints = [models.UniqueConstraint(fields=["run", "event_id"], name="logline_unique")]

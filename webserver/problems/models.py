@@ -1,0 +1,124 @@
+"""Problems, their runs and the infrastructure each run has."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class JoinPolicy(models.TextChoices):
+    OPEN = "open", "Open: anyone may join"
+    APPROVAL = "approval", "Approval required"
+
+
+class ProblemState(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    PUBLISHED = "published", "Published"
+    ARCHIVED = "archived", "Archived"
+
+
+class Problem(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="problems")
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True, help_text="Markdown")
+    # The data contract document (docs/data-contract.md): kind + schema.
+    contract = models.JSONField()
+    # The Flower app: a built-in template name (apps/<name>) or an uploaded FAB.
+    # Either way the FAB bytes are stored under MEDIA_ROOT and pinned by hash.
+    app_template = models.CharField(max_length=64, blank=True)
+    fab = models.FileField(upload_to="fabs/")
+    fab_sha256 = models.CharField(max_length=64)
+    fab_name = models.CharField(max_length=200, blank=True)
+    # Bumped whenever the app changes; join bundles of earlier versions are refused.
+    app_version = models.PositiveIntegerField(default=1)
+    # Platform-level run settings (validated by problems.runconfig).
+    run_config = models.JSONField(default=dict)
+    join_policy = models.CharField(max_length=16, choices=JoinPolicy.choices, default=JoinPolicy.APPROVAL)
+    state = models.CharField(max_length=16, choices=ProblemState.choices, default=ProblemState.DRAFT)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    STOPPING = "stopping", "Stopping"
+    FINISHED = "finished", "Finished"
+    FAILED = "failed", "Failed"
+    STOPPED = "stopped", "Stopped"
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING, RunStatus.STOPPING)
+
+
+class Run(models.Model):
+    """One training of a problem: its own config snapshot, rounds, metrics and models."""
+
+    problem = models.ForeignKey(Problem, on_delete=models.CASCADE, related_name="runs")
+    number = models.PositiveIntegerField()
+    config = models.JSONField(default=dict)  # snapshot of Problem.run_config at start
+    fab_sha256 = models.CharField(max_length=64)
+    app_version = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    status_detail = models.TextField(blank=True)
+    backend = models.CharField(max_length=32, blank=True)
+    # Hash of the per-run service credential the coordinator reports with.
+    service_token_hash = models.CharField(max_length=64, blank=True)
+    current_round = models.PositiveIntegerField(default=0)
+    total_rounds = models.PositiveIntegerField(default=0)
+    phase = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["problem", "-number"]
+        constraints = [models.UniqueConstraint(fields=["problem", "number"], name="run_number_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.problem} run {self.number}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+
+class ServiceRole(models.TextChoices):
+    COORDINATOR = "coordinator", "Coordinator"
+    SELECTOR = "selector", "Selector"
+
+
+class ServiceHealth(models.TextChoices):
+    STARTING = "starting", "Starting"
+    HEALTHY = "healthy", "Healthy"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    EXITED = "exited", "Exited"
+    REMOVED = "removed", "Removed"
+
+
+class Service(models.Model):
+    """A coordinator or selector of a run, as the spawner reported it."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="services")
+    role = models.CharField(max_length=16, choices=ServiceRole.choices)
+    index = models.PositiveIntegerField(default=0)
+    handle = models.CharField(max_length=200, blank=True)  # pid or container id
+    address = models.CharField(max_length=200, blank=True)  # host:port (selectors: what clients dial)
+    health = models.CharField(max_length=16, choices=ServiceHealth.choices, default=ServiceHealth.STARTING)
+    detail = models.TextField(blank=True)
+    clients_connected = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["run", "role", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "role", "index"], name="service_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.index} of {self.run}"

@@ -1,0 +1,22 @@
+"""URL map: each Django app owns its pages (`urls.py`) and API (`api_urls.py`)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from webserver import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("admin/", admin.site.urls),
+    path("accounts/", include("webserver.accounts.urls")),
+    path("problems/", include("webserver.problems.urls")),
+    path("participation/", include("webserver.participation.urls")),
+    path("monitoring/", include("webserver.monitoring.urls")),
+    path("api/v1/", include("webserver.api_urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("internal/v1/", include("webserver.monitoring.internal_urls")),
+]
