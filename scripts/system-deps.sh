@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# System packages the full test suite needs: PostgreSQL (the web tests run on it
+# as well as SQLite), Redis (a real Celery worker's broker) and Chromium (browser
+# end-to-end tests). Installs only what is missing, through apt-get, as root.
+set -euo pipefail
+
+missing=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "missing system packages: ${missing[*]}; install them (Debian: sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "== installing system packages: ${missing[*]}"
+apt-get update -q >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
