@@ -111,10 +111,13 @@ INSTALLED_APPS = [
     "webserver.problems",
     "webserver.participation",
     "webserver.monitoring",
+    "webserver.demo",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files straight from the app server (gunicorn), no separate web server needed.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -162,8 +165,18 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "webserver" / "static"]
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request while it is missing
+# Development serves static files from the source folders; production from collectstatic's output.
+WHITENOISE_USE_FINDERS = DEBUG
 MEDIA_ROOT = Path(env("FEDOTA_MEDIA_ROOT") or VAR_DIR / "media")
 MEDIA_URL = "media/"
+
+# Cache (the log-in rate limit counts live here): shared by every web worker.
+# Redis when CACHE_URL is set (production), else a folder under var/.
+if env("CACHE_URL"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env("CACHE_URL")}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": VAR_DIR / "cache"}}
 
 # Uploads: a FAB may be large, but not unbounded; Django spools big files to disk.
 FEDOTA_MAX_FAB_BYTES = env_int("FEDOTA_MAX_FAB_MB", 50) * 1024 * 1024
@@ -197,6 +210,8 @@ FEDOTA_SPAWNER = env("FEDOTA_SPAWNER") or "auto"
 FEDOTA_STATE_DIR = Path(env("FEDOTA_STATE_DIR") or VAR_DIR / "problems")
 # Host name clients use to reach selectors started by the process backend.
 FEDOTA_SELECTOR_HOST = env("FEDOTA_SELECTOR_HOST") or "127.0.0.1"
+# Selector ports: problem p's selectors listen on base + (p % 1000) * 8 + index, the same for every run.
+FEDOTA_SELECTOR_PORT_BASE = env_int("FEDOTA_SELECTOR_PORT_BASE", 17000)
 FEDOTA_CLIENT_IMAGE = env("FEDOTA_CLIENT_IMAGE") or "fedota/client:latest"
 
 REST_FRAMEWORK = {

@@ -21,10 +21,17 @@ PASSWORD = "correct horse battery staple 42"
 
 
 @pytest.fixture(autouse=True)
-def _media_root(settings: Any, tmp_path: Path) -> None:
+def _isolated_site(settings: Any, tmp_path: Path) -> None:
+    """Per-test media, state and cache; mails kept in memory; a fast password hasher."""
+    from django.core.cache import cache
+
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.FEDOTA_STATE_DIR = tmp_path / "problems"
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    # Hashing every fixture user's password with PBKDF2 costs seconds per test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Log-in rate-limit counts live in the cache, which outlives a test's transaction.
+    cache.clear()
 
 
 @pytest.fixture(scope="session")
