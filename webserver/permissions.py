@@ -43,3 +43,26 @@ def can_view_problem(user: Any, problem: Any) -> bool:
     from webserver.problems.models import ProblemState
 
     return problem.state != ProblemState.DRAFT or owns_problem(user, problem)
+
+
+# Participation (data holders joining problems).
+
+
+def can_request_to_join(user: Any) -> bool:
+    """Only data holders join problems; setters and admins publish and decide."""
+    return is_holder(user)
+
+
+def can_decide_participant(user: Any, participant: Any) -> bool:
+    """Approve, reject or revoke a participant: the problem's setter or a site admin."""
+    return owns_problem(user, participant.problem)
+
+
+def can_see_participants(user: Any, problem: Any) -> bool:
+    """The full participant list with contact e-mails: the problem's setter or a site admin."""
+    return owns_problem(user, problem)
+
+
+def can_download_bundle(user: Any, participant: Any) -> bool:
+    """A join bundle carries the participant's credential: only that data holder gets one."""
+    return bool(getattr(user, "is_authenticated", False) and participant.user_id == user.pk)

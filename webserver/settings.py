@@ -176,7 +176,9 @@ MEDIA_URL = "media/"
 if env("CACHE_URL"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env("CACHE_URL")}}
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": VAR_DIR / "cache"}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": VAR_DIR / "cache"}
+    }
 
 # Uploads: a FAB may be large, but not unbounded; Django spools big files to disk.
 FEDOTA_MAX_FAB_BYTES = env_int("FEDOTA_MAX_FAB_MB", 50) * 1024 * 1024

@@ -26,8 +26,12 @@ class Participant(models.Model):
     credential_hash = models.CharField(max_length=64, blank=True, db_index=True)
     # The app version the last bundle was issued for.
     bundle_app_version = models.PositiveIntegerField(default=0)
+    # When the last bundle (and so the current credential) was issued.
+    bundle_issued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
+    # Why the setter rejected or revoked, shown to the data holder.
+    decision_note = models.TextField(blank=True)
 
     class Meta:
         ordering = ["problem", "site_name"]

@@ -1,3 +1,16 @@
+"""Participation pages, mounted under /participation/."""
+
 from __future__ import annotations
 
-urlpatterns: list[object] = []
+from django.urls import path
+
+from webserver.participation import views
+
+urlpatterns = [
+    path("mine/", views.my_participations, name="my-participations"),
+    path("problems/<int:problem_pk>/join/", views.participant_request, name="participant-request"),
+    path("<int:participant_pk>/approve/", views.participant_approve, name="participant-approve"),
+    path("<int:participant_pk>/reject/", views.participant_reject, name="participant-reject"),
+    path("<int:participant_pk>/revoke/", views.participant_revoke, name="participant-revoke"),
+    path("<int:participant_pk>/bundle.json", views.participant_bundle, name="participant-bundle"),
+]
