@@ -79,7 +79,9 @@ def make_strategy(run_config: Mapping[str, Any], statistics_keys: Collection[str
     """Build the strategy named by ``strategy`` with its run-config parameters.
 
     Every strategy gets ``fraction-train``/``fraction-evaluate`` and waits for
-    ``min-available-nodes`` nodes, sampling at least that many per round.
+    ``min-available-nodes`` nodes, sampling at least that many per round; with
+    ``clients-per-round`` > 0 exactly that many are sampled for training (and
+    evaluation, unless ``fraction-evaluate`` is 0).
     Strategy-specific keys: FedProx ``proximal-mu``; FedAvgM
     ``server-learning-rate``, ``server-momentum``; FedAdam/FedYogi/FedAdagrad
     ``fedopt-eta`` (server learning rate), ``fedopt-tau``; Krum/MultiKrum/Bulyan
@@ -102,6 +104,19 @@ def make_strategy(run_config: Mapping[str, Any], statistics_keys: Collection[str
         "min_evaluate_nodes": min_nodes,
         "min_available_nodes": min_nodes,
     }
+    per_round = cfg_int(run_config, "clients-per-round")
+    if per_round > 0:
+        # Flower samples max(int(connected * fraction), min_*_nodes) nodes and waits
+        # until max(min_available_nodes, that) are connected. A fraction this small
+        # makes the first term 0 for any real federation, so exactly `per_round` are
+        # sampled; it stays above 0.0, which would mean "skip this phase".
+        tiny = 1e-9
+        common["fraction_train"] = tiny if common["fraction_train"] > 0 else 0.0
+        common["min_train_nodes"] = per_round
+        if common["fraction_evaluate"] > 0:
+            common["fraction_evaluate"] = tiny
+            common["min_evaluate_nodes"] = per_round
+        common["min_available_nodes"] = min(min_nodes, per_round)
     extra: dict[str, Any] = {}
     if name == "FedProx":
         extra["proximal_mu"] = cfg_float(run_config, "proximal-mu")

@@ -48,6 +48,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "fraction-train": 1.0,
     "fraction-evaluate": 1.0,
     "min-available-nodes": 2,
+    "clients-per-round": 0,
     "strategy": "FedAvg",
     "proximal-mu": 0.1,
     "server-learning-rate": 1.0,

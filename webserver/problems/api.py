@@ -1,0 +1,155 @@
+"""The problems REST API: thin adapters from HTTP to `queries` and `services`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpResponse
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from webserver.problems import fabs, queries, services
+from webserver.problems.serializers import (
+    BuiltinAppSerializer,
+    FabFileSerializer,
+    ProblemSerializer,
+    ProblemWriteSerializer,
+    RunSerializer,
+    as_data,
+)
+
+
+def _write_kwargs(data: dict[str, Any]) -> dict[str, Any]:
+    """Validated write input as service keyword arguments (the FAB file read, bounded)."""
+    kwargs = dict(data)
+    upload = kwargs.pop("fab", None)
+    if upload is not None:
+        kwargs["fab_bytes"], kwargs["fab_name"] = fabs.read_upload(upload)
+    if not kwargs.get("app_template"):
+        kwargs.pop("app_template", None)
+    return kwargs
+
+
+class ProblemListCreate(GenericAPIView):
+    serializer_class = ProblemSerializer
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    @extend_schema(
+        responses=ProblemSerializer(many=True),
+        parameters=[OpenApiParameter("q", str, description="Only titles containing this text.")],
+    )
+    def get(self, request: Request) -> Response:
+        """Problems the caller may see: published and archived ones, plus their own drafts."""
+        problems = queries.problem_list_visible(user=request.user, search=request.query_params.get("q", ""))
+        problems = problems.prefetch_related("runs")
+        page = self.paginate_queryset(problems)
+        if page is not None:
+            return self.get_paginated_response(ProblemSerializer(page, many=True).data)
+        return Response(ProblemSerializer(problems, many=True).data)
+
+    @extend_schema(request=ProblemWriteSerializer, responses={201: ProblemSerializer})
+    def post(self, request: Request) -> Response:
+        """Create a draft problem (problem setters only): `app_template` or a multipart `fab`."""
+        serializer = ProblemWriteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        problem = services.problem_create(owner=request.user, **_write_kwargs(serializer.validated_data))
+        return Response(ProblemSerializer(problem).data, status=status.HTTP_201_CREATED)
+
+
+class ProblemDetail(APIView):
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    @extend_schema(responses=ProblemSerializer)
+    def get(self, request: Request, pk: int) -> Response:
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        return Response(ProblemSerializer(problem).data)
+
+    @extend_schema(request=ProblemWriteSerializer, responses=ProblemSerializer)
+    def patch(self, request: Request, pk: int) -> Response:
+        """Change some fields (owner only); a new app on a published problem bumps `app_version`."""
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        serializer = ProblemWriteSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        # Only what was sent: partial validation still fills in defaults.
+        sent = {k: v for k, v in serializer.validated_data.items() if k in request.data}
+        problem = services.problem_update(problem=problem, user=request.user, **_write_kwargs(sent))
+        return Response(ProblemSerializer(problem).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, pk: int) -> Response:
+        """Delete a draft that never ran (owner only)."""
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        services.problem_delete(problem=problem, user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ProblemPublish(APIView):
+    @extend_schema(request=None, responses={201: RunSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        """Publish the problem (if a draft) and start a new run; 409 while a run is active."""
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        run = services.problem_publish(problem=problem, user=request.user)
+        return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+class ProblemStop(APIView):
+    @extend_schema(request=None, responses={202: OpenApiResponse(description="The run is stopping.")})
+    def post(self, request: Request, pk: int) -> Response:
+        """Stop the active run; 409 when none is active."""
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        services.problem_stop(problem=problem, user=request.user)
+        return Response({"detail": "the run is stopping"}, status=status.HTTP_202_ACCEPTED)
+
+
+class ProblemArchive(APIView):
+    @extend_schema(request=None, responses=ProblemSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        """Archive the problem (its active run is stopped)."""
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        problem = services.problem_archive(problem=problem, user=request.user)
+        return Response(ProblemSerializer(problem).data)
+
+
+class ProblemFiles(APIView):
+    @extend_schema(responses=FabFileSerializer(many=True))
+    def get(self, request: Request, pk: int) -> Response:
+        """Every file of the problem's app with its size and SHA-256."""
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        files = [
+            as_data(f, url=request.build_absolute_uri(reverse("api-problem-file", args=[problem.pk, f.path])))
+            for f in fabs.fab_files(problem)
+        ]
+        return Response(FabFileSerializer(files, many=True).data)
+
+
+class ProblemFile(APIView):
+    @extend_schema(responses={(200, "text/plain"): OpenApiTypes.STR})
+    def get(self, request: Request, pk: int, path: str) -> HttpResponse:
+        """One file of the app as text (404 if absent; 400 if binary or too big)."""
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        if path not in {f.path for f in fabs.fab_files(problem)}:
+            return Response({"detail": f"the app has no file {path!r}", "path": ["no such file"]}, status=404)
+        text = fabs.fab_file_text(problem, path)
+        return HttpResponse(text, content_type="text/plain; charset=utf-8")
+
+
+class ProblemRuns(APIView):
+    @extend_schema(responses=RunSerializer(many=True))
+    def get(self, request: Request, pk: int) -> Response:
+        """The problem's runs, newest first, with status, detail and rounds so far."""
+        problem = queries.problem_get_visible(user=request.user, pk=pk)
+        return Response(RunSerializer(queries.problem_runs(problem=problem), many=True).data)
+
+
+class BuiltinApps(APIView):
+    @extend_schema(responses=BuiltinAppSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        """The built-in Flower apps a problem can use as `app_template`."""
+        return Response(BuiltinAppSerializer([as_data(a) for a in fabs.builtin_apps()], many=True).data)

@@ -1,0 +1,438 @@
+"""The problem editor: one page of forms that together describe a problem.
+
+`ProblemEditor` bundles the problem form, the app choice, the run config form,
+the contract form and its row formsets; it turns their input into the keyword
+arguments of `services.problem_create` / `problem_update`, and puts every
+`ApplicationError` back on the input at fault. No rule lives here: the
+contract is judged by `contracts`, the run config by `runconfig`, the rest by
+`services`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from django import forms
+from django.forms import formset_factory
+
+from webserver.errors import ApplicationError
+from webserver.problems import contracts, fabs
+from webserver.problems.models import JoinPolicy, Problem
+from webserver.problems.runconfig import (
+    DEFAULTS,
+    STRATEGIES,
+    RunConfigError,
+    format_assignments,
+    parse_assignments,
+)
+
+MAX_CONTRACT_JSON = 1 << 20
+
+
+class ProblemForm(forms.Form):
+    title = forms.CharField(max_length=200)
+    description = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8}), required=False, help_text="Markdown; shown on the problem page."
+    )
+    join_policy = forms.ChoiceField(choices=JoinPolicy.choices, initial=JoinPolicy.APPROVAL)
+    app_source = forms.ChoiceField(
+        choices=[("template", "A built-in app"), ("upload", "Upload a FAB (made with `flwr build`)")],
+        widget=forms.RadioSelect,
+        initial="template",
+        label="Flower app",
+    )
+    app_template = forms.ChoiceField(choices=(), required=False, label="Built-in app")
+    fab = forms.FileField(required=False, label="FAB file", help_text="The .fab file `flwr build` writes.")
+
+    def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["app_template"].choices = [("", "—")] + [
+            (app.name, f"{app.name}: {app.description}" if app.description else app.name) for app in fabs.builtin_apps()
+        ]
+        if editing:
+            field = self.fields["app_source"]
+            field.choices = [("keep", "Keep the current app"), *field.choices]
+            field.initial = "keep"
+
+
+class RunConfigForm(forms.Form):
+    rounds = forms.IntegerField(initial=DEFAULTS["rounds"], help_text="Training rounds.")
+    clients_per_round = forms.IntegerField(
+        initial=DEFAULTS["clients_per_round"],
+        min_value=0,
+        help_text="Clients sampled each round; 0 = every connected client. A fixed number makes each round wait "
+        "until that many clients are connected.",
+    )
+    min_clients = forms.IntegerField(
+        initial=DEFAULTS["min_clients"], help_text="Clients that must be connected before a round starts."
+    )
+    round_timeout = forms.FloatField(
+        initial=DEFAULTS["round_timeout"], help_text="Seconds to wait for a round's replies."
+    )
+    strategy = forms.ChoiceField(choices=[(s, s) for s in STRATEGIES], initial=DEFAULTS["strategy"])
+    strategy_params = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        help_text="One `key = value` a line, keys of the app's config, e.g. proximal-mu = 0.1",
+    )
+    num_selectors = forms.IntegerField(initial=DEFAULTS["num_selectors"], help_text="Selectors (1–8).")
+    app_config = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}),
+        required=False,
+        help_text="Other overrides of the app's [tool.flwr.app.config], one `key = value` a line.",
+    )
+
+    def document(self) -> dict[str, Any]:
+        """The run config document (not yet checked against the app)."""
+        data = self.cleaned_data
+        timeout = data["round_timeout"]
+        return {
+            "rounds": data["rounds"],
+            "clients_per_round": data["clients_per_round"],
+            "min_clients": data["min_clients"],
+            "round_timeout": int(timeout) if timeout is not None and float(timeout).is_integer() else timeout,
+            "strategy": data["strategy"],
+            "strategy_params": parse_assignments(data.get("strategy_params") or "", field="strategy_params"),
+            "num_selectors": data["num_selectors"],
+            "app_config": parse_assignments(data.get("app_config") or "", field="app_config"),
+        }
+
+    @staticmethod
+    def initial_from(config: Mapping[str, Any]) -> dict[str, Any]:
+        initial = {k: v for k, v in config.items() if k not in ("strategy_params", "app_config")}
+        initial["strategy_params"] = format_assignments(config.get("strategy_params") or {})
+        initial["app_config"] = format_assignments(config.get("app_config") or {})
+        return initial
+
+
+class ContractForm(forms.Form):
+    kind = forms.ChoiceField(
+        choices=[
+            ("tabular", "Tabular (CSV files)"),
+            ("image-folder", "Image folder"),
+            ("numpy", "NumPy arrays (.npz)"),
+        ],
+        widget=forms.RadioSelect,
+        initial="tabular",
+        label="Kind of data",
+    )
+    description = forms.CharField(required=False, label="What the data is", max_length=2000)
+    # tabular
+    files = forms.CharField(required=False, initial="*.csv", label="CSV files (glob)")
+    min_rows = forms.IntegerField(required=False, min_value=0, label="Minimum rows")
+    label = forms.CharField(required=False, label="Label column", help_text="Must be one of the fields.")
+    extra_columns = forms.ChoiceField(
+        choices=[("forbid", "Forbid columns not listed"), ("allow", "Allow other columns")], initial="forbid"
+    )
+    # image-folder
+    classes = forms.CharField(required=False, help_text="Class names separated by commas; one sub-folder each.")
+    extensions = forms.CharField(required=False, initial=".png, .jpg, .jpeg", help_text="Separated by commas.")
+    image_width = forms.IntegerField(required=False, min_value=1, label="Image width (px)")
+    image_height = forms.IntegerField(required=False, min_value=1, label="Image height (px)")
+    mode = forms.ChoiceField(
+        required=False,
+        choices=[("", "any"), ("L", "L (8-bit grey)"), ("RGB", "RGB"), ("RGBA", "RGBA"), ("1", "1 (black and white)")],
+    )
+    min_images = forms.IntegerField(required=False, min_value=1, label="Minimum images")
+    min_images_per_class = forms.IntegerField(required=False, min_value=0, label="Minimum images per class")
+    # numpy
+    same_length = forms.BooleanField(required=False, help_text="All arrays of a file have the same first dimension.")
+    extra_arrays = forms.ChoiceField(
+        choices=[("forbid", "Forbid arrays not listed"), ("allow", "Allow other arrays")], initial="forbid"
+    )
+    # JSON import
+    contract_json = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false"}),
+        required=False,
+        label="Contract as JSON",
+        help_text="Filled in, this replaces everything above when you save. "
+        "“Import into the form” fills the form from it instead.",
+    )
+    contract_file = forms.FileField(required=False, label="…or a contract .json file")
+
+    SETTINGS = (
+        "description",
+        "files",
+        "min_rows",
+        "label",
+        "extra_columns",
+        "classes",
+        "extensions",
+        "image_width",
+        "image_height",
+        "mode",
+        "min_images",
+        "min_images_per_class",
+        "same_length",
+        "extra_arrays",
+    )
+
+    def json_text(self) -> str:
+        """The JSON the user typed or uploaded ("" when none)."""
+        upload = self.cleaned_data.get("contract_file")
+        if upload is not None:
+            if upload.size > MAX_CONTRACT_JSON:
+                raise ApplicationError(
+                    f"the contract file is {upload.size} bytes; at most {MAX_CONTRACT_JSON} are allowed",
+                    field="contract_file",
+                )
+            try:
+                return str(upload.read().decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ApplicationError("the contract file is not UTF-8 text", field="contract_file") from None
+        return str(self.cleaned_data.get("contract_json") or "").strip()
+
+
+class _RowForm(forms.Form):
+    """A table row: its inputs have no <label>, so each gets an aria-label naming column and row."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        row = (self.prefix or "").rsplit("-", 1)[-1]
+        for name, field in self.fields.items():
+            label = field.label or name.replace("_", " ").capitalize()
+            field.widget.attrs.setdefault("aria-label", f"{label}, row {int(row) + 1}" if row.isdigit() else label)
+
+
+class FieldRowForm(_RowForm):
+    name = forms.CharField(required=False, max_length=200)
+    type = forms.ChoiceField(choices=[(t, t) for t in contracts.FIELD_TYPES], initial="string")
+    required = forms.BooleanField(required=False)
+    unique = forms.BooleanField(required=False)
+    minimum = forms.CharField(required=False, max_length=64)
+    maximum = forms.CharField(required=False, max_length=64)
+    enum = forms.CharField(required=False, label="Allowed values", help_text="Separated by commas.")
+    pattern = forms.CharField(required=False, label="Pattern (regex)")
+
+
+class ArrayRowForm(_RowForm):
+    file = forms.CharField(required=False, initial="data.npz", max_length=200)
+    name = forms.CharField(required=False, max_length=200, label="Array")
+    dtype = forms.CharField(required=False, max_length=32, help_text="e.g. float32, int64")
+    shape = forms.CharField(required=False, max_length=200, help_text="e.g. -1,30 (-1 = any size)")
+
+
+FieldRowFormSet = formset_factory(FieldRowForm, extra=3, can_delete=True, max_num=500, absolute_max=1000)
+ArrayRowFormSet = formset_factory(ArrayRowForm, extra=2, can_delete=True, max_num=200, absolute_max=400)
+
+
+def _rows(formset: forms.BaseFormSet) -> list[tuple[int, dict[str, Any]]]:
+    """Filled-in rows that are not marked for deletion, with their form index."""
+    rows = []
+    for index, form in enumerate(formset.forms):
+        data = getattr(form, "cleaned_data", None) or {}
+        # Initial rows (editing) count even when unchanged; untouched extra rows have no data.
+        if not data or data.get("DELETE"):
+            continue
+        if not any(v for k, v in data.items() if k not in ("DELETE", "type", "file")):
+            continue  # an untouched row (only a default type or file name)
+        rows.append((index, {k: v for k, v in data.items() if k != "DELETE"}))
+    return rows
+
+
+class ProblemEditor:
+    """All the forms of the create/edit page, bound or not."""
+
+    def __init__(
+        self,
+        data: Any = None,
+        files: Any = None,
+        *,
+        problem: Problem | None = None,
+        contract_initial: contracts.ContractFormData | None = None,
+        contract_json: str | None = None,
+    ) -> None:
+        self.problem = problem
+        editing = problem is not None
+        self.notes: list[str] = []
+        problem_initial: dict[str, Any] = {}
+        rc_initial: dict[str, Any] = {}
+        ct_initial: dict[str, Any] = {}
+        rows: list[dict[str, Any]] = []
+        arrays: list[dict[str, Any]] = []
+        if problem is not None and data is None:
+            problem_initial = {
+                "title": problem.title,
+                "description": problem.description,
+                "join_policy": problem.join_policy,
+            }
+            rc_initial = RunConfigForm.initial_from(problem.run_config)
+            if contract_initial is None and contract_json is None:
+                contract_initial = contracts.contract_to_form(problem.contract)
+                if contract_initial is None:
+                    contract_json = json.dumps(problem.contract, indent=2)
+                    self.notes.append(
+                        "This contract uses settings the form has no boxes for, so it is edited as JSON below."
+                    )
+        if contract_initial is not None:
+            ct_initial = {"kind": contract_initial.kind, **contract_initial.settings}
+            rows, arrays = contract_initial.fields, contract_initial.arrays
+        if contract_json is not None:
+            ct_initial["contract_json"] = contract_json
+        self.problem_form = ProblemForm(data, files, editing=editing, initial=problem_initial, prefix="p")
+        self.run_config_form = RunConfigForm(data, initial=rc_initial, prefix="rc")
+        self.contract_form = ContractForm(data, files, initial=ct_initial, prefix="ct")
+        self.field_rows = FieldRowFormSet(data, initial=rows or None, prefix="fields")
+        self.array_rows = ArrayRowFormSet(data, initial=arrays or None, prefix="arrays")
+
+    @property
+    def forms(self) -> list[Any]:
+        return [self.problem_form, self.run_config_form, self.contract_form, self.field_rows, self.array_rows]
+
+    def is_valid(self) -> bool:
+        return all([f.is_valid() for f in self.forms])  # a list, so every form gets its errors
+
+    # ----------------------------------------------------------- input -> service
+
+    def contract(self) -> dict[str, Any]:
+        """The contract document: the JSON if given, else built from the form."""
+        text = self.contract_form.json_text()
+        if text:
+            return contracts.contract_from_json(text)
+        settings = {k: self.contract_form.cleaned_data.get(k) for k in ContractForm.SETTINGS}
+        return contracts.contract_from_form(
+            kind=self.contract_form.cleaned_data["kind"],
+            settings=settings,
+            fields=[row for _, row in _rows(self.field_rows)],
+            arrays=[row for _, row in _rows(self.array_rows)],
+        )
+
+    def service_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for problem_create/problem_update; ApplicationError on bad input.
+
+        The contract, the run config form and the app choice are all read before
+        anything is raised, so the page shows their problems at once (checking the
+        run config against the app's keys is left to the service).
+        """
+        data = self.problem_form.cleaned_data
+        kwargs: dict[str, Any] = {
+            "title": data["title"],
+            "description": data["description"],
+            "join_policy": data["join_policy"],
+        }
+        failures: list[ApplicationError] = []
+        try:
+            kwargs["contract"] = self.contract()
+        except ApplicationError as exc:
+            failures.append(exc)
+        try:
+            kwargs["run_config"] = self.run_config_form.document()
+        except ApplicationError as exc:
+            failures.append(exc)
+        source = data["app_source"]
+        if source == "template":
+            if not data.get("app_template"):
+                failures.append(ApplicationError("choose one of the built-in apps", field="app_template"))
+            kwargs["app_template"] = data.get("app_template")
+        elif source == "upload":
+            upload = data.get("fab")
+            if upload is None:
+                failures.append(ApplicationError("choose the .fab file to upload", field="fab"))
+            else:
+                try:
+                    kwargs["fab_bytes"], kwargs["fab_name"] = fabs.read_upload(upload)
+                except ApplicationError as exc:
+                    failures.append(exc)
+        for failure in failures[1:]:
+            self.add_error(failure)
+        if failures:
+            raise failures[0]
+        return kwargs
+
+    # ----------------------------------------------------------- errors -> input
+
+    def add_error(self, exc: ApplicationError) -> None:
+        """Show `exc` on the input it is about (or at the top of its section)."""
+        if isinstance(exc, RunConfigError):
+            for key, messages in exc.errors.items():
+                target = key if key in self.run_config_form.fields else None
+                for message in messages:
+                    self.run_config_form.add_error(target, message)
+            return
+        if isinstance(exc, contracts.ContractFormError):
+            for key, messages in exc.errors.items():
+                for message in messages:
+                    self._contract_error(key, message)
+            return
+        field = exc.field
+        if field == "contract":
+            for message in exc.extra.get("issues") or [exc.message]:
+                self.contract_form.add_error(None, message)
+        elif field in self.run_config_form.fields:
+            self.run_config_form.add_error(field, exc.message)
+        elif field in self.contract_form.fields:
+            self.contract_form.add_error(field, exc.message)
+        elif field in self.problem_form.fields:
+            self.problem_form.add_error(field, exc.message)
+        else:
+            self.problem_form.add_error(None, exc.message)
+
+    def _contract_error(self, key: str, message: str) -> None:
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] in ("fields", "arrays"):
+            formset = self.field_rows if parts[0] == "fields" else self.array_rows
+            indexes = [i for i, _ in _rows(formset)]
+            row = int(parts[1])
+            if row < len(indexes):
+                form = formset.forms[indexes[row]]
+                form.add_error(parts[2] if parts[2] in form.fields else None, message)
+                return
+        target = key if key in self.contract_form.fields else None
+        self.contract_form.add_error(target, message)
+
+
+def _refilled(posted: ProblemEditor, contract_initial: contracts.ContractFormData) -> ProblemEditor:
+    """A fresh (unbound, so no errors yet) editor holding what was posted, with `contract_initial`."""
+    editor = ProblemEditor(problem=posted.problem, contract_initial=contract_initial, contract_json="")
+    for fresh, source in ((editor.problem_form, posted.problem_form), (editor.run_config_form, posted.run_config_form)):
+        source.is_valid()
+        fresh.initial.update({k: v for k, v in source.cleaned_data.items() if k != "fab" and v is not None})
+    if posted.problem_form.cleaned_data.get("fab") is not None:
+        editor.notes.append("Browsers cannot keep a chosen file: choose the FAB file again before saving.")
+    return editor
+
+
+def editor_importing_contract(data: Any, files: Any, *, problem: Problem | None) -> tuple[ProblemEditor, str | None]:
+    """A fresh editor with the contract form filled from the posted JSON, or the posted one and the error.
+
+    Everything else the user typed is kept, except a chosen FAB file.
+    """
+    posted = ProblemEditor(data, files, problem=problem)
+    posted.contract_form.is_valid()
+    try:
+        text = posted.contract_form.json_text()
+        if not text:
+            raise ApplicationError("paste a contract as JSON or choose a .json file first", field="contract_json")
+        doc = contracts.contract_from_json(text)
+        form_data = contracts.contract_to_form(doc)
+        if form_data is None:
+            raise ApplicationError(
+                "this contract uses settings the form has no boxes for; it stays as JSON and is used as is when you save",
+                field="contract_json",
+            )
+    except ApplicationError as exc:
+        return posted, exc.message
+    return _refilled(posted, form_data), None
+
+
+def editor_with_more_rows(data: Any, files: Any, *, problem: Problem | None) -> ProblemEditor:
+    """The posted editor again, unchanged, with empty rows added to the field and array tables."""
+    posted = ProblemEditor(data, files, problem=problem)
+    posted.contract_form.is_valid()
+    posted.field_rows.is_valid()
+    posted.array_rows.is_valid()
+    settings = {k: posted.contract_form.cleaned_data.get(k) for k in ContractForm.SETTINGS}
+    for key in ("files", "extensions", "extra_columns", "extra_arrays"):
+        if not settings.get(key):
+            settings.pop(key)  # let the form's initial value show
+    form_data = contracts.ContractFormData(
+        kind=posted.contract_form.cleaned_data.get("kind") or "tabular",
+        settings=settings,
+        fields=[row for _, row in _rows(posted.field_rows)],
+        arrays=[row for _, row in _rows(posted.array_rows)],
+    )
+    editor = _refilled(posted, form_data)
+    editor.contract_form.initial["contract_json"] = posted.contract_form.cleaned_data.get("contract_json", "")
+    return editor

@@ -1,0 +1,102 @@
+"""REST representations of problems, runs, app files and built-in apps (no rules here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from webserver.problems.models import JoinPolicy, Problem, Run
+
+
+class ProblemSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.get_username", read_only=True)
+    active_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Problem
+        fields = [
+            "id",
+            "title",
+            "description",
+            "state",
+            "owner",
+            "contract",
+            "app_template",
+            "fab_name",
+            "fab_sha256",
+            "app_version",
+            "run_config",
+            "join_policy",
+            "active_run",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_active_run(self, problem: Problem) -> int | None:
+        """The number of the run that is queued, starting, running or stopping, if any."""
+        run = next((r for r in problem.runs.all() if r.is_active), None)
+        return run.number if run is not None else None
+
+
+class ProblemWriteSerializer(serializers.Serializer):
+    """Input of create (all of it) and PATCH (any of it); `services` judges the values.
+
+    Send JSON, or multipart with `fab` as the file and `contract` / `run_config`
+    as JSON text.
+    """
+
+    title = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    contract = serializers.JSONField(help_text="The data contract document (docs/data-contract.md).")
+    app_template = serializers.CharField(
+        required=False, allow_blank=True, help_text="A built-in app's name (GET /api/v1/apps/)."
+    )
+    fab = serializers.FileField(required=False, help_text="A FAB made with `flwr build` (multipart upload).")
+    run_config = serializers.JSONField(
+        required=False,
+        help_text="rounds, clients_per_round, min_clients, round_timeout, strategy, strategy_params, num_selectors, app_config.",
+    )
+    join_policy = serializers.ChoiceField(choices=JoinPolicy.choices, required=False, default=JoinPolicy.APPROVAL)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Run
+        fields = [
+            "number",
+            "status",
+            "status_detail",
+            "phase",
+            "current_round",
+            "total_rounds",
+            "app_version",
+            "fab_sha256",
+            "config",
+            "backend",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class FabFileSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    is_text = serializers.BooleanField()
+    url = serializers.CharField(help_text="GET it for the file's text.")
+
+
+class BuiltinAppSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="Pass it as `app_template`.")
+    title = serializers.CharField()
+    description = serializers.CharField()
+    version = serializers.CharField()
+
+
+def as_data(obj: Any, **extra: Any) -> dict[str, Any]:
+    """A dataclass (FabFile, BuiltinApp) as a plain dict for the serializers above."""
+    return {**{k: getattr(obj, k) for k in obj.__dataclass_fields__}, **extra}
