@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from webserver.spawner.base import RunSpec, ServiceState, Spawner, SpawnError
+from webserver.spawner.base import MAX_SELECTORS, RunSpec, ServiceState, Spawner, SpawnError, selector_ports
 
-__all__ = ["RunSpec", "ServiceState", "SpawnError", "Spawner", "get_spawner"]
+__all__ = ["MAX_SELECTORS", "RunSpec", "ServiceState", "SpawnError", "Spawner", "get_spawner", "selector_ports"]
 
 
 def _docker_answers() -> bool:

@@ -32,6 +32,10 @@ class RunSpec:
     report_url: str  # internal API base for this run
     service_token: str  # credential the coordinator reports with
     selector_token: str  # shared secret between this run's selectors and coordinator
+    # Host ports the selectors must listen on, one per selector. They are the
+    # same for every run of a problem (see `selector_ports`), so participants'
+    # join bundles stay valid across runs. Empty: the backend picks.
+    selector_ports: tuple[int, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -43,6 +47,26 @@ class ServiceState:
     address: str  # host:port; for selectors what clients dial
     health: str  # starting | healthy | unhealthy | exited
     detail: str = ""
+    # How an exited service ended, when the backend knows: 0 means it finished
+    # on its own (a coordinator whose ServerApp completed), anything else a crash.
+    exit_code: int | None = None
+
+
+# Each problem owns a block of this many consecutive selector ports.
+MAX_SELECTORS = 8
+
+
+def selector_ports(problem_id: int, count: int, *, base: int) -> tuple[int, ...]:
+    """The host ports of a problem's selectors: fixed per problem, never per run.
+
+    Problem ids share blocks modulo 1000 (two problems 1000 ids apart collide and
+    the second one's start fails naming the port), which keeps every port within
+    `base .. base + 7999`.
+    """
+    if not 1 <= count <= MAX_SELECTORS:
+        raise SpawnError(f"a problem may have 1 to {MAX_SELECTORS} selectors, not {count}")
+    first = base + (problem_id % 1000) * MAX_SELECTORS
+    return tuple(range(first, first + count))
 
 
 class Spawner(Protocol):

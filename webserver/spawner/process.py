@@ -2,17 +2,31 @@
 
 For development and hosts without Docker. Each service is its own process
 group (so it outlives the Celery task that started it and can be stopped as a
-whole), listens on a port the OS picks, and has its own folder under
-`<state_dir>/problem_<id>/`. What was started is recorded in `services.json`
-there; a process is only ever signalled after checking it carries this
-problem's tag in its environment, so a recycled pid is never hit.
+whole) and has its own folder under `<state_dir>/problem_<id>/`. Selectors
+listen on the problem's fixed ports (`RunSpec.selector_ports`), so the
+endpoints in participants' join bundles stay valid from run to run; the
+coordinator listens on a loopback port the OS picks.
+
+What was started is recorded in `services.json`. Every process carries a tag
+in its environment naming this installation (its state folder) and the
+problem; a process is only ever signalled after checking that tag, so a
+recycled pid, or another installation's problem with the same id, is never hit.
+
+Each service runs under a one-line `sh` wrapper that writes the service's exit
+code to a file when it ends, so `status()` can tell a coordinator that
+finished its run (code 0) from one that crashed, even from another process
+than the one that started it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,23 +37,42 @@ from webserver.spawner.base import RunSpec, ServiceState, SpawnError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TAG_VAR = "FEDOTA_SPAWN_TAG"
-START_TIMEOUT = 90.0
+# The whole start (coordinator and every selector listening) must fit in this,
+# comfortably inside the publish task's time limit.
+START_TIMEOUT = 120.0
+STOP_GRACE = 10.0
+# `sh -c SCRIPT EXIT_FILE CMD...`: run CMD, then record its exit code. Not `exec`:
+# the shell must outlive the service to write the file.
+WRAPPER = '"$@"; code=$?; echo $code > "$0"; exit $code'
 
 
-def _tag(problem_id: int) -> str:
-    return f"problem-{problem_id}"
-
-
-def _alive_with_tag(pid: int, tag: str) -> bool:
+def _proc_environ(pid: int) -> list[bytes] | None:
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
+        return None
     # A zombie has exited; only its parent's wait() is missing.
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    return f"{TAG_VAR}={tag}".encode() in environ.split(b"\0")
+        return None
+    return environ.split(b"\0")
+
+
+def _alive_with_tag(pid: int, tag: str) -> bool:
+    environ = _proc_environ(pid)
+    return environ is not None and f"{TAG_VAR}={tag}".encode() in environ
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Every live process carrying `tag`, including ones a service forked."""
+    needle = f"{TAG_VAR}={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            environ = _proc_environ(int(entry.name))
+            if environ is not None and needle in environ:
+                found.append(int(entry.name))
+    return found
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -49,6 +82,30 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _port_free(host: str, port: int) -> bool:
+    # gRPC binds with SO_REUSEPORT, so a selector would silently share a port
+    # another gRPC server holds; a plain bind here notices the clash first.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _bind_host(selector_host: str) -> str:
+    """Where selectors listen: the advertised host if it is an address, else every interface."""
+    if selector_host == "localhost":
+        return "127.0.0.1"
+    try:
+        ipaddress.ip_address(selector_host)
+    except ValueError:
+        return "0.0.0.0"
+    return selector_host
+
+
 class ProcessSpawner:
     name = "process"
 
@@ -56,117 +113,128 @@ class ProcessSpawner:
         self.state_dir = Path(state_dir)
         self.selector_host = selector_host
         self.python = python or sys.executable
+        # Two installations on one machine (or two test sessions) may both have
+        # a problem 1; the tag keeps their processes apart.
+        self._install = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
 
     # ---- Spawner interface ----------------------------------------------------------------
 
     def start(self, spec: RunSpec) -> list[ServiceState]:
         self.stop(spec.problem_id)
+        bind_host = _bind_host(self.selector_host)
+        ports = spec.selector_ports or (0,) * spec.num_selectors
+        if len(ports) != spec.num_selectors:
+            raise SpawnError(f"{spec.num_selectors} selectors need {spec.num_selectors} ports, got {len(ports)}")
+        for i, port in enumerate(ports):
+            if port and not _port_free(bind_host, port):
+                raise SpawnError(
+                    f"selector {i} cannot listen on port {port}: another program is using it "
+                    f"(set FEDOTA_SELECTOR_PORT_BASE to move this installation's selector ports)"
+                )
         root = self._root(spec.problem_id)
         run_dir = root / f"run_{spec.run_number:03d}"
         logs = run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = self._env(spec)
+        deadline = time.monotonic() + START_TIMEOUT
         records: list[dict[str, object]] = []
 
         coord_dir = run_dir / "coordinator"
+        # A restart of the same run reuses its folder (checkpoints); stale state must not count as "up".
+        (coord_dir / "coordinator.json").unlink(missing_ok=True)
         coord_cmd = [
             self.python,
             "-m",
             "coordinator",
-            "--app",
-            str(spec.fab_path),
-            "--state-dir",
-            str(coord_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--run-id",
-            str(spec.run_id),
-            "--run-config",
-            json.dumps(spec.run_config),
-            "--round-timeout",
-            str(spec.round_timeout),
-            "--selector-token",
-            spec.selector_token,
-            "--wait-for-nodes",
-            str(spec.min_clients),
+            # `--flag=value` throughout: a token may begin with "-", which argparse would take for a flag.
+            f"--app={spec.fab_path}",
+            f"--state-dir={coord_dir}",
+            "--listen=127.0.0.1:0",
+            f"--run-id={spec.run_id}",
+            f"--run-config={json.dumps(spec.run_config)}",
+            f"--round-timeout={spec.round_timeout}",
+            f"--selector-token={spec.selector_token}",
+            f"--wait-for-nodes={spec.min_clients}",
         ]
-        coord = self._spawn(coord_cmd, env, logs / "coordinator.log")
-        records.append({"role": "coordinator", "index": 0, "pid": coord.pid, "address": ""})
+        coord = self._spawn(coord_cmd, env, logs / "coordinator.log", run_dir / "coordinator.exit")
+        records.append(self._record("coordinator", 0, coord.pid, run_dir / "coordinator", logs / "coordinator.log"))
         self._write(root, records)
-        coord_state = self._wait_for_file(coord, coord_dir / "coordinator.json", logs / "coordinator.log", spec)
+        coord_state = self._wait_for_file(
+            coord, coord_dir / "coordinator.json", logs / "coordinator.log", spec, deadline
+        )
         coord_address = str(coord_state["address"])
-        records[0]["address"] = coord_address
+        records[0].update(address=coord_address, probe=coord_address)
+        self._write(root, records)
 
-        for i in range(spec.num_selectors):
+        for i, port in enumerate(ports):
             state_file = run_dir / f"selector_{i}.json"
+            state_file.unlink(missing_ok=True)
             cmd = [
                 self.python,
                 "-m",
                 "selector",
-                "--coordinator",
-                coord_address,
-                "--listen",
-                f"{self.selector_host}:0",
-                "--selector-id",
-                f"p{spec.problem_id}-r{spec.run_number}-s{i}",
-                "--selector-token",
-                spec.selector_token,
-                "--state-file",
-                str(state_file),
+                f"--coordinator={coord_address}",
+                f"--listen={bind_host}:{port}",
+                f"--selector-id=p{spec.problem_id}-r{spec.run_number}-s{i}",
+                f"--selector-token={spec.selector_token}",
+                f"--state-file={state_file}",
             ]
-            proc = self._spawn(cmd, env, logs / f"selector_{i}.log")
-            records.append({"role": "selector", "index": i, "pid": proc.pid, "address": ""})
+            log_path = logs / f"selector_{i}.log"
+            proc = self._spawn(cmd, env, log_path, run_dir / f"selector_{i}.exit")
+            records.append(self._record("selector", i, proc.pid, run_dir / f"selector_{i}", log_path))
             self._write(root, records)
-            state = self._wait_for_file(proc, state_file, logs / f"selector_{i}.log", spec)
-            records[-1]["address"] = str(state["address"])
+            state = self._wait_for_file(proc, state_file, log_path, spec, deadline)
+            probe = str(state["address"])
+            records[-1].update(address=f"{self.selector_host}:{probe.rsplit(':', 1)[1]}", probe=probe)
             self._write(root, records)
         return self.status(spec.problem_id)
 
     def status(self, problem_id: int) -> list[ServiceState]:
-        tag = _tag(problem_id)
+        tag = self.tag(problem_id)
         out: list[ServiceState] = []
         for rec in self._read(self._root(problem_id)):
-            pid = int(rec["pid"])  # type: ignore[call-overload]
+            pid = int(str(rec["pid"]))
             address = str(rec.get("address", ""))
+            probe = str(rec.get("probe", "") or address)
+            exit_code: int | None = None
             if not _alive_with_tag(pid, tag):
-                health, detail = "exited", "the process is not running"
+                health = "exited"
+                exit_code = self._exit_code(rec)
+                how = "was killed" if exit_code is None else f"exited with code {exit_code}"
+                tail = _tail(Path(str(rec.get("log", ""))), lines=8)
+                detail = f"the process {how}" + (f":\n{tail}" if tail and exit_code else "")
             elif not address:
                 health, detail = "starting", ""
-            elif check_health(address, timeout=1.0):
+            elif check_health(probe, timeout=1.0):
                 health, detail = "healthy", ""
             else:
                 health, detail = "unhealthy", "the gRPC health check did not answer SERVING"
-            out.append(ServiceState(str(rec["role"]), int(rec["index"]), str(pid), address, health, detail))  # type: ignore[call-overload]
+            out.append(
+                ServiceState(str(rec["role"]), int(str(rec["index"])), str(pid), address, health, detail, exit_code)
+            )
         return out
 
     def stop(self, problem_id: int, *, remove_data: bool = False) -> None:
         root = self._root(problem_id)
-        tag = _tag(problem_id)
-        pids = [int(rec["pid"]) for rec in self._read(root)]  # type: ignore[call-overload]
+        tag = self.tag(problem_id)
+        recorded = [int(str(rec["pid"])) for rec in self._read(root)]
         # Selectors first, so clients are not handed to a coordinator that is going away.
-        for pid in reversed(pids):
+        for pid in reversed(recorded):
             if _alive_with_tag(pid, tag):
                 try:
                     os.killpg(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and any(_alive_with_tag(p, tag) for p in pids):
-            self._reap(pids)
+        # Anything else with the tag (a service whose wrapper died first, a fork) goes too.
+        self._signal_all(tag, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline and tagged_pids(tag):
+            self._reap(recorded)
             time.sleep(0.1)
-        for pid in pids:
-            if _alive_with_tag(pid, tag):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        self._reap(pids)
-        services = root / "services.json"
-        if services.exists():
-            services.unlink()
+        self._signal_all(tag, signal.SIGKILL)
+        self._reap(recorded)
+        (root / "services.json").unlink(missing_ok=True)
         if remove_data and root.exists():
-            import shutil
-
             shutil.rmtree(root, ignore_errors=True)
 
     def problems(self) -> set[int]:
@@ -178,21 +246,44 @@ class ProcessSpawner:
                 problem_id = int(path.parent.name.removeprefix("problem_"))
             except ValueError:
                 continue
-            tag = _tag(problem_id)
-            if any(_alive_with_tag(int(r["pid"]), tag) for r in self._read(path.parent)):  # type: ignore[call-overload]
+            tag = self.tag(problem_id)
+            if any(_alive_with_tag(int(str(r["pid"])), tag) for r in self._read(path.parent)):
                 found.add(problem_id)
         return found
 
     # ---- internals --------------------------------------------------------------------------
 
+    def tag(self, problem_id: int) -> str:
+        """The environment tag every process of the problem carries (see the module docstring)."""
+        return f"{self._install}-problem-{problem_id}"
+
     def _root(self, problem_id: int) -> Path:
         return self.state_dir / f"problem_{problem_id}"
+
+    @staticmethod
+    def _record(role: str, index: int, pid: int, base: Path, log: Path) -> dict[str, object]:
+        return {
+            "role": role,
+            "index": index,
+            "pid": pid,
+            "address": "",
+            "probe": "",
+            "exit_file": str(base.with_suffix(".exit")),
+            "log": str(log),
+        }
+
+    @staticmethod
+    def _exit_code(rec: dict[str, object]) -> int | None:
+        try:
+            return int(Path(str(rec.get("exit_file", ""))).read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def _env(self, spec: RunSpec) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDOTA_", "DJANGO_", "CELERY_", "DATABASE_"))}
         env.update(
             {
-                TAG_VAR: _tag(spec.problem_id),
+                TAG_VAR: self.tag(spec.problem_id),
                 "PYTHONPATH": str(REPO_ROOT),
                 "PYTHONUNBUFFERED": "1",
                 "FLWR_TELEMETRY_ENABLED": "0",
@@ -204,11 +295,12 @@ class ProcessSpawner:
         env.update(spec.extra_env)
         return env
 
-    def _spawn(self, cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    def _spawn(self, cmd: list[str], env: dict[str, str], log_path: Path, exit_path: Path) -> subprocess.Popen[bytes]:
+        exit_path.unlink(missing_ok=True)
         with open(log_path, "ab") as log:
             try:
                 return subprocess.Popen(
-                    cmd,
+                    ["/bin/sh", "-c", WRAPPER, str(exit_path), *cmd],
                     env=env,
                     cwd=REPO_ROOT,
                     stdin=subprocess.DEVNULL,
@@ -220,9 +312,8 @@ class ProcessSpawner:
                 raise SpawnError(f"cannot start {cmd[2]}: {exc}") from exc
 
     def _wait_for_file(
-        self, proc: subprocess.Popen[bytes], path: Path, log_path: Path, spec: RunSpec
+        self, proc: subprocess.Popen[bytes], path: Path, log_path: Path, spec: RunSpec, deadline: float
     ) -> dict[str, object]:
-        deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if path.exists():
                 try:
@@ -238,6 +329,14 @@ class ProcessSpawner:
             time.sleep(0.1)
         self.stop(spec.problem_id)
         raise SpawnError(f"{log_path.stem} did not start within {START_TIMEOUT:.0f} s:\n{_tail(log_path)}")
+
+    @staticmethod
+    def _signal_all(tag: str, sig: signal.Signals) -> None:
+        for pid in tagged_pids(tag):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     @staticmethod
     def _reap(pids: list[int]) -> None:

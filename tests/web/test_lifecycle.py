@@ -1,0 +1,422 @@
+"""The run lifecycle against a fake Spawner: start, launch, stop, reconcile, the infrastructure page."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from webserver.errors import Conflict, NotAllowed
+from webserver.problems import lifecycle, tasks
+from webserver.problems.models import ProblemState, Run, RunStatus
+from webserver.spawner import RunSpec, ServiceState, SpawnError
+
+pytestmark = pytest.mark.web
+
+
+@dataclass
+class FakeSpawner:
+    """Remembers what runs per problem; `crash` makes a service exit the way a backend reports it."""
+
+    name: str = "fake"
+    running: dict[int, list[ServiceState]] = field(default_factory=dict)
+    specs: list[RunSpec] = field(default_factory=list)
+    stops: list[int] = field(default_factory=list)
+    fail_with: Exception | None = None
+    on_start: Any = None
+
+    def start(self, spec: RunSpec) -> list[ServiceState]:
+        self.specs.append(spec)
+        if self.on_start is not None:
+            self.on_start(spec)
+        if self.fail_with is not None:
+            self.running.pop(spec.problem_id, None)
+            raise self.fail_with
+        states = [ServiceState("coordinator", 0, "100", "127.0.0.1:40000", "healthy")]
+        states += [
+            ServiceState("selector", i, str(101 + i), f"127.0.0.1:{port}", "healthy")
+            for i, port in enumerate(spec.selector_ports)
+        ]
+        self.running[spec.problem_id] = states
+        return states
+
+    def status(self, problem_id: int) -> list[ServiceState]:
+        return list(self.running.get(problem_id, []))
+
+    def stop(self, problem_id: int, *, remove_data: bool = False) -> None:
+        self.stops.append(problem_id)
+        self.running.pop(problem_id, None)
+
+    def problems(self) -> set[int]:
+        return set(self.running)
+
+    def crash(self, problem_id: int, role: str, index: int, *, exit_code: int | None = None) -> None:
+        self.running[problem_id] = [
+            replace(s, health="exited", detail=f"the process exited with code {exit_code}", exit_code=exit_code)
+            if (s.role, s.index) == (role, index)
+            else s
+            for s in self.running[problem_id]
+        ]
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSpawner:
+    spawner = FakeSpawner()
+    monkeypatch.setattr(lifecycle, "get_spawner", lambda: spawner)
+    return spawner
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """Tasks sent to the broker, as (name, args), instead of sending them."""
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    for task in (tasks.publish, tasks.stop, tasks.reconcile):
+        monkeypatch.setattr(task, "delay", lambda *args, _name=task.name: sent.append((_name, args)))
+    return sent
+
+
+@pytest.fixture
+def settings_ports(settings: Any) -> Any:
+    settings.FEDOTA_SELECTOR_PORT_BASE = 20000
+    settings.FEDOTA_SELECTOR_HOST = "fl.example.org"
+    settings.FEDOTA_INTERNAL_URL = "http://web:8000"
+    return settings
+
+
+def _problem(make_problem: Any, owner: Any, run_config: dict[str, Any]) -> Any:
+    problem = make_problem(owner)
+    problem.run_config = run_config
+    problem.save(update_fields=["run_config"])
+    return problem
+
+
+def _started(users: dict[str, Any], make_problem: Any, fake: FakeSpawner) -> Run:
+    problem = make_problem(users["owner"])
+    run = lifecycle.run_start(problem=problem, user=users["owner"])
+    lifecycle.run_launch(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING, run.status_detail
+    return run
+
+
+# ---- run_start ------------------------------------------------------------------------------
+
+
+def test_start_numbers_runs_and_enqueues_the_launch_after_commit(
+    users: dict[str, Any], make_problem: Any, enqueued: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    problem = make_problem(users["owner"])
+    with django_capture_on_commit_callbacks(execute=True):
+        first = lifecycle.run_start(problem=problem, user=users["owner"])
+    assert (first.number, first.status) == (1, RunStatus.QUEUED)
+    assert first.config == {"rounds": 3, "num_selectors": 1}
+    assert first.fab_sha256 == problem.fab_sha256
+    assert enqueued == [("problems.publish", (first.pk,))]
+
+    Run.objects.filter(pk=first.pk).update(status=RunStatus.FINISHED)
+    second = lifecycle.run_start(problem=problem, user=users["admin"])
+    assert second.number == 2
+
+
+def test_start_refuses_while_a_run_is_active(users: dict[str, Any], make_problem: Any, enqueued: list[Any]) -> None:
+    problem = make_problem(users["owner"])
+    lifecycle.run_start(problem=problem, user=users["owner"])
+    with pytest.raises(Conflict, match="run 1 of this problem is still queued"):
+        lifecycle.run_start(problem=problem, user=users["owner"])
+    assert problem.runs.count() == 1
+
+
+def test_start_only_by_the_owner_and_only_when_published(
+    users: dict[str, Any], make_problem: Any, enqueued: list[Any]
+) -> None:
+    problem = make_problem(users["owner"])
+    for who in ("other_setter", "holder"):
+        with pytest.raises(NotAllowed):
+            lifecycle.run_start(problem=problem, user=users[who])
+    draft = make_problem(users["owner"], state=ProblemState.DRAFT, title="Draft")
+    with pytest.raises(Conflict, match="only a published problem can run"):
+        lifecycle.run_start(problem=draft, user=users["owner"])
+    assert not Run.objects.exists()
+
+
+# ---- run_launch -----------------------------------------------------------------------------
+
+
+def test_launch_records_services_and_running(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], settings_ports: Any
+) -> None:
+    problem = _problem(make_problem, users["owner"], {"rounds": 4, "num_selectors": 2, "min_clients": 1})
+    run = lifecycle.run_start(problem=problem, user=users["owner"])
+
+    lifecycle.run_launch(run_id=run.pk)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
+    assert run.backend == "fake"
+    assert run.started_at is not None
+    services = list(run.services.order_by("role", "index").values_list("role", "index", "address", "health"))
+    ports = lifecycle.problem_selector_ports(problem)
+    assert services == [
+        ("coordinator", 0, "127.0.0.1:40000", "healthy"),
+        ("selector", 0, f"127.0.0.1:{ports[0]}", "healthy"),
+        ("selector", 1, f"127.0.0.1:{ports[1]}", "healthy"),
+    ]
+    (spec,) = fake.specs
+    assert spec.run_config["num-server-rounds"] == 4
+    assert spec.num_selectors == 2 and spec.min_clients == 1
+    assert spec.report_url == f"http://web:8000/internal/v1/runs/{run.pk}/"
+    assert spec.fab_path.read_bytes()[:2] == b"PK"
+    # Only the hash of the coordinator's credential is kept.
+    assert run.service_token_hash == hashlib.sha256(spec.service_token.encode()).hexdigest()
+    assert spec.service_token not in str(Run.objects.filter(pk=run.pk).values().get())
+
+    # A duplicate delivery of the task changes nothing.
+    lifecycle.run_launch(run_id=run.pk)
+    assert len(fake.specs) == 1
+
+
+def test_launch_failure_fails_the_run_with_the_reason_and_leaves_nothing(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    fake.fail_with = SpawnError("coordinator exited with code 2 while starting:\nerror: the app is broken")
+    problem = make_problem(users["owner"])
+    run = lifecycle.run_start(problem=problem, user=users["owner"])
+
+    lifecycle.run_launch(run_id=run.pk)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert "error: the app is broken" in run.status_detail
+    assert run.finished_at is not None
+    assert fake.problems() == set()
+    assert problem.pk in fake.stops
+    assert not run.services.exclude(health="removed").exists()
+
+
+def test_publish_task_fails_the_run_on_an_unexpected_error(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    fake.fail_with = RuntimeError("disk full")
+    run = lifecycle.run_start(problem=make_problem(users["owner"]), user=users["owner"])
+
+    tasks.publish(run.pk)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert "disk full" in run.status_detail
+
+
+def test_stop_pressed_during_the_launch_removes_what_started(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    problem = make_problem(users["owner"])
+    run = lifecycle.run_start(problem=problem, user=users["owner"])
+    fake.on_start = lambda spec: lifecycle.run_stop(problem=problem, user=users["owner"])
+
+    lifecycle.run_launch(run_id=run.pk)
+
+    assert fake.problems() == set()
+    lifecycle.run_teardown(problem_id=problem.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.STOPPED
+
+
+def test_a_start_broken_by_a_stop_ends_stopped_not_failed(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    problem = make_problem(users["owner"])
+    run = lifecycle.run_start(problem=problem, user=users["owner"])
+    fake.on_start = lambda spec: lifecycle.run_stop(problem=problem, user=users["owner"])
+    fake.fail_with = SpawnError("coordinator exited with code -15 while starting")
+
+    lifecycle.run_launch(run_id=run.pk)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.STOPPED
+    assert fake.problems() == set()
+
+
+# ---- stop -----------------------------------------------------------------------------------
+
+
+def test_stop_then_teardown(users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]) -> None:
+    run = _started(users, make_problem, fake)
+    problem = run.problem
+    with pytest.raises(NotAllowed):
+        lifecycle.run_stop(problem=problem, user=users["other_setter"])
+
+    lifecycle.run_stop(problem=problem, user=users["owner"])
+    run.refresh_from_db()
+    assert run.status == RunStatus.STOPPING
+
+    lifecycle.run_teardown(problem_id=problem.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.STOPPED
+    assert run.finished_at is not None
+    assert set(run.services.values_list("health", flat=True)) == {"removed"}
+    assert fake.problems() == set()
+    with pytest.raises(Conflict, match="no run of this problem is active"):
+        lifecycle.run_stop(problem=problem, user=users["owner"])
+    # Teardown again (a redelivered task) is harmless.
+    assert lifecycle.run_teardown(problem_id=problem.pk) is None
+
+
+def test_teardown_does_not_overwrite_a_finished_run(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    run = _started(users, make_problem, fake)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.FINISHED)
+    lifecycle.run_teardown(problem_id=run.problem_id)
+    run.refresh_from_db()
+    assert run.status == RunStatus.FINISHED
+
+
+# ---- reconcile ------------------------------------------------------------------------------
+
+
+def test_reconcile_restarts_a_crashed_selector_then_gives_up(
+    users: dict[str, Any],
+    make_problem: Any,
+    fake: FakeSpawner,
+    enqueued: list[Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = _started(users, make_problem, fake)
+    pid = run.problem_id
+
+    for attempt in range(1, lifecycle.MAX_RESTARTS + 1):
+        fake.crash(pid, "selector", 0, exit_code=1)
+        with django_capture_on_commit_callbacks(execute=True):
+            report = lifecycle.infrastructure_reconcile()
+        run.refresh_from_db()
+        assert report.restarted == [run.pk]
+        assert run.status == RunStatus.STARTING
+        assert run.status_detail.startswith(f"restart {attempt} of {lifecycle.MAX_RESTARTS}: selector 0")
+        assert run.services.get(role="selector", index=0).health == "exited"
+        assert enqueued[-1] == ("problems.publish", (run.pk,))
+        lifecycle.run_launch(run_id=run.pk)  # what the enqueued task does
+        run.refresh_from_db()
+        assert run.status == RunStatus.RUNNING
+        assert run.services.get(role="selector", index=0).health == "healthy"
+    assert len(fake.specs) == 1 + lifecycle.MAX_RESTARTS
+    assert len({spec.service_token for spec in fake.specs}) == len(fake.specs)
+
+    fake.crash(pid, "selector", 0, exit_code=1)
+    report = lifecycle.infrastructure_reconcile()
+    run.refresh_from_db()
+    assert report.failed == [run.pk]
+    assert run.status == RunStatus.FAILED
+    assert run.status_detail.startswith(f"gave up after {lifecycle.MAX_RESTARTS} restarts")
+    assert fake.problems() == set()
+
+
+def test_reconcile_leaves_a_finished_coordinator_to_monitoring(
+    users: dict[str, Any],
+    make_problem: Any,
+    fake: FakeSpawner,
+    enqueued: list[Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = _started(users, make_problem, fake)
+    fake.crash(run.problem_id, "coordinator", 0, exit_code=0)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.infrastructure_reconcile()
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
+    assert run.services.get(role="coordinator").health == "exited"
+    assert ("problems.publish", (run.pk,)) not in enqueued
+
+    # Monitoring marks it finished; its selectors are then orphans and go.
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.FINISHED)
+    report = lifecycle.infrastructure_reconcile()
+    assert report.orphans_removed == [run.problem_id]
+    assert fake.problems() == set()
+
+
+def test_reconcile_removes_orphans_and_keeps_active_runs(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    live = _started(users, make_problem, fake)
+    fake.running[987654] = [ServiceState("selector", 0, "1", "127.0.0.1:1", "healthy")]  # problem deleted long ago
+
+    report = lifecycle.infrastructure_reconcile()
+
+    assert report.orphans_removed == [987654]
+    assert fake.problems() == {live.problem_id}
+    live.refresh_from_db()
+    assert live.status == RunStatus.RUNNING
+    assert report.checked == [live.pk]
+
+
+def test_reconcile_requeues_a_forgotten_queued_run(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    from django.utils import timezone
+
+    run = lifecycle.run_start(problem=make_problem(users["owner"]), user=users["owner"])
+    lifecycle.infrastructure_reconcile()
+    assert ("problems.publish", (run.pk,)) not in enqueued
+    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - 2 * lifecycle.REQUEUE_AFTER)
+    assert lifecycle.infrastructure_reconcile().requeued == [run.pk]
+    assert enqueued[-1] == ("problems.publish", (run.pk,))
+
+
+# ---- selector endpoints ---------------------------------------------------------------------
+
+
+def test_selector_endpoints_are_known_before_a_run_and_survive_new_runs(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], settings_ports: Any
+) -> None:
+    problem = _problem(make_problem, users["owner"], {"rounds": 3, "num_selectors": 2})
+    before = lifecycle.selector_endpoints(problem)
+    base = 20000 + (problem.pk % 1000) * 8
+    assert before == [f"fl.example.org:{base}", f"fl.example.org:{base + 1}"]
+
+    run = lifecycle.run_start(problem=problem, user=users["owner"])
+    lifecycle.run_launch(run_id=run.pk)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.FINISHED)
+    problem.run_config = {"rounds": 9, "num_selectors": 2, "strategy": "FedProx"}
+    problem.save()
+    run2 = lifecycle.run_start(problem=problem, user=users["owner"])
+    lifecycle.run_launch(run_id=run2.pk)
+
+    assert lifecycle.selector_endpoints(problem) == before
+    assert fake.specs[0].selector_ports == fake.specs[1].selector_ports == (base, base + 1)
+
+
+# ---- infrastructure page ----------------------------------------------------------------------
+
+
+def test_infrastructure_page_is_for_site_admins(
+    users: dict[str, Any],
+    make_problem: Any,
+    fake: FakeSpawner,
+    enqueued: list[Any],
+    client: Client,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = _started(users, make_problem, fake)
+    url = reverse("infrastructure")
+
+    assert client.get(url).status_code == 302  # to the login page
+    client.force_login(users["owner"])
+    assert client.get(url).status_code == 403
+
+    client.force_login(users["admin"])
+    page = client.get(url).content.decode()
+    assert run.problem.title in page
+    assert "Running" in page and "fake" in page
+    assert "127.0.0.1:40000" in page and "Healthy" in page
+    assert "Reconcile now" in page
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url, follow=True)
+    assert response.status_code == 200
+    assert "Reconciliation queued" in response.content.decode()
+    assert ("problems.reconcile", ()) in enqueued

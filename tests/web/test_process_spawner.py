@@ -1,0 +1,157 @@
+"""The real `process` backend: the built-in tabular app's coordinator and selectors as processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fedota_common.grpcutil import check_health
+from webserver.spawner import RunSpec, SpawnError, selector_ports
+from webserver.spawner.process import TAG_VAR, ProcessSpawner
+
+PROBLEM = 4242
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p+1 both free on loopback."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports on loopback")
+
+
+def _processes_of(problem_id: int) -> list[int]:
+    """Every process on the machine whose spawn tag names this problem (what /proc says, not the backend)."""
+    suffix = f"-problem-{problem_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(v.startswith(f"{TAG_VAR}=".encode()) and v.endswith(suffix) for v in environ):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def spawner(tmp_path: Path) -> Iterator[ProcessSpawner]:
+    spawner = ProcessSpawner(tmp_path / "state")
+    yield spawner
+    spawner.stop(PROBLEM)
+
+
+@pytest.fixture
+def spec(tmp_path: Path, tabular_fab: bytes) -> RunSpec:
+    fab = tmp_path / "tabular.fab"
+    fab.write_bytes(tabular_fab)
+    first = _free_port_pair()
+    base = first - (PROBLEM % 1000) * 8
+    return RunSpec(
+        problem_id=PROBLEM,
+        run_id=1,
+        run_number=1,
+        fab_path=fab,
+        fab_sha256=hashlib.sha256(tabular_fab).hexdigest(),
+        run_config={"num-server-rounds": 2},
+        num_selectors=2,
+        round_timeout=30.0,
+        min_clients=1,
+        report_url="http://127.0.0.1:9/internal/v1/runs/1/",
+        service_token="service-token",
+        selector_token="-selector-token-may-begin-with-a-dash",
+        selector_ports=selector_ports(PROBLEM, 2, base=base),
+    )
+
+
+def test_services_come_up_on_the_problems_ports_and_stop_leaves_nothing(spawner: ProcessSpawner, spec: RunSpec) -> None:
+    states = spawner.start(spec)
+
+    assert [(s.role, s.index) for s in states] == [("coordinator", 0), ("selector", 0), ("selector", 1)]
+    assert all(s.health == "healthy" for s in states), states
+    selectors = [s.address for s in states if s.role == "selector"]
+    assert selectors == [f"127.0.0.1:{port}" for port in spec.selector_ports]
+    assert all(check_health(address) for address in selectors)
+    assert spawner.problems() == {PROBLEM}
+    assert _processes_of(PROBLEM)
+
+    spawner.stop(PROBLEM)
+
+    assert _processes_of(PROBLEM) == []
+    assert spawner.status(PROBLEM) == []
+    assert spawner.problems() == set()
+    assert not any(check_health(address, timeout=0.5) for address in selectors)
+
+    # The next run comes up where participants' join bundles point: the same ports.
+    again = spawner.start(replace(spec, run_id=2, run_number=2))
+    assert [s.address for s in again if s.role == "selector"] == selectors
+    assert all(s.health == "healthy" for s in again), again
+
+
+def test_a_killed_selector_shows_as_exited(spawner: ProcessSpawner, spec: RunSpec) -> None:
+    states = spawner.start(replace(spec, num_selectors=1, selector_ports=spec.selector_ports[:1]))
+    selector = next(s for s in states if s.role == "selector")
+
+    os.killpg(int(selector.handle), signal.SIGKILL)
+
+    def selector_health() -> str:
+        return next(s for s in spawner.status(PROBLEM) if s.role == "selector").health
+
+    import time
+
+    deadline = time.monotonic() + 10
+    while selector_health() != "exited" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = {(s.role, s.index): s for s in spawner.status(PROBLEM)}
+    assert after["selector", 0].health == "exited"
+    assert "killed" in after["selector", 0].detail or "exited" in after["selector", 0].detail
+    assert after["coordinator", 0].health == "healthy"
+
+
+def test_a_broken_fab_fails_with_the_coordinators_error(spawner: ProcessSpawner, spec: RunSpec, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.fab"
+    broken.write_bytes(b"this is not a zip file")
+
+    with pytest.raises(SpawnError) as caught:
+        spawner.start(replace(spec, fab_path=broken))
+
+    message = str(caught.value)
+    assert "coordinator exited with code 2" in message
+    assert "not a valid zip file" in message
+    assert _processes_of(PROBLEM) == []
+
+
+def test_a_selector_port_in_use_is_named(spawner: ProcessSpawner, spec: RunSpec) -> None:
+    port = spec.selector_ports[1]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(SpawnError, match=f"port {port}"):
+            spawner.start(spec)
+    assert _processes_of(PROBLEM) == []
+
+
+def test_selector_ports_are_fixed_per_problem() -> None:
+    assert selector_ports(3, 2, base=17000) == (17024, 17025)
+    assert selector_ports(3, 2, base=17000) == selector_ports(3, 2, base=17000)
+    assert selector_ports(1003, 1, base=17000) == (17024,)
+    with pytest.raises(SpawnError, match="1 to 8 selectors"):
+        selector_ports(3, 9, base=17000)

@@ -1,0 +1,439 @@
+"""The run lifecycle: start, launch, stop and reconcile a problem's infrastructure.
+
+A run moves queued → starting → running → (finished | failed | stopped), with
+stopping on the way to stopped. Web requests only write rows and enqueue a
+Celery task after commit (`run_start`, `run_stop`); the tasks do the slow work
+through the Spawner (`run_launch`, `run_teardown`), and the periodic
+`infrastructure_reconcile` makes what runs match what should run.
+
+Concurrency: state changes that race (a launch finishing while the owner
+presses stop, two reconcilers) are made under `select_for_update` on the Run
+row and re-check the status they expect; the slow Spawner calls happen outside
+any transaction, because SQLite would otherwise lock every writer out for the
+length of a start.
+
+Credentials: each launch makes a fresh service token (the coordinator reports
+with it) and a fresh selector token, hands them to the spawned processes and
+stores only the service token's SHA-256 in `Run.service_token_hash`. Neither
+crosses the broker or touches the database in plaintext, and a restarted
+coordinator gets new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max, Prefetch, QuerySet
+from django.utils import timezone
+
+from webserver.errors import ApplicationError, Conflict, NotAllowed
+from webserver.permissions import owns_problem
+from webserver.problems.models import (
+    ACTIVE_RUN_STATUSES,
+    Problem,
+    ProblemState,
+    Run,
+    RunStatus,
+    Service,
+    ServiceHealth,
+)
+from webserver.problems.runconfig import DEFAULTS, app_overrides, validate_run_config
+from webserver.spawner import (
+    MAX_SELECTORS,
+    RunSpec,
+    ServiceState,
+    Spawner,
+    SpawnError,
+    get_spawner,
+    selector_ports,
+)
+
+log = logging.getLogger(__name__)
+
+# A run whose services keep dying is restarted this many times, then failed.
+MAX_RESTARTS = 3
+# A queued run whose publish task has not picked it up by then is enqueued again
+# (the broker may have lost the message; launching is idempotent).
+# Not shorter: with several workers, a copy and a late original could launch together.
+REQUEUE_AFTER = timedelta(minutes=10)
+_RESTART_RE = re.compile(r"^restart (\d+) of \d+")
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# ---- reads ------------------------------------------------------------------------------------
+
+
+def problem_selector_ports(problem: Problem) -> tuple[int, ...]:
+    """The host ports of the problem's selectors under its current run config."""
+    count = (problem.run_config or {}).get("num_selectors", DEFAULTS["num_selectors"])
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SELECTORS:
+        # An invalid config never launches; the default is the best guess of what will.
+        count = DEFAULTS["num_selectors"]
+    return selector_ports(problem.pk, count, base=settings.FEDOTA_SELECTOR_PORT_BASE)
+
+
+def selector_endpoints(problem: Problem) -> list[str]:
+    """The `host:port` endpoints data holders' clients dial, known before the first run.
+
+    They depend only on the problem (its id and number of selectors), never on
+    a run, so join bundles stay valid when a new run starts.
+    """
+    return [f"{settings.FEDOTA_SELECTOR_HOST}:{port}" for port in problem_selector_ports(problem)]
+
+
+def infrastructure_overview() -> QuerySet[Problem]:
+    """Every problem with its runs (newest first) and their services, for the infrastructure page."""
+    runs = Run.objects.order_by("-number").prefetch_related("services")
+    return Problem.objects.select_related("owner").prefetch_related(Prefetch("runs", queryset=runs)).order_by("pk")
+
+
+# ---- start and launch -------------------------------------------------------------------------
+
+
+def run_start(*, problem: Problem, user: Any) -> Run:
+    """Create the problem's next run and enqueue its launch (after commit).
+
+    Only the owner or a site admin may start a run, only of a published
+    problem, and only when no other run of it is active.
+    """
+    from webserver.problems import tasks
+
+    if not owns_problem(user, problem):
+        raise NotAllowed("only the problem's owner can start a run")
+    with transaction.atomic():
+        problem = Problem.objects.select_for_update().get(pk=problem.pk)
+        if problem.state != ProblemState.PUBLISHED:
+            raise Conflict(f"the problem is {problem.get_state_display().lower()}; only a published problem can run")
+        active = problem.runs.filter(status__in=ACTIVE_RUN_STATUSES).order_by("-number").first()
+        if active is not None:
+            raise Conflict(
+                f"run {active.number} of this problem is still {active.get_status_display().lower()}; "
+                "stop it before starting a new one"
+            )
+        last = problem.runs.aggregate(last=Max("number"))["last"] or 0
+        run = Run.objects.create(
+            problem=problem,
+            number=last + 1,
+            config=dict(problem.run_config or {}),
+            fab_sha256=problem.fab_sha256,
+            app_version=problem.app_version,
+            status=RunStatus.QUEUED,
+        )
+        tasks.publish.delay_on_commit(run.pk)
+    return run
+
+
+def build_run_spec(run: Run, *, service_token: str, selector_token: str) -> RunSpec:
+    """The backend-neutral description of what to start for `run` (raises ApplicationError if the app is unusable)."""
+    from fedota_common.fab import FabError, load_app
+
+    problem = run.problem
+    if not problem.fab:
+        raise ApplicationError("the problem has no Flower app")
+    fab_path = Path(problem.fab.path)
+    try:
+        app = load_app(fab_path)
+    except FabError as exc:
+        raise ApplicationError(f"the problem's app cannot be loaded: {exc}") from exc
+    if app.sha256 != run.fab_sha256:
+        raise ApplicationError(
+            "the problem's app changed after this run was queued (its SHA-256 differs); start a new run"
+        )
+    doc = dict(run.config or {})
+    launch = validate_run_config(doc, app.default_config)
+    num_selectors = int(launch["num_selectors"])
+    return RunSpec(
+        problem_id=problem.pk,
+        run_id=run.pk,
+        run_number=run.number,
+        fab_path=fab_path,
+        fab_sha256=run.fab_sha256,
+        run_config=dict(app_overrides(doc, app.default_config)),
+        num_selectors=num_selectors,
+        round_timeout=float(launch["round_timeout"]),
+        min_clients=int(launch["min_clients"]),
+        report_url=f"{settings.FEDOTA_INTERNAL_URL}/internal/v1/runs/{run.pk}/",
+        service_token=service_token,
+        selector_token=selector_token,
+        selector_ports=selector_ports(problem.pk, num_selectors, base=settings.FEDOTA_SELECTOR_PORT_BASE),
+    )
+
+
+def _record_services(run: Run, states: list[ServiceState]) -> None:
+    """Make the run's Service rows say what the backend reported."""
+    seen = set()
+    for state in states:
+        Service.objects.update_or_create(
+            run=run,
+            role=state.role,
+            index=state.index,
+            defaults={"handle": state.handle, "address": state.address, "health": state.health, "detail": state.detail},
+        )
+        seen.add((state.role, state.index))
+    for service in run.services.exclude(health=ServiceHealth.REMOVED):
+        if (service.role, service.index) not in seen:
+            service.health = ServiceHealth.EXITED
+            service.detail = "the backend has no such service any more"
+            service.save(update_fields=["health", "detail", "updated_at"])
+
+
+def _mark_removed(run: Run) -> None:
+    run.services.exclude(health=ServiceHealth.REMOVED).update(health=ServiceHealth.REMOVED, updated_at=timezone.now())
+
+
+def run_launch(*, run_id: int, spawner: Spawner | None = None) -> Run | None:
+    """Start the run's coordinator and selectors; idempotent.
+
+    Does nothing unless the run is queued or starting (a redelivered or
+    duplicate task finds it running, stopped, ...). On success the run is
+    running with one Service row per process; if the backend cannot start it
+    the run is failed with the backend's reason and nothing is left running.
+    """
+    with transaction.atomic():
+        run = Run.objects.select_for_update().select_related("problem").filter(pk=run_id).first()
+        if run is None or run.status not in (RunStatus.QUEUED, RunStatus.STARTING):
+            return run
+        service_token = secrets.token_urlsafe(32)
+        run.service_token_hash = _hash_token(service_token)
+        run.status = RunStatus.STARTING
+        run.started_at = run.started_at or timezone.now()
+        run.save(update_fields=["service_token_hash", "status", "started_at"])
+
+    try:
+        spawner = spawner or get_spawner()
+        spec = build_run_spec(run, service_token=service_token, selector_token=secrets.token_urlsafe(32))
+        states = spawner.start(spec)
+    except (SpawnError, ApplicationError) as exc:
+        run_fail(run_id=run.pk, reason=str(exc), spawner=spawner)
+        run.refresh_from_db()
+        return run
+
+    with transaction.atomic():
+        run = Run.objects.select_for_update().select_related("problem").get(pk=run_id)
+        still_wanted = run.status == RunStatus.STARTING
+        if still_wanted:
+            _record_services(run, states)
+            run.status = RunStatus.RUNNING
+            run.backend = spawner.name
+            run.save(update_fields=["status", "backend"])
+    if not still_wanted:
+        # Stopped (or failed) while we were starting: what we started must not outlive it.
+        log.info("run %s became %s during its launch; removing its services", run.pk, run.status)
+        spawner.stop(run.problem_id)
+        with transaction.atomic():
+            _mark_removed(run)
+    return run
+
+
+def run_fail(*, run_id: int, reason: str, spawner: Spawner | None = None) -> None:
+    """Mark an active run failed with `reason` and remove whatever it has running."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.status not in ACTIVE_RUN_STATUSES:
+            return
+        if run.status == RunStatus.STOPPING:
+            # The owner stopped it while it was starting (which is often why the
+            # start broke): it stopped, it did not fail.
+            run.status = RunStatus.STOPPED
+        else:
+            run.status = RunStatus.FAILED
+            run.status_detail = reason
+        run.finished_at = timezone.now()
+        run.save(update_fields=["status", "status_detail", "finished_at"])
+        problem_id = run.problem_id
+    try:
+        (spawner or get_spawner()).stop(problem_id)
+    except SpawnError as exc:
+        # The reconciler removes it later as an orphan; the run's failure stands.
+        log.warning("could not remove the services of failed run %s: %s", run_id, exc)
+    with transaction.atomic():
+        _mark_removed(run)
+
+
+# ---- stop ---------------------------------------------------------------------------------------
+
+
+def run_stop(*, problem: Problem, user: Any) -> Run:
+    """Mark the problem's active run stopping and enqueue its teardown (after commit)."""
+    from webserver.problems import tasks
+
+    if not owns_problem(user, problem):
+        raise NotAllowed("only the problem's owner can stop its run")
+    with transaction.atomic():
+        run = (
+            Run.objects.select_for_update()
+            .filter(problem=problem, status__in=ACTIVE_RUN_STATUSES)
+            .order_by("-number")
+            .first()
+        )
+        if run is None:
+            raise Conflict("no run of this problem is active")
+        if run.status != RunStatus.STOPPING:
+            run.status = RunStatus.STOPPING
+            run.save(update_fields=["status"])
+        tasks.stop.delay_on_commit(problem.pk)
+    return run
+
+
+def run_teardown(*, problem_id: int, spawner: Spawner | None = None) -> Run | None:
+    """Remove the problem's services; its stopping run becomes stopped. Idempotent."""
+    (spawner or get_spawner()).stop(problem_id)
+    with transaction.atomic():
+        run = (
+            Run.objects.select_for_update()
+            .filter(problem_id=problem_id, status=RunStatus.STOPPING)
+            .order_by("-number")
+            .first()
+        )
+        if run is None:
+            return None
+        _mark_removed(run)
+        run.status = RunStatus.STOPPED
+        run.finished_at = timezone.now()
+        run.save(update_fields=["status", "finished_at"])
+    return run
+
+
+# ---- reconcile ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation did (run ids, problem ids), for logs and the infrastructure page."""
+
+    checked: list[int] = field(default_factory=list)
+    restarted: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)
+    stopped: list[int] = field(default_factory=list)
+    orphans_removed: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.checked)} running checked"]
+        for name in ("restarted", "failed", "requeued", "stopped", "orphans_removed"):
+            ids = getattr(self, name)
+            if ids:
+                parts.append(f"{name.replace('_', ' ')}: {', '.join(map(str, ids))}")
+        return "; ".join(parts)
+
+
+def _restarts_so_far(detail: str) -> int:
+    match = _RESTART_RE.match(detail or "")
+    return int(match.group(1)) if match else 0
+
+
+def _why_restart(states: list[ServiceState]) -> str | None:
+    """Why a running run's services need starting again, or None if they need not."""
+    # ServiceState carries the backend's plain strings (the same values as ServiceRole / ServiceHealth).
+    if not states:
+        return "none of its services is running any more"
+    coordinator = next((s for s in states if s.role == "coordinator"), None)
+    if coordinator is None:
+        return "its coordinator is gone"
+    if coordinator.health == "exited" and coordinator.exit_code == 0:
+        # The ServerApp completed: monitoring marks the run finished from the
+        # coordinator's final report, and its selectors are then orphans.
+        return None
+    for state in states:
+        if state.health == "exited":
+            return f"{state.role} {state.index}: {state.detail}".strip()
+    return None
+
+
+def _remove_orphan(spawner: Spawner, problem_id: int) -> bool:
+    with transaction.atomic():
+        # Holding the problem row keeps a new run from being created meanwhile.
+        exists = Problem.objects.select_for_update().filter(pk=problem_id).exists()
+        if exists and Run.objects.filter(problem_id=problem_id, status__in=ACTIVE_RUN_STATUSES).exists():
+            return False
+        spawner.stop(problem_id, remove_data=False)
+    return True
+
+
+def _reconcile_running(spawner: Spawner, run: Run, report: ReconcileReport) -> None:
+    from webserver.problems import tasks
+
+    states = spawner.status(run.problem_id)
+    reason = _why_restart(states)
+    give_up = False
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING).first()
+        if locked is None:
+            return
+        report.checked.append(run.pk)
+        _record_services(locked, states)
+        if reason is None:
+            return
+        attempt = _restarts_so_far(locked.status_detail) + 1
+        if attempt > MAX_RESTARTS:
+            locked.status = RunStatus.FAILED
+            locked.status_detail = f"gave up after {MAX_RESTARTS} restarts; last failure: {reason}"
+            locked.finished_at = timezone.now()
+            locked.save(update_fields=["status", "status_detail", "finished_at"])
+            report.failed.append(run.pk)
+            give_up = True
+        else:
+            log.warning("restarting run %s (%d of %d): %s", run.pk, attempt, MAX_RESTARTS, reason)
+            locked.status = RunStatus.STARTING
+            locked.status_detail = f"restart {attempt} of {MAX_RESTARTS}: {reason}"
+            locked.save(update_fields=["status", "status_detail"])
+            tasks.publish.delay_on_commit(run.pk)
+            report.restarted.append(run.pk)
+    if give_up:
+        spawner.stop(run.problem_id)
+        with transaction.atomic():
+            _mark_removed(run)
+
+
+def infrastructure_reconcile(*, spawner: Spawner | None = None) -> ReconcileReport:
+    """Make what runs match what should run; safe to run at any time, and twice at once.
+
+    - a running run: record each service's health; if a service exited
+      unexpectedly, launch the run again (at most MAX_RESTARTS times, then fail it);
+      a coordinator that exited with code 0 finished its run and is left to monitoring;
+    - a queued run nobody picked up: enqueue its launch again;
+    - a stopping run: tear it down (in case its stop task was lost);
+    - anything the backend runs for a problem with no active run (or no problem): remove it.
+    """
+    from webserver.problems import tasks
+
+    spawner = spawner or get_spawner()
+    report = ReconcileReport()
+
+    for run in Run.objects.filter(status=RunStatus.RUNNING).order_by("pk"):
+        try:
+            _reconcile_running(spawner, run, report)
+        except SpawnError as exc:
+            log.warning("cannot inspect run %s: %s", run.pk, exc)
+
+    stale = timezone.now() - REQUEUE_AFTER
+    for run in Run.objects.filter(status=RunStatus.QUEUED, created_at__lt=stale).order_by("pk"):
+        tasks.publish.delay(run.pk)
+        report.requeued.append(run.pk)
+
+    for problem_id in Run.objects.filter(status=RunStatus.STOPPING).values_list("problem_id", flat=True).distinct():
+        if run_teardown(problem_id=problem_id, spawner=spawner) is not None:
+            report.stopped.append(problem_id)
+
+    active = set(Run.objects.filter(status__in=ACTIVE_RUN_STATUSES).values_list("problem_id", flat=True))
+    for problem_id in sorted(spawner.problems() - active):
+        try:
+            if _remove_orphan(spawner, problem_id):
+                report.orphans_removed.append(problem_id)
+        except SpawnError as exc:
+            log.warning("cannot remove the orphaned services of problem %s: %s", problem_id, exc)
+    if report.restarted or report.failed or report.orphans_removed or report.requeued or report.stopped:
+        log.info("reconciled: %s", report.summary())
+    return report
