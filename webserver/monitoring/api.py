@@ -1,0 +1,115 @@
+"""REST API for monitoring (problem setter and site admins); in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from webserver.errors import ApplicationError
+from webserver.monitoring import queries
+
+_ERRORS = {
+    403: OpenApiResponse(description="Only the problem's setter and site admins can watch its runs."),
+    404: OpenApiResponse(description="No such problem or run (or not visible to you)."),
+}
+
+
+class RoundSerializer(serializers.Serializer[Any]):
+    round = serializers.IntegerField()
+    phase = serializers.CharField()
+    clients = serializers.IntegerField()
+    train_loss = serializers.FloatField(allow_null=True)
+    eval_loss = serializers.FloatField(allow_null=True)
+    eval_acc = serializers.FloatField(allow_null=True)
+    seconds = serializers.FloatField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    metrics = serializers.JSONField()
+    downloads = serializers.DictField(child=serializers.CharField(allow_null=True))
+
+
+class LogLineSerializer(serializers.Serializer[Any]):
+    ts = serializers.DateTimeField()
+    level = serializers.CharField()
+    source = serializers.CharField()
+    message = serializers.CharField()
+
+
+class RunMetricsSerializer(serializers.Serializer[Any]):
+    number = serializers.IntegerField()
+    status = serializers.CharField()
+    rounds = serializers.ListField(child=serializers.DictField())
+
+
+class ProblemDashboardApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="problem_dashboard",
+        parameters=[OpenApiParameter("run", int, description="run number (default: the latest run)")],
+        responses={200: OpenApiTypes.OBJECT, **_ERRORS},
+        description="Everything the dashboard shows: the run, its services and clients, rounds with model "
+        "downloads, participants with their last contribution, and the last 50 log lines.",
+    )
+    def get(self, request: Request, problem_id: int) -> Response:
+        problem = queries.problem_for_monitoring(user=request.user, pk=problem_id)
+        run = queries.run_selected(problem=problem, number=request.query_params.get("run"))
+        return Response(queries.dashboard(problem=problem, run=run))
+
+
+class RunRoundsApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="run_rounds",
+        responses={200: RoundSerializer(many=True), **_ERRORS},
+        description="Every finished round of a run with its metrics and model downloads.",
+    )
+    def get(self, request: Request, run_id: int) -> Response:
+        run = queries.run_for_monitoring(user=request.user, run_id=run_id)
+        downloads = queries.run_checkpoints(run=run)
+        return Response([queries.round_json(r, downloads) for r in queries.run_rounds(run=run)])
+
+
+class RunLogsApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="run_logs",
+        parameters=[OpenApiParameter("limit", int, description="how many of the last lines (1–1000, default 200)")],
+        responses={200: LogLineSerializer(many=True), **_ERRORS},
+        description="The run's last log lines (round summaries, warnings and errors), oldest first.",
+    )
+    def get(self, request: Request, run_id: int) -> Response:
+        run = queries.run_for_monitoring(user=request.user, run_id=run_id)
+        try:
+            limit = int(request.query_params.get("limit", 200))
+        except ValueError:
+            raise ApplicationError("limit: must be a whole number", field="limit") from None
+        limit = max(1, min(limit, 1000))
+        return Response([queries.log_json(line) for line in queries.run_logs(run=run, limit=limit)])
+
+
+class RunsMetricsApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="problem_runs_metrics",
+        parameters=[OpenApiParameter("runs", str, description="comma-separated run numbers, e.g. 1,2 (at most 10)")],
+        responses={200: RunMetricsSerializer(many=True), **_ERRORS},
+        description="Per-round loss and accuracy of several runs of a problem, to compare them.",
+    )
+    def get(self, request: Request, problem_id: int) -> Response:
+        problem = queries.problem_for_monitoring(user=request.user, pk=problem_id)
+        raw = request.query_params.get("runs", "")
+        try:
+            numbers = [int(n) for n in raw.split(",") if n.strip()]
+        except ValueError:
+            raise ApplicationError("runs: give run numbers separated by commas, e.g. 1,2", field="runs") from None
+        return Response(queries.runs_metrics(problem=problem, numbers=numbers))

@@ -1,0 +1,70 @@
+"""The internal API coordinators report to: events and checkpoint files.
+
+Plain Django views: no session, no CSRF (machines, not browsers), and the
+request body is read as a stream so a 1 GB checkpoint never sits in memory.
+The only credential accepted is the run's own service token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from webserver.errors import ApplicationError
+from webserver.monitoring import services
+
+log = logging.getLogger(__name__)
+
+
+def _error(exc: ApplicationError) -> JsonResponse:
+    body: dict[str, Any] = {"detail": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    response = JsonResponse(body, status=exc.status_code)
+    if exc.status_code == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="fedota-internal"'
+    return response
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def run_events(request: HttpRequest, run_id: int) -> JsonResponse:
+    """Apply one event or a JSON list of events, all or nothing."""
+    try:
+        run = services.run_authenticate(run_id=run_id, authorization=request.headers.get("Authorization", ""))
+        try:
+            doc = json.loads(request.body or b"null")
+        except RequestDataTooBig:
+            raise services.TooLarge("too many events in one request; send smaller batches") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApplicationError(f"body: not valid JSON ({exc})", field="body") from None
+        events = doc if isinstance(doc, list) else [doc]
+        applied = services.run_events_apply(run=run, events=events)
+    except ApplicationError as exc:
+        if exc.status_code == 400:
+            log.warning("run %s sent a malformed event: %s", run_id, exc.message)
+        return _error(exc)
+    return JsonResponse({"applied": applied})
+
+
+@csrf_exempt
+@require_http_methods(["PUT", "POST"])
+def run_checkpoint(request: HttpRequest, run_id: int, round: int, kind: str) -> JsonResponse:
+    """Store a round's model file (round 0 = the final model) from the raw request body."""
+    try:
+        run = services.run_authenticate(run_id=run_id, authorization=request.headers.get("Authorization", ""))
+        length = request.headers.get("Content-Length")
+        try:
+            size = int(length) if length else None
+        except ValueError:
+            raise ApplicationError("Content-Length: must be a whole number", field="Content-Length") from None
+        services.checkpoint_store(run=run, round=round, kind=kind, stream=request, size=size)
+    except ApplicationError as exc:
+        return _error(exc)
+    return JsonResponse({"stored": f"round {round} {kind}"}, status=201)

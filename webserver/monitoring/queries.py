@@ -1,0 +1,250 @@
+"""Reads for monitoring: the dashboard's data, rounds, logs, metrics and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404
+from django.urls import reverse
+
+from webserver import permissions
+from webserver.errors import NotAllowed
+from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord
+from webserver.participation.models import Contribution, Participant, ParticipantStatus
+from webserver.problems.models import Problem, Run, ServiceHealth, ServiceRole
+from webserver.problems.queries import problem_get_visible
+
+RECENT_LOGS = 50
+MAX_COMPARED_RUNS = 10
+
+
+def problem_for_monitoring(*, user: Any, pk: Any) -> Problem:
+    """The problem if `user` may watch its runs (owner or site admin).
+
+    Http404 when the user may not even see the problem (a draft), NotAllowed when
+    they may see it but its training data is not theirs.
+    """
+    problem = problem_get_visible(user=user, pk=pk)
+    if not permissions.owns_problem(user, problem):
+        raise NotAllowed("only the problem's setter and site admins can see its training dashboard")
+    return problem
+
+
+def run_for_monitoring(*, user: Any, run_id: Any) -> Run:
+    """The run `run_id` if `user` may watch its problem; Http404 or NotAllowed otherwise."""
+    run = Run.objects.select_related("problem").filter(pk=run_id).first()
+    if run is None:
+        raise Http404("no such run")
+    problem_for_monitoring(user=user, pk=run.problem_id)
+    return run
+
+
+def run_selected(*, problem: Problem, number: Any = None) -> Run | None:
+    """The run numbered `number`, or the problem's latest run when none is asked for."""
+    runs = problem.runs.all()
+    if number in (None, ""):
+        return runs.order_by("-number").first()
+    try:
+        return runs.get(number=int(number))
+    except (ValueError, TypeError, Run.DoesNotExist):
+        raise Http404(f"this problem has no run {number}") from None
+
+
+def _download(run: Run, round: int, kind: str, present: bool) -> str | None:
+    if not present:
+        return None
+    return reverse("checkpoint-download", kwargs={"run_id": run.pk, "round": round, "kind": kind})
+
+
+def run_checkpoints(*, run: Run) -> dict[int, dict[str, str | None]]:
+    """Download links per round (0 = final model), only for files actually stored."""
+    return {
+        c.round: {"npz": _download(run, c.round, "npz", bool(c.npz)), "pt": _download(run, c.round, "pt", bool(c.pt))}
+        for c in Checkpoint.objects.filter(run=run)
+    }
+
+
+def run_rounds(*, run: Run) -> QuerySet[RoundRecord]:
+    return RoundRecord.objects.filter(run=run).order_by("number")
+
+
+def run_logs(*, run: Run, limit: int = RECENT_LOGS) -> list[LogLine]:
+    """The run's last `limit` log lines, oldest first."""
+    rows = list(LogLine.objects.filter(run=run).order_by("-ts", "-id")[:limit])
+    rows.reverse()
+    return rows
+
+
+def round_json(record: RoundRecord, downloads: dict[int, dict[str, str | None]]) -> dict[str, Any]:
+    links = downloads.get(record.number, {"npz": None, "pt": None})
+    return {
+        "round": record.number,
+        "phase": record.phase,
+        "clients": record.clients,
+        "train_loss": record.train_loss,
+        "eval_loss": record.eval_loss,
+        "eval_acc": record.eval_acc,
+        "seconds": record.seconds,
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "metrics": record.metrics,
+        "downloads": links,
+    }
+
+
+def log_json(line: LogLine) -> dict[str, Any]:
+    return {"ts": line.ts.isoformat(), "level": line.level, "source": line.source, "message": line.message}
+
+
+def run_participants(*, run: Run) -> list[dict[str, Any]]:
+    """Each approved participant and each site that contributed, with its last contribution."""
+    sites: dict[str, dict[str, Any]] = {}
+    for p in Participant.objects.filter(problem_id=run.problem_id, status=ParticipantStatus.APPROVED):
+        sites[p.site_name] = {
+            "site": p.site_name,
+            "participant_id": p.pk,
+            "status": p.status,
+            "last_round": None,
+            "last_kind": "",
+            "rounds": 0,
+        }
+    rounds_seen: dict[str, set[int]] = {}
+    # "-kind": within a round, train before evaluate, so a site that did both reads "train + evaluate".
+    for c in Contribution.objects.filter(run=run).select_related("participant").order_by("round", "-kind"):
+        row = sites.setdefault(
+            c.site_name,
+            {
+                "site": c.site_name,
+                "participant_id": c.participant_id,
+                "status": c.participant.status if c.participant else "",
+                "last_round": None,
+                "last_kind": "",
+                "rounds": 0,
+            },
+        )
+        if row["last_round"] == c.round and c.kind not in row["last_kind"]:
+            row["last_kind"] = f"{row['last_kind']} + {c.kind}"
+        elif row["last_round"] is None or c.round > row["last_round"]:
+            row["last_round"], row["last_kind"] = c.round, c.kind
+        rounds_seen.setdefault(c.site_name, set()).add(c.round)
+    for site, seen in rounds_seen.items():
+        sites[site]["rounds"] = len(seen)
+    # Most recently active first; sites that never contributed last.
+    return sorted(sites.values(), key=lambda r: (-(r["last_round"] or 0), r["site"].lower()))
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.pk,
+        "number": run.number,
+        "status": run.status,
+        "status_label": run.get_status_display(),
+        "status_detail": run.status_detail,
+        "phase": run.phase,
+        "current_round": run.current_round,
+        "total_rounds": run.total_rounds,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "metrics_csv": reverse("metrics-csv", kwargs={"run_id": run.pk}),
+    }
+
+
+def dashboard(*, problem: Problem, run: Run | None) -> dict[str, Any]:
+    """Everything the dashboard page shows, as JSON-ready data."""
+    runs = [
+        {"number": r.number, "status": r.status, "current_round": r.current_round, "total_rounds": r.total_rounds}
+        for r in problem.runs.order_by("-number")
+    ]
+    doc: dict[str, Any] = {
+        "problem": {"id": problem.pk, "title": problem.title, "state": problem.state},
+        "runs": runs,
+        "run": None,
+        "services": [],
+        "clients_connected": 0,
+        "rounds": [],
+        "final_model": {"npz": None, "pt": None},
+        "participants": [],
+        "logs": [],
+    }
+    if run is None:
+        return doc
+    services = [
+        {
+            "role": s.role,
+            "index": s.index,
+            "address": s.address,
+            "health": s.health,
+            "detail": s.detail,
+            "clients_connected": s.clients_connected,
+        }
+        for s in run.services.exclude(health=ServiceHealth.REMOVED).order_by("role", "index")
+    ]
+    downloads = run_checkpoints(run=run)
+    doc.update(
+        run=run_json(run),
+        services=services,
+        # The coordinator's count is the pool total; selectors' counts need their ids to match (-s<i>).
+        clients_connected=max(
+            [sum(s["clients_connected"] for s in services if s["role"] == ServiceRole.SELECTOR)]
+            + [s["clients_connected"] for s in services if s["role"] == ServiceRole.COORDINATOR]
+        ),
+        rounds=[round_json(r, downloads) for r in run_rounds(run=run)],
+        final_model=downloads.get(0, {"npz": None, "pt": None}),
+        participants=run_participants(run=run),
+        logs=[log_json(line) for line in run_logs(run=run)],
+    )
+    return doc
+
+
+def runs_metrics(*, problem: Problem, numbers: list[int]) -> list[dict[str, Any]]:
+    """Per-round loss and accuracy of several runs of one problem, to overlay them."""
+    runs = problem.runs.filter(number__in=numbers[:MAX_COMPARED_RUNS]).order_by("number")
+    out = []
+    for run in runs:
+        out.append(
+            {
+                "number": run.number,
+                "status": run.status,
+                "rounds": [
+                    {"round": r.number, "train_loss": r.train_loss, "eval_loss": r.eval_loss, "eval_acc": r.eval_acc}
+                    for r in run_rounds(run=run)
+                ],
+            }
+        )
+    return out
+
+
+def metrics_table(*, run: Run) -> tuple[list[str], list[list[Any]]]:
+    """The CSV export: fixed columns, then every train and evaluate metric key the run reported."""
+    records = list(run_rounds(run=run))
+    train_keys = sorted({k for r in records for k in (r.metrics or {}).get("train", {})})
+    eval_keys = sorted({k for r in records for k in (r.metrics or {}).get("evaluate", {})})
+    header = ["round", "clients", "train_loss", "eval_loss", "eval_acc", "seconds"]
+    header += [f"train.{k}" for k in train_keys] + [f"evaluate.{k}" for k in eval_keys]
+    rows = []
+    for r in records:
+        metrics = r.metrics or {}
+        row: list[Any] = [r.number, r.clients, r.train_loss, r.eval_loss, r.eval_acc, r.seconds]
+        row += [metrics.get("train", {}).get(k) for k in train_keys]
+        row += [metrics.get("evaluate", {}).get(k) for k in eval_keys]
+        rows.append(["" if v is None else v for v in row])
+    return header, rows
+
+
+def checkpoint_file(*, run: Run, round: int, kind: str) -> Any:
+    """The stored FieldFile of a round's model, or None when that round has none."""
+    checkpoint = Checkpoint.objects.filter(run=run, round=round).first()
+    if checkpoint is None:
+        return None
+    field = checkpoint.npz if kind == "npz" else checkpoint.pt
+    return field if field else None
+
+
+def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:
+    """What the problem page's monitoring panel shows this user."""
+    run = problem.runs.order_by("-number").first()
+    can_watch = permissions.owns_problem(user, problem)
+    last = None
+    if run is not None and can_watch:
+        last = RoundRecord.objects.filter(run=run, eval_acc__isnull=False).order_by("-number").first()
+    return {"run": run, "can_watch": can_watch, "last_round": last}

@@ -1,0 +1,359 @@
+"""Writes for monitoring: what a run's coordinator reports.
+
+The coordinator retries until the webserver answers, so every write here is
+idempotent: log lines dedupe by `event_id`, rounds by (run, round number),
+contributions by (run, site, round, kind), and a checkpoint re-upload replaces
+the file. An event is validated whole before anything is written, so a
+malformed one changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, Protocol
+
+from django.conf import settings
+from django.core.files import File
+from django.db import transaction
+from django.utils import timezone
+from rest_framework import status
+
+from webserver.errors import ApplicationError
+from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord
+from webserver.participation.models import Contribution, Participant
+from webserver.problems.models import ACTIVE_RUN_STATUSES, Run, RunStatus, Service, ServiceRole
+
+EVENT_KINDS = ("run_started", "round_finished", "pool", "log", "run_finished")
+CHECKPOINT_KINDS = ("npz", "pt")
+COPY_CHUNK = 1 << 20
+_SELECTOR_INDEX = re.compile(r"-s(\d+)$")
+
+
+class TooLarge(ApplicationError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+class BadToken(ApplicationError):
+    """No usable credential was presented (401)."""
+
+    status_code = status.HTTP_401_UNAUTHORIZED
+
+
+class WrongToken(ApplicationError):
+    """A credential was presented but is not this run's (403)."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+# ---- authentication --------------------------------------------------------------------------
+
+
+def run_authenticate(*, run_id: int, authorization: str) -> Run:
+    """The run whose service token is the bearer token in `authorization`.
+
+    Compared as SHA-256 in constant time against that run's stored hash only, so
+    one run's coordinator cannot report into another run.
+    """
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise BadToken("send the run's service token as 'Authorization: Bearer <token>'")
+    run = Run.objects.select_related("problem").filter(pk=run_id).first()
+    presented = hashlib.sha256(token.encode()).hexdigest()
+    # Compare even for a missing run so timing does not reveal which run ids exist.
+    expected = run.service_token_hash if run is not None and run.service_token_hash else "0" * 64
+    if not hmac.compare_digest(presented, expected) or run is None or not run.service_token_hash:
+        raise WrongToken("this token is not valid for this run")
+    return run
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Field:
+    """Reads typed fields out of one event, naming the field in every error."""
+
+    event: dict[str, Any]
+    prefix: str
+
+    def fail(self, name: str, why: str) -> ApplicationError:
+        path = f"{self.prefix}{name}"
+        return ApplicationError(f"{path}: {why}", field=path)
+
+    def text(self, name: str, *, required: bool = False, max_length: int = 10_000) -> str:
+        value = self.event.get(name)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str) or (required and not value):
+            raise self.fail(name, "must be a non-empty string" if required else "must be a string")
+        return value[:max_length]
+
+    def number(self, name: str, *, required: bool = False) -> float | None:
+        value = self.event.get(name)
+        if value is None and not required:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(name, "must be a number")
+        return float(value)
+
+    def whole(self, name: str, *, required: bool = False, minimum: int = 0) -> int | None:
+        value = self.event.get(name)
+        if value is None and not required:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(name, f"must be a whole number ≥ {minimum}")
+        return value
+
+    def mapping(self, name: str) -> dict[str, Any]:
+        value = self.event.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(name, "must be an object")
+        return value
+
+    def metrics(self, name: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, value in self.mapping(name).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise self.fail(f"{name}.{key}", "must be a finite number")
+            out[str(key)[:100]] = float(value)
+        return out
+
+    def sites(self, name: str) -> list[tuple[str, str]]:
+        """(participant identity, site name) of each reported node."""
+        value = self.event.get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(name, "must be a list")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.fail(f"{name}[{i}]", "must be an object with node_id, participant and site")
+            sub = _Field(item, f"{self.prefix}{name}[{i}].")
+            node = sub.whole("node_id")
+            participant = sub.text("participant", max_length=64)
+            site = sub.text("site", max_length=120) or (f"site {node}" if node is not None else "")
+            if not site and not participant:
+                raise sub.fail("site", "a participant or a site name is required")
+            out.append((participant, site))
+        return out
+
+
+def _when(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+
+def _parse(event: Any, prefix: str = "") -> tuple[str, _Field]:
+    if not isinstance(event, dict):
+        raise ApplicationError(f"{prefix.rstrip('.') or 'body'}: an event must be a JSON object", field="body")
+    f = _Field(event, prefix)
+    kind = f.text("kind", required=True, max_length=32)
+    if kind not in EVENT_KINDS:
+        raise f.fail("kind", f"unknown event kind {kind!r}; expected one of {', '.join(EVENT_KINDS)}")
+    f.text("event_id", required=True, max_length=64)
+    if len(event["event_id"]) > 64:
+        raise f.fail("event_id", "must be at most 64 characters")
+    f.number("ts", required=True)
+    return kind, f
+
+
+def run_event_apply(*, run: Run, event: Any, prefix: str = "") -> None:
+    """Apply one coordinator event to `run`; raises ApplicationError naming the bad field."""
+    kind, f = _parse(event, prefix)
+    with transaction.atomic():
+        if kind == "run_started":
+            _run_started(run, f)
+        elif kind == "round_finished":
+            _round_finished(run, f)
+        elif kind == "pool":
+            _pool(run, f)
+        elif kind == "log":
+            _log(run, f)
+        else:
+            _run_finished(run, f)
+
+
+def run_events_apply(*, run: Run, events: list[Any]) -> int:
+    """Apply a batch of events all or nothing; returns how many were applied."""
+    with transaction.atomic():
+        for i, event in enumerate(events):
+            run_event_apply(run=run, event=event, prefix=f"events[{i}].")
+    return len(events)
+
+
+def _locked(run: Run) -> Run:
+    return Run.objects.select_for_update().get(pk=run.pk)
+
+
+def _run_started(run: Run, f: _Field) -> None:
+    total = f.whole("total_rounds")
+    f.text("app", max_length=200)
+    f.text("fab_sha256", max_length=64)
+    locked = _locked(run)
+    fields = []
+    if total is not None and total != locked.total_rounds:
+        locked.total_rounds = total
+        fields.append("total_rounds")
+    if locked.status in ACTIVE_RUN_STATUSES:
+        # A coordinator that restarts resumes from its checkpoint: the phase restarts too.
+        locked.phase = "waiting for clients" if not locked.current_round else "training"
+        fields.append("phase")
+    if fields:
+        locked.save(update_fields=fields)
+
+
+def _round_finished(run: Run, f: _Field) -> None:
+    number = f.whole("round", required=True, minimum=1)
+    assert number is not None
+    train = f.metrics("train_metrics")
+    evaluate = f.metrics("eval_metrics")
+    trainers = f.sites("participants")
+    evaluators = f.sites("eval_participants")
+    started, finished = f.number("started"), f.number("finished")
+    seconds = f.number("seconds")
+    failures = f.whole("failures")
+    values = {
+        "phase": "done",
+        "clients": len(trainers),
+        "train_loss": f.number("train_loss"),
+        "eval_loss": f.number("eval_loss"),
+        "eval_acc": f.number("eval_acc"),
+        "metrics": {"train": train, "evaluate": evaluate, "failures": failures or 0},
+        "seconds": seconds,
+        "started_at": _when(started),
+        "finished_at": _when(finished),
+    }
+    RoundRecord.objects.update_or_create(run=run, number=number, defaults=values)
+    known = {
+        str(p.pk): p
+        for p in Participant.objects.filter(
+            problem_id=run.problem_id,
+            # Longer digit strings cannot be a row id (and overflow a bigint column).
+            pk__in=[int(ident) for ident, _ in trainers + evaluators if ident.isdigit() and len(ident) <= 18],
+        )
+    }
+    for kind, sites in (("train", trainers), ("evaluate", evaluators)):
+        for ident, site in sites:
+            participant = known.get(ident)
+            name = participant.site_name if participant is not None else site
+            Contribution.objects.get_or_create(
+                run=run, site_name=name[:120], round=number, kind=kind, defaults={"participant": participant}
+            )
+    locked = _locked(run)
+    if number > locked.current_round:
+        locked.current_round = number
+        if locked.status in ACTIVE_RUN_STATUSES:
+            locked.phase = "training"
+        locked.save(update_fields=["current_round", "phase"])
+
+
+def _pool(run: Run, f: _Field) -> None:
+    counts = f.mapping("selectors")
+    parsed: dict[int, int] = {}
+    for selector_id, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise f.fail(f"selectors.{selector_id}", "must be a whole number ≥ 0")
+        match = _SELECTOR_INDEX.search(str(selector_id))
+        if match:
+            parsed[int(match.group(1))] = count
+    total = f.whole("clients")
+    for index, count in parsed.items():
+        Service.objects.filter(run=run, role=ServiceRole.SELECTOR, index=index).update(clients_connected=count)
+    Service.objects.filter(run=run, role=ServiceRole.COORDINATOR).update(
+        clients_connected=total if total is not None else sum(parsed.values())
+    )
+
+
+def _log(run: Run, f: _Field) -> None:
+    message = f.text("message", required=True)
+    level = f.text("level", max_length=16).upper() or "INFO"
+    source = f.text("source", max_length=64)
+    ts = _when(f.number("ts", required=True))
+    LogLine.objects.get_or_create(
+        run=run,
+        event_id=f.event["event_id"],
+        defaults={"ts": ts, "level": level, "source": source, "message": message},
+    )
+
+
+def _run_finished(run: Run, f: _Field) -> None:
+    ok = f.event.get("ok")
+    if not isinstance(ok, bool):
+        raise f.fail("ok", "must be true or false")
+    detail = f.text("detail", max_length=2000)
+    dropped = f.whole("dropped_events")
+    locked = _locked(run)
+    if locked.status not in ACTIVE_RUN_STATUSES:
+        return  # already stopped, failed or finished: the first word stands
+    locked.status = RunStatus.FINISHED if ok else RunStatus.FAILED
+    locked.phase = "done" if ok else "failed"
+    if dropped:
+        detail = f"{detail} ({dropped} log lines were lost while the webserver was unreachable)".strip()
+    locked.status_detail = detail
+    locked.finished_at = _when(f.number("ts")) or timezone.now()
+    locked.save(update_fields=["status", "phase", "status_detail", "finished_at"])
+    # Selectors send their clients home when the run ends.
+    Service.objects.filter(run=run).update(clients_connected=0)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoint_store(*, run: Run, round: int, kind: str, stream: Readable, size: int | None) -> Checkpoint:
+    """Store one model file of a round (0 = the final model), replacing an earlier upload.
+
+    The body is copied in chunks to a temporary file first, so memory stays
+    bounded and a broken or oversize upload never replaces a good file.
+    """
+    limit: int = settings.FEDOTA_MAX_CHECKPOINT_BYTES
+    if kind not in CHECKPOINT_KINDS:
+        raise ApplicationError(f"kind: must be one of {', '.join(CHECKPOINT_KINDS)}", field="kind")
+    if round < 0:
+        raise ApplicationError("round: must be ≥ 0", field="round")
+    if size is not None and size > limit:
+        raise TooLarge(f"the checkpoint is {size} bytes; this server accepts at most {limit}")
+    with tempfile.TemporaryFile() as tmp:
+        written = _copy(stream, tmp, limit=limit, size=size)
+        if size is not None and written != size:
+            raise ApplicationError(f"body: received {written} of {size} bytes", field="body")
+        tmp.seek(0)
+        with transaction.atomic():
+            checkpoint, _ = Checkpoint.objects.select_for_update().get_or_create(run=run, round=round)
+            field = checkpoint.npz if kind == "npz" else checkpoint.pt
+            if field.name:
+                # A re-upload (a retry, or a resumed run) replaces the file under the same name;
+                # the upload is complete in `tmp` already, so only a storage error can lose it.
+                field.storage.delete(field.name)
+            stem = f"round_{round:04d}" if round else "final_model"
+            field.save(f"p{run.problem_id}/run{run.number}/{stem}.{kind}", File(tmp), save=False)
+            checkpoint.save()
+    return checkpoint
+
+
+def _copy(stream: Readable, out: BinaryIO, *, limit: int, size: int | None) -> int:
+    written = 0
+    remaining = size
+    while remaining is None or remaining > 0:
+        block = stream.read(COPY_CHUNK if remaining is None else min(COPY_CHUNK, remaining))
+        if not block:
+            break
+        written += len(block)
+        if written > limit:
+            raise TooLarge(f"the checkpoint is larger than this server accepts ({limit} bytes)")
+        out.write(block)
+        if remaining is not None:
+            remaining -= len(block)
+    return written

@@ -1,0 +1,252 @@
+/*
+ * The training dashboard: polls the dashboard API every 2 s (every 10 s once the
+ * run is over) and redraws status, infrastructure, rounds, charts, participants
+ * and logs. Everything shown comes from the coordinator, which runs the problem's
+ * own code, so it is inserted as text, never as HTML.
+ */
+(function () {
+  "use strict";
+
+  const root = document.getElementById("dashboard");
+  if (!root) return;
+  const API = root.dataset.api;
+  const METRICS_API = root.dataset.metricsApi;
+  const ACTIVE = new Set(["queued", "starting", "running", "stopping"]);
+  const FAST = 2000;
+  const SLOW = 10000;
+
+  const state = { run: root.dataset.run || "", compare: new Set(), data: null, compared: [] };
+  const $ = (id) => document.getElementById(id);
+  const fmt = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
+  function node(tag, text, className) {
+    const n = document.createElement(tag);
+    if (text !== undefined && text !== null) n.textContent = String(text);
+    if (className) n.className = className;
+    return n;
+  }
+
+  function cell(row, text, className) {
+    row.appendChild(node("td", text, className));
+  }
+
+  function badge(value) {
+    return node("span", value, `badge ${value}`);
+  }
+
+  function link(href, text) {
+    const a = node("a", text);
+    a.href = href;
+    return a;
+  }
+
+  function fill(tbody, rows, columns, empty) {
+    if (!rows.length) {
+      const tr = node("tr");
+      const td = node("td", empty, "muted");
+      td.colSpan = columns;
+      tr.appendChild(td);
+      tbody.replaceChildren(tr);
+      return;
+    }
+    tbody.replaceChildren(...rows);
+  }
+
+  function renderStatus(d) {
+    const run = d.run;
+    const box = $("run-status");
+    if (!run) {
+      box.replaceChildren(node("p", "No run yet. This page updates by itself once one starts.", "muted"));
+      return;
+    }
+    const line = node("p");
+    const status = badge(run.status);
+    status.textContent = run.status_label;
+    line.append(`Run ${run.number} `, status, ` · round ${run.current_round}`);
+    if (run.total_rounds) line.append(` of ${run.total_rounds}`);
+    if (run.phase) line.append(" · ", node("span", run.phase, "muted"));
+    line.append(` · ${d.clients_connected} client${d.clients_connected === 1 ? "" : "s"} connected`);
+    const parts = [line];
+    if (run.status_detail) parts.push(node("p", run.status_detail, run.status === "failed" ? "error" : "muted"));
+    const dl = node("p");
+    dl.append(link(run.metrics_csv, "Metrics as CSV"));
+    if (d.final_model.pt || d.final_model.npz) {
+      dl.append(" · final model: ");
+      if (d.final_model.pt) dl.append(link(d.final_model.pt, "PyTorch .pt"));
+      if (d.final_model.pt && d.final_model.npz) dl.append(" · ");
+      if (d.final_model.npz) dl.append(link(d.final_model.npz, "NumPy .npz"));
+    }
+    parts.push(dl);
+    box.replaceChildren(...parts);
+  }
+
+  function renderServices(d) {
+    const rows = d.services.map((s) => {
+      const tr = node("tr");
+      cell(tr, s.role);
+      cell(tr, s.index);
+      cell(tr, s.address || "–");
+      const td = node("td");
+      td.appendChild(badge(s.health));
+      if (s.detail) td.append(" ", node("span", s.detail, "muted"));
+      tr.appendChild(td);
+      cell(tr, s.clients_connected);
+      return tr;
+    });
+    fill($("services-body"), rows, 5, "No services recorded for this run.");
+  }
+
+  function renderRounds(d) {
+    const rows = d.rounds.slice().reverse().map((r) => {
+      const tr = node("tr");
+      cell(tr, r.round);
+      cell(tr, r.clients);
+      cell(tr, fmt(r.train_loss, 4));
+      cell(tr, fmt(r.eval_loss, 4));
+      cell(tr, fmt(r.eval_acc, 4));
+      cell(tr, fmt(r.seconds, 1));
+      const td = node("td");
+      if (r.downloads.pt) td.append(link(r.downloads.pt, ".pt"));
+      if (r.downloads.pt && r.downloads.npz) td.append(" · ");
+      if (r.downloads.npz) td.append(link(r.downloads.npz, ".npz"));
+      if (!r.downloads.pt && !r.downloads.npz) td.append(node("span", "–", "muted"));
+      tr.appendChild(td);
+      return tr;
+    });
+    fill($("rounds-body"), rows, 7, "No round has finished yet.");
+  }
+
+  function renderParticipants(d) {
+    const rows = d.participants.map((p) => {
+      const tr = node("tr");
+      cell(tr, p.site);
+      cell(tr, p.last_round === null ? "–" : p.last_round);
+      cell(tr, p.last_kind || "–");
+      cell(tr, p.rounds);
+      return tr;
+    });
+    fill($("participants-body"), rows, 4, "No participant yet.");
+  }
+
+  function renderLogs(d) {
+    const list = $("log-lines");
+    const items = d.logs.map((l) => {
+      const li = node("li", null, `log-${l.level.toLowerCase()}`);
+      li.append(
+        node("time", new Date(l.ts).toLocaleTimeString()),
+        " ",
+        node("span", l.level, "log-level"),
+        " ",
+        node("span", l.message),
+      );
+      return li;
+    });
+    if (!items.length) items.push(node("li", "No log lines yet.", "muted"));
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+    list.replaceChildren(...items);
+    if (atBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  function renderCompare(d) {
+    const box = $("compare-runs");
+    const current = d.run ? d.run.number : null;
+    const others = d.runs.filter((r) => r.number !== current);
+    if (!others.length) {
+      box.replaceChildren(node("span", "No other run of this problem to compare with.", "muted"));
+      return;
+    }
+    const labels = others.map((r) => {
+      const label = node("label", null, "compare-run");
+      const input = node("input");
+      input.type = "checkbox";
+      input.value = String(r.number);
+      input.checked = state.compare.has(r.number);
+      input.addEventListener("change", () => {
+        if (input.checked) state.compare.add(r.number); else state.compare.delete(r.number);
+        refreshCompared().then(drawCharts);
+      });
+      label.append(input, ` run ${r.number} `, node("span", `(${r.status})`, "muted"));
+      return label;
+    });
+    box.replaceChildren(...labels);
+  }
+
+  function points(rounds, key) {
+    return rounds.map((r) => [r.round, r[key]]);
+  }
+
+  const palette = window.FedotaChart.palette;
+  let lossChart = null;
+  let accChart = null;
+
+  function drawCharts() {
+    const d = state.data;
+    if (!d) return;
+    const runs = [];
+    if (d.run) runs.push({ number: d.run.number, rounds: d.rounds, current: true });
+    for (const r of state.compared) if (!d.run || r.number !== d.run.number) runs.push(r);
+    const label = (r, what) => (runs.length > 1 ? `run ${r.number} ${what}` : what);
+    const loss = [];
+    const acc = [];
+    runs.forEach((r, i) => {
+      const color = palette[i % palette.length];
+      loss.push({ name: label(r, "train loss"), points: points(r.rounds, "train_loss"), color });
+      loss.push({ name: label(r, "eval loss"), points: points(r.rounds, "eval_loss"), color, dashed: true });
+      acc.push({ name: label(r, "eval accuracy"), points: points(r.rounds, "eval_acc"), color });
+    });
+    const lossOpts = { xLabel: "round", yLabel: "loss", series: loss };
+    // Fitted to the data (small gains stay visible), but never beyond the [0, 1] an accuracy lives in.
+    const accOpts = { xLabel: "round", yLabel: "accuracy", series: acc, yClamp: [0, 1] };
+    if (!lossChart) lossChart = window.FedotaChart.line($("chart-loss"), lossOpts); else lossChart.update(lossOpts);
+    if (!accChart) accChart = window.FedotaChart.line($("chart-acc"), accOpts); else accChart.update(accOpts);
+  }
+
+  async function refreshCompared() {
+    const numbers = [...state.compare];
+    if (!numbers.length) {
+      state.compared = [];
+      return;
+    }
+    const resp = await fetch(`${METRICS_API}?runs=${numbers.join(",")}`, {
+      credentials: "same-origin", headers: { Accept: "application/json" },
+    });
+    if (resp.ok) state.compared = await resp.json();
+  }
+
+  function render(d) {
+    state.data = d;
+    renderStatus(d);
+    renderServices(d);
+    renderRounds(d);
+    renderParticipants(d);
+    renderLogs(d);
+    renderCompare(d);
+    drawCharts();
+  }
+
+  async function poll() {
+    const note = $("live-note");
+    let delay = FAST;
+    try {
+      const url = state.run ? `${API}?run=${encodeURIComponent(state.run)}` : API;
+      const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!resp.ok) throw new Error(`the server answered ${resp.status}`);
+      const d = await resp.json();
+      // Runs still growing are re-fetched for the overlay too.
+      if (state.compared.some((r) => ACTIVE.has(r.status))) await refreshCompared();
+      render(d);
+      if (!d.run || !ACTIVE.has(d.run.status)) delay = SLOW;
+      note.textContent = `Live · updated ${new Date().toLocaleTimeString()}`;
+      note.className = "muted";
+    } catch (err) {
+      note.textContent = `Cannot reach the server (${err.message}); retrying…`;
+      note.className = "error";
+      delay = SLOW;
+    }
+    setTimeout(poll, delay);
+  }
+
+  const initial = document.getElementById("dashboard-initial");
+  if (initial) render(JSON.parse(initial.textContent));
+  setTimeout(poll, FAST);
+})();

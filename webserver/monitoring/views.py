@@ -1,0 +1,81 @@
+"""Pages and downloads for watching a problem's training (setter and site admins)."""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseNotFound
+from django.shortcuts import render
+from django.utils.text import slugify
+
+from webserver.errors import NotAllowed
+from webserver.monitoring import queries
+
+
+def _login_first(request: HttpRequest) -> HttpResponse | None:
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    return None
+
+
+def problem_dashboard(request: HttpRequest, problem_pk: int) -> HttpResponse:
+    """The live dashboard; its data comes from the dashboard API, polled by dashboard.js."""
+    if (redirect := _login_first(request)) is not None:
+        return redirect
+    try:
+        problem = queries.problem_for_monitoring(user=request.user, pk=problem_pk)
+    except NotAllowed as exc:
+        raise PermissionDenied(exc.message) from None
+    run = queries.run_selected(problem=problem, number=request.GET.get("run"))
+    context: dict[str, Any] = {
+        "problem": problem,
+        "run": run,
+        "runs": list(problem.runs.order_by("-number")),
+        "initial": queries.dashboard(problem=problem, run=run),
+    }
+    return render(request, "monitoring/dashboard.html", context)
+
+
+def _run(request: HttpRequest, run_id: int) -> Any:
+    try:
+        return queries.run_for_monitoring(user=request.user, run_id=run_id)
+    except NotAllowed as exc:
+        raise PermissionDenied(exc.message) from None
+
+
+def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse:
+    """A round's model (round 0 = the final model), streamed from storage."""
+    if (redirect := _login_first(request)) is not None:
+        return redirect
+    run = _run(request, run_id)
+    what = "the final model" if round == 0 else f"round {round}"
+    if kind not in ("npz", "pt"):
+        return HttpResponseNotFound("Models are offered as .npz (NumPy) or .pt (PyTorch).", content_type="text/plain")
+    stored = queries.checkpoint_file(run=run, round=round, kind=kind)
+    if stored is None:
+        return HttpResponseNotFound(
+            f"Run {run.number} has no stored .{kind} file for {what}. The coordinator uploads each round's"
+            " model after the round ends (only .npz for rounds, .npz and .pt for the final model).",
+            content_type="text/plain; charset=utf-8",
+        )
+    stem = "final" if round == 0 else f"round{round:04d}"
+    name = f"{slugify(run.problem.title) or 'problem'}-run{run.number}-{stem}.{kind}"
+    return FileResponse(stored.open("rb"), as_attachment=True, filename=name)
+
+
+def metrics_csv(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Every round's metrics of a run as CSV."""
+    if (redirect := _login_first(request)) is not None:
+        return redirect
+    run = _run(request, run_id)
+    header, rows = queries.metrics_table(run=run)
+    name = f"{slugify(run.problem.title) or 'problem'}-run{run.number}-metrics.csv"
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    writer = csv.writer(response)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return response
