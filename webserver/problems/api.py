@@ -57,6 +57,8 @@ class ProblemListCreate(GenericAPIView):
     @extend_schema(request=ProblemWriteSerializer, responses={201: ProblemSerializer})
     def post(self, request: Request) -> Response:
         """Create a draft problem (problem setters only): `app_template` or a multipart `fab`."""
+        # Refuse by role before looking at the input: a data holder learns nothing from field errors.
+        services.problem_create_check(owner=request.user)
         serializer = ProblemWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         problem = services.problem_create(owner=request.user, **_write_kwargs(serializer.validated_data))

@@ -77,6 +77,12 @@ def _saved_with_fab(problem: Problem, app: App | None) -> Problem:
     return problem
 
 
+def problem_create_check(*, owner: Any) -> None:
+    """Raise NotAllowed unless `owner` may create problems (problem setters)."""
+    if not is_setter(owner):
+        raise NotAllowed("only problem setters can create problems; ask a site admin to change your role")
+
+
 def problem_create(
     *,
     owner: Any,
@@ -90,8 +96,7 @@ def problem_create(
     join_policy: str = JoinPolicy.APPROVAL,
 ) -> Problem:
     """A new draft problem owned by `owner` (a problem setter)."""
-    if not is_setter(owner):
-        raise NotAllowed("only problem setters can create problems; ask a site admin to change your role")
+    problem_create_check(owner=owner)
     title = _check_title(title)
     contract = validate_contract(contract)
     app, template, name = _resolve_app(app_template=app_template, fab_bytes=fab_bytes, fab_name=fab_name)
