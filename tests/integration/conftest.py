@@ -26,32 +26,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-_DB_DIR: list[str] = []
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Put the SQLite test database in a file a worker process can open too.
-
-    A hook rather than a fixture: the test database is created once per
-    session, possibly for a test outside this folder first, so the choice must
-    be made before any test runs (pytest calls this when it loads this file).
-    """
-    import tempfile
-
-    from django.conf import settings
-
-    db = settings.DATABASES["default"]
-    test = db.setdefault("TEST", {})
-    if str(db["ENGINE"]).endswith("sqlite3") and not test.get("NAME"):  # type: ignore[union-attr]
-        _DB_DIR.append(tempfile.mkdtemp(prefix="fedota-test-db-"))
-        test["NAME"] = str(Path(_DB_DIR[0]) / "test.sqlite3")  # type: ignore[index]
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    for folder in _DB_DIR:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def database_url() -> str:
     """The DATABASE_URL of the test database as this process sees it (call inside a db test)."""
     from django.db import connection
