@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
 from coordinator.hub import Hub
+from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
 from coordinator.rounds import RoundTracker
 from coordinator.servicer import CoordinatorServicer
 from fedota_common.fab import FabError, extract, load_app
@@ -52,6 +54,8 @@ KEYS = [
     Key("wait-for-nodes", non_negative_int, 0, "start the ServerApp once this many clients have checked in"),
     Key("wait-timeout", positive_float, 600.0, "seconds to wait for --wait-for-nodes before starting anyway"),
     Key("max-workers", int, 64, "gRPC worker threads"),
+    Key("report-url", str, "", "webserver internal API base for this run, ending in /runs/<id>/ (empty: no reports)"),
+    Key("report-token", str, "", "the run's service token the webserver expects with each report"),
     Key("log-level", str, "INFO", "log level"),
 ]
 
@@ -73,6 +77,8 @@ class Settings:
     wait_for_nodes: int
     wait_timeout: float
     max_workers: int
+    report_url: str
+    report_token: str
     log_level: str
 
     @classmethod
@@ -82,6 +88,13 @@ class Settings:
             raise SettingsError(
                 f"invalid settings:\n  FEDOTA_AGGREGATION={values['aggregation']!r} must be auto, weighted-mean or individual"
             )
+        if values["report_url"] and not values["report_token"]:
+            raise SettingsError("invalid settings:\n  FEDOTA_REPORT_TOKEN is required when FEDOTA_REPORT_URL is set")
+        if values["report_url"]:
+            try:
+                Target(values["report_url"], values["report_token"])
+            except ValueError as exc:
+                raise SettingsError(f"invalid settings:\n  FEDOTA_REPORT_URL: {exc}") from exc
         return cls(**values)
 
 
@@ -89,6 +102,34 @@ def _flower_env() -> None:
     # Flower must not phone home from a hospital's network.
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+def _start_reporter(settings: Settings, hub: Hub, state_dir: Path) -> Reporter | None:
+    """Start reporting to the webserver when a report URL is configured."""
+    if not settings.report_url:
+        return None
+
+    def nodes() -> list[NodeInfo]:
+        with hub.cond:
+            return [NodeInfo(n.node_id, n.selector_id, n.participant, n.display_name) for n in hub.nodes.values()]
+
+    def selectors() -> list[str]:
+        with hub.cond:
+            return list(hub.selectors)
+
+    spool = state_dir / "report-spool"
+    # Links pinned by an earlier process that ended before sending them; the checkpoints
+    # themselves stay in checkpoints/.
+    shutil.rmtree(spool, ignore_errors=True)
+    reporter = Reporter(
+        Target(settings.report_url, settings.report_token),
+        nodes=nodes,
+        selectors=selectors,
+        spool_dir=spool,
+    )
+    reporter.start()
+    logging.getLogger().addHandler(ReportHandler(reporter))
+    return reporter
 
 
 def run(settings: Settings) -> int:
@@ -109,6 +150,12 @@ def run(settings: Settings) -> int:
     except FabError as exc:
         log.error("cannot load the app", extra={"error": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
+        if settings.report_url:
+            # The problem setter should read why on the dashboard, not only in a container log.
+            early = Reporter(Target(settings.report_url, settings.report_token))
+            early.start()
+            early.run_finished(ok=False, detail=f"cannot load the app: {exc}")
+            early.close(timeout=10.0)
         return 2
     app_dir = extract(app, state_dir / "apps")
     aggregation = choose_aggregation(settings.aggregation, config)
@@ -134,13 +181,25 @@ def run(settings: Settings) -> int:
     )
 
     rounds = config.get("num-server-rounds")
+    total_rounds = rounds if isinstance(rounds, int) else None
+    reporter = _start_reporter(settings, hub, state_dir)
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+        if reporter is not None:
+            reporter.log_line("INFO", line, source="rounds")
+
     tracker = RoundTracker(
         state_dir,
         weight_key=settings.weight_key,
-        total_rounds=rounds if isinstance(rounds, int) else None,
+        total_rounds=total_rounds,
         keep_checkpoints=settings.keep_checkpoints,
-        echo=lambda line: print(line, flush=True),
+        echo=echo,
+        on_round=reporter.round_finished if reporter is not None else None,
+        on_checkpoint=reporter.checkpoint if reporter is not None else None,
     )
+    if reporter is not None:
+        reporter.run_started(total_rounds=total_rounds, app=app.name, fab_sha256=app.sha256)
     policy = GridPolicy(
         round_timeout=settings.round_timeout,
         overselect=settings.overselect,
@@ -169,6 +228,7 @@ def run(settings: Settings) -> int:
         if not hub.wait_for_nodes(settings.wait_for_nodes, settings.wait_timeout):
             log.warning("starting with fewer clients than asked for", extra={"nodes": len(hub.node_ids())})
     code = 0
+    detail = "run finished"
     cwd = os.getcwd()
     try:
         server_app = load_object(app.serverapp, LoadServerAppError, str(app_dir))
@@ -181,12 +241,22 @@ def run(settings: Settings) -> int:
         log.exception("ServerApp failed", extra={"error": str(exc)})
         print(f"error: the ServerApp failed: {exc}", file=sys.stderr)
         code = 1
+        detail = f"the ServerApp failed: {exc}"
     finally:
         os.chdir(cwd)
     final = tracker.finish(context.state)
     if final is not None:
         print(f"final model: {final} and {final.with_suffix('.pt')}", flush=True)
     hub.finish("run finished" if code == 0 else "run failed")
+    if reporter is not None:
+        if final is not None:
+            reporter.checkpoint(0, final, "npz")
+            if final.with_suffix(".pt").exists():
+                reporter.checkpoint(0, final.with_suffix(".pt"), "pt")
+        reporter.run_finished(ok=code == 0, detail=detail)
+        # Give the webserver a last chance at what is buffered, but never hang the exit;
+        # a big final model gets the time it needs at a modest 20 MB/s, up to 10 minutes.
+        reporter.close(timeout=min(600.0, 10.0 + reporter.pending_upload_bytes() / 20e6))
     server.stop(grace=2.0).wait()
     return code
 

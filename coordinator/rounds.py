@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_LOSS_KEYS = ("train_loss", "train-loss", "loss")
 EVAL_ACC_KEYS = ("eval_acc", "eval-acc", "eval_accuracy", "accuracy", "acc")
+EVAL_LOSS_KEYS = ("eval_loss", "eval-loss", "loss")
 
 
 @dataclass
@@ -65,6 +66,8 @@ class RoundRecord:
             "train_metrics": self.train.mean(),
             "eval_metrics": self.evaluate.mean(),
             "eval_participants": len(self.eval_participants),
+            # Node ids, so evaluate contributions can be credited like train ones.
+            "eval_nodes": sorted(self.eval_participants),
         }
 
 
@@ -119,6 +122,7 @@ class RoundTracker:
         keep_checkpoints: int,
         echo: Callable[[str], None] = print,
         on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_checkpoint: Callable[[int, Path], None] | None = None,
     ) -> None:
         self.dir = state_dir
         self.ckpt_dir = state_dir / "checkpoints"
@@ -128,6 +132,8 @@ class RoundTracker:
         self.keep = keep_checkpoints
         self.echo = echo
         self.on_round = on_round
+        # Called from the writer thread once a round's .npz is complete on disk.
+        self.on_checkpoint = on_checkpoint
         self.current: RoundRecord | None = None
         self.rounds: list[dict[str, Any]] = []
         self._model_after: dict[str, ArrayRecord] = {}
@@ -246,6 +252,9 @@ class RoundTracker:
             path, arrays = item
             try:
                 _save_npz(path, arrays)
+                number = _round_of(path)
+                if self.on_checkpoint is not None and number is not None:
+                    self.on_checkpoint(number, path)
                 self._prune()
             except Exception:  # a failed checkpoint must not stop training
                 log.exception("checkpoint write failed", extra={"path": str(path)})
@@ -256,6 +265,12 @@ class RoundTracker:
         files = sorted(self.ckpt_dir.glob("round_*.npz"))
         for old in files[: -self.keep]:
             old.unlink(missing_ok=True)
+
+
+def _round_of(path: Path) -> int | None:
+    """The round number in `round_NNNN.npz`; None for a round named otherwise."""
+    digits = path.stem.removeprefix("round_")
+    return int(digits) if digits.isdigit() else None
 
 
 def _save_npz(path: Path, arrays: ArrayRecord) -> None:

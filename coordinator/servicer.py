@@ -46,7 +46,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         self._check_token(first.hello.token, context)
         selector_id = first.hello.selector_id
-        link = self.hub.attach(selector_id, [(n.node_id, n.display_name) for n in first.hello.nodes])
+        link = self.hub.attach(selector_id, [(n.node_id, n.display_name, n.participant) for n in first.hello.nodes])
         log.info("selector attached", extra={"selector": selector_id, "nodes": len(first.hello.nodes)})
 
         def read() -> None:
@@ -54,7 +54,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 for msg in request_iterator:
                     kind = msg.WhichOneof("msg")
                     if kind == "node_joined":
-                        self.hub.node_joined(selector_id, msg.node_joined.node_id, msg.node_joined.display_name)
+                        nj = msg.node_joined
+                        self.hub.node_joined(selector_id, nj.node_id, nj.display_name, nj.participant)
                     elif kind == "node_left":
                         self.hub.node_left(msg.node_left.node_id, msg.node_left.reason)
                     elif kind == "progress":

@@ -25,51 +25,51 @@ _sym_db = _symbol_database.Default()
 from protos.payload.v1 import payload_pb2 as protos_dot_payload_dot_v1_dot_payload__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'protos/coordinator/v1/coordinator.proto\x12\x15protos.coordinator.v1\x1a\x1fprotos/payload/v1/payload.proto\"\xa7\x02\n\x0fSelectorMessage\x12-\n\x05hello\x18\x01 \x01(\x0b\x32\x1c.protos.coordinator.v1.HelloH\x00\x12\x38\n\x0bnode_joined\x18\x02 \x01(\x0b\x32!.protos.coordinator.v1.NodeJoinedH\x00\x12\x34\n\tnode_left\x18\x03 \x01(\x0b\x32\x1f.protos.coordinator.v1.NodeLeftH\x00\x12\x37\n\x08progress\x18\x04 \x01(\x0b\x32#.protos.coordinator.v1.TaskProgressH\x00\x12\x35\n\theartbeat\x18\x05 \x01(\x0b\x32 .protos.coordinator.v1.HeartbeatH\x00\x42\x05\n\x03msg\"]\n\x05Hello\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x30\n\x05nodes\x18\x03 \x03(\x0b\x32!.protos.coordinator.v1.NodeJoined\"3\n\nNodeJoined\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"+\n\x08NodeLeft\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"P\n\x0cTaskProgress\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x0b\n\tHeartbeat\"\xa3\x02\n\x12\x43oordinatorMessage\x12\x31\n\x07welcome\x18\x01 \x01(\x0b\x32\x1e.protos.coordinator.v1.WelcomeH\x00\x12;\n\x0cinstructions\x18\x02 \x01(\x0b\x32#.protos.coordinator.v1.InstructionsH\x00\x12-\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x1c.protos.coordinator.v1.FlushH\x00\x12/\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1d.protos.coordinator.v1.CancelH\x00\x12\x36\n\x08\x66inished\x18\x05 \x01(\x0b\x32\".protos.coordinator.v1.RunFinishedH\x00\x42\x05\n\x03msg\"X\n\x07Welcome\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x12\n\nfab_sha256\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61\x62_size\x18\x03 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x04 \x01(\t\"\x86\x01\n\x0bInstruction\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\x12\n\ncontent_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\t\"\xba\x01\n\x0cInstructions\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x37\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\".protos.coordinator.v1.Aggregation\x12\x12\n\nweight_key\x18\x03 \x01(\t\x12\x31\n\x05items\x18\x04 \x03(\x0b\x32\".protos.coordinator.v1.Instruction\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\x01\"\x19\n\x05\x46lush\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\x1d\n\x0bRunFinished\x12\x0e\n\x06reason\x18\x01 \x01(\t\"-\n\x06\x43\x61ncel\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x12PullContentRequest\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\ncontent_id\x18\x03 \x01(\t\"\xed\x01\n\x0cResultHeader\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x37\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32\".protos.coordinator.v1.Aggregation\x12\x31\n\x07payload\x18\x05 \x01(\x0b\x32 .protos.payload.v1.PayloadHeader\x12\x13\n\x0bmessage_ids\x18\x06 \x03(\t\x12\x10\n\x08node_ids\x18\x07 \x03(\x04\x12\x14\n\x0ctotal_weight\x18\x08 \x01(\x01\"v\n\nResultPart\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.protos.coordinator.v1.ResultHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.protos.payload.v1.ChunkH\x00\x42\x06\n\x04part\"6\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"3\n\rGetFabRequest\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t*e\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GGREGATION_INDIVIDUAL\x10\x01\x12\x1d\n\x19\x41GGREGATION_WEIGHTED_MEAN\x10\x02\x32\xee\x02\n\x0b\x43oordinator\x12_\n\x06\x41ttach\x12&.protos.coordinator.v1.SelectorMessage\x1a).protos.coordinator.v1.CoordinatorMessage(\x01\x30\x01\x12T\n\x0bPullContent\x12).protos.coordinator.v1.PullContentRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x12\\\n\nPushResult\x12!.protos.coordinator.v1.ResultPart\x1a).protos.coordinator.v1.PushResultResponse(\x01\x12J\n\x06GetFab\x12$.protos.coordinator.v1.GetFabRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'protos/coordinator/v1/coordinator.proto\x12\x15protos.coordinator.v1\x1a\x1fprotos/payload/v1/payload.proto\"\xa7\x02\n\x0fSelectorMessage\x12-\n\x05hello\x18\x01 \x01(\x0b\x32\x1c.protos.coordinator.v1.HelloH\x00\x12\x38\n\x0bnode_joined\x18\x02 \x01(\x0b\x32!.protos.coordinator.v1.NodeJoinedH\x00\x12\x34\n\tnode_left\x18\x03 \x01(\x0b\x32\x1f.protos.coordinator.v1.NodeLeftH\x00\x12\x37\n\x08progress\x18\x04 \x01(\x0b\x32#.protos.coordinator.v1.TaskProgressH\x00\x12\x35\n\theartbeat\x18\x05 \x01(\x0b\x32 .protos.coordinator.v1.HeartbeatH\x00\x42\x05\n\x03msg\"]\n\x05Hello\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x30\n\x05nodes\x18\x03 \x03(\x0b\x32!.protos.coordinator.v1.NodeJoined\"H\n\nNodeJoined\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0bparticipant\x18\x03 \x01(\t\"+\n\x08NodeLeft\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"P\n\x0cTaskProgress\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x0b\n\tHeartbeat\"\xa3\x02\n\x12\x43oordinatorMessage\x12\x31\n\x07welcome\x18\x01 \x01(\x0b\x32\x1e.protos.coordinator.v1.WelcomeH\x00\x12;\n\x0cinstructions\x18\x02 \x01(\x0b\x32#.protos.coordinator.v1.InstructionsH\x00\x12-\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x1c.protos.coordinator.v1.FlushH\x00\x12/\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1d.protos.coordinator.v1.CancelH\x00\x12\x36\n\x08\x66inished\x18\x05 \x01(\x0b\x32\".protos.coordinator.v1.RunFinishedH\x00\x42\x05\n\x03msg\"X\n\x07Welcome\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x12\n\nfab_sha256\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61\x62_size\x18\x03 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x04 \x01(\t\"\x86\x01\n\x0bInstruction\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\x12\n\ncontent_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\t\"\xba\x01\n\x0cInstructions\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x37\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\".protos.coordinator.v1.Aggregation\x12\x12\n\nweight_key\x18\x03 \x01(\t\x12\x31\n\x05items\x18\x04 \x03(\x0b\x32\".protos.coordinator.v1.Instruction\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\x01\"\x19\n\x05\x46lush\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\x1d\n\x0bRunFinished\x12\x0e\n\x06reason\x18\x01 \x01(\t\"-\n\x06\x43\x61ncel\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x12PullContentRequest\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\ncontent_id\x18\x03 \x01(\t\"\xed\x01\n\x0cResultHeader\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x37\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32\".protos.coordinator.v1.Aggregation\x12\x31\n\x07payload\x18\x05 \x01(\x0b\x32 .protos.payload.v1.PayloadHeader\x12\x13\n\x0bmessage_ids\x18\x06 \x03(\t\x12\x10\n\x08node_ids\x18\x07 \x03(\x04\x12\x14\n\x0ctotal_weight\x18\x08 \x01(\x01\"v\n\nResultPart\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.protos.coordinator.v1.ResultHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.protos.payload.v1.ChunkH\x00\x42\x06\n\x04part\"6\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"3\n\rGetFabRequest\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t*e\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GGREGATION_INDIVIDUAL\x10\x01\x12\x1d\n\x19\x41GGREGATION_WEIGHTED_MEAN\x10\x02\x32\xee\x02\n\x0b\x43oordinator\x12_\n\x06\x41ttach\x12&.protos.coordinator.v1.SelectorMessage\x1a).protos.coordinator.v1.CoordinatorMessage(\x01\x30\x01\x12T\n\x0bPullContent\x12).protos.coordinator.v1.PullContentRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x12\\\n\nPushResult\x12!.protos.coordinator.v1.ResultPart\x1a).protos.coordinator.v1.PushResultResponse(\x01\x12J\n\x06GetFab\x12$.protos.coordinator.v1.GetFabRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.coordinator.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGGREGATION']._serialized_start=2047
-  _globals['_AGGREGATION']._serialized_end=2148
+  _globals['_AGGREGATION']._serialized_start=2068
+  _globals['_AGGREGATION']._serialized_end=2169
   _globals['_SELECTORMESSAGE']._serialized_start=100
   _globals['_SELECTORMESSAGE']._serialized_end=395
   _globals['_HELLO']._serialized_start=397
   _globals['_HELLO']._serialized_end=490
   _globals['_NODEJOINED']._serialized_start=492
-  _globals['_NODEJOINED']._serialized_end=543
-  _globals['_NODELEFT']._serialized_start=545
-  _globals['_NODELEFT']._serialized_end=588
-  _globals['_TASKPROGRESS']._serialized_start=590
-  _globals['_TASKPROGRESS']._serialized_end=670
-  _globals['_HEARTBEAT']._serialized_start=672
-  _globals['_HEARTBEAT']._serialized_end=683
-  _globals['_COORDINATORMESSAGE']._serialized_start=686
-  _globals['_COORDINATORMESSAGE']._serialized_end=977
-  _globals['_WELCOME']._serialized_start=979
-  _globals['_WELCOME']._serialized_end=1067
-  _globals['_INSTRUCTION']._serialized_start=1070
-  _globals['_INSTRUCTION']._serialized_end=1204
-  _globals['_INSTRUCTIONS']._serialized_start=1207
-  _globals['_INSTRUCTIONS']._serialized_end=1393
-  _globals['_FLUSH']._serialized_start=1395
-  _globals['_FLUSH']._serialized_end=1420
-  _globals['_RUNFINISHED']._serialized_start=1422
-  _globals['_RUNFINISHED']._serialized_end=1451
-  _globals['_CANCEL']._serialized_start=1453
-  _globals['_CANCEL']._serialized_end=1498
-  _globals['_PULLCONTENTREQUEST']._serialized_start=1500
-  _globals['_PULLCONTENTREQUEST']._serialized_end=1576
-  _globals['_RESULTHEADER']._serialized_start=1579
-  _globals['_RESULTHEADER']._serialized_end=1816
-  _globals['_RESULTPART']._serialized_start=1818
-  _globals['_RESULTPART']._serialized_end=1936
-  _globals['_PUSHRESULTRESPONSE']._serialized_start=1938
-  _globals['_PUSHRESULTRESPONSE']._serialized_end=1992
-  _globals['_GETFABREQUEST']._serialized_start=1994
-  _globals['_GETFABREQUEST']._serialized_end=2045
-  _globals['_COORDINATOR']._serialized_start=2151
-  _globals['_COORDINATOR']._serialized_end=2517
+  _globals['_NODEJOINED']._serialized_end=564
+  _globals['_NODELEFT']._serialized_start=566
+  _globals['_NODELEFT']._serialized_end=609
+  _globals['_TASKPROGRESS']._serialized_start=611
+  _globals['_TASKPROGRESS']._serialized_end=691
+  _globals['_HEARTBEAT']._serialized_start=693
+  _globals['_HEARTBEAT']._serialized_end=704
+  _globals['_COORDINATORMESSAGE']._serialized_start=707
+  _globals['_COORDINATORMESSAGE']._serialized_end=998
+  _globals['_WELCOME']._serialized_start=1000
+  _globals['_WELCOME']._serialized_end=1088
+  _globals['_INSTRUCTION']._serialized_start=1091
+  _globals['_INSTRUCTION']._serialized_end=1225
+  _globals['_INSTRUCTIONS']._serialized_start=1228
+  _globals['_INSTRUCTIONS']._serialized_end=1414
+  _globals['_FLUSH']._serialized_start=1416
+  _globals['_FLUSH']._serialized_end=1441
+  _globals['_RUNFINISHED']._serialized_start=1443
+  _globals['_RUNFINISHED']._serialized_end=1472
+  _globals['_CANCEL']._serialized_start=1474
+  _globals['_CANCEL']._serialized_end=1519
+  _globals['_PULLCONTENTREQUEST']._serialized_start=1521
+  _globals['_PULLCONTENTREQUEST']._serialized_end=1597
+  _globals['_RESULTHEADER']._serialized_start=1600
+  _globals['_RESULTHEADER']._serialized_end=1837
+  _globals['_RESULTPART']._serialized_start=1839
+  _globals['_RESULTPART']._serialized_end=1957
+  _globals['_PUSHRESULTRESPONSE']._serialized_start=1959
+  _globals['_PUSHRESULTRESPONSE']._serialized_end=2013
+  _globals['_GETFABREQUEST']._serialized_start=2015
+  _globals['_GETFABREQUEST']._serialized_end=2066
+  _globals['_COORDINATOR']._serialized_start=2172
+  _globals['_COORDINATOR']._serialized_end=2538
 # @@protoc_insertion_point(module_scope)

@@ -42,12 +42,14 @@ class Hello(_message.Message):
     def __init__(self, selector_id: _Optional[str] = ..., token: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeJoined, _Mapping]]] = ...) -> None: ...
 
 class NodeJoined(_message.Message):
-    __slots__ = ("node_id", "display_name")
+    __slots__ = ("node_id", "display_name", "participant")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     display_name: str
-    def __init__(self, node_id: _Optional[int] = ..., display_name: _Optional[str] = ...) -> None: ...
+    participant: str
+    def __init__(self, node_id: _Optional[int] = ..., display_name: _Optional[str] = ..., participant: _Optional[str] = ...) -> None: ...
 
 class NodeLeft(_message.Message):
     __slots__ = ("node_id", "reason")

@@ -1,0 +1,346 @@
+"""The coordinator's reporter against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.hub import Hub
+from coordinator.report import NodeInfo, Reporter, Target
+from protos.coordinator.v1 import coordinator_pb2 as cpb
+from selector.core import OpenAuthenticator, SelectorCore
+
+TOKEN = "svc-token-123"
+
+
+class Recorder:
+    """What the fake webserver received."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.auth: list[str] = []
+        self.uploads: dict[str, tuple[int, str]] = {}
+        self.largest_read = 0
+        self.refuse_kind = ""
+
+
+def _handler(rec: Recorder) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _reply(self, code: int, body: bytes = b"{}") -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            rec.auth.append(self.headers.get("Authorization", ""))
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                self._reply(401)
+                return
+            events = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if rec.refuse_kind and any(e["kind"] == rec.refuse_kind for e in events):
+                self._reply(400, b'{"detail": "events[0].round: required"}')
+                return
+            rec.events.extend(events)
+            self._reply(200)
+
+        def do_PUT(self) -> None:  # noqa: N802
+            remaining = int(self.headers["Content-Length"])
+            digest = hashlib.sha256()
+            while remaining:
+                block = self.rfile.read(min(remaining, 1 << 16))
+                rec.largest_read = max(rec.largest_read, len(block))
+                digest.update(block)
+                remaining -= len(block)
+            rec.uploads[self.path] = (int(self.headers["Content-Length"]), digest.hexdigest())
+            self._reply(200)
+
+    return Handler
+
+
+def _serve(rec: Recorder, port: int = 0) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(rec))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def webserver() -> Iterator[tuple[Recorder, str]]:
+    rec = Recorder()
+    server = _serve(rec)
+    yield rec, f"http://127.0.0.1:{server.server_address[1]}/internal/v1/runs/7/"
+    server.shutdown()
+    server.server_close()
+
+
+def _until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def _kinds(rec: Recorder) -> list[str]:
+    return [e["kind"] for e in rec.events]
+
+
+def test_events_arrive_with_the_token_and_participants_resolved(webserver: tuple[Recorder, str]) -> None:
+    rec, url = webserver
+    nodes = [NodeInfo(11, "p1-r1-s0", "42", "Clinic A"), NodeInfo(12, "p1-r1-s1", "", "site 12")]
+    reporter = Reporter(Target(url, TOKEN), nodes=lambda: nodes, selectors=lambda: ["p1-r1-s0", "p1-r1-s1"])
+    reporter.start()
+    reporter.run_started(total_rounds=3, app="fedota-tabular", fab_sha256="ab" * 32)
+    reporter.round_finished(
+        {
+            "round": 1,
+            "started": 1.0,
+            "finished": 3.5,
+            "seconds": 2.5,
+            "participants": [11, 12],
+            "failures": 0,
+            "train_metrics": {"train_loss": 0.7},
+            "eval_metrics": {"eval_loss": 0.5, "eval_acc": 0.81},
+            "eval_nodes": [11],
+            "checkpoint": "checkpoints/round_0001.npz",
+        }
+    )
+    reporter.run_finished(ok=True, detail="run finished")
+    assert reporter.close(timeout=10.0)
+
+    assert set(rec.auth) == {f"Bearer {TOKEN}"}
+    kinds = _kinds(rec)
+    assert kinds.index("run_started") < kinds.index("round_finished") < kinds.index("run_finished")
+    assert "pool" in kinds
+    assert len({e["event_id"] for e in rec.events}) == len(rec.events)
+    started = next(e for e in rec.events if e["kind"] == "run_started")
+    assert started["total_rounds"] == 3 and started["app"] == "fedota-tabular"
+    rnd = next(e for e in rec.events if e["kind"] == "round_finished")
+    assert rnd["round"] == 1 and rnd["train_loss"] == 0.7 and rnd["eval_loss"] == 0.5 and rnd["eval_acc"] == 0.81
+    assert rnd["participants"] == [
+        {"node_id": 11, "participant": "42", "site": "Clinic A"},
+        {"node_id": 12, "participant": "", "site": "site 12"},
+    ]
+    assert rnd["eval_participants"] == [{"node_id": 11, "participant": "42", "site": "Clinic A"}]
+    pool = next(e for e in rec.events if e["kind"] == "pool")
+    assert pool["selectors"] == {"p1-r1-s0": 1, "p1-r1-s1": 1}
+    assert isinstance(rnd["ts"], float)
+
+
+def test_a_client_that_left_is_still_credited(webserver: tuple[Recorder, str]) -> None:
+    rec, url = webserver
+    current = [NodeInfo(5, "s0", "9", "Clinic B")]
+    reporter = Reporter(Target(url, TOKEN), nodes=lambda: list(current))
+    reporter._refresh_nodes()  # the pool snapshot saw the client once
+    current.clear()
+    reporter.round_finished({"round": 2, "participants": [5], "train_metrics": {}, "eval_metrics": {}})
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    rnd = next(e for e in rec.events if e["kind"] == "round_finished")
+    assert rnd["participants"] == [{"node_id": 5, "participant": "9", "site": "Clinic B"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_events_are_delivered_once_the_webserver_comes_back() -> None:
+    port = _free_port()
+    reporter = Reporter(Target(f"http://127.0.0.1:{port}/internal/v1/runs/1/", TOKEN), backoff_cap=0.2)
+    reporter.start()
+    reporter.run_started(total_rounds=2, app="a", fab_sha256="x")
+    reporter.log_line("WARNING", "selector p1-r1-s0 lost")
+    time.sleep(0.6)  # several failed attempts while nobody listens
+    assert reporter.delivered == 0
+
+    rec = Recorder()
+    server = _serve(rec, port)
+    try:
+        assert _until(lambda: len(rec.events) == 2)
+        assert _kinds(rec) == ["run_started", "log"]
+        assert rec.events[1]["message"] == "selector p1-r1-s0 lost"
+        assert reporter.close(timeout=5.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_close_gives_up_after_its_deadline_when_the_webserver_stays_down() -> None:
+    reporter = Reporter(Target(f"http://127.0.0.1:{_free_port()}/r/", TOKEN), backoff_cap=0.2)
+    reporter.start()
+    reporter.run_finished(ok=True, detail="done")
+    t0 = time.monotonic()
+    assert reporter.close(timeout=1.0) is False
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_a_big_checkpoint_streams_without_loading_the_file(webserver: tuple[Recorder, str], tmp_path: Path) -> None:
+    rec, url = webserver
+    big = tmp_path / "round_0003.npz"
+    size = 64 * 1024 * 1024
+    with big.open("wb") as fh:
+        for i in range(64):
+            fh.write(bytes([i]) * (1024 * 1024))
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool", round_pt_max_bytes=0)
+
+    tracemalloc.start()
+    try:
+        reporter.checkpoint(3, big, "npz")
+        reporter.start()
+        assert reporter.close(timeout=60.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert rec.uploads["/internal/v1/runs/7/checkpoints/3/npz"] == (size, digest)
+    assert peak < 8 * 1024 * 1024, f"upload held {peak} bytes in memory"
+    # The pinned copy is gone after upload; the original stays.
+    assert big.exists() and not list((tmp_path / "spool").iterdir())
+
+
+def test_a_checkpoint_pruned_from_disk_is_still_uploaded(webserver: tuple[Recorder, str], tmp_path: Path) -> None:
+    rec, url = webserver
+    ckpt = tmp_path / "round_0001.npz"
+    ckpt.write_bytes(b"model bytes")
+    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool")
+    reporter.checkpoint(1, ckpt, "npz")
+    ckpt.unlink()  # RoundTracker prunes old checkpoints (keep-checkpoints)
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    assert rec.uploads["/internal/v1/runs/7/checkpoints/1/npz"][0] == len(b"model bytes")
+
+
+def test_full_buffer_drops_log_lines_first() -> None:
+    reporter = Reporter(Target("http://127.0.0.1:9/r/", TOKEN), max_events=4)
+    reporter.run_started(total_rounds=2, app="a", fab_sha256="x")
+    for i in range(3):
+        reporter.log_line("WARNING", f"line {i}")
+    reporter.round_finished({"round": 1, "participants": [], "train_metrics": {}, "eval_metrics": {}})
+    reporter.round_finished({"round": 2, "participants": [], "train_metrics": {}, "eval_metrics": {}})
+    kinds = [e["kind"] for e in reporter.events]
+    assert kinds == ["run_started", "log", "round_finished", "round_finished"]
+    assert reporter.events[1]["message"] == "line 2"  # the oldest went first
+    assert reporter.dropped == 2
+    reporter.run_finished(ok=True, detail="")
+    assert reporter.dropped == 3 and reporter.events[-1]["kind"] == "run_finished"
+    assert not any(e["kind"] == "log" for e in reporter.events)
+
+
+def test_an_event_the_webserver_refuses_is_dropped_and_the_rest_delivered(
+    webserver: tuple[Recorder, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    rec, url = webserver
+    rec.refuse_kind = "round_finished"
+    reporter = Reporter(Target(url, TOKEN))
+    reporter.run_started(total_rounds=1, app="a", fab_sha256="x")
+    reporter.round_finished({"round": 1, "participants": [], "train_metrics": {}, "eval_metrics": {}})
+    reporter.run_finished(ok=True, detail="")
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    assert _kinds(rec) == ["run_started", "run_finished"]
+    assert reporter.refused == 1
+    assert "webserver refused an event" in caplog.text
+
+
+def test_a_wrong_token_is_not_retried_forever(webserver: tuple[Recorder, str]) -> None:
+    rec, url = webserver
+    reporter = Reporter(Target(url, "wrong"))
+    reporter.run_started(total_rounds=1, app="a", fab_sha256="x")
+    reporter.start()
+    assert reporter.close(timeout=5.0)
+    assert rec.events == [] and reporter.refused == 1
+
+
+def test_selector_sends_the_participant_id_never_the_credential() -> None:
+    assert OpenAuthenticator().check("fdp_42_s3cr3t-v4lue") == "42"
+    assert OpenAuthenticator().check("not-a-participant-credential") == ""
+    core = SelectorCore("p1-r1-s0", OpenAuthenticator())
+    core.on_welcome(cpb.Welcome(run_id=1, fab_sha256="f" * 64, fab_size=1))
+    session, _ = core.join("fdp_42_s3cr3t-v4lue", "", "")
+    assert session.participant == "42"
+    assert "s3cr3t" not in session.display_name and "fdp_" not in session.display_name
+    assert session.display_name == f"site {session.node_id}"
+    hello = core.hello_nodes()
+    assert hello == []  # not subscribed yet
+    core.subscribe(session)
+    (joined,) = core.hello_nodes()
+    assert joined.participant == "42" and "s3cr3t" not in joined.SerializeToString().decode("latin-1")
+
+    hub = Hub()
+    hub.attach("p1-r1-s0", [(joined.node_id, joined.display_name, joined.participant)])
+    hub.node_joined("p1-r1-s0", 77, "", "43")
+    assert hub.nodes[joined.node_id].participant == "42"
+    assert hub.nodes[77].display_name == "site 77" and hub.nodes[77].participant == "43"
+
+
+def test_a_rounds_model_is_also_offered_as_a_pytorch_state_dict(
+    webserver: tuple[Recorder, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import torch
+
+    rec, url = webserver
+    weights = {"fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "fc.bias": np.ones(2, dtype=np.float32)}
+    npz = tmp_path / "round_0002.npz"
+    np.savez(npz, **weights)  # type: ignore[arg-type]
+    received: dict[str, bytes] = {}
+    original_send = Target.send
+
+    def keep(self: Target, method: str, path: str, body: Any, headers: dict[str, str]) -> None:
+        data = body.read() if hasattr(body, "read") else body
+        received[path] = data
+        original_send(self, method, path, data, headers)
+
+    monkeypatch.setattr(Target, "send", keep)
+    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool")
+    reporter.checkpoint(2, npz, "npz")
+    reporter.start()
+    assert reporter.close(timeout=30.0)
+
+    assert set(rec.uploads) == {"/internal/v1/runs/7/checkpoints/2/npz", "/internal/v1/runs/7/checkpoints/2/pt"}
+    pt = tmp_path / "received.pt"
+    pt.write_bytes(received["checkpoints/2/pt"])
+    state = torch.load(pt)
+    assert list(state) == ["fc.weight", "fc.bias"]
+    assert torch.equal(state["fc.weight"], torch.from_numpy(weights["fc.weight"]))
+    assert not list((tmp_path / "spool").iterdir())  # no converted or pinned file left behind
+
+
+def test_a_file_that_is_not_an_npz_is_still_uploaded(webserver: tuple[Recorder, str], tmp_path: Path) -> None:
+    rec, url = webserver
+    odd = tmp_path / "round_0001.npz"
+    odd.write_bytes(b"not a zip")
+    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool")
+    reporter.checkpoint(1, odd, "npz")
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    assert list(rec.uploads) == ["/internal/v1/runs/7/checkpoints/1/npz"]
+
+
+def test_the_reporter_is_off_unless_configured_and_needs_a_token() -> None:
+    from coordinator.main import Settings
+    from fedota_common.settings import SettingsError
+
+    assert Settings.from_env({"FEDOTA_APP": "apps/tabular"}, []).report_url == ""
+    with pytest.raises(SettingsError, match="FEDOTA_REPORT_TOKEN"):
+        Settings.from_env({"FEDOTA_APP": "a", "FEDOTA_REPORT_URL": "http://web:8000/internal/v1/runs/1/"}, [])
+    with pytest.raises(SettingsError, match="FEDOTA_REPORT_URL"):
+        Settings.from_env({"FEDOTA_APP": "a", "FEDOTA_REPORT_URL": "web:8000", "FEDOTA_REPORT_TOKEN": "t"}, [])
