@@ -1,14 +1,17 @@
 """Round latency and memory of the federation core with a no-training app.
 
     python bench/round_latency.py [--clients 10] [--selectors 2] [--rounds 20] [--sizes 1,100]
+    python bench/round_latency.py --model-mb 1024 --clients 2 --selectors 1 --rounds 2   # a 1 GB model
 
 For each model size it runs `coordinator.local` with the echo app (each client
 returns the arrays it received), then reports:
 - median round time (coordinator's round records),
 - platform overhead per round: round time minus the slowest client's ClientApp
   time in that round (from the clients' "task done" log lines),
-- peak resident memory (VmHWM) of the coordinator and of each selector,
-  sampled from /proc while they run.
+- peak resident memory (VmHWM) of the coordinator, the busiest selector and
+  the busiest client, sampled from /proc while they run, in MiB and as a
+  multiple of the model size (the interpreter, gRPC and Flower alone take
+  about 130 MiB in a selector and 210 MiB in the coordinator).
 Figures vary by machine; record them in bench/README.md with the machine.
 """
 
@@ -46,14 +49,13 @@ def _sample_peaks(out: Path, stop: threading.Event, peaks: dict[str, int]) -> No
             except json.JSONDecodeError:
                 pids = {}
             for name, pid in pids.items():
-                if name.startswith(("coordinator", "selector")):
-                    peaks[name] = max(peaks.get(name, 0), _hwm_kib(pid))
+                peaks[name] = max(peaks.get(name, 0), _hwm_kib(pid))
         stop.wait(0.2)
 
 
 def run_once(
     size_mb: float, clients: int, selectors: int, rounds: int, aggregation: str, work: Path
-) -> dict[str, object]:
+) -> dict[str, float]:
     data = work / f"data-{size_mb}"
     for i in range(clients):
         (data / f"client_{i:02d}").mkdir(parents=True, exist_ok=True)
@@ -114,6 +116,7 @@ def run_once(
         "median_overhead_s": statistics.median(overheads),
         "coordinator_peak_mib": peaks.get("coordinator", 0) / 1024,
         "selector_peak_mib": max((v for k, v in peaks.items() if k.startswith("selector")), default=0) / 1024,
+        "client_peak_mib": max((v for k, v in peaks.items() if k.startswith("client")), default=0) / 1024,
         "wall_s": wall,
     }
 
@@ -124,6 +127,7 @@ def main() -> int:
     p.add_argument("--selectors", type=int, default=2)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--sizes", default="1,100", help="model sizes in MB, comma-separated")
+    p.add_argument("--model-mb", type=float, default=None, help="one model size in MB (overrides --sizes)")
     p.add_argument(
         "--aggregation",
         default="weighted-mean",
@@ -133,14 +137,23 @@ def main() -> int:
     args = p.parse_args()
     print(f"{args.clients} clients, {args.selectors} selectors, {args.rounds} rounds, echo app, {args.aggregation}")
     print(
-        f"{'model':>8} {'median round':>13} {'overhead/round':>15} {'coordinator peak':>17} {'selector peak':>14} {'wall':>7}"
+        f"{'model':>8} {'median round':>13} {'overhead/round':>15} {'coordinator peak':>17} {'selector peak':>14}"
+        f" {'client peak':>12} {'wall':>7}"
     )
+    sizes = [args.model_mb] if args.model_mb else [float(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="fedota-bench-") as tmp:
-        for size in (float(s) for s in args.sizes.split(",")):
+        for size in sizes:
             r = run_once(size, args.clients, args.selectors, args.rounds, args.aggregation, Path(tmp))
             print(
                 f"{r['model_mb']:>6.0f}MB {r['median_round_s']:>12.3f}s {r['median_overhead_s']:>14.3f}s "
-                f"{r['coordinator_peak_mib']:>15.0f}MiB {r['selector_peak_mib']:>12.0f}MiB {r['wall_s']:>6.0f}s",
+                f"{r['coordinator_peak_mib']:>15.0f}MiB {r['selector_peak_mib']:>12.0f}MiB "
+                f"{r['client_peak_mib']:>10.0f}MiB {r['wall_s']:>6.0f}s",
+                flush=True,
+            )
+            # The echo app's model of `size` "MB" is `size` MiB (one float32 array).
+            print(
+                f"{'':>8} peak / model size: coordinator {r['coordinator_peak_mib'] / size:.2f}x, "
+                f"selector {r['selector_peak_mib'] / size:.2f}x, client {r['client_peak_mib'] / size:.2f}x",
                 flush=True,
             )
     return 0

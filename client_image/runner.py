@@ -22,7 +22,15 @@ import grpc
 
 from fedota_common.fab import App, FabError, extract, parse_fab
 from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
-from fedota_common.payload import Assembler, iter_chunks, message_to_payload, payload_to_message, round_of
+from fedota_common.payload import (
+    Assembler,
+    Payload,
+    iter_chunks,
+    message_to_payload,
+    payload_to_message,
+    release_cycles,
+    round_of,
+)
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -252,24 +260,32 @@ class Node:
                 reply_to=message,
             )
         app_seconds = time.monotonic() - received
+        message_type, round_id = message.metadata.message_type, round_of(message)
+        # The reply's segments reference its arrays, so the upload needs no copy;
+        # the instruction's model is dropped first unless the reply shares it.
         payload = message_to_payload(reply)
-        del reply
+        del reply, message
 
-        def upload() -> Iterator[spb.ResultPart]:
-            yield spb.ResultPart(header=spb.ResultHeader(session_id=session, task_id=task_id, payload=payload.header))
-            for chunk in iter_chunks(payload.content):
+        def upload(result: Payload) -> Iterator[spb.ResultPart]:
+            yield spb.ResultPart(header=spb.ResultHeader(session_id=session, task_id=task_id, payload=result.header))
+            for chunk in iter_chunks(result.content):
                 yield spb.ResultPart(chunk=payload_pb2.Chunk(data=chunk))
 
-        res: spb.PushResultResponse = stub.PushResult(upload(), timeout=TRANSFER_DEADLINE)
+        res: spb.PushResultResponse = stub.PushResult(upload(payload), timeout=TRANSFER_DEADLINE)
+        uploaded = time.monotonic() - received - app_seconds
+        size = max(header.content_size, len(payload.content))
+        del payload
+        # The instruction and reply are freed here, after the upload, off the round's critical path.
+        release_cycles(size)
         self.tasks_done += 1
         log.info(
             "task done",
             extra={
                 "task": task_id,
-                "type": message.metadata.message_type,
-                "round": round_of(message),
+                "type": message_type,
+                "round": round_id,
                 "app_seconds": round(app_seconds, 3),
-                "upload_seconds": round(time.monotonic() - received - app_seconds, 3),
+                "upload_seconds": round(uploaded, 3),
                 "accepted": res.accepted,
             },
         )

@@ -10,7 +10,6 @@ partial aggregates and substitutes back onto the messages the strategy sent.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -29,7 +28,14 @@ from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 
 from coordinator.hub import Batch, Hub, Instr, Result
-from fedota_common.payload import encode_content, payload_to_message, round_of
+from fedota_common.payload import (
+    WireContent,
+    content_sha256,
+    encode_segments,
+    payload_to_message,
+    release_cycles,
+    round_of,
+)
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 
 log = logging.getLogger(__name__)
@@ -159,7 +165,7 @@ class SelectorTierGrid(Grid):
         message_type = first.metadata.message_type
         group_id = round_of(first)
         aggregation = self._aggregation(message_type)
-        contents: dict[str, bytes] = {}
+        contents: dict[str, WireContent] = {}
         by_object: dict[int, tuple[str, str, int]] = {}
         per_selector: dict[str, cpb.Instructions] = {}
         instrs: dict[str, Instr] = {}
@@ -174,10 +180,16 @@ class SelectorTierGrid(Grid):
             node_id = msg.metadata.dst_node_id
             key = id(msg.content) if msg.has_content() else 0
             if key not in by_object:
-                data = encode_content(msg.content) if msg.has_content() else b""
+                # Segments reference the strategy's own array bytes: the model
+                # is not copied to be sent, however many selectors pull it.
+                data: WireContent = encode_segments(msg.content) if msg.has_content() else b""
                 cid = f"{batch_id}/{len(by_object)}"
                 contents[cid] = data
-                by_object[key] = (cid, hashlib.sha256(data).hexdigest(), len(data))
+                by_object[key] = (cid, content_sha256(data), len(data))
+                # Last round's messages and replies (Flower RecordDicts are
+                # reference cycles) are unreachable by now; free them before
+                # this round's results arrive.
+                release_cycles(len(data))
             cid, sha, size = by_object[key]
             selector_id = self.hub.selector_of(node_id) or ""
             instrs[mid] = Instr(mid, node_id, selector_id, original)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fedota_common.payload import Content
+from fedota_common.payload import WireContent
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 
@@ -36,6 +36,12 @@ class Node:
     node_id: int
     selector_id: str
     display_name: str
+    # Participant id resolved by the selector ("" when unknown); credits contributions.
+    participant: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.display_name:
+            self.display_name = f"site {self.node_id}"
 
 
 @dataclass
@@ -44,7 +50,7 @@ class Result:
 
     selector_id: str
     header: payload_pb2.PayloadHeader
-    content: Content
+    content: WireContent
     message_ids: list[str]
     node_ids: list[int]
     weight: float
@@ -69,7 +75,7 @@ class Batch:
     aggregation: int
     target: int
     instrs: dict[str, Instr]
-    contents: dict[str, bytes]
+    contents: dict[str, WireContent]
     results: list[Result] = field(default_factory=list)
     # Selectors that still owe a partial aggregate (or an empty one) for this batch.
     owing: set[str] = field(default_factory=set)
@@ -94,8 +100,11 @@ class Hub:
 
     # ---- selectors and pool -------------------------------------------------
 
-    def attach(self, selector_id: str, nodes: Iterable[tuple[int, str]]) -> SelectorLink:
-        """Register a selector (replacing an earlier link with the same id)."""
+    def attach(self, selector_id: str, nodes: Iterable[tuple[int, str] | tuple[int, str, str]]) -> SelectorLink:
+        """Register a selector (replacing an earlier link with the same id).
+
+        `nodes` are the clients already checked in: (node id, display name[, participant]).
+        """
         with self.cond:
             old = self.selectors.get(selector_id)
             if old is not None:
@@ -103,8 +112,9 @@ class Hub:
                 self._drop_selector_nodes(selector_id, "selector reconnected")
             link = SelectorLink(selector_id)
             self.selectors[selector_id] = link
-            for node_id, name in nodes:
-                self.nodes[node_id] = Node(node_id, selector_id, name)
+            for item in nodes:
+                participant = item[2] if len(item) == 3 else ""
+                self.nodes[item[0]] = Node(item[0], selector_id, item[1], participant)
             self.cond.notify_all()
             return link
 
@@ -122,10 +132,18 @@ class Hub:
         for node_id in [n.node_id for n in self.nodes.values() if n.selector_id == selector_id]:
             self._node_left(node_id, reason)
 
-    def node_joined(self, selector_id: str, node_id: int, name: str) -> None:
+    def node_joined(self, selector_id: str, node_id: int, name: str, participant: str = "") -> None:
         with self.cond:
-            self.nodes[node_id] = Node(node_id, selector_id, name)
-            log.info("node joined", extra={"node_id": node_id, "selector": selector_id, "site": name})
+            node = self.nodes[node_id] = Node(node_id, selector_id, name, participant)
+            log.info(
+                "node joined",
+                extra={
+                    "node_id": node_id,
+                    "selector": selector_id,
+                    "site": node.display_name,
+                    "participant": participant,
+                },
+            )
             self.cond.notify_all()
 
     def node_left(self, node_id: int, reason: str) -> None:
@@ -198,7 +216,7 @@ class Hub:
                 link.outbox.put(cpb.CoordinatorMessage(instructions=instructions))
             self.cond.notify_all()
 
-    def content(self, content_id: str) -> bytes | None:
+    def content(self, content_id: str) -> WireContent | None:
         with self.cond:
             batch_id = content_id.split("/", 1)[0]
             batch = self.batches.get(batch_id)

@@ -21,6 +21,8 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedota_common.payload import PayloadError, Segments, WireArray, WireRecords, encode_segments, npy_view
+
 LEGACY_WEIGHT_KEY = "num_examples"
 
 
@@ -49,8 +51,22 @@ def _is_weight(key: str, weight_key: str) -> bool:
     return key in (weight_key, LEGACY_WEIGHT_KEY)
 
 
+# Folding works block by block so that adding a reply needs no temporary
+# array of the model's size (4 MiB of float64 at most).
+_BLOCK = 1 << 19
+
+
+def _flat(nd: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return nd.reshape(-1) if nd.flags.c_contiguous else np.ravel(nd)
+
+
 class WeightedMean:
-    """Running weighted mean of structurally identical RecordDicts."""
+    """Running weighted mean of structurally identical RecordDicts.
+
+    Replies come either as Flower RecordDicts or, at a selector, as
+    `WireRecords`: arrays that are views of the received buffer, folded in
+    place without being decoded into Flower objects first.
+    """
 
     def __init__(self, weight_key: str) -> None:
         self.weight_key = weight_key
@@ -61,41 +77,50 @@ class WeightedMean:
         self._metrics: dict[str, dict[str, Any]] = {}
         self._configs: dict[str, dict[str, list[Any]]] = {}
         self._signature: tuple[Any, ...] | None = None
+        self._consumed = False
 
-    def add(self, content: RecordDict) -> None:
+    def add(self, content: RecordDict | WireRecords) -> None:
         """Fold one reply in; raise NotAggregatable (state unchanged) if it does not fit."""
-        weight = reply_weight(content, self.weight_key)
+        if self._consumed:
+            raise NotAggregatable("the partial aggregate was already sent")
+        small = content.small if isinstance(content, WireRecords) else content
+        weight = reply_weight(small, self.weight_key)
         signature = _signature(content)
         if self._signature is not None and signature != self._signature:
             raise NotAggregatable("reply structure differs from earlier replies")
         # Validate every value before mutating, so a bad reply leaves the sum intact.
-        for name, crec in content.config_records.items():
+        for name, crec in small.config_records.items():
             for key, value in crec.items():
                 if not _numeric(value) and self._signature is not None:
                     if self._configs[name][key][0] != value:
                         raise NotAggregatable(f"config value {name}.{key} differs between replies")
-        for name, mrec in content.metric_records.items():
+        for name, mrec in small.metric_records.items():
             for key, mvalue in mrec.items():
                 if isinstance(mvalue, list) and self._signature is not None:
                     prev = self._metrics[name][key]
                     if len(prev) != len(mvalue):
                         raise NotAggregatable(f"metric list {name}.{key} differs in length")
+        arrays = _arrays_of(content)
+        if self._signature is not None:
+            # Declared shapes can be empty (Flower's legacy Parameters); the data must fit the sums.
+            for name, items in arrays:
+                for key, nd in items:
+                    if nd.shape != self._arrays[name][key].shape or nd.dtype != self._dtypes[name][key]:
+                        raise NotAggregatable(f"array {name}.{key} differs in shape or dtype from earlier replies")
 
         first = self._signature is None
         self._signature = signature
-        for name, arec in content.array_records.items():
+        for name, items in arrays:
             acc = self._arrays.setdefault(name, {})
             dts = self._dtypes.setdefault(name, {})
-            for key, arr in arec.items():
-                nd = arr.numpy()
+            for key, nd in items:
                 # Accumulate in the array's own float type, as Flower's FedAvg does;
                 # integer arrays (e.g. step counters) promote to float64.
                 if first:
                     dts[key] = nd.dtype
-                    acc[key] = nd * weight
-                else:
-                    acc[key] += nd * weight
-        for name, mrec in content.metric_records.items():
+                    acc[key] = np.empty(nd.shape, dtype=np.result_type(nd.dtype, weight))
+                _fold(acc[key], nd, weight, first)
+        for name, mrec in small.metric_records.items():
             acc_m = self._metrics.setdefault(name, {})
             for key, mvalue in mrec.items():
                 if _is_weight(key, self.weight_key):
@@ -107,7 +132,7 @@ class WeightedMean:
                     acc_m[key] = acc_m.get(key, 0.0) + float(mvalue) * weight
         # Config entries keep their value (and type) while every reply agrees,
         # e.g. a status code; numbers that differ (legacy metrics) are averaged.
-        for name, crec in content.config_records.items():
+        for name, crec in small.config_records.items():
             acc_c = self._configs.setdefault(name, {})
             for key, value in crec.items():
                 wsum = float(cast(float, value)) * weight if _numeric(value) else 0.0
@@ -120,14 +145,9 @@ class WeightedMean:
         self.total_weight += weight
         self.count += 1
 
-    def result(self) -> RecordDict:
-        """The weighted mean as a RecordDict shaped like the replies."""
-        if self.count == 0:
-            raise NotAggregatable("no replies to aggregate")
+    def _small_records(self) -> list[tuple[str, MetricRecord | ConfigRecord]]:
         w = self.total_weight
-        out = RecordDict()
-        for name, acc in self._arrays.items():
-            out[name] = ArrayRecord({k: Array(np.asarray(v / w).astype(self._dtypes[name][k])) for k, v in acc.items()})
+        out: list[tuple[str, MetricRecord | ConfigRecord]] = []
         for name, acc_m in self._metrics.items():
             values: dict[str, Any] = {}
             for key, value in acc_m.items():
@@ -137,23 +157,96 @@ class WeightedMean:
                     values[key] = [float(x) for x in value / w]
                 else:
                     values[key] = value / w
-            out[name] = MetricRecord(values)
+            out.append((name, MetricRecord(values)))
         for name, acc_c in self._configs.items():
-            out[name] = ConfigRecord({k: (first if same else wsum / w) for k, (first, same, wsum) in acc_c.items()})
+            out.append(
+                (name, ConfigRecord({k: (first if same else wsum / w) for k, (first, same, wsum) in acc_c.items()}))
+            )
         return out
+
+    def result(self) -> RecordDict:
+        """The weighted mean as a RecordDict shaped like the replies."""
+        if self.count == 0 or self._consumed:
+            raise NotAggregatable("no replies to aggregate")
+        w = self.total_weight
+        out = RecordDict()
+        for name, acc in self._arrays.items():
+            out[name] = ArrayRecord({k: Array(np.asarray(v / w).astype(self._dtypes[name][k])) for k, v in acc.items()})
+        for name, record in self._small_records():
+            out[name] = record
+        return out
+
+    def encode_result(self) -> Segments:
+        """The weighted mean, serialised as `encode_content(self.result())` would be.
+
+        Divides the running sums in place and streams them as they are, so
+        sending the aggregate costs no copy of the model. Consumes the
+        accumulator: it cannot be added to or read again.
+        """
+        if self.count == 0 or self._consumed:
+            raise NotAggregatable("no replies to aggregate")
+        self._consumed = True
+        w = self.total_weight
+        records: list[tuple[str, Any]] = []
+        for name, acc in self._arrays.items():
+            arrays: dict[str, np.ndarray] = {}
+            for key, v in acc.items():
+                v /= w
+                dtype = self._dtypes[name][key]
+                arrays[key] = v if v.dtype == dtype else v.astype(dtype)
+            records.append((name, arrays))
+        records += self._small_records()
+        return encode_segments(records)
+
+
+def _fold(acc: np.ndarray[Any, Any], nd: np.ndarray[Any, Any], weight: float, first: bool) -> None:
+    """acc = nd * weight (first) or acc += nd * weight, one block at a time."""
+    target, source = _flat(acc), _flat(nd)
+    if first:
+        np.multiply(source, weight, out=target)
+        return
+    tmp = np.empty(min(_BLOCK, target.size), dtype=target.dtype)
+    for start in range(0, target.size, _BLOCK):
+        end = min(start + _BLOCK, target.size)
+        part = tmp[: end - start]
+        np.multiply(source[start:end], weight, out=part)
+        target[start:end] += part
+
+
+def _arrays_of(content: RecordDict | WireRecords) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """Each array record's arrays as numpy arrays (views of the buffer for wire replies)."""
+    out: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
+    records = content.arrays.items() if isinstance(content, WireRecords) else content.array_records.items()
+    for name, items in records:
+        arrays: list[tuple[str, np.ndarray]] = []
+        for key, array in items if isinstance(items, list) else items.items():
+            try:
+                nd = npy_view(array) if isinstance(array, WireArray) else array.numpy()
+            except (PayloadError, TypeError, ValueError) as exc:
+                raise NotAggregatable(f"array {name}.{key} cannot be averaged: {exc}") from exc
+            arrays.append((key, nd))
+        out.append((name, arrays))
+    return out
 
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _signature(content: RecordDict) -> tuple[Any, ...]:
-    arrays = tuple(
-        (name, tuple((k, tuple(a.shape), a.dtype) for k, a in rec.items()))
-        for name, rec in content.array_records.items()
-    )
-    metrics = tuple((name, tuple(sorted(rec.keys()))) for name, rec in content.metric_records.items())
+def _signature(content: RecordDict | WireRecords) -> tuple[Any, ...]:
+    if isinstance(content, WireRecords):
+        arrays = tuple(
+            (name, tuple((k, tuple(a.shape), a.dtype) for k, a in items)) for name, items in content.arrays.items()
+        )
+        small = content.small
+    else:
+        arrays = tuple(
+            (name, tuple((k, tuple(a.shape), a.dtype) for k, a in rec.items()))
+            for name, rec in content.array_records.items()
+        )
+        small = content
+    metrics = tuple((name, tuple(sorted(rec.keys()))) for name, rec in small.metric_records.items())
     configs = tuple(
-        (name, tuple(sorted((k, _numeric(v)) for k, v in rec.items()))) for name, rec in content.config_records.items()
+        (name, tuple(sorted((k, _numeric(v)) for k, v in rec.items()))) for name, rec in small.config_records.items()
     )
     return (arrays, metrics, configs)

@@ -3,17 +3,31 @@
 A Flower Message crosses every hop as a `PayloadHeader` (Flower's own serialised
 Metadata and Error) and the serialised RecordDict cut into chunks of at most
 `CHUNK_SIZE` bytes. Nothing here depends on gRPC message size limits.
+
+Large models are never copied whole on the way: senders stream `Segments` that
+reference the arrays' own bytes, and receivers parse the assembled buffer in
+place (`parse_content`), copying each array at most once.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
-from collections.abc import Iterable, Iterator
+import io
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.message import make_message
-from flwr.common.serde import config_record_to_proto, metric_record_to_proto, recorddict_from_proto
+from flwr.common.serde import (
+    config_record_from_proto,
+    config_record_to_proto,
+    metric_record_from_proto,
+    metric_record_to_proto,
+)
 from flwr.common.serde_utils import (
     error_from_proto,
     error_to_proto,
@@ -22,6 +36,9 @@ from flwr.common.serde_utils import (
 )
 from flwr.proto.error_pb2 import Error as ProtoError
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
+from flwr.proto.recorddict_pb2 import Array as ProtoArray
+from flwr.proto.recorddict_pb2 import ConfigRecord as ProtoConfigRecord
+from flwr.proto.recorddict_pb2 import MetricRecord as ProtoMetricRecord
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from protos.payload.v1 import payload_pb2
@@ -34,12 +51,90 @@ MAX_FRAME = CHUNK_SIZE + (64 << 10)
 MAX_CONTENT_SIZE = 4 << 30
 
 
+# Below this, a payload's memory is not worth a garbage-collector pass.
+COLLECT_ABOVE = 16 << 20
+
+
+def release_cycles(nbytes: int) -> None:
+    """Run the cyclic garbage collector after handling a payload of `nbytes`.
+
+    Once an app or strategy reads `content.array_records` (they all do), a
+    Flower RecordDict and its typed view point at each other: refcounting never
+    frees the pair, only the cyclic collector does, and between rounds too few
+    allocations happen to trigger it. Without this a process holds the previous
+    round's model (and replies) next to the current one.
+    """
+    if nbytes >= COLLECT_ABOVE:
+        gc.collect()
+
+
 # Content as received: assembled buffers are handed over without a copy.
 Content = bytes | bytearray
+# A buffer a Segments part may be: bytes, or a view of an array's memory.
+Buffer = bytes | bytearray | memoryview
+
+# The npy stype Flower uses for numpy arrays (`flwr.common.constant.SType.NUMPY`).
+NUMPY_STYPE = "numpy.ndarray"
 
 
 class PayloadError(ValueError):
     """A payload was malformed, truncated, too large or failed its checksum."""
+
+
+def _nbytes(buf: Buffer) -> int:
+    return len(buf) if isinstance(buf, (bytes, bytearray)) else buf.nbytes
+
+
+class Segments:
+    """A serialised content held as the list of buffers it is made of.
+
+    Encoding a RecordDict this way references each array's bytes instead of
+    copying them into one buffer, so a sender holds the model once (its own
+    arrays), not two or three times, and streams it chunk by chunk.
+    """
+
+    def __init__(self, parts: Iterable[Buffer]) -> None:
+        self.parts: list[bytes | memoryview] = []
+        for part in parts:
+            if not _nbytes(part):
+                continue
+            self.parts.append(part if isinstance(part, bytes) else memoryview(part).cast("B"))
+        self.size = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for part in self.parts:
+            digest.update(part)
+        return digest.hexdigest()
+
+    def chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """Chunks of at most `chunk_size` bytes; only one chunk is materialised at a time."""
+        pending = bytearray()
+        for part in self.parts:
+            view = memoryview(part)
+            pos = 0
+            while pos < len(view):
+                take = min(chunk_size - len(pending), len(view) - pos)
+                if not pending and take == chunk_size:
+                    yield bytes(view[pos : pos + take])
+                else:
+                    pending += view[pos : pos + take]
+                    if len(pending) == chunk_size:
+                        yield bytes(pending)
+                        pending = bytearray()
+                pos += take
+        if pending:
+            yield bytes(pending)
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+# What a sender streams: one buffer, or segments referencing the arrays.
+WireContent = bytes | bytearray | Segments
 
 
 @dataclass(frozen=True)
@@ -47,55 +142,141 @@ class Payload:
     """A Flower Message split into its wire parts."""
 
     header: payload_pb2.PayloadHeader
-    content: bytes
+    content: WireContent
+
+
+# ---- protobuf wire format, by hand where arrays are involved ---------------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _len_field(number: int, length: int) -> bytes:
+    """Tag and length of a length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _str_field(number: int, text: str) -> bytes:
+    # proto3 leaves out empty strings.
+    raw = text.encode()
+    return _len_field(number, len(raw)) + raw if raw else b""
+
+
+def npy_header(array: np.ndarray[Any, Any]) -> bytes:
+    """The .npy header `np.save` writes before a C-contiguous array's bytes."""
+    fields = np.lib.format.header_data_from_array_1_0(array)
+    out = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(out, fields)
+    except ValueError:  # header longer than 64 KiB: np.save moves to version 2.0
+        out = io.BytesIO()
+        np.lib.format.write_array_header_2_0(out, fields)
+    return out.getvalue()
+
+
+def _npy_parts(array: np.ndarray[Any, Any]) -> list[Buffer]:
+    """What `np.save` writes for `array`: its header, then its memory in storage order."""
+    if array.flags.c_contiguous:
+        flat = array.reshape(-1)
+    elif array.flags.f_contiguous:
+        flat = array.T.reshape(-1)
+    else:
+        array = np.array(array, order="C")
+        flat = array.reshape(-1)
+    return [npy_header(array), flat.view(np.uint8).data]
+
+
+def _array_parts(name: str, dtype: str, shape: Iterable[int], stype: str, data: list[Buffer]) -> list[Buffer]:
+    """An `ArrayRecord.Item` (name, Array) as buffers; `data` is referenced, not copied."""
+    head = ProtoArray(dtype=dtype, shape=list(shape), stype=stype).SerializeToString()
+    size = sum(_nbytes(d) for d in data)
+    # `data` is field 4, the last one, so appending it after the other fields
+    # gives the bytes protobuf itself would write.
+    data_head = _len_field(4, size) if size else b""
+    value_len = len(head) + len(data_head) + size
+    prefix = _str_field(1, name) + _len_field(2, value_len)
+    return [_len_field(1, len(prefix) + value_len), prefix, head, data_head, *data]
+
+
+ArraySource = Array | np.ndarray
+RecordSource = ArrayRecord | MetricRecord | ConfigRecord | Mapping[str, ArraySource]
+
+
+def encode_segments(content: RecordDict | Iterable[tuple[str, RecordSource]]) -> Segments:
+    """Serialise a RecordDict as `encode_content` does, referencing array bytes.
+
+    Array records may also be plain mappings of name to numpy array: those
+    are written as Flower's `Array(ndarray)` would be (npy bytes), straight
+    from the array's memory.
+    """
+    items = content.items() if isinstance(content, RecordDict) else content
+    parts: list[Buffer] = []
+    for key, record in items:
+        if isinstance(record, (MetricRecord, ConfigRecord)):
+            item = ProtoRecordDict.Item(key=key)
+            if isinstance(record, MetricRecord):
+                item.metric_record.CopyFrom(metric_record_to_proto(record))
+            else:
+                item.config_record.CopyFrom(config_record_to_proto(record))
+            raw = item.SerializeToString()
+            parts += [_len_field(1, len(raw)), raw]
+            continue
+        if not isinstance(record, Mapping):
+            raise ValueError(f"Unsupported record type: {type(record)}")
+        rec_parts: list[Buffer] = []
+        for name, array in record.items():
+            if isinstance(array, np.ndarray):
+                rec_parts += _array_parts(name, str(array.dtype), array.shape, NUMPY_STYPE, _npy_parts(array))
+            elif isinstance(array, Array):
+                rec_parts += _array_parts(name, array.dtype, array.shape, array.stype, [array.data])
+            else:
+                raise ValueError(f"Unsupported array type: {type(array)}")
+        rec_len = sum(_nbytes(p) for p in rec_parts)
+        prefix = _str_field(1, key) + _len_field(2, rec_len)
+        parts += [_len_field(1, len(prefix) + rec_len), prefix, *rec_parts]
+    return Segments(parts)
 
 
 def encode_content(content: RecordDict) -> bytes:
-    """Serialise a RecordDict to Flower's `RecordDict` proto bytes.
+    """Serialise a RecordDict to Flower's `RecordDict` proto bytes, as one buffer.
 
     Produces exactly what `recorddict_to_proto(content).SerializeToString()`
-    does (a test checks byte equality), but fills array data in place: Flower's
-    serde builds nested messages from sub-messages, which copies every array
-    once per nesting level (five copies of a 100 MB model, ~0.8 s).
+    does (a test checks byte equality). Senders should prefer
+    `encode_segments`, which does not copy the arrays at all.
     """
-    proto = ProtoRecordDict()
-    for key, record in content.items():
-        item = proto.items.add()
-        item.key = key
-        if isinstance(record, ArrayRecord):
-            target = item.array_record  # marks the oneof even when empty
-            target.SetInParent()
-            for name, array in record.items():
-                entry = target.items.add()
-                entry.key = name
-                entry.value.dtype = array.dtype
-                entry.value.shape.extend(array.shape)
-                entry.value.stype = array.stype
-                entry.value.data = array.data
-        elif isinstance(record, MetricRecord):
-            item.metric_record.CopyFrom(metric_record_to_proto(record))
-        elif isinstance(record, ConfigRecord):
-            item.config_record.CopyFrom(config_record_to_proto(record))
-        else:
-            raise ValueError(f"Unsupported record type: {type(record)}")
-    return proto.SerializeToString()
+    return encode_segments(content).tobytes()
 
 
 def message_to_payload(message: Message) -> Payload:
-    """Split a Flower Message into header and content bytes."""
-    content = encode_content(message.content) if message.has_content() else b""
+    """Split a Flower Message into header and content (array bytes referenced, not copied)."""
+    content: WireContent = encode_segments(message.content) if message.has_content() else b""
     header = payload_pb2.PayloadHeader(
         metadata=metadata_to_proto(message.metadata).SerializeToString(),
         error=(error_to_proto(message.error).SerializeToString() if message.has_error() else b""),
         content_size=len(content),
-        content_sha256=hashlib.sha256(content).hexdigest() if content else "",
+        content_sha256=content_sha256(content) if len(content) else "",
     )
     return Payload(header=header, content=content)
 
 
+def content_sha256(content: WireContent) -> str:
+    if isinstance(content, Segments):
+        return content.sha256()
+    return hashlib.sha256(content).hexdigest()
+
+
 def payload_to_message(
     header: payload_pb2.PayloadHeader,
-    content: Content,
+    content: WireContent,
     *,
     metadata: ProtoMetadata | None = None,
 ) -> Message:
@@ -107,17 +288,187 @@ def payload_to_message(
     return make_message(metadata=md, content=decode_content(content))
 
 
-def decode_content(content: Content) -> RecordDict:
-    """Parse a serialised RecordDict."""
+@dataclass(frozen=True)
+class WireArray:
+    """An Array as it lies in a received buffer: `data` is a view, not a copy."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    stype: str
+    data: memoryview
+
+
+@dataclass
+class WireRecords:
+    """A serialised RecordDict parsed in place: arrays stay views of the buffer.
+
+    `small` holds the metric and config records as Flower objects; `arrays`
+    maps each ArrayRecord's key to its (name, WireArray) pairs, in wire order.
+    """
+
+    arrays: dict[str, list[tuple[str, WireArray]]]
+    small: RecordDict
+    order: list[str]
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise PayloadError("content is not a valid Flower RecordDict: truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of one message; length-delimited values are views."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+            yield number, wire, value
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > len(buf):
+                raise PayloadError("content is not a valid Flower RecordDict: field runs past its end")
+            yield number, wire, buf[pos : pos + length]
+            pos += length
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > len(buf):
+                raise PayloadError("content is not a valid Flower RecordDict: truncated field")
+            yield number, wire, buf[pos : pos + width]
+            pos += width
+        else:
+            raise PayloadError(f"content is not a valid Flower RecordDict: wire type {wire}")
+
+
+def _int32(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _parse_array(buf: memoryview) -> WireArray:
+    dtype = stype = ""
+    shape: list[int] = []
+    data = memoryview(b"")
+    for number, wire, value in _fields(buf):
+        if number == 1 and isinstance(value, memoryview):
+            dtype = bytes(value).decode()
+        elif number == 2 and wire == 0 and isinstance(value, int):
+            shape.append(_int32(value))
+        elif number == 2 and isinstance(value, memoryview):  # packed
+            pos = 0
+            while pos < len(value):
+                dim, pos = _read_varint(value, pos)
+                shape.append(_int32(dim))
+        elif number == 3 and isinstance(value, memoryview):
+            stype = bytes(value).decode()
+        elif number == 4 and isinstance(value, memoryview):
+            data = value
+    return WireArray(dtype, tuple(shape), stype, data)
+
+
+def parse_content(content: WireContent) -> WireRecords:
+    """Parse a serialised RecordDict without copying array data (views of `content`)."""
+    if isinstance(content, Segments):
+        content = content.tobytes()  # an in-process hand-over (tests), not a wire path
+    out = WireRecords({}, RecordDict(), [])
     try:
-        proto = ProtoRecordDict.FromString(content)
-    except Exception as exc:  # protobuf raises DecodeError and friends
+        for number, _wire, item in _fields(memoryview(content).cast("B")):
+            if number != 1 or not isinstance(item, memoryview):
+                continue  # unknown field: skipped, as protobuf does
+            key, kind, body = "", 0, memoryview(b"")
+            for inner, _wire, value in _fields(item):
+                if inner == 1 and isinstance(value, memoryview):
+                    key = bytes(value).decode()
+                elif inner in (2, 3, 4) and isinstance(value, memoryview):
+                    kind, body = inner, value
+            if kind == 2:
+                entries: list[tuple[str, WireArray]] = []
+                for _n, _w, entry in _fields(body):
+                    name, array = "", WireArray("", (), "", memoryview(b""))
+                    if not isinstance(entry, memoryview):
+                        continue
+                    for field, _w2, value in _fields(entry):
+                        if field == 1 and isinstance(value, memoryview):
+                            name = bytes(value).decode()
+                        elif field == 2 and isinstance(value, memoryview):
+                            array = _parse_array(value)
+                    entries.append((name, array))
+                out.arrays[key] = entries
+            elif kind == 3:
+                out.small[key] = metric_record_from_proto(ProtoMetricRecord.FromString(bytes(body)))
+            elif kind == 4:
+                out.small[key] = config_record_from_proto(ProtoConfigRecord.FromString(bytes(body)))
+            else:
+                raise PayloadError(f"content is not a valid Flower RecordDict: record {key!r} has no value")
+            out.order.append(key)
+    except PayloadError:
+        raise
+    except Exception as exc:  # protobuf DecodeError, bad UTF-8, bad values
         raise PayloadError(f"content is not a valid Flower RecordDict: {exc}") from exc
-    return recorddict_from_proto(proto)
+    return out
 
 
-def iter_chunks(data: Content, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """Yield views of `data` of at most `chunk_size` bytes (no copy of the whole)."""
+def decode_content(content: WireContent) -> RecordDict:
+    """Parse a serialised RecordDict into Flower objects.
+
+    Each array's bytes are copied once out of `content` (Flower's Array holds
+    `bytes`); protobuf's own parser would hold a second copy in its message.
+    """
+    wire = parse_content(content)
+    out = RecordDict()
+    for key in wire.order:
+        if key in wire.arrays:
+            out[key] = ArrayRecord(
+                {name: Array(a.dtype, a.shape, a.stype, bytes(a.data)) for name, a in wire.arrays[key]},
+                keep_input=False,
+            )
+        else:
+            out[key] = wire.small[key]
+    return out
+
+
+def npy_view(array: WireArray) -> np.ndarray[Any, Any]:
+    """A read-only numpy view of a received numpy Array's data (no copy)."""
+    if array.stype != NUMPY_STYPE:
+        raise PayloadError(f"array of stype {array.stype!r} is not a numpy array")
+    data = array.data
+    head = io.BytesIO(bytes(data[: min(len(data), 12)]))
+    try:
+        version = np.lib.format.read_magic(head)
+        head_len = int.from_bytes(bytes(data[8:10] if version == (1, 0) else data[8:12]), "little")
+        start = (10 if version == (1, 0) else 12) + head_len
+        header = io.BytesIO(bytes(data[:start]))
+        np.lib.format.read_magic(header)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+    except (ValueError, OSError, EOFError) as exc:
+        raise PayloadError(f"array data is not a valid .npy buffer: {exc}") from exc
+    if dtype.hasobject:
+        raise PayloadError("array data holds Python objects")
+    count = math.prod(shape)
+    if len(data) - start != count * dtype.itemsize:
+        raise PayloadError("array data does not match its .npy header")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+    flat.flags.writeable = False
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+def iter_chunks(data: WireContent, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield chunks of `data` of at most `chunk_size` bytes (no copy of the whole)."""
+    if isinstance(data, Segments):
+        yield from data.chunks(chunk_size)
+        return
     view = memoryview(data)
     for start in range(0, len(view), chunk_size):
         yield bytes(view[start : start + chunk_size])

@@ -15,12 +15,22 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from fedota_common.aggregate import NotAggregatable, WeightedMean
-from fedota_common.payload import Content, PayloadError, decode_content, encode_content
+from fedota_common.payload import (
+    CHUNK_SIZE,
+    MAX_CONTENT_SIZE,
+    Content,
+    PayloadError,
+    WireContent,
+    WireRecords,
+    assemble,
+    iter_chunks,
+    parse_content,
+)
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
@@ -35,20 +45,35 @@ class Upstream(Protocol):
 
     def pull_content(self, content_id: str, size: int, sha256: str) -> Content: ...
 
-    def push_result(self, header: cpb.ResultHeader, content: Content) -> cpb.PushResultResponse: ...
+    def push_result(self, header: cpb.ResultHeader, content: WireContent | Iterator[bytes]) -> cpb.PushResultResponse:
+        """Stream a result up; `content` may be an iterator of chunks, passed through as they come."""
+        ...
 
 
 class Authenticator(Protocol):
     def check(self, credential: str) -> str | None:
-        """Return a display name for a valid credential, None to refuse."""
+        """Return the participant identity of a valid credential ("" if unknown), None to refuse.
+
+        The identity travels to the coordinator and the webserver, so it must never be
+        the credential or any part of its secret.
+        """
         ...
 
 
 class OpenAuthenticator:
-    """Accepts any credential (local development, before credentials exist)."""
+    """Accepts any credential (local development, before credentials are verified)."""
 
     def check(self, credential: str) -> str | None:
-        return credential or "anonymous"
+        """The participant id of an `fdp_<id>_<secret>` credential, else "" (never the secret)."""
+        return participant_of(credential)
+
+
+def participant_of(credential: str) -> str:
+    """The `<id>` of a participant credential `fdp_<id>_<secret>`; "" for anything else."""
+    parts = credential.split("_", 2)
+    if len(parts) == 3 and parts[0] == "fdp" and parts[1].isdigit() and parts[2]:
+        return parts[1]
+    return ""
 
 
 class SelectorError(Exception):
@@ -64,6 +89,7 @@ class Session:
     session_id: str
     node_id: int
     display_name: str
+    participant: str = ""
     outbox: queue.Queue[spb.SelectorEvent | None] = field(default_factory=queue.Queue)
     subscribed: bool = False
     last_seen: float = field(default_factory=time.monotonic)
@@ -79,7 +105,7 @@ class Task:
     content_id: str
     content_size: int
     content_sha256: str
-    state: str = "pending"  # pending | announced | done | failed
+    state: str = "pending"  # pending | announced | receiving | done | failed
 
 
 @dataclass
@@ -114,10 +140,15 @@ class SelectorCore:
         auth: Authenticator,
         *,
         heartbeat_interval: float = 5.0,
+        max_buffered_results: int = 1,
     ) -> None:
         self.selector_id = selector_id
         self.auth = auth
         self.heartbeat_interval = heartbeat_interval
+        # Replies to fold are buffered whole (the weight may come after the
+        # arrays); this bounds how many at once, so memory does not grow with
+        # the number of clients. Waiting uploads are held back by gRPC flow control.
+        self._fold_slots = threading.BoundedSemaphore(max(1, max_buffered_results))
         self.upstream: Upstream | None = None
         self.run: RunInfo | None = None
         self.finished = False
@@ -145,7 +176,7 @@ class SelectorCore:
     def hello_nodes(self) -> list[cpb.NodeJoined]:
         with self._lock:
             return [
-                cpb.NodeJoined(node_id=s.node_id, display_name=s.display_name)
+                cpb.NodeJoined(node_id=s.node_id, display_name=s.display_name, participant=s.participant)
                 for s in self.sessions.values()
                 if s.subscribed and not s.closed
             ]
@@ -240,8 +271,8 @@ class SelectorCore:
     # ---- client side ---------------------------------------------------------------------
 
     def join(self, credential: str, fab_sha256: str, display_name: str) -> tuple[Session, RunInfo]:
-        name = self.auth.check(credential)
-        if name is None:
+        participant = self.auth.check(credential)
+        if participant is None:
             raise SelectorError("UNAUTHENTICATED", "the credential was refused by this selector")
         with self._lock:
             run = self.run
@@ -258,10 +289,15 @@ class SelectorCore:
                     f"{fab_sha256[:12]}…; download a new join bundle and review the new code",
                 )
             node_id = self._rng.randrange(1 << 32, 1 << 63)
-            session = Session(secrets.token_urlsafe(24), node_id, display_name or name)
+            # The display name is the client's own choice; never fall back to the credential.
+            name = display_name.strip() or f"site {node_id}"
+            session = Session(secrets.token_urlsafe(24), node_id, name, participant)
             self.sessions[session.session_id] = session
             self.by_node[node_id] = session
-        log.info("client joined", extra={"node_id": node_id, "site": session.display_name})
+        log.info(
+            "client joined",
+            extra={"node_id": node_id, "site": session.display_name, "participant": participant},
+        )
         return session, run
 
     def session(self, session_id: str) -> Session:
@@ -278,7 +314,11 @@ class SelectorCore:
         if self.upstream is not None:
             self.upstream.send(
                 cpb.SelectorMessage(
-                    node_joined=cpb.NodeJoined(node_id=session.node_id, display_name=session.display_name)
+                    node_joined=cpb.NodeJoined(
+                        node_id=session.node_id,
+                        display_name=session.display_name,
+                        participant=session.participant,
+                    )
                 )
             )
         self._announce_ready()
@@ -313,43 +353,121 @@ class SelectorCore:
         return task, content
 
     def submit(self, session: Session, task_id: str, header: payload_pb2.PayloadHeader, content: Content) -> None:
-        """Take a client's reply: fold it into the partial aggregate or forward it."""
+        """Take a client's whole reply (see `receive_result`)."""
+        self.receive_result(session, task_id, header, iter_chunks(content))
+
+    def receive_result(
+        self, session: Session, task_id: str, header: payload_pb2.PayloadHeader, chunks: Iterator[bytes]
+    ) -> None:
+        """Take a client's reply as it streams in: fold it into the partial aggregate or pass it on.
+
+        Folding buffers one reply at a time per slot and adds it to the running
+        sum straight from the received bytes. Forwarding never buffers: chunks
+        go to the coordinator as they arrive.
+        """
+        if header.content_size > MAX_CONTENT_SIZE:
+            raise PayloadError(f"content of {header.content_size} bytes exceeds the limit of {MAX_CONTENT_SIZE} bytes")
+        task, batch = self._claim(session, task_id)
+        try:
+            if batch.acc is not None and not header.error:
+                with self._fold_slots:
+                    content = assemble(header.content_size, header.content_sha256, chunks)
+                    if self._fold(batch, task, session.node_id, header, content):
+                        return
+                    self._forward(batch, task, session.node_id, header, content)
+            else:
+                self._forward(batch, task, session.node_id, header, chunks)
+        except BaseException as exc:
+            self._abandon(task, exc)
+            raise
+
+    def _claim(self, session: Session, task_id: str) -> tuple[Task, BatchState]:
         with self._lock:
             task = self.tasks.get(task_id)
             if task is None or task.node_id != session.node_id:
                 raise SelectorError("NOT_FOUND", f"task {task_id} is not open for this client (closed or not yours)")
             if task.state not in ("announced", "pending"):
                 raise SelectorError("ALREADY_EXISTS", f"task {task_id} was already answered")
-            task.state = "done"
             batch = self.batches.get(task.batch_id)
-        if batch is None:
-            raise SelectorError("NOT_FOUND", "the round of this task is closed")
-        if batch.acc is not None and not header.error:
-            try:
-                record = decode_content(content)
-                with batch.lock:
-                    if batch.finalized:
-                        raise SelectorError("DEADLINE_EXCEEDED", "the round closed before this result arrived")
-                    batch.acc.add(record)
-                    batch.covered.append(task_id)
-                    batch.covered_nodes.append(session.node_id)
-                    if not batch.first_metadata:
-                        batch.first_metadata = header.metadata
-                    batch.resolved.add(task_id)
-                self._progress(batch, task_id, True, "")
-                self._maybe_finalize(batch)
+            if batch is None:
+                raise SelectorError("NOT_FOUND", "the round of this task is closed")
+            task.state = "receiving"
+        return task, batch
+
+    def _abandon(self, task: Task, exc: BaseException) -> None:
+        """A reply that failed mid-way: the task fails now instead of at the round deadline."""
+        with self._lock:
+            if task.state != "receiving":
                 return
-            except (NotAggregatable, PayloadError) as exc:
-                log.info("reply forwarded individually", extra={"task": task_id, "reason": str(exc)})
-        self._forward(batch, task, session.node_id, header, content)
+            task.state = "announced"
+        self._fail_task(task, f"the result upload failed: {exc}")
+
+    def _fold(
+        self, batch: BatchState, task: Task, node_id: int, header: payload_pb2.PayloadHeader, content: Content
+    ) -> bool:
+        """Add a reply to the batch's running sum; False if it must be forwarded on its own."""
+        wire: WireRecords | None = None
+        try:
+            wire = parse_content(content)
+            with batch.lock:
+                if batch.finalized or batch.acc is None:
+                    raise SelectorError("DEADLINE_EXCEEDED", "the round closed before this result arrived")
+                batch.acc.add(wire)
+                batch.covered.append(task.task_id)
+                batch.covered_nodes.append(node_id)
+                if not batch.first_metadata:
+                    batch.first_metadata = header.metadata
+                batch.resolved.add(task.task_id)
+        except (NotAggregatable, PayloadError) as exc:
+            log.info("reply forwarded individually", extra={"task": task.task_id, "reason": str(exc)})
+            return False
+        finally:
+            wire = None  # the views pin the buffer; drop them with it
+        with self._lock:
+            task.state = "done"
+        self._progress(batch, task.task_id, True, "")
+        self._maybe_finalize(batch)
+        return True
 
     # ---- internals ---------------------------------------------------------------------------
 
     def _forward(
-        self, batch: BatchState, task: Task, node_id: int, header: payload_pb2.PayloadHeader, content: Content
+        self,
+        batch: BatchState,
+        task: Task,
+        node_id: int,
+        header: payload_pb2.PayloadHeader,
+        content: Content | Iterator[bytes],
     ) -> None:
         assert self.upstream is not None
-        res = self.upstream.push_result(
+        source = iter_chunks(content) if isinstance(content, (bytes, bytearray)) else content
+        checked = _Checked(header.content_size, header.content_sha256, source)
+        try:
+            res = self._push_forward(batch, task, node_id, header, iter(checked))
+        except Exception as exc:
+            # A bad reply surfaces as a failed upload; report what was wrong with it.
+            if checked.error is not None:
+                raise checked.error from exc
+            raise
+        with self._lock:
+            task.state = "done"
+        with batch.lock:
+            batch.resolved.add(task.task_id)
+        if not res.accepted:
+            log.info("coordinator refused a result", extra={"task": task.task_id, "detail": res.detail})
+        self._maybe_finalize(batch)
+        self._gc()
+
+    def _push_forward(
+        self,
+        batch: BatchState,
+        task: Task,
+        node_id: int,
+        header: payload_pb2.PayloadHeader,
+        chunks: Iterator[bytes],
+    ) -> cpb.PushResultResponse:
+        assert self.upstream is not None
+        return self.upstream.push_result(
             cpb.ResultHeader(
                 selector_id=self.selector_id,
                 batch_id=batch.batch_id,
@@ -358,14 +476,8 @@ class SelectorCore:
                 message_ids=[task.task_id],
                 node_ids=[node_id],
             ),
-            content,
+            chunks,
         )
-        with batch.lock:
-            batch.resolved.add(task.task_id)
-        if not res.accepted:
-            log.info("coordinator refused a result", extra={"task": task.task_id, "detail": res.detail})
-        self._maybe_finalize(batch)
-        self._gc()
 
     def _progress(self, batch: BatchState, task_id: str, ok: bool, detail: str) -> None:
         if batch.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN and self.upstream is not None:
@@ -407,14 +519,15 @@ class SelectorCore:
     def _send_aggregate(self, batch: BatchState) -> None:
         assert self.upstream is not None
         acc = batch.acc
-        content = b""
+        content: WireContent = b""
         header = payload_pb2.PayloadHeader()
         if acc is not None and acc.count:
-            content = encode_content(acc.result())
+            # Streamed from the running sums themselves: no copy of the model.
+            content = acc.encode_result()
             header = payload_pb2.PayloadHeader(
                 metadata=batch.first_metadata,
                 content_size=len(content),
-                content_sha256=hashlib.sha256(content).hexdigest(),
+                content_sha256=content.sha256(),
             )
         try:
             self.upstream.push_result(
@@ -436,13 +549,16 @@ class SelectorCore:
         except Exception as exc:  # noqa: BLE001 - the coordinator times the round out instead
             log.warning("partial aggregate upload failed", extra={"batch": batch.batch_id, "error": str(exc)})
         batch.acc = None
+        del content, acc
 
     def _gc(self) -> None:
         """Drop finished batches and contents nobody needs any more."""
         with self._lock:
             for bid, batch in list(self.batches.items()):
                 open_tasks = [
-                    t for t in batch.task_ids if t in self.tasks and self.tasks[t].state in ("pending", "announced")
+                    t
+                    for t in batch.task_ids
+                    if t in self.tasks and self.tasks[t].state in ("pending", "announced", "receiving")
                 ]
                 if not open_tasks and (batch.acc is None or batch.finalized):
                     for t in batch.task_ids:
@@ -460,3 +576,37 @@ class SelectorCore:
             stale = [s for s in self.sessions.values() if now - s.last_seen > timeout]
         for session in stale:
             self.leave(session, "heartbeat timeout")
+
+
+class _Checked:
+    """Pass chunks through while checking them against the announced size and hash.
+
+    A mismatch raises inside the upstream call (which then fails) and is kept
+    in `error` so the client is told what was wrong with its upload.
+    """
+
+    def __init__(self, size: int, sha256: str, chunks: Iterator[bytes]) -> None:
+        self.size = size
+        self.sha256 = sha256
+        self.chunks = chunks
+        self.error: PayloadError | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        got = 0
+        try:
+            for data in self.chunks:
+                if len(data) > CHUNK_SIZE:
+                    raise PayloadError(f"chunk of {len(data)} bytes exceeds {CHUNK_SIZE} bytes")
+                got += len(data)
+                if got > self.size:
+                    raise PayloadError(f"received more than the announced {self.size} bytes of content")
+                digest.update(data)
+                yield data
+            if got != self.size:
+                raise PayloadError(f"content truncated: got {got} of {self.size} bytes")
+            if self.sha256 and digest.hexdigest() != self.sha256:
+                raise PayloadError("content checksum mismatch")
+        except PayloadError as exc:
+            self.error = exc
+            raise

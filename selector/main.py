@@ -29,6 +29,12 @@ KEYS = [
     Key("selector-token", str, "", "token presented to the coordinator"),
     Key("heartbeat-interval", positive_float, 5.0, "seconds between client heartbeats"),
     Key("max-clients", int, 256, "connected clients served at once"),
+    Key(
+        "max-buffered-results",
+        int,
+        1,
+        "client replies buffered for folding at once (each holds one model in memory; others wait)",
+    ),
     Key("state-file", Path, None, "write {address, pid} here once listening"),
     Key("log-level", str, "INFO", "log level"),
 ]
@@ -42,6 +48,7 @@ class Settings:
     selector_token: str
     heartbeat_interval: float
     max_clients: int
+    max_buffered_results: int
     state_file: Path | None
     log_level: str
 
@@ -54,7 +61,12 @@ class Settings:
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> int:
-    core = SelectorCore(settings.selector_id, OpenAuthenticator(), heartbeat_interval=settings.heartbeat_interval)
+    core = SelectorCore(
+        settings.selector_id,
+        OpenAuthenticator(),
+        heartbeat_interval=settings.heartbeat_interval,
+        max_buffered_results=settings.max_buffered_results,
+    )
     link = CoordinatorLink(core, settings.coordinator, settings.selector_token)
     core.upstream = link
     # Each connected client holds one thread for its stream, plus transfers.

@@ -12,7 +12,7 @@ from typing import NoReturn
 import grpc
 
 from fedota_common.grpcutil import abort
-from fedota_common.payload import Assembler, PayloadError, iter_chunks
+from fedota_common.payload import PayloadError, iter_chunks
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -106,15 +106,17 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         if first is None or first.WhichOneof("part") != "header":
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the result header")
         header = first.header
-        try:
-            session = self.core.session(header.session_id)
-            asm = Assembler(header.payload.content_size, header.payload.content_sha256)
+
+        def chunks() -> Iterator[bytes]:
             for part in request_iterator:
                 if part.WhichOneof("part") != "chunk":
-                    abort(context, grpc.StatusCode.INVALID_ARGUMENT, "only chunks may follow the header")
-                asm.add(part.chunk.data)
-            content = asm.finish()
-            self.core.submit(session, header.task_id, header.payload, content)
+                    raise PayloadError("only chunks may follow the header")
+                yield part.chunk.data
+
+        try:
+            session = self.core.session(header.session_id)
+            # Chunks are read as the core consumes them: folded or passed on, never queued here.
+            self.core.receive_result(session, header.task_id, header.payload, chunks())
         except SelectorError as err:
             _abort(context, err)
         except PayloadError as exc:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 
 from fedota_common.grpcutil import TRANSFER_DEADLINE, channel
-from fedota_common.payload import Content, assemble, iter_chunks
+from fedota_common.payload import Content, Segments, WireContent, assemble, iter_chunks
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.coordinator.v1 import coordinator_pb2_grpc
 from protos.payload.v1 import payload_pb2
@@ -53,13 +53,14 @@ class CoordinatorLink:
         )
         return bytes(assemble(run.fab_size if run else 0, run.fab_sha256 if run else "", (c.data for c in chunks)))
 
-    def push_result(self, header: cpb.ResultHeader, content: Content) -> cpb.PushResultResponse:
+    def push_result(self, header: cpb.ResultHeader, content: WireContent | Iterator[bytes]) -> cpb.PushResultResponse:
         header.selector_id = self.core.selector_id
         header.token = self.token
+        chunks = iter_chunks(content) if isinstance(content, (bytes, bytearray, Segments)) else content
 
         def parts() -> Iterator[cpb.ResultPart]:
             yield cpb.ResultPart(header=header)
-            for chunk in iter_chunks(content):
+            for chunk in chunks:
                 yield cpb.ResultPart(chunk=payload_pb2.Chunk(data=chunk))
 
         response: cpb.PushResultResponse = self.stub.PushResult(parts(), timeout=TRANSFER_DEADLINE)

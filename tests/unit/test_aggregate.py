@@ -14,6 +14,7 @@ from flwr.server.strategy.aggregate import aggregate as legacy_fedavg
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from fedota_common.aggregate import NotAggregatable, WeightedMean
+from fedota_common.payload import WireRecords, encode_content, parse_content
 
 RNG = np.random.default_rng(7)
 
@@ -136,5 +137,64 @@ def test_mismatched_reply_leaves_the_running_sum_intact() -> None:
     differing["config"] = ConfigRecord({"status": "x"})
     with pytest.raises(NotAggregatable):
         acc.add(differing)
+    np.testing.assert_array_equal(acc.result()["arrays"]["fc.bias"].numpy(), before)
+    assert acc.count == 1
+
+
+def _wire(content: RecordDict) -> WireRecords:
+    return parse_content(bytearray(encode_content(content)))
+
+
+def test_folding_received_bytes_equals_folding_flower_objects() -> None:
+    replies = [_reply(n, seed) for seed, n in enumerate([10, 250, 33])]
+    for reply in replies:  # an integer step counter promotes to float64 and comes back as int
+        reply["arrays"]["steps"] = Array(np.array([3, 5], dtype=np.int64))
+    from_objects, from_bytes = WeightedMean("num-examples"), WeightedMean("num-examples")
+    for reply in replies:
+        from_objects.add(reply)
+        from_bytes.add(_wire(reply))
+    expected = encode_content(from_objects.result())
+    assert from_bytes.encode_result().tobytes() == expected
+    # Legacy fitres replies (Parameters without declared shapes) fold from bytes too.
+    legacy = [
+        fitres_to_recorddict(
+            FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters([RNG.normal(size=(4, 2))]), n, {}), True
+        )
+        for n in (2, 9)
+    ]
+    a, b = WeightedMean("num-examples"), WeightedMean("num-examples")
+    for reply in legacy:
+        a.add(reply)
+        b.add(_wire(reply))
+    assert b.encode_result().tobytes() == encode_content(a.result())
+
+
+def test_encoding_the_result_consumes_the_running_sum_without_copying_it() -> None:
+    acc = WeightedMean("num-examples")
+    acc.add(_wire(_reply(4, 0)))
+    acc.add(_wire(_reply(12, 1)))
+    sums = acc._arrays["arrays"]["fc.weight"]
+    seg = acc.encode_result()
+    # The streamed bytes are the running sum's own memory, divided in place.
+    assert any(isinstance(p, memoryview) and np.shares_memory(np.asarray(p), sums) for p in seg.parts)
+    with pytest.raises(NotAggregatable):
+        acc.add(_wire(_reply(1, 2)))
+    with pytest.raises(NotAggregatable):
+        acc.encode_result()
+
+
+def test_a_received_reply_that_does_not_fit_leaves_the_sum_intact() -> None:
+    acc = WeightedMean("num-examples")
+    acc.add(_wire(_reply(5, 0)))
+    before = acc.result()["arrays"]["fc.bias"].numpy().copy()
+    # Same declared structure, different data: refused before anything is added.
+    liar = _reply(5, 1)
+    liar["arrays"]["fc.bias"] = Array("float32", (8,), "numpy.ndarray", Array(np.zeros(3, dtype=np.float32)).data)
+    with pytest.raises(NotAggregatable):
+        acc.add(_wire(liar))
+    opaque = _reply(5, 2)
+    opaque["arrays"]["fc.bias"] = Array("float32", (8,), "torch.raw", b"\x00" * 32)
+    with pytest.raises(NotAggregatable):
+        acc.add(_wire(opaque))
     np.testing.assert_array_equal(acc.result()["arrays"]["fc.bias"].numpy(), before)
     assert acc.count == 1

@@ -114,3 +114,123 @@ def test_content_encoding_is_byte_identical_to_flowers_serde() -> None:
     assert (
         decode_content(encode_content(content))["model"]["a"].numpy().tolist() == content["model"]["a"].numpy().tolist()
     )
+
+
+def _odd_arrays() -> RecordDict:
+    rng = np.random.default_rng(5)
+    return RecordDict(
+        {
+            "model": ArrayRecord(
+                {
+                    "w": Array(rng.random((7, 5), dtype=np.float32)),
+                    "fortran": Array(np.asfortranarray(rng.random((3, 4)))),
+                    "zero-size": Array(np.zeros((2, 0, 3), dtype=np.float16)),
+                    "scalar": Array(np.array(2.5)),
+                    "ints": Array(np.arange(9, dtype=np.int32)),
+                    "": Array(np.ones(3)),
+                    "opaque": Array("bfloat16", (2,), "torch.raw", b"\x01\x02\x03\x04"),
+                }
+            ),
+            "empty": ArrayRecord(),
+            "": MetricRecord({"num-examples": 3}),
+            "config": ConfigRecord({"server-round": 4, "mode": "fit"}),
+        }
+    )
+
+
+def test_segments_reference_the_arrays_and_match_flowers_bytes() -> None:
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedota_common.payload import Segments, content_sha256, encode_segments
+
+    content = _odd_arrays()
+    expected = recorddict_to_proto(content).SerializeToString()
+    seg = encode_segments(content)
+    assert isinstance(seg, Segments) and len(seg) == len(expected)
+    assert seg.tobytes() == expected
+    assert content_sha256(seg) == content_sha256(expected)
+    # Chunks never exceed the limit and reassemble to the same bytes, wherever segment borders fall.
+    for size in (1, 7, 64, CHUNK_SIZE):
+        chunks = list(iter_chunks(seg, size))
+        assert all(0 < len(c) <= size for c in chunks) and b"".join(chunks) == expected
+    # No copy of an array's bytes: the segment is the Array's own `data` object.
+    big = content["model"]["w"].data
+    assert any(part is big for part in seg.parts)
+
+
+def test_numpy_arrays_encode_as_flowers_array_would() -> None:
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedota_common.payload import encode_segments
+
+    arrays = {
+        "c": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "f": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "strided": np.arange(20.0)[::3],
+        "scalar": np.array(7, dtype=np.int64),
+    }
+    got = encode_segments([("arrays", arrays), ("metrics", MetricRecord({"n": 1}))]).tobytes()
+    want = RecordDict(
+        {"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}), "metrics": MetricRecord({"n": 1})}
+    )
+    assert got == recorddict_to_proto(want).SerializeToString()
+
+
+def test_parsing_in_place_gives_views_of_the_received_buffer() -> None:
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedota_common.payload import encode_content, npy_view, parse_content
+
+    content = _odd_arrays()
+    raw = bytearray(encode_content(content))
+    wire = parse_content(raw)
+    assert wire.order == ["model", "empty", "", "config"]
+    assert wire.small[""]["num-examples"] == 3 and wire.small["config"]["mode"] == "fit"
+    names = [name for name, _ in wire.arrays["model"]]
+    assert names == list(content["model"].keys()) and wire.arrays["empty"] == []
+    for name, array in wire.arrays["model"]:
+        original = content["model"][name]
+        assert (array.dtype, array.shape, array.stype) == (original.dtype, original.shape, original.stype)
+        if array.stype == "numpy.ndarray":
+            view = npy_view(array)
+            np.testing.assert_array_equal(view, original.numpy())
+            assert view.base is not None and not view.flags.writeable
+    raw_w = dict(wire.arrays["model"])["w"]
+    assert raw_w.data.obj is raw  # a view into the buffer, not a copy
+    with pytest.raises(PayloadError):
+        npy_view(dict(wire.arrays["model"])["opaque"])
+    # Decoding to Flower objects round-trips to the same bytes.
+    assert recorddict_to_proto(decode_content(raw)).SerializeToString() == bytes(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x0a\x05\x0a\x01k",  # item runs past its end
+        b"\x0a\x03\x0a\x01k",  # record without a value
+        b"\x0a\x80",  # truncated length
+        b"\x0f",  # unknown wire type
+    ],
+)
+def test_malformed_content_is_a_payload_error(raw: bytes) -> None:
+    with pytest.raises(PayloadError):
+        decode_content(raw)
+
+
+def test_release_cycles_frees_a_dropped_recorddict() -> None:
+    import gc
+    import weakref
+
+    from fedota_common.payload import COLLECT_ABOVE, release_cycles
+
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(4))})})
+    assert "arrays" in content.array_records  # as every app does; the typed view points back at the RecordDict
+    ref = weakref.ref(content)
+    gc.disable()  # so the cycle is only freed by release_cycles
+    try:
+        del content
+        assert ref() is not None
+        release_cycles(COLLECT_ABOVE)
+        assert ref() is None
+    finally:
+        gc.enable()
