@@ -28,7 +28,7 @@ ruff check .
 ruff format --check .
 
 echo "== mypy"
-mypy coordinator selector client_image fedota_common
+mypy coordinator selector client_image fedota_common webserver
 
 if [ $# -gt 0 ]; then
   echo "== pytest $*"

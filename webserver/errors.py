@@ -16,7 +16,7 @@ class ApplicationError(Exception):
     message to that field; the API returns it under that key).
     """
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
 
     def __init__(self, message: str, *, field: str | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)

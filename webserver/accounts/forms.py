@@ -65,7 +65,8 @@ class SignupForm(forms.Form):
     )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()  # Form.clean returns self.cleaned_data; the stubs allow None for overrides
+        data = self.cleaned_data
         password, again = data.get("password"), data.get("password_confirm")
         if password and again and password != again:
             self.add_error("password_confirm", "The two passwords differ; type the same password twice.")

@@ -168,7 +168,7 @@ def dashboard(*, problem: Problem, run: Run | None) -> dict[str, Any]:
     }
     if run is None:
         return doc
-    services = [
+    services: list[dict[str, Any]] = [
         {
             "role": s.role,
             "index": s.index,

@@ -46,7 +46,7 @@ def _run(request: HttpRequest, run_id: int) -> Any:
         raise PermissionDenied(exc.message) from None
 
 
-def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse:
+def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse | FileResponse:
     """A round's model (round 0 = the final model), streamed from storage."""
     if (redirect := _login_first(request)) is not None:
         return redirect

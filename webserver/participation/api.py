@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -23,6 +23,9 @@ from webserver.participation.serializers import (
     ParticipantSerializer,
 )
 from webserver.problems.models import Problem
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 _ERRORS = {
     400: OpenApiResponse(description="Invalid input; the body names the field."),
@@ -81,7 +84,8 @@ class ProblemParticipantsApi(generics.GenericAPIView[Participant]):
             problem=problem,
             user=request.user,
             site_name=body.validated_data.get("site_name") or getattr(profile, "organisation", ""),
-            contact_email=body.validated_data.get("contact_email") or request.user.email,
+            # IsAuthenticated: never AnonymousUser here
+            contact_email=body.validated_data.get("contact_email") or cast("User", request.user).email,
             message=body.validated_data.get("message", ""),
         )
         return Response(ParticipantSerializer(participant).data, status=status.HTTP_201_CREATED)

@@ -133,7 +133,7 @@ def _decide(
 
 
 _PAST = {"approve": "approved", "reject": "rejected", "revoke": "revoked"}
-_HINT = {
+_HINT: dict[tuple[str, str], str] = {
     ("revoke", ParticipantStatus.PENDING): " Reject a pending request instead.",
     ("reject", ParticipantStatus.APPROVED): " Revoke an approved participant instead.",
     ("approve", ParticipantStatus.REVOKED): " A revoked participant cannot be approved again.",

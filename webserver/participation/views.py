@@ -7,6 +7,7 @@ Views translate HTTP to service calls and back; every rule lives in
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, cast
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -21,6 +22,9 @@ from webserver.participation import bundles, queries, services
 from webserver.participation.forms import DecisionForm, JoinRequestForm
 from webserver.participation.models import Participant, ParticipantStatus
 from webserver.problems.models import Problem
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 def _problem_url(problem: Problem) -> str:
@@ -53,7 +57,8 @@ def participant_request(request: HttpRequest, problem_pk: int) -> HttpResponse:
     """GET: the join form (or why you cannot join); POST: send the request."""
     problem = _visible_problem(request, problem_pk)
     profile = getattr(request.user, "profile", None)
-    initial = {"site_name": getattr(profile, "organisation", ""), "contact_email": request.user.email}
+    user = cast("User", request.user)  # @login_required: never AnonymousUser here
+    initial = {"site_name": getattr(profile, "organisation", ""), "contact_email": user.email}
     form = JoinRequestForm(request.POST or None, initial=initial)
     context = {"problem": problem, "form": form}
     try:

@@ -175,7 +175,7 @@ def _tabular(
     doc: dict[str, Any] = {"kind": "tabular"}
     files = str(settings.get("files") or "").strip()
     doc["files"] = files or "*.csv"
-    min_rows = settings.get("min_rows")
+    min_rows: Any = settings.get("min_rows")
     if min_rows not in (None, ""):
         doc["min_rows"] = int(min_rows)
     label = str(settings.get("label") or "").strip()
@@ -194,7 +194,9 @@ def _image_folder(settings: Mapping[str, Any], errors: dict[str, list[str]]) -> 
         errors.setdefault("classes", []).append("list the class names, separated by commas")
     extensions = _split(settings.get("extensions") or "")
     doc["extensions"] = [e if e.startswith(".") else f".{e}" for e in extensions] or list(IMAGE_DEFAULT_EXTENSIONS)
-    width, height = settings.get("image_width"), settings.get("image_height")
+    # Raw form input: a number, a numeric string, "" or None; int() below is guarded by the checks.
+    width: Any = settings.get("image_width")
+    height: Any = settings.get("image_height")
     if width not in (None, "") or height not in (None, ""):
         if width in (None, "") or height in (None, ""):
             errors.setdefault("image_width", []).append("give both the width and the height, or neither")

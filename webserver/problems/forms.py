@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.forms import formset_factory
@@ -48,12 +48,14 @@ class ProblemForm(forms.Form):
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["app_template"].choices = [("", "—")] + [
+        cast(forms.ChoiceField, self.fields["app_template"]).choices = [("", "—")] + [
             (app.name, f"{app.name}: {app.description}" if app.description else app.name) for app in fabs.builtin_apps()
         ]
         if editing:
-            field = self.fields["app_source"]
-            field.choices = [("keep", "Keep the current app"), *field.choices]
+            field = cast(forms.ChoiceField, self.fields["app_source"])
+            # Declared above as a list of pairs; Django keeps it a list (only callables become iterators).
+            current = cast("list[tuple[str, str]]", field.choices)
+            field.choices = [("keep", "Keep the current app"), *current]
             field.initial = "keep"
 
 
@@ -120,7 +122,9 @@ class ContractForm(forms.Form):
     )
     description = forms.CharField(required=False, label="What the data is", max_length=2000)
     # tabular
-    files = forms.CharField(required=False, initial="*.csv", label="CSV files (glob)")
+    # The form metaclass moves declared fields off the class, so `self.files` (the uploads) is untouched;
+    # the input must keep the name `files` (it is the contract key), hence the ignore.
+    files = forms.CharField(required=False, initial="*.csv", label="CSV files (glob)")  # type: ignore[assignment]
     min_rows = forms.IntegerField(required=False, min_value=0, label="Minimum rows")
     label = forms.CharField(required=False, label="Label column", help_text="Must be one of the fields.")
     extra_columns = forms.ChoiceField(
