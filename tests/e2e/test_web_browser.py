@@ -213,6 +213,7 @@ def test_setter_and_hospitals_train_a_problem_from_the_browser(
         )
         setter.wait_for_timeout(2500)  # one more poll, so the charts show the last round
         setter.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert setter.locator(f"[data-run-badge='{run.number}']").inner_text() == "Finished"
         rows = setter.locator("#rounds-body tr").count()
         assert rows == 3, setter.locator("#rounds-body").inner_text()
         assert setter.locator("#chart-acc svg path").count() > 0

@@ -62,6 +62,12 @@
     const line = node("p");
     const status = badge(run.status);
     status.textContent = run.status_label;
+    // The run picker above was rendered with the page; keep its badge for this run current.
+    const picked = document.querySelector(`[data-run-badge="${run.number}"]`);
+    if (picked) {
+      picked.className = `badge ${run.status}`;
+      picked.textContent = run.status_label;
+    }
     line.append(`Run ${run.number} `, status, ` · round ${run.current_round}`);
     if (run.total_rounds) line.append(` of ${run.total_rounds}`);
     if (run.phase) line.append(" · ", node("span", run.phase, "muted"));
