@@ -217,6 +217,9 @@ FEDOTA_STATE_DIR = Path(env("FEDOTA_STATE_DIR") or VAR_DIR / "problems")
 FEDOTA_SELECTOR_HOST = env("FEDOTA_SELECTOR_HOST") or "127.0.0.1"
 # Selector ports: problem p's selectors listen on base + (p % 1000) * 8 + index, the same for every run.
 FEDOTA_SELECTOR_PORT_BASE = env_int("FEDOTA_SELECTOR_PORT_BASE", 17000)
+# Niceness of coordinators and selectors started by the process backend (0-19): the
+# website stays responsive while a federation keeps the CPU busy.
+FEDOTA_SERVICE_NICE = env_int("FEDOTA_SERVICE_NICE", 10)
 FEDOTA_CLIENT_IMAGE = env("FEDOTA_CLIENT_IMAGE") or "fedota/client:latest"
 
 REST_FRAMEWORK = {

@@ -155,3 +155,15 @@ def test_selector_ports_are_fixed_per_problem() -> None:
     assert selector_ports(1003, 1, base=17000) == (17024,)
     with pytest.raises(SpawnError, match="1 to 8 selectors"):
         selector_ports(3, 9, base=17000)
+
+
+def test_services_run_at_the_configured_niceness(tmp_path: Path, spec: RunSpec) -> None:
+    niced = ProcessSpawner(tmp_path / "niced", niceness=7)
+    try:
+        states = niced.start(replace(spec, num_selectors=1, selector_ports=spec.selector_ports[:1]))
+        for state in states:
+            # Field 19 of /proc/<pid>/stat is the nice value.
+            fields = Path(f"/proc/{state.handle}/stat").read_text().rsplit(")", 1)[-1].split()
+            assert int(fields[16]) == 7, (state.role, fields[16])
+    finally:
+        niced.stop(PROBLEM)

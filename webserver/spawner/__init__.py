@@ -27,7 +27,11 @@ def get_spawner(name: str | None = None) -> Spawner:
     if choice == "process":
         from webserver.spawner.process import ProcessSpawner
 
-        return ProcessSpawner(settings.FEDOTA_STATE_DIR, selector_host=settings.FEDOTA_SELECTOR_HOST)
+        return ProcessSpawner(
+            settings.FEDOTA_STATE_DIR,
+            selector_host=settings.FEDOTA_SELECTOR_HOST,
+            niceness=settings.FEDOTA_SERVICE_NICE,
+        )
     if choice == "docker":
         try:
             from webserver.spawner.docker import DockerSpawner  # type: ignore[import-not-found]

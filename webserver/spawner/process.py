@@ -109,10 +109,15 @@ def _bind_host(selector_host: str) -> str:
 class ProcessSpawner:
     name = "process"
 
-    def __init__(self, state_dir: Path, *, selector_host: str = "127.0.0.1", python: str | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *, selector_host: str = "127.0.0.1", python: str | None = None, niceness: int = 0
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.selector_host = selector_host
         self.python = python or sys.executable
+        # On a shared host the website serves people and training is batch work: a positive
+        # niceness keeps pages responsive while a federation saturates the CPU.
+        self.niceness = niceness
         # Two installations on one machine (or two test sessions) may both have
         # a problem 1; the tag keeps their processes apart.
         self._install = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
@@ -299,8 +304,10 @@ class ProcessSpawner:
         exit_path.unlink(missing_ok=True)
         with open(log_path, "ab") as log:
             try:
+                # `nice` execs the wrapper, so the pid stays the service's own.
+                prefix = ["nice", "-n", str(self.niceness)] if self.niceness else []
                 return subprocess.Popen(
-                    ["/bin/sh", "-c", WRAPPER, str(exit_path), *cmd],
+                    [*prefix, "/bin/sh", "-c", WRAPPER, str(exit_path), *cmd],
                     env=env,
                     cwd=REPO_ROOT,
                     stdin=subprocess.DEVNULL,
