@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One command from a fresh checkout to the whole platform with a live demo:
+# installs what is needed, migrates, creates a demo problem setter and three demo
+# hospitals (their logins are printed), publishes a breast-cancer problem on the
+# built-in tabular app, starts the web server, a Celery worker and Celery beat,
+# and runs the three hospitals' clients on generated data. Open the printed URL
+# and log in as the setter to watch the federation train live.
+# Ctrl-C stops everything this script started (including the problem's
+# coordinator and selectors).
+#
+# SQLite and an embedded Celery broker (kombu's SQLAlchemy transport on SQLite)
+# by default: no server to install. Set DATABASE_URL / CELERY_BROKER_URL to use
+# PostgreSQL / Redis instead. FEDOTA_PORT changes the web port (default 8000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
+port=${FEDOTA_PORT:-8000}
+export FEDOTA_PUBLIC_URL=${FEDOTA_PUBLIC_URL:-http://127.0.0.1:$port}
+export FEDOTA_INTERNAL_URL=${FEDOTA_INTERNAL_URL:-http://127.0.0.1:$port}
+export FEDOTA_SPAWNER=${FEDOTA_SPAWNER:-process}
+var=${FEDOTA_VAR_DIR:-var}
+logs="$var/demo/logs"
+mkdir -p "$logs"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping: the demo problem's coordinator and selectors, clients, Celery, web server"
+  python manage.py fedota_demo --teardown >/dev/null 2>&1 || true
+  for pid in "${pids[@]}"; do
+    pkill -TERM -P "$pid" 2>/dev/null || true # a client loop's current client
+    kill "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+python manage.py migrate --noinput >"$logs/migrate.log"
+python -m scripts.make_demo_data --out demo-data --holders 3 >"$logs/demo-data.log"
+
+gunicorn webserver.wsgi --bind "127.0.0.1:$port" --worker-class gthread --workers 3 --threads 8 \
+  --access-logfile "$logs/web-access.log" >"$logs/web.log" 2>&1 &
+pids+=($!)
+celery -A webserver worker --loglevel INFO --concurrency 2 >"$logs/celery-worker.log" 2>&1 &
+pids+=($!)
+celery -A webserver beat --loglevel INFO --schedule "$var/demo/celerybeat-schedule" >"$logs/celery-beat.log" 2>&1 &
+pids+=($!)
+
+# Users, the problem, approved join requests, bundles; then publish and wait
+# until the problem's selectors answer. Prints the logins.
+python manage.py fedota_demo --data demo-data/breast_cancer --bundles "$var/demo/bundles" --wait 180
+
+# A hospital's client takes part in every run: when one ends it joins the next
+# (a new run started from the problem page reuses the same selector endpoints).
+# The hospitals stand in for remote machines: niced, so the website stays responsive.
+for i in 1 2 3; do
+  (
+    while true; do
+      nice -n 10 fedota-client --join-bundle "$var/demo/bundles/hospital-$i.json" \
+        --data-path "demo-data/breast_cancer/clients/hospital_$((i - 1))" || true
+      sleep 5
+    done
+  ) >>"$logs/client-hospital-$i.log" 2>&1 &
+  pids+=($!)
+done
+
+echo
+echo "Fedota is running at $FEDOTA_PUBLIC_URL  (logs in $logs; Ctrl-C stops everything)"
+wait "${pids[0]}"
