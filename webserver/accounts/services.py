@@ -84,6 +84,22 @@ def _email_taken(email: str, *, exclude_pk: int | None = None) -> bool:
     return users.exists()
 
 
+def _check_email(
+    email: str, errors: dict[str, list[str]], *, missing: str, taken: str, exclude_pk: int | None = None
+) -> None:
+    """Add the first problem with `email` (none given, malformed, or another account's) to `errors`."""
+    if not email:
+        errors["email"] = [missing]
+        return
+    try:
+        validate_email(email)
+    except ValidationError:
+        errors["email"] = ["Enter a valid e-mail address."]
+        return
+    if _email_taken(email, exclude_pk=exclude_pk):
+        errors["email"] = [taken]
+
+
 def _check_organisation(role: str, organisation: str, errors: dict[str, list[str]]) -> None:
     if role == Role.HOLDER and not organisation:
         errors.setdefault("organisation", []).append(
@@ -125,16 +141,12 @@ def user_signup(
             if user_model.objects.filter(username__iexact=username).exists():
                 errors["username"] = ["That username is taken; choose another."]
 
-    if not email:
-        errors["email"] = ["Enter your e-mail address; the activation link is sent there."]
-    else:
-        try:
-            validate_email(email)
-        except ValidationError:
-            errors["email"] = ["Enter a valid e-mail address."]
-        else:
-            if _email_taken(email):
-                errors["email"] = ["An account with this e-mail address already exists. Log in, or reset its password."]
+    _check_email(
+        email,
+        errors,
+        missing="Enter your e-mail address; the activation link is sent there.",
+        taken="An account with this e-mail address already exists. Log in, or reset its password.",
+    )
 
     if role not in Role.values:
         errors["role"] = ["Choose a role: problem setter or data holder."]
@@ -301,16 +313,13 @@ def profile_update(*, user: Any, email: str, organisation: str) -> bool:
     organisation = (organisation or "").strip()
     profile = getattr(user, "profile", None)
     errors: dict[str, list[str]] = {}
-    if not email:
-        errors["email"] = ["Enter your e-mail address."]
-    else:
-        try:
-            validate_email(email)
-        except ValidationError:
-            errors["email"] = ["Enter a valid e-mail address."]
-        else:
-            if _email_taken(email, exclude_pk=user.pk):
-                errors["email"] = ["Another account uses this e-mail address."]
+    _check_email(
+        email,
+        errors,
+        missing="Enter your e-mail address.",
+        taken="Another account uses this e-mail address.",
+        exclude_pk=user.pk,
+    )
     if profile is not None:
         _check_organisation(profile.role, organisation, errors)
     if errors:
