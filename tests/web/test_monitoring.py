@@ -143,8 +143,61 @@ def test_the_dashboard_page_is_live_with_its_own_chart_code(
     assert page.status_code == 200
     assert "monitoring/chart.js" in html and "monitoring/dashboard.js" in html
     assert f'data-api="/api/v1/problems/{problem.pk}/dashboard/"' in html
-    assert "General Hospital" in html and "0.8500" in html  # rendered before the first poll too
+    # The small parts are rendered before the first poll; the rounds come from the API.
+    assert "General Hospital" in html and "line 59" in html
+    assert "0.8500" not in html and "Loading the rounds" in html
+    assert "<noscript>" in html and f"/monitoring/runs/{setup['run2'].pk}/metrics.csv" in html
     assert not re.search(r'<(script|link)[^>]+(src|href)="(https?:)?//', html)  # no CDN
+
+
+def test_a_poll_with_since_gets_only_the_later_rounds(
+    client: Client, users: dict[str, Any], setup: dict[str, Any]
+) -> None:
+    problem, run2 = setup["problem"], setup["run2"]
+    _record(run2, 3, 0.90, 0.3)
+    url = f"/api/v1/problems/{problem.pk}/dashboard/"
+    data = _login(client, users["owner"]).get(f"{url}?since=1").json()
+
+    assert data["since"] == 1
+    assert [r["round"] for r in data["rounds"]] == [2, 3]
+    assert data["rounds"][0]["downloads"]["npz"] == f"/monitoring/runs/{run2.pk}/checkpoints/2.npz"
+    # The small parts are always whole.
+    assert data["run"]["number"] == 2 and len(data["logs"]) == 50 and len(data["participants"]) == 2
+    assert client.get(f"{url}?since=3").json()["rounds"] == []
+    assert [r["round"] for r in client.get(f"{url}?since=0").json()["rounds"]] == [1, 2, 3]
+    assert client.get(url).json()["since"] is None
+
+
+@pytest.mark.parametrize("since", ["two", "-1", "1.5"])
+def test_a_bad_since_is_refused(client: Client, users: dict[str, Any], setup: dict[str, Any], since: str) -> None:
+    resp = _login(client, users["owner"]).get(f"/api/v1/problems/{setup['problem'].pk}/dashboard/?since={since}")
+    assert resp.status_code == 400 and "since" in resp.json()["detail"]
+
+
+def test_since_is_in_the_api_schema(client: Client, users: dict[str, Any]) -> None:
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    (operation,) = [
+        op for path in schema["paths"].values() for op in path.values() if op.get("operationId") == "problem_dashboard"
+    ]
+    assert {p["name"] for p in operation["parameters"]} >= {"run", "since"}
+
+
+def test_last_contribution_of_a_site_whose_participant_left(
+    client: Client, users: dict[str, Any], setup: dict[str, Any]
+) -> None:
+    problem, run2, hospital = setup["problem"], setup["run2"], setup["hospital"]
+    hospital.status = "revoked"
+    hospital.save()
+    data = _login(client, users["owner"]).get(f"/api/v1/problems/{problem.pk}/dashboard/").json()
+    sites = {p["site"]: p for p in data["participants"]}
+    assert sites["General Hospital"]["participant_id"] == hospital.pk
+    assert sites["General Hospital"]["status"] == "revoked"
+    assert (sites["General Hospital"]["last_round"], sites["General Hospital"]["last_kind"]) == (2, "train + evaluate")
+    assert (sites["site 77"]["status"], sites["site 77"]["participant_id"], sites["site 77"]["rounds"]) == ("", None, 1)
+    assert [p["site"] for p in data["participants"]] == ["General Hospital", "site 77"]
+    assert run2.contributions.count() == 4
 
 
 def test_rounds_and_logs_api(client: Client, users: dict[str, Any], setup: dict[str, Any]) -> None:

@@ -54,15 +54,40 @@ class ProblemDashboardApi(APIView):
 
     @extend_schema(
         operation_id="problem_dashboard",
-        parameters=[OpenApiParameter("run", int, description="run number (default: the latest run)")],
+        parameters=[
+            OpenApiParameter("run", int, description="run number (default: the latest run)"),
+            OpenApiParameter(
+                "since",
+                int,
+                description="a round number: return only the rounds after it (and their downloads), for a "
+                "client that already has the earlier ones. Everything else (run, services, participants, logs, "
+                "final model) is always whole. Without it, every round of the run is returned. A round already "
+                "returned can change later (its model is uploaded after the round ends, a resumed coordinator "
+                "reports it again), so pollers ask again for the last few rounds they hold.",
+            ),
+        ],
         responses={200: OpenApiTypes.OBJECT, **_ERRORS},
         description="Everything the dashboard shows: the run, its services and clients, rounds with model "
-        "downloads, participants with their last contribution, and the last 50 log lines.",
+        "downloads, participants with their last contribution, and the last 50 log lines. `since` in the "
+        "response echoes the parameter (null when every round is included).",
     )
     def get(self, request: Request, problem_id: int) -> Response:
         problem = queries.problem_for_monitoring(user=request.user, pk=problem_id)
         run = queries.run_selected(problem=problem, number=request.query_params.get("run"))
-        return Response(queries.dashboard(problem=problem, run=run))
+        since = _since(request.query_params.get("since"))
+        return Response(queries.dashboard(problem=problem, run=run, since=since))
+
+
+def _since(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        since = int(raw)
+    except ValueError:
+        since = -1
+    if since < 0:
+        raise ApplicationError("since: must be a round number (a whole number ≥ 0)", field="since")
+    return since
 
 
 class RunRoundsApi(APIView):

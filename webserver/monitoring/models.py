@@ -48,3 +48,5 @@ class LogLine(models.Model):
     class Meta:
         ordering = ["run", "ts", "id"]
         constraints = [models.UniqueConstraint(fields=["run", "event_id"], name="logline_unique")]
+        # The dashboard reads a run's last 50 lines on every poll; without it, every line is sorted.
+        indexes = [models.Index(fields=["run", "ts", "id"], name="logline_run_ts")]

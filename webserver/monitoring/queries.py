@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, Max, QuerySet
 from django.http import Http404
 from django.urls import reverse
 
@@ -57,16 +57,33 @@ def _download(run: Run, round: int, kind: str, present: bool) -> str | None:
     return reverse("checkpoint-download", kwargs={"run_id": run.pk, "round": round, "kind": kind})
 
 
-def run_checkpoints(*, run: Run) -> dict[int, dict[str, str | None]]:
-    """Download links per round (0 = final model), only for files actually stored."""
+def run_checkpoints(
+    *, run: Run, since: int | None = None, final_only: bool = False
+) -> dict[int, dict[str, str | None]]:
+    """Download links per round (0 = final model), only for files actually stored.
+
+    With `since`, only the final model and the rounds after `since` (the dashboard's poll);
+    with `final_only`, only the final model.
+    """
+    # No ordering: the model's default (by run) joins the run and the problem for nothing.
+    checkpoints = Checkpoint.objects.filter(run=run).order_by()
+    if final_only:
+        checkpoints = checkpoints.filter(round=0)
+    elif since is not None:
+        # Two index range reads in one statement; `round = 0 OR round > n` reads every row of the run.
+        checkpoints = checkpoints.filter(round=0).union(checkpoints.filter(round__gt=since), all=True)
     return {
         c.round: {"npz": _download(run, c.round, "npz", bool(c.npz)), "pt": _download(run, c.round, "pt", bool(c.pt))}
-        for c in Checkpoint.objects.filter(run=run)
+        for c in checkpoints
     }
 
 
-def run_rounds(*, run: Run) -> QuerySet[RoundRecord]:
-    return RoundRecord.objects.filter(run=run).order_by("number")
+def run_rounds(*, run: Run, since: int | None = None) -> QuerySet[RoundRecord]:
+    """The run's rounds in order; with `since`, only those numbered after it."""
+    rounds = RoundRecord.objects.filter(run=run)
+    if since is not None:
+        rounds = rounds.filter(number__gt=since)
+    return rounds.order_by("number")
 
 
 def run_logs(*, run: Run, limit: int = RECENT_LOGS) -> list[LogLine]:
@@ -97,7 +114,12 @@ def log_json(line: LogLine) -> dict[str, Any]:
 
 
 def run_participants(*, run: Run) -> list[dict[str, Any]]:
-    """Each approved participant and each site that contributed, with its last contribution."""
+    """Each approved participant and each site that contributed, with its last contribution.
+
+    Two grouped queries over the run's contributions (one row per site, and per site and
+    kind), both served by the (run, site_name, round, kind) unique index, so the work in
+    Python grows with the number of sites, not with the number of rounds.
+    """
     sites: dict[str, dict[str, Any]] = {}
     for p in Participant.objects.filter(problem_id=run.problem_id, status=ParticipantStatus.APPROVED):
         sites[p.site_name] = {
@@ -108,27 +130,40 @@ def run_participants(*, run: Run) -> list[dict[str, Any]]:
             "last_kind": "",
             "rounds": 0,
         }
-    rounds_seen: dict[str, set[int]] = {}
-    # "-kind": within a round, train before evaluate, so a site that did both reads "train + evaluate".
-    for c in Contribution.objects.filter(run=run).select_related("participant").order_by("round", "-kind"):
+    contributions = Contribution.objects.filter(run=run).order_by()
+    per_site = contributions.values("site_name").annotate(
+        last_round=Max("round"),
+        rounds=Count("round", distinct=True),
+        # A site's rows all name the same participant, or none once it was deleted.
+        participant_pk=Max("participant_id"),
+    )
+    unlisted: dict[int, dict[str, Any]] = {}
+    for c in per_site:
         row = sites.setdefault(
-            c.site_name,
+            c["site_name"],
             {
-                "site": c.site_name,
-                "participant_id": c.participant_id,
-                "status": c.participant.status if c.participant else "",
+                "site": c["site_name"],
+                "participant_id": c["participant_pk"],
+                "status": "",
                 "last_round": None,
                 "last_kind": "",
                 "rounds": 0,
             },
         )
-        if row["last_round"] == c.round and c.kind not in row["last_kind"]:
-            row["last_kind"] = f"{row['last_kind']} + {c.kind}"
-        elif row["last_round"] is None or c.round > row["last_round"]:
-            row["last_round"], row["last_kind"] = c.round, c.kind
-        rounds_seen.setdefault(c.site_name, set()).add(c.round)
-    for site, seen in rounds_seen.items():
-        sites[site]["rounds"] = len(seen)
+        row["last_round"], row["rounds"] = c["last_round"], c["rounds"]
+        if row["status"] == "" and row["participant_id"] is not None:
+            unlisted[row["participant_id"]] = row
+    if unlisted:
+        # Participants no longer approved (revoked, say): few, so looked up by id rather than joined per row.
+        for pk, status in Participant.objects.filter(pk__in=unlisted).values_list("pk", "status"):
+            unlisted[pk]["status"] = status
+    last_kinds: dict[str, list[str]] = {}
+    for c in contributions.values("site_name", "kind").annotate(last=Max("round")):
+        if c["last"] == sites[c["site_name"]]["last_round"]:
+            last_kinds.setdefault(c["site_name"], []).append(c["kind"])
+    for site, kinds in last_kinds.items():
+        # Reverse order puts train before evaluate, so a site that did both reads "train + evaluate".
+        sites[site]["last_kind"] = " + ".join(sorted(kinds, reverse=True))
     # Most recently active first; sites that never contributed last.
     return sorted(sites.values(), key=lambda r: (-(r["last_round"] or 0), r["site"].lower()))
 
@@ -149,8 +184,15 @@ def run_json(run: Run) -> dict[str, Any]:
     }
 
 
-def dashboard(*, problem: Problem, run: Run | None) -> dict[str, Any]:
-    """Everything the dashboard page shows, as JSON-ready data."""
+def dashboard(
+    *, problem: Problem, run: Run | None, since: int | None = None, with_rounds: bool = True
+) -> dict[str, Any]:
+    """Everything the dashboard page shows, as JSON-ready data.
+
+    `since` keeps only the rounds numbered after it (a poll that has the earlier ones);
+    `with_rounds=False` leaves the rounds out altogether (the page, which fetches them itself).
+    Everything else is small and always whole, so the cost does not grow with the run.
+    """
     runs = [
         {"number": r.number, "status": r.status, "current_round": r.current_round, "total_rounds": r.total_rounds}
         for r in problem.runs.order_by("-number")
@@ -159,6 +201,7 @@ def dashboard(*, problem: Problem, run: Run | None) -> dict[str, Any]:
         "problem": {"id": problem.pk, "title": problem.title, "state": problem.state},
         "runs": runs,
         "run": None,
+        "since": since,
         "services": [],
         "clients_connected": 0,
         "rounds": [],
@@ -179,7 +222,11 @@ def dashboard(*, problem: Problem, run: Run | None) -> dict[str, Any]:
         }
         for s in run.services.exclude(health=ServiceHealth.REMOVED).order_by("role", "index")
     ]
-    downloads = run_checkpoints(run=run)
+    if with_rounds:
+        downloads = run_checkpoints(run=run, since=since)
+        rounds = [round_json(r, downloads) for r in run_rounds(run=run, since=since)]
+    else:
+        downloads, rounds = run_checkpoints(run=run, final_only=True), []
     doc.update(
         run=run_json(run),
         services=services,
@@ -188,7 +235,7 @@ def dashboard(*, problem: Problem, run: Run | None) -> dict[str, Any]:
             [sum(s["clients_connected"] for s in services if s["role"] == ServiceRole.SELECTOR)]
             + [s["clients_connected"] for s in services if s["role"] == ServiceRole.COORDINATOR]
         ),
-        rounds=[round_json(r, downloads) for r in run_rounds(run=run)],
+        rounds=rounds,
         final_model=downloads.get(0, {"npz": None, "pt": None}),
         participants=run_participants(run=run),
         logs=[log_json(line) for line in run_logs(run=run)],

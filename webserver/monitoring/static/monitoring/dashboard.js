@@ -3,6 +3,13 @@
  * run is over) and redraws status, infrastructure, rounds, charts, participants
  * and logs. Everything shown comes from the coordinator, which runs the problem's
  * own code, so it is inserted as text, never as HTML.
+ *
+ * The page arrives without rounds. The first request fetches them all; later ones
+ * send `since` and get only the rounds after it, so a poll costs the same at round
+ * 2,000 as at round 2. A round already shown can still change (its model is
+ * uploaded after the round ends, a resumed coordinator reports it again), so the
+ * last few rounds, and recent ones still without a model, are always asked for
+ * again. Another run, or a run whose rounds went back, means a full reload.
  */
 (function () {
   "use strict";
@@ -14,8 +21,20 @@
   const ACTIVE = new Set(["queued", "starting", "running", "stopping"]);
   const FAST = 2000;
   const SLOW = 10000;
+  const TABLE_ROWS = 50; // the table shows the latest rounds; "show all" shows the rest
+  const CHART_POINTS = 500; // per series; more cannot be told apart at a chart's width
+  const RECHECK = 2; // rounds always asked for again
+  const MODEL_WINDOW = 10; // how far back a round without a model yet is asked for again
 
-  const state = { run: root.dataset.run || "", compare: new Set(), data: null, compared: [] };
+  const state = {
+    run: root.dataset.run || "",
+    compare: new Set(),
+    data: null,
+    compared: [],
+    rounds: null, // every round of state.runNumber we have, in order
+    runNumber: null,
+    showAll: false,
+  };
   const $ = (id) => document.getElementById(id);
   const fmt = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 
@@ -102,8 +121,10 @@
     fill($("services-body"), rows, 5, "No services recorded for this run.");
   }
 
-  function renderRounds(d) {
-    const rows = d.rounds.slice().reverse().map((r) => {
+  function renderRounds() {
+    const all = state.rounds || [];
+    const shown = state.showAll ? all : all.slice(-TABLE_ROWS);
+    const rows = shown.slice().reverse().map((r) => {
       const tr = node("tr");
       cell(tr, r.round);
       cell(tr, r.clients);
@@ -120,7 +141,21 @@
       return tr;
     });
     fill($("rounds-body"), rows, 7, "No round has finished yet.");
+    const more = $("rounds-more");
+    more.hidden = all.length <= TABLE_ROWS;
+    if (more.hidden) return;
+    const toggle = $("rounds-toggle");
+    $("rounds-shown").textContent = state.showAll
+      ? `All ${all.length} rounds shown.`
+      : `The latest ${TABLE_ROWS} of ${all.length} rounds shown (the CSV has every round).`;
+    toggle.textContent = state.showAll ? `Show the latest ${TABLE_ROWS} only` : `Show all ${all.length} rounds`;
+    toggle.setAttribute("aria-expanded", String(state.showAll));
   }
+
+  $("rounds-toggle").addEventListener("click", () => {
+    state.showAll = !state.showAll;
+    renderRounds();
+  });
 
   function renderParticipants(d) {
     const rows = d.participants.map((p) => {
@@ -177,8 +212,17 @@
     box.replaceChildren(...labels);
   }
 
+  // At most `max` rounds, evenly spread, the first and the last always among them.
+  function downsample(rounds, max) {
+    if (rounds.length <= max) return rounds;
+    const step = (rounds.length - 1) / (max - 1);
+    const out = [];
+    for (let i = 0; i < max; i++) out.push(rounds[Math.round(i * step)]);
+    return out;
+  }
+
   function points(rounds, key) {
-    return rounds.map((r) => [r.round, r[key]]);
+    return downsample(rounds, CHART_POINTS).map((r) => [r.round, r[key]]);
   }
 
   const palette = window.FedotaChart.palette;
@@ -189,7 +233,7 @@
     const d = state.data;
     if (!d) return;
     const runs = [];
-    if (d.run) runs.push({ number: d.run.number, rounds: d.rounds, current: true });
+    if (d.run) runs.push({ number: d.run.number, rounds: state.rounds || [], current: true });
     for (const r of state.compared) if (!d.run || r.number !== d.run.number) runs.push(r);
     const label = (r, what) => (runs.length > 1 ? `run ${r.number} ${what}` : what);
     const loss = [];
@@ -219,28 +263,76 @@
     if (resp.ok) state.compared = await resp.json();
   }
 
-  function render(d) {
+  function render(d, roundsChanged) {
     state.data = d;
     renderStatus(d);
     renderServices(d);
-    renderRounds(d);
+    if (roundsChanged) renderRounds();
     renderParticipants(d);
     renderLogs(d);
     renderCompare(d);
-    drawCharts();
+    if (roundsChanged) drawCharts();
+  }
+
+  // The `since` to ask with: the last rounds again, and recent rounds whose model has not arrived.
+  function sinceFor(rounds) {
+    if (!rounds.length) return 0;
+    const last = rounds[rounds.length - 1].round;
+    let since = last - RECHECK;
+    for (let i = rounds.length - 1; i >= 0 && rounds[i].round > last - MODEL_WINDOW; i--) {
+      const r = rounds[i];
+      if (!r.downloads.npz && !r.downloads.pt) since = Math.min(since, r.round - 1);
+    }
+    return Math.max(0, since);
+  }
+
+  async function fetchDashboard(since) {
+    const params = new URLSearchParams();
+    if (state.run) params.set("run", state.run);
+    if (since !== null) params.set("since", String(since));
+    const query = params.toString();
+    const resp = await fetch(query ? `${API}?${query}` : API, {
+      credentials: "same-origin", headers: { Accept: "application/json" },
+    });
+    if (!resp.ok) throw new Error(`the server answered ${resp.status}`);
+    return resp.json();
+  }
+
+  // Merges the answer into state.rounds; true when the rounds shown changed.
+  function mergeRounds(d, since) {
+    state.runNumber = d.run ? d.run.number : null;
+    if (since === null) {
+      state.rounds = d.rounds;
+      return true;
+    }
+    const kept = state.rounds.filter((r) => r.round <= since);
+    const replaced = state.rounds.slice(kept.length);
+    state.rounds = kept.concat(d.rounds);
+    return JSON.stringify(replaced) !== JSON.stringify(d.rounds);
+  }
+
+  // A partial answer that cannot be merged: another run (a new one started), or fewer rounds than we hold.
+  function needsReload(d) {
+    if (!d.run || d.run.number !== state.runNumber) return true;
+    const held = state.rounds.length ? state.rounds[state.rounds.length - 1].round : 0;
+    return d.run.current_round < held;
   }
 
   async function poll() {
     const note = $("live-note");
     let delay = FAST;
     try {
-      const url = state.run ? `${API}?run=${encodeURIComponent(state.run)}` : API;
-      const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-      if (!resp.ok) throw new Error(`the server answered ${resp.status}`);
-      const d = await resp.json();
+      let since = state.rounds !== null && state.runNumber !== null ? sinceFor(state.rounds) : null;
+      let d = await fetchDashboard(since);
+      if (since !== null && needsReload(d)) {
+        since = null;
+        d = await fetchDashboard(null);
+      }
+      const changed = mergeRounds(d, since);
       // Runs still growing are re-fetched for the overlay too.
-      if (state.compared.some((r) => ACTIVE.has(r.status))) await refreshCompared();
-      render(d);
+      const comparing = state.compared.some((r) => ACTIVE.has(r.status));
+      if (comparing) await refreshCompared();
+      render(d, changed || comparing);
       if (!d.run || !ACTIVE.has(d.run.status)) delay = SLOW;
       note.textContent = `Live · updated ${new Date().toLocaleTimeString()}`;
       note.className = "muted";
@@ -252,7 +344,6 @@
     setTimeout(poll, delay);
   }
 
-  const initial = document.getElementById("dashboard-initial");
-  if (initial) render(JSON.parse(initial.textContent));
-  setTimeout(poll, FAST);
+  // The page carries no rounds: fetch them at once rather than after the first interval.
+  poll();
 })();
