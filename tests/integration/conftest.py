@@ -109,13 +109,20 @@ def use_broker(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     """
     from webserver.celery import app
 
+    def drop_pools() -> None:
+        app.close()  # pooled connections to the old broker
+        # The producer pool outlives app.close(): an earlier test that merely enqueued a
+        # task (even eagerly) left it bound to the default SQLite broker.
+        app.amqp._producer_pool = None
+
     monkeypatch.setenv("CELERY_BROKER_URL", redis_url)
-    app.close()  # drop pooled connections to the old broker
+    drop_pools()
     assert app.connection_for_write().as_uri().startswith("redis://127.0.0.1:")
+    assert app.amqp.producer_pool.connections.connection.as_uri().startswith("redis://127.0.0.1:")
     try:
         yield redis_url
     finally:
-        app.close()
+        drop_pools()
 
 
 @pytest.fixture
