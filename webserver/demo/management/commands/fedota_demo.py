@@ -37,7 +37,7 @@ folder mounted read-only.
 """
 # Long enough that a newcomer opening the dashboard sees it train (a few minutes).
 RUN_CONFIG = {
-    "rounds": 300,
+    "rounds": 600,
     "clients_per_round": 3,
     "min_clients": 3,
     "round_timeout": 120,
