@@ -100,12 +100,7 @@ class _DecisionApi(APIView):
         body = DecisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         reason = body.validated_data.get("reason", "")
-        if self.verb == "approve":
-            row = services.participant_approve(participant=participant, by=request.user)
-        elif self.verb == "reject":
-            row = services.participant_reject(participant=participant, by=request.user, reason=reason)
-        else:
-            row = services.participant_revoke(participant=participant, by=request.user, reason=reason)
+        row = services.participant_decide(participant=participant, by=request.user, verb=self.verb, reason=reason)
         return Response(ParticipantSerializer(row).data)
 
 

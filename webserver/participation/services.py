@@ -171,6 +171,17 @@ def participant_revoke(*, participant: Participant, by: Any, reason: str = "") -
     )
 
 
+def participant_decide(*, participant: Participant, by: Any, verb: str, reason: str = "") -> Participant:
+    """Approve, reject or revoke by name (pages and API both take the decision as a word)."""
+    if verb == "approve":
+        return participant_approve(participant=participant, by=by)
+    if verb == "reject":
+        return participant_reject(participant=participant, by=by, reason=reason)
+    if verb == "revoke":
+        return participant_revoke(participant=participant, by=by, reason=reason)
+    raise ApplicationError(f"unknown decision {verb!r}; expected approve, reject or revoke", field="verb")
+
+
 def participant_issue_bundle(*, participant: Participant, by: Any) -> dict[str, Any]:
     """A fresh join bundle for an approved participant of a published problem.
 

@@ -91,12 +91,7 @@ def _decision(request: HttpRequest, participant_pk: int, verb: str) -> HttpRespo
     form = DecisionForm(request.POST)
     reason = form.cleaned_data["reason"] if form.is_valid() else request.POST.get("reason", "")
     try:
-        if verb == "approve":
-            row = services.participant_approve(participant=participant, by=request.user)
-        elif verb == "reject":
-            row = services.participant_reject(participant=participant, by=request.user, reason=reason)
-        else:
-            row = services.participant_revoke(participant=participant, by=request.user, reason=reason)
+        row = services.participant_decide(participant=participant, by=request.user, verb=verb, reason=reason)
     except ApplicationError as exc:
         return _refused(request, exc, problem=participant.problem)
     messages.success(request, f"{row.site_name}: {row.get_status_display().lower()}.")
