@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,8 @@ from django.core.files.base import ContentFile
 
 from fedota_common.fab import load_app
 from fedota_common.grpcutil import check_health
-from tests.integration.conftest import free_port, make_user
+from tests.integration.conftest import make_user
+from tests.ports import free_port_pair
 from webserver.problems import lifecycle
 from webserver.problems.models import Problem, ProblemState, Run, RunStatus
 from webserver.spawner.process import ProcessSpawner, tagged_pids
@@ -60,17 +60,10 @@ def _problem(owner: Any) -> Problem:
 def _port_base_for(problem_id: int) -> int:
     """A selector port base that puts this problem's two selectors on free loopback ports."""
     for _ in range(50):
-        first = free_port()
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", first))
-                b.bind(("127.0.0.1", first + 1))
-            except OSError:
-                continue
-        base = first - (problem_id % 1000) * 8
+        base = free_port_pair() - (problem_id % 1000) * 8
         if base > 1024:
             return base
-    raise AssertionError("no two consecutive free ports on loopback")
+    raise AssertionError("no free pair of loopback ports gives a usable port base")
 
 
 def test_worker_publishes_restarts_and_stops_a_run(

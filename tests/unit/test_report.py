@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 import time
 import tracemalloc
@@ -19,6 +18,7 @@ from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, Target
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from selector.core import OpenAuthenticator, SelectorCore
+from tests.ports import free_port
 
 TOKEN = "svc-token-123"
 
@@ -154,15 +154,8 @@ def test_a_client_that_left_is_still_credited(webserver: tuple[Recorder, str]) -
     assert rnd["participants"] == [{"node_id": 5, "participant": "9", "site": "Clinic B"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_events_are_delivered_once_the_webserver_comes_back() -> None:
-    port = _free_port()
+    port = free_port()
     reporter = Reporter(Target(f"http://127.0.0.1:{port}/internal/v1/runs/1/", TOKEN), backoff_cap=0.2)
     reporter.start()
     reporter.run_started(total_rounds=2, app="a", fab_sha256="x")
@@ -183,7 +176,7 @@ def test_events_are_delivered_once_the_webserver_comes_back() -> None:
 
 
 def test_close_gives_up_after_its_deadline_when_the_webserver_stays_down() -> None:
-    reporter = Reporter(Target(f"http://127.0.0.1:{_free_port()}/r/", TOKEN), backoff_cap=0.2)
+    reporter = Reporter(Target(f"http://127.0.0.1:{free_port()}/r/", TOKEN), backoff_cap=0.2)
     reporter.start()
     reporter.run_finished(ok=True, detail="done")
     t0 = time.monotonic()

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
-from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 
@@ -24,11 +23,8 @@ GOOD_PASSWORD = "violet tortoise umbrella 93"
 
 @pytest.fixture(autouse=True)
 def _fresh(settings: Any) -> None:
-    # The log-in limit lives in the cache, which outlives a test's database transaction.
-    cache.clear()
+    # Cache and password hasher are reset by tests/web/conftest.py for every test.
     settings.FEDOTA_PUBLIC_URL = PUBLIC
-    # The real hasher makes each password check slow on purpose; these tests check many.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def signup_data(**overrides: str) -> dict[str, str]:

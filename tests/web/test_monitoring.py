@@ -18,12 +18,6 @@ from webserver.participation.models import Contribution, Participant
 from webserver.problems.models import Run, Service
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings: Any) -> None:
-    # The users fixture hashes five passwords per test; the real hasher is slow on purpose.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def _record(run: Run, number: int, acc: float, loss: float, **metrics: float) -> RoundRecord:
     return RoundRecord.objects.create(
         run=run,

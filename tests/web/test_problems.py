@@ -25,12 +25,6 @@ from webserver.problems.runconfig import validate_run_config
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings: Any) -> None:
-    # The `users` fixture hashes five passwords per test; the real hasher is slow by design.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 # ----------------------------------------------------------------------------- helpers
 
 

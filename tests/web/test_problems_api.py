@@ -18,11 +18,6 @@ from webserver.problems.models import Problem, ProblemState, Run, RunStatus
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()

@@ -13,26 +13,11 @@ from pathlib import Path
 import pytest
 
 from fedota_common.grpcutil import check_health
+from tests.ports import free_port_pair
 from webserver.spawner import RunSpec, SpawnError, selector_ports
 from webserver.spawner.process import TAG_VAR, ProcessSpawner
 
 PROBLEM = 4242
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p+1 both free on loopback."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two consecutive free ports on loopback")
 
 
 def _processes_of(problem_id: int) -> list[int]:
@@ -63,7 +48,7 @@ def spawner(tmp_path: Path) -> Iterator[ProcessSpawner]:
 def spec(tmp_path: Path, tabular_fab: bytes) -> RunSpec:
     fab = tmp_path / "tabular.fab"
     fab.write_bytes(tabular_fab)
-    first = _free_port_pair()
+    first = free_port_pair()
     base = first - (PROBLEM % 1000) * 8
     return RunSpec(
         problem_id=PROBLEM,
