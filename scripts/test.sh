@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Everything CI checks: install, generated-code drift, lint, types, all tests
-# (SQLite), then the web tests again on a throwaway PostgreSQL server.
+# Everything CI checks: install, generated-code drift, lint, types, the Docker
+# engine and images, all tests (SQLite), then the web tests again on a throwaway
+# PostgreSQL server.
 # With arguments, only `pytest ARGS` runs after the checks (e.g. tests/unit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,24 @@ mypy coordinator selector client_image fedota_common webserver
 if [ $# -gt 0 ]; then
   echo "== pytest $*"
   exec python -m pytest -q "$@"
+fi
+
+# Container tests (tests/docker) need a running engine and the images. Where no
+# engine can be started they are skipped with a loud reason, except in CI, which
+# fails instead: FEDOTA_REQUIRE_DOCKER=1 turns every such skip into a failure.
+echo "== Docker engine and images (offline; log: build/images.log)"
+mkdir -p build
+if bash scripts/build-images.sh >build/images.log 2>&1; then
+  tail -n 8 build/images.log
+  export FEDOTA_REQUIRE_DOCKER=1
+elif [ "${CI:-}" = "true" ]; then
+  tail -n 40 build/images.log >&2
+  echo "CI needs a Docker engine and the images for tests/docker; see build/images.log" >&2
+  exit 1
+else
+  tail -n 20 build/images.log >&2
+  echo "!! NO DOCKER ENGINE OR IMAGES: tests/docker will be SKIPPED (see build/images.log)" >&2
+  export FEDOTA_REQUIRE_DOCKER=0
 fi
 
 echo "== pytest (SQLite)"

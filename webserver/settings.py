@@ -51,6 +51,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} must be an integer") from exc
 
 
+def env_float(name: str, default: float) -> float:
+    value = env(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} must be a number") from exc
+
+
 def database_from_url(url: str) -> dict[str, object]:
     """`sqlite:///path` or `postgres://user:password@host:port/name` as a DATABASES entry."""
     parts = urlsplit(url)
@@ -210,7 +220,8 @@ FEDOTA_PUBLIC_URL = (env("FEDOTA_PUBLIC_URL") or "http://127.0.0.1:8000").rstrip
 # The address coordinators report to (internal API); same host by default.
 FEDOTA_INTERNAL_URL = (env("FEDOTA_INTERNAL_URL") or FEDOTA_PUBLIC_URL).rstrip("/")
 
-# Spawner: process | docker | auto (docker when an engine answers, else process).
+# Spawner: process | docker | auto (docker when an engine answers and has the
+# coordinator image, else process).
 FEDOTA_SPAWNER = env("FEDOTA_SPAWNER") or "auto"
 FEDOTA_STATE_DIR = Path(env("FEDOTA_STATE_DIR") or VAR_DIR / "problems")
 # Host name clients use to reach selectors started by the process backend.
@@ -221,6 +232,19 @@ FEDOTA_SELECTOR_PORT_BASE = env_int("FEDOTA_SELECTOR_PORT_BASE", 17000)
 # website stays responsive while a federation keeps the CPU busy.
 FEDOTA_SERVICE_NICE = env_int("FEDOTA_SERVICE_NICE", 10)
 FEDOTA_CLIENT_IMAGE = env("FEDOTA_CLIENT_IMAGE") or "fedota/client:latest"
+# The docker backend (webserver/spawner/docker.py). Everything it creates is named
+# `<prefix>-p<problem id>...` and labelled fedota.install=<prefix>, so two installations
+# (or a test run) on one engine never touch each other's containers.
+FEDOTA_DOCKER_PREFIX = env("FEDOTA_DOCKER_PREFIX") or "fedota"
+FEDOTA_COORDINATOR_IMAGE = env("FEDOTA_COORDINATOR_IMAGE") or "fedota/coordinator:latest"
+FEDOTA_SELECTOR_IMAGE = env("FEDOTA_SELECTOR_IMAGE") or "fedota/selector:latest"
+# Host address selector ports are published on; empty: FEDOTA_SELECTOR_HOST if it is an
+# IP address (127.0.0.1 keeps them local), else every interface.
+FEDOTA_DOCKER_PUBLISH_HOST = env("FEDOTA_DOCKER_PUBLISH_HOST") or ""
+# Limits of each problem container (docker's units: 512m, 8g; CPUs may be fractional).
+FEDOTA_DOCKER_COORDINATOR_MEMORY = env("FEDOTA_DOCKER_COORDINATOR_MEMORY") or "8g"
+FEDOTA_DOCKER_SELECTOR_MEMORY = env("FEDOTA_DOCKER_SELECTOR_MEMORY") or "4g"
+FEDOTA_DOCKER_CPUS = env_float("FEDOTA_DOCKER_CPUS", 2.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -9,21 +9,22 @@ from webserver.spawner.base import MAX_SELECTORS, RunSpec, ServiceState, Spawner
 __all__ = ["MAX_SELECTORS", "RunSpec", "ServiceState", "SpawnError", "Spawner", "get_spawner", "selector_ports"]
 
 
-def _docker_answers() -> bool:
+def _docker_ready() -> bool:
+    """An engine answers and has the coordinator image (else `auto` runs processes)."""
     try:
         import docker  # type: ignore[import-untyped]
 
         client = docker.from_env(timeout=2)
-        client.ping()
+        client.images.get(settings.FEDOTA_COORDINATOR_IMAGE)
         return True
-    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+    except Exception:  # noqa: BLE001 - any failure means "no usable engine here"
         return False
 
 
 def get_spawner(name: str | None = None) -> Spawner:
     choice = name or settings.FEDOTA_SPAWNER
     if choice == "auto":
-        choice = "docker" if _docker_answers() and _docker_backend_available() else "process"
+        choice = "docker" if _docker_ready() else "process"
     if choice == "process":
         from webserver.spawner.process import ProcessSpawner
 
@@ -34,16 +35,8 @@ def get_spawner(name: str | None = None) -> Spawner:
         )
     if choice == "docker":
         try:
-            from webserver.spawner.docker import DockerSpawner  # type: ignore[import-not-found]
+            from webserver.spawner.docker import DockerSpawner
         except ImportError as exc:
-            raise SpawnError("the docker spawner backend is not available in this version") from exc
-        return DockerSpawner.from_settings()  # type: ignore[no-any-return]
+            raise SpawnError(f"the docker backend needs the docker package (pip install docker): {exc}") from exc
+        return DockerSpawner.from_settings()
     raise SpawnError(f"FEDOTA_SPAWNER={choice!r} is not a backend; use auto, process or docker")
-
-
-def _docker_backend_available() -> bool:
-    try:
-        import webserver.spawner.docker  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return False
-    return True

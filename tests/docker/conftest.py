@@ -1,0 +1,77 @@
+"""Tests against a real Docker engine with the images built by scripts/build-images.sh.
+
+No engine or no images: the tests are skipped with a loud reason, unless
+FEDOTA_REQUIRE_DOCKER=1 (scripts/test.sh sets it once it has started the engine
+and built the images; CI always does), where they fail instead. So a CI run
+can never pass without them having run.
+
+Everything a test creates carries the install label of a prefix unique to this
+test session, so the tests never touch the containers of a running demo or of
+another session, and a final check proves they left nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+IMAGES = ("fedota/coordinator:latest", "fedota/selector:latest", "fedota/client:latest")
+PREFIX = f"fdt{secrets.token_hex(3)}"
+
+
+def _require() -> bool:
+    return os.environ.get("FEDOTA_REQUIRE_DOCKER", "") == "1"
+
+
+def _unavailable(reason: str) -> None:
+    message = f"NO DOCKER: {reason}. Start the engine and build the images with scripts/build-images.sh."
+    if _require():
+        pytest.fail(message + " (FEDOTA_REQUIRE_DOCKER=1: container tests must run)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    try:
+        import docker
+    except ImportError:
+        _unavailable("the docker Python package is not installed")
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, there is no engine to test against
+        _unavailable(f"no Docker engine answers ({exc})")
+    missing = []
+    for image in IMAGES:
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            missing.append(image)
+    if missing:
+        _unavailable(f"images missing: {', '.join(missing)}")
+    yield client
+    leftovers = _labelled(client, {"label": [f"fedota.install={PREFIX}"]})
+    client.close()
+    assert not leftovers, f"the docker tests left these behind: {leftovers}"
+
+
+def _labelled(client: Any, filters: dict[str, list[str]]) -> list[str]:
+    found = [f"container {c.name}" for c in client.containers.list(all=True, filters=filters)]
+    found += [f"network {n.name}" for n in client.networks.list(filters=filters)]
+    found += [f"volume {v.name}" for v in client.volumes.list(filters=filters)]
+    return found
+
+
+@pytest.fixture(scope="session")
+def docker_prefix() -> str:
+    """The install prefix (and label) of everything this session creates."""
+    return PREFIX
+
+
+def leftovers(client: Any, prefix: str, problem_id: int) -> list[str]:
+    """Every container, network and volume still labelled with the problem."""
+    return _labelled(client, {"label": [f"fedota.install={prefix}", f"fedota.problem={problem_id}"]})
