@@ -11,6 +11,8 @@
 # SQLite and an embedded Celery broker (kombu's SQLAlchemy transport on SQLite)
 # by default: no server to install. Set DATABASE_URL / CELERY_BROKER_URL to use
 # PostgreSQL / Redis instead. FEDOTA_PORT changes the web port (default 8000).
+# The problem's coordinator and selectors run as processes; FEDOTA_SPAWNER=docker
+# runs them as containers instead (images from scripts/build-images.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -41,7 +43,13 @@ trap cleanup INT TERM EXIT
 python manage.py migrate --noinput >"$logs/migrate.log"
 python -m scripts.make_demo_data --out demo-data --holders 3 >"$logs/demo-data.log"
 
-gunicorn webserver.wsgi --bind "127.0.0.1:$port" --worker-class gthread --workers 3 --threads 8 \
+binds=(--bind "127.0.0.1:$port")
+if [ "$FEDOTA_SPAWNER" = docker ]; then
+  # Coordinator containers report to the site through the host gateway (docker0's address).
+  gateway=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')
+  binds+=(--bind "$gateway:$port")
+fi
+gunicorn webserver.wsgi "${binds[@]}" --worker-class gthread --workers 3 --threads 8 \
   --access-logfile "$logs/web-access.log" >"$logs/web.log" 2>&1 &
 pids+=($!)
 celery -A webserver worker --loglevel INFO --concurrency 2 >"$logs/celery-worker.log" 2>&1 &
