@@ -66,7 +66,7 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=len(ids)) as pool:
         for repeat in range(1, args.repeats + 1):
             t0 = time.monotonic()
-            states = [s for batch in pool.map(lambda i: spawner.start(spec(i, repeat)), ids) for s in batch]
+            states = [s for batch in pool.map(lambda i, r=repeat: spawner.start(spec(i, r)), ids) for s in batch]
             up = time.monotonic() - t0
             assert all(s.health == "healthy" for s in states), states
             t0 = time.monotonic()
