@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from client_image.contract import ContractSpecError, DataContractError, check_or_raise
-from client_image.runner import ClientError, Node, NodeSetup
-from fedota_common.settings import Key, load, non_negative_int, positive_float, service_main
+from client_image.runner import ACCESS_WITHDRAWN, ClientError, Node, NodeSetup
+from fedota_common.settings import Key, boolean, load, non_negative_int, positive_float, service_main
 
 log = logging.getLogger("client")
 
@@ -39,7 +39,9 @@ KEYS = [
     Key("cache-dir", Path, Path.home() / ".cache" / "fedota-client", "where the app is unpacked"),
     Key("name", str, "", "site name shown to the problem setter"),
     Key("max-join-wait", positive_float, 120.0, "seconds to keep trying to reach a selector"),
-    Key("check-only", lambda s: s.lower() in ("1", "true", "yes"), False, "only check the data, then exit"),
+    Key("check-only", boolean, False, "only check the data, then exit"),
+    Key("ca-cert", Path, None, "the problem's CA certificate (PEM); overrides the bundle's"),
+    Key("insecure", boolean, False, "connect over plaintext gRPC, without TLS (local development only)"),
     Key("log-level", str, "INFO", "log level"),
 ]
 
@@ -58,6 +60,8 @@ class Settings:
     name: str
     max_join_wait: float
     check_only: bool
+    ca_cert: Path | None
+    insecure: bool
     log_level: str
 
     @classmethod
@@ -75,6 +79,27 @@ def _bundle(settings: Settings) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ClientError(f"the join bundle {settings.join_bundle} must be a JSON object")
     return data
+
+
+def _trust(settings: Settings, bundle: dict[str, Any]) -> bytes | None:
+    """The CA certificate selectors must prove themselves against; None for --insecure."""
+    if settings.insecure:
+        warning = "INSECURE: connecting over plaintext gRPC (--insecure); use it for local development only"
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        log.warning(warning)
+        return None
+    if settings.ca_cert is not None:
+        try:
+            return settings.ca_cert.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read the CA certificate {settings.ca_cert}: {exc}") from exc
+    pem = bundle.get("ca_certificate")
+    if not isinstance(pem, str) or "BEGIN CERTIFICATE" not in pem:
+        raise ClientError(
+            "the join bundle has no CA certificate, so the selector cannot be verified: download your current "
+            "join bundle from the problem page (or pass --ca-cert; --insecure only for local development)"
+        )
+    return pem.encode()
 
 
 def run(settings: Settings) -> int:
@@ -107,6 +132,7 @@ def run(settings: Settings) -> int:
         ]
         if not selectors:
             raise ClientError("no selector given: pass --selector host:port or a join bundle with 'selectors'")
+        root_certificates = _trust(settings, bundle)
         setup = NodeSetup(
             selectors=selectors,
             credential=settings.credential or str(bundle.get("credential", "")),
@@ -117,10 +143,14 @@ def run(settings: Settings) -> int:
             cache_dir=settings.cache_dir,
             display_name=settings.name or str(bundle.get("site_name", "")),
             max_join_wait=settings.max_join_wait,
+            root_certificates=root_certificates,
         )
         node = Node(setup)
         reason = node.serve()
         log.info("run over", extra={"reason": reason, "tasks": node.tasks_done})
+        if reason.startswith(ACCESS_WITHDRAWN):
+            print(f"error: the selector ended this client's session: {reason}", file=sys.stderr)
+            return EXIT_REFUSED
         return 0
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)

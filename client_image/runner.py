@@ -45,6 +45,10 @@ _FINAL_AT_JOIN = (
 )
 
 
+# How a selector's shutdown reason begins when it withdrew this site's access (revoked).
+ACCESS_WITHDRAWN = "access withdrawn"
+
+
 class ClientError(Exception):
     """A problem the data holder must fix; the message says what and how."""
 
@@ -60,6 +64,9 @@ class NodeSetup:
     cache_dir: Path
     display_name: str
     max_join_wait: float
+    # The problem's CA certificate (PEM): selectors are reached over TLS and must
+    # present a certificate it signed. None: plaintext (--insecure).
+    root_certificates: bytes | None = None
 
 
 class Node:
@@ -98,7 +105,7 @@ class Node:
             backoff = min(backoff * 2, 5.0)
 
     def _session(self, target: str) -> str:
-        with channel(target) as ch:
+        with channel(target, self.setup.root_certificates) as ch:
             stub = selector_pb2_grpc.SelectorStub(ch)
             try:
                 joined: spb.JoinResponse = stub.Join(

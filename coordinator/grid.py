@@ -28,12 +28,14 @@ from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 
 from coordinator.hub import Batch, Hub, Instr, Result
+from fedota_common.aggregate import ModelSpec, model_spec
 from fedota_common.payload import (
     WireContent,
     content_sha256,
     encode_segments,
     payload_to_message,
     release_cycles,
+    reply_size_limit,
     round_of,
 )
 from protos.coordinator.v1 import coordinator_pb2 as cpb
@@ -166,6 +168,7 @@ class SelectorTierGrid(Grid):
         group_id = round_of(first)
         aggregation = self._aggregation(message_type)
         contents: dict[str, WireContent] = {}
+        models: dict[str, ModelSpec] = {}
         by_object: dict[int, tuple[str, str, int]] = {}
         per_selector: dict[str, cpb.Instructions] = {}
         instrs: dict[str, Instr] = {}
@@ -185,6 +188,8 @@ class SelectorTierGrid(Grid):
                 data: WireContent = encode_segments(msg.content) if msg.has_content() else b""
                 cid = f"{batch_id}/{len(by_object)}"
                 contents[cid] = data
+                # Replies are checked against the arrays sent (headers only: no copy).
+                models[cid] = model_spec(msg.content) if msg.has_content() else ()
                 by_object[key] = (cid, content_sha256(data), len(data))
                 # Last round's messages and replies (Flower RecordDicts are
                 # reference cycles) are unreachable by now; free them before
@@ -192,7 +197,7 @@ class SelectorTierGrid(Grid):
                 release_cycles(len(data))
             cid, sha, size = by_object[key]
             selector_id = self.hub.selector_of(node_id) or ""
-            instrs[mid] = Instr(mid, node_id, selector_id, original)
+            instrs[mid] = Instr(mid, node_id, selector_id, original, content_id=cid)
             if not selector_id:
                 instrs[mid].state, instrs[mid].detail = "failed", "node is not connected"
                 continue
@@ -223,6 +228,13 @@ class SelectorTierGrid(Grid):
             target=len(originals),
             instrs=instrs,
             contents=contents,
+            models=models,
+            weight_key=self.policy.weight_key,
+            reply_limit=reply_size_limit(
+                max((len(c) for c in contents.values()), default=0),
+                message_type,
+                sends_arrays=any(models.values()),
+            ),
         )
         self.hub.open_batch(batch, per_selector)
         log.info(

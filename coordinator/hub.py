@@ -7,16 +7,26 @@ the servicer hands in decoded headers and bytes.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from fedota_common.payload import WireContent
+from fedota_common.aggregate import MAX_WEIGHT, REJECTED, ModelSpec, check_reply
+from fedota_common.payload import (
+    MAX_CONTENT_SIZE,
+    PayloadError,
+    RejectedReply,
+    WireContent,
+    check_header,
+    parse_content,
+)
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 
@@ -65,6 +75,7 @@ class Instr:
     original: bool
     state: str = "pending"  # pending | ok | failed
     detail: str = ""
+    content_id: str = ""
 
 
 @dataclass
@@ -81,6 +92,10 @@ class Batch:
     owing: set[str] = field(default_factory=set)
     closed: bool = False
     taken: set[str] = field(default_factory=set)
+    # What replies are checked against: each content's arrays, the weight key, the size bound.
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    weight_key: str = ""
+    reply_limit: int = MAX_CONTENT_SIZE
 
     def count(self, state: str) -> int:
         return sum(1 for i in self.instrs.values() if i.state == state)
@@ -97,6 +112,12 @@ class Hub:
         self._msg_batch: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.finished = False
+        # Results refused by `check_result`, by reason (each also logged as "reply rejected").
+        self.rejected: collections.Counter[str] = collections.Counter()
+        # Who may join (coordinator/roster.py); None until the first list arrives.
+        self.participants: cpb.Participants | None = None
+        # Called when a selector asks for a fresh list (the roster poller's poll_soon).
+        self.on_roster_request: Callable[[], None] | None = None
 
     # ---- selectors and pool -------------------------------------------------
 
@@ -112,6 +133,9 @@ class Hub:
                 self._drop_selector_nodes(selector_id, "selector reconnected")
             link = SelectorLink(selector_id)
             self.selectors[selector_id] = link
+            if self.participants is not None:
+                # Queued before anything else, so it follows the Welcome.
+                link.outbox.put(cpb.CoordinatorMessage(participants=self.participants))
             for item in nodes:
                 participant = item[2] if len(item) == 3 else ""
                 self.nodes[item[0]] = Node(item[0], selector_id, item[1], participant)
@@ -231,6 +255,74 @@ class Hub:
             instr.state, instr.detail = ("ok" if ok else "failed"), detail
             self.cond.notify_all()
 
+    def reply_limit(self, batch_id: str) -> int:
+        """The most bytes a result for `batch_id` may declare (checked before any byte is buffered)."""
+        with self.cond:
+            batch = self.batches.get(batch_id)
+            return MAX_CONTENT_SIZE if batch is None else batch.reply_limit
+
+    def check_result(self, result: Result, batch_id: str) -> str:
+        """Check a result before it is stored; "" if it may be, else what was wrong and what was expected.
+
+        The ServerApp decodes every stored result and its strategy averages them,
+        so a reply that would make either fail or poison the model is refused
+        here (see `check_reply`): one client must not be able to end the run. A
+        refused client reply fails its instructions at once (the round stops
+        waiting for them) with a reason starting "reply rejected"; a refused
+        partial aggregate no longer holds up the round's flush. Checked outside
+        the lock: the scan is O(size).
+        """
+        with self.cond:
+            batch = self.batches.get(batch_id)
+            if batch is None or batch.closed or not result.message_ids:
+                return ""  # add_result refuses it, or there is nothing to check
+            instr = batch.instrs.get(result.message_ids[0])
+            model = batch.models.get(instr.content_id) if instr is not None else None
+            exact = batch.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN
+            message_type, weight_key = batch.message_type, batch.weight_key
+        try:
+            check_header(result.header.metadata, result.header.error)
+            if result.aggregate and not (math.isfinite(result.weight) and result.weight > 0):
+                raise RejectedReply("weight", f"total weight {result.weight!r} of a partial aggregate must be positive")
+            if not result.header.error:
+                try:
+                    wire = parse_content(result.content)
+                except PayloadError as exc:
+                    raise RejectedReply("malformed", str(exc)) from exc
+                # A partial aggregate's weight is a sum over clients: no per-site bound.
+                max_weight = math.inf if result.aggregate else MAX_WEIGHT
+                check_reply(
+                    wire, model, message_type=message_type, weight_key=weight_key, exact=exact, max_weight=max_weight
+                )
+        except RejectedReply as exc:
+            reason, problem = exc.reason, str(exc)
+        else:
+            return ""
+        with self.cond:
+            self.rejected[reason] += 1
+            count = self.rejected[reason]
+            if result.aggregate:
+                batch.owing.discard(result.selector_id)
+            else:
+                for mid in result.message_ids:
+                    instr = batch.instrs.get(mid)
+                    if instr is not None and instr.state == "pending":
+                        instr.state, instr.detail = "failed", f"{REJECTED}: {problem}"
+            self.cond.notify_all()
+        log.warning(
+            "reply rejected",
+            extra={
+                "rejected": reason,
+                "detail": problem,
+                "selector": result.selector_id,
+                "batch": batch_id,
+                "nodes": ",".join(str(n) for n in result.node_ids),
+                "aggregate": result.aggregate,
+                "count": count,
+            },
+        )
+        return problem
+
     def add_result(self, result: Result, batch_id: str) -> str:
         """Store a result; returns "" if accepted, else why it was refused."""
         with self.cond:
@@ -326,6 +418,16 @@ class Hub:
             self.batches.pop(batch.batch_id, None)
             for mid in batch.instrs:
                 self._msg_batch.pop(mid, None)
+
+    def set_participants(self, roster: cpb.Participants) -> bool:
+        """Make `roster` the list every selector enforces; False if it did not change."""
+        with self.cond:
+            if self.participants is not None and self.participants == roster:
+                return False
+            self.participants = roster
+            for link in self.selectors.values():
+                link.outbox.put(cpb.CoordinatorMessage(participants=roster))
+            return True
 
     def finish(self, reason: str) -> None:
         """Tell every selector the run is over."""

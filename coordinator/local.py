@@ -42,6 +42,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--aggregation", default="auto", choices=["auto", "weighted-mean", "individual"])
     p.add_argument("--overselect", type=float, default=1.3)
     p.add_argument("--clients", type=int, default=0, help="only start the first N data folders (0 = all)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC between clients and selectors (default: TLS with a throwaway CA made for this run)",
+    )
     return p.parse_args(argv)
 
 
@@ -153,6 +158,23 @@ def main(argv: list[str] | None = None) -> int:
         f"federation: app {args.app}, {len(holders)} data holders, {args.selectors} selectors; logs in {fleet.logs}",
         flush=True,
     )
+    tls_client_args: list[str] = ["--insecure"]
+    if args.insecure:
+        fleet.env["FEDOTA_INSECURE"] = "1"
+    else:
+        # Like the platform: a CA for this federation, a certificate for the selectors' host.
+        from fedota_common.pki import issue_server_cert, make_ca
+
+        ca_cert, ca_key = make_ca("fedota-local")
+        cert, key = issue_server_cert(ca_cert, ca_key, ["127.0.0.1", "localhost"])
+        tls = out / "tls"
+        tls.mkdir(exist_ok=True)
+        (tls / "ca.pem").write_text(ca_cert)
+        (tls / "selector.pem").write_text(cert)
+        (tls / "selector.key").touch(mode=0o600)
+        (tls / "selector.key").write_text(key)
+        fleet.env.update({"FEDOTA_TLS_CERT": str(tls / "selector.pem"), "FEDOTA_TLS_KEY": str(tls / "selector.key")})
+        tls_client_args = ["--ca-cert", str(tls / "ca.pem")]
     code = 1
     try:
         coord = fleet.start(
@@ -216,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder.name,
                 "--fab-sha256",
                 str(info["fab_sha256"]),
+                *tls_client_args,
             ]
             if contract is not None:
                 cargs += ["--contract", str(contract)]

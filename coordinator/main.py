@@ -15,6 +15,7 @@ from typing import Any
 from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
 from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
+from coordinator.roster import RosterPoller
 from coordinator.rounds import RoundTracker
 from coordinator.servicer import CoordinatorServicer
 from fedota_common.fab import FabError, extract, load_app
@@ -29,6 +30,7 @@ from fedota_common.settings import (
     run_config,
     service_main,
 )
+from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.coordinator.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")
@@ -183,6 +185,13 @@ def run(settings: Settings) -> int:
     rounds = config.get("num-server-rounds")
     total_rounds = rounds if isinstance(rounds, int) else None
     reporter = _start_reporter(settings, hub, state_dir)
+    if settings.report_url:
+        poller = RosterPoller(Target(settings.report_url, settings.report_token), hub)
+        hub.on_roster_request = poller.poll_soon
+        poller.start()
+    else:
+        log.warning("no website (--report-url is empty): selectors will admit any client; local development only")
+        hub.set_participants(cpb.Participants(open=True))
 
     def echo(line: str) -> None:
         print(line, flush=True)

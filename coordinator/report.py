@@ -77,14 +77,14 @@ class Target:
         self.token = token
         self.timeout = timeout
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def connection(self) -> http.client.HTTPConnection:
         if self.scheme == "https":
             return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def send(self, method: str, path: str, body: Any, headers: dict[str, str]) -> None:
         """Send one request; raises `RetryLater` or `DropItem` unless the answer is 2xx."""
-        conn = self._connection()
+        conn = self.connection()
         try:
             all_headers = {"Authorization": f"Bearer {self.token}", **headers}
             # A file object body is streamed by http.client in blocks; with a

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
-from fedota_common.aggregate import LEGACY_WEIGHT_KEY, NotAggregatable, reply_weight
+from fedota_common.aggregate import LEGACY_WEIGHT_KEY, REJECTED, NotAggregatable, reply_weight
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class RoundRecord:
     finished: float = 0.0
     participants: set[int] = field(default_factory=set)
     failures: int = 0
+    # Failures whose reply was refused (malformed, unlike the model, NaN, bad weight).
+    rejected: int = 0
     train: MetricsSum = field(default_factory=MetricsSum)
     evaluate: MetricsSum = field(default_factory=MetricsSum)
     eval_participants: set[int] = field(default_factory=set)
@@ -63,6 +65,7 @@ class RoundRecord:
             "seconds": round(self.finished - self.started, 3),
             "participants": sorted(self.participants),
             "failures": self.failures,
+            "rejected": self.rejected,
             "train_metrics": self.train.mean(),
             "eval_metrics": self.evaluate.mean(),
             "eval_participants": len(self.eval_participants),
@@ -174,6 +177,7 @@ class RoundTracker:
                 return
             rec.finished = time.time()
             ok = [r for r in replies if r.has_content()]
+            rec.rejected += len([r for r in replies if r.has_error() and (r.error.reason or "").startswith(REJECTED)])
             if message_type == MessageType.TRAIN:
                 rec.participants.update(participants)
                 rec.failures += len(replies) - len(ok)

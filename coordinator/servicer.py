@@ -61,6 +61,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     elif kind == "progress":
                         p = msg.progress
                         self.hub.progress(p.batch_id, p.message_id, p.ok, p.detail)
+                    elif kind == "roster_request" and self.hub.on_roster_request is not None:
+                        self.hub.on_roster_request()
             except grpc.RpcError:
                 pass
             finally:
@@ -100,12 +102,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         header = first.header
         self._check_token(header.token, context)
         try:
-            asm = Assembler(header.payload.content_size, header.payload.content_sha256)
+            asm = Assembler(
+                header.payload.content_size, header.payload.content_sha256, limit=self.hub.reply_limit(header.batch_id)
+            )
             for part in request_iterator:
                 asm.add(part.chunk.data)
             content = asm.finish()
         except PayloadError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except grpc.RpcError:
+            # The selector gave up on the upload (its client's stream broke off): nothing is stored.
+            abort(context, grpc.StatusCode.CANCELLED, "the upload ended before the content was complete")
         result = Result(
             selector_id=header.selector_id,
             header=header.payload,
@@ -115,6 +122,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             weight=header.total_weight,
             aggregate=header.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN,
         )
+        problem = self.hub.check_result(result, header.batch_id)
+        if problem:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         refused = self.hub.add_result(result, header.batch_id)
         if refused:
             log.info("result refused", extra={"selector": header.selector_id, "reason": refused})

@@ -12,18 +12,45 @@ the Message API (one MetricRecord carrying the weight key, e.g. `num-examples`)
 and the compatibility layer (`fitres.*` / `evaluateres.*` records with
 `num_examples`). Anything whose structure differs between replies cannot be
 folded: `NotAggregatable` tells the caller to forward replies individually.
+
+No reply reaches an aggregate unchecked: `check_reply` (run by the selector
+before folding and by the coordinator before the ServerApp sees a reply)
+refuses, with `RejectedReply` saying what was wrong and what was expected,
+arrays whose names, shapes or dtypes differ from the model that was sent,
+pickled or non-numeric arrays, NaN or Inf anywhere, and a weight that is not a
+positive number of examples up to `MAX_WEIGHT`. Zero is refused too: such a
+reply adds nothing to the mean, and replies that all weigh zero would divide by
+zero. The cap cannot stop a client from overstating its examples within it;
+only the problem setter knows how many a site can really have.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
-from fedota_common.payload import PayloadError, Segments, WireArray, WireRecords, encode_segments, npy_view
+from fedota_common.payload import (
+    NUMPY_STYPE,
+    PayloadError,
+    RejectedReply,
+    Segments,
+    WireArray,
+    WireRecords,
+    encode_segments,
+    npy_view,
+)
 
 LEGACY_WEIGHT_KEY = "num_examples"
+# A weight is a count of examples. No site has a trillion; a larger claim is a
+# bug or an attempt to outweigh every other site (and costs float precision).
+MAX_WEIGHT = 1e12
+# How the reason of a task failed by a rejected reply begins (counted per round).
+REJECTED = "reply rejected"
 
 
 class NotAggregatable(ValueError):
@@ -49,6 +76,174 @@ def reply_weight(content: RecordDict, weight_key: str) -> float:
 
 def _is_weight(key: str, weight_key: str) -> bool:
     return key in (weight_key, LEGACY_WEIGHT_KEY)
+
+
+# ---- what a reply must be before it may reach an aggregate -------------------------------
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the model as a reply must return it."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    stype: str
+
+
+# The model's ArrayRecords in wire order, each mapping array name to spec.
+ModelSpec = tuple[dict[str, ArraySpec], ...]
+
+
+def _array_spec(array: WireArray) -> ArraySpec:
+    """Shape and dtype from the .npy header for numpy arrays (legacy Parameters declare none)."""
+    if array.stype == NUMPY_STYPE:
+        try:
+            nd = npy_view(array)
+        except PayloadError:
+            pass  # compared as declared
+        else:
+            return ArraySpec(str(nd.dtype), tuple(nd.shape), array.stype)
+    return ArraySpec(array.dtype, tuple(array.shape), array.stype)
+
+
+def model_spec(content: RecordDict | WireRecords) -> ModelSpec:
+    """The arrays an instruction sends, which replies to it are checked against."""
+    records: Iterable[Iterable[tuple[str, WireArray]]]
+    if isinstance(content, WireRecords):
+        records = content.arrays.values()
+    else:
+        records = (
+            [(name, WireArray(a.dtype, tuple(a.shape), a.stype, memoryview(a.data))) for name, a in rec.items()]
+            for rec in content.array_records.values()
+        )
+    return tuple({name: _array_spec(array) for name, array in items} for items in records)
+
+
+def _label(record: str, name: str, model: ModelSpec | None) -> str:
+    return f"'{name}'" if model is not None and len(model) == 1 else f"'{record}/{name}'"
+
+
+def _match_model(reply: list[tuple[str, list[tuple[str, ArraySpec]]]], model: ModelSpec, exact: bool) -> None:
+    if len(reply) != len(model):
+        raise RejectedReply(
+            "missing-array" if len(reply) < len(model) else "extra-array",
+            f"the reply has {len(reply)} ArrayRecords; the model it answers has {len(model)}",
+        )
+    for (record, items), expected in zip(reply, model, strict=True):
+        got = dict(items)
+        for name in expected:
+            if name not in got:
+                raise RejectedReply(
+                    "missing-array", f"array {_label(record, name, model)} of the model is missing from the reply"
+                )
+        for name, spec in items:
+            want = expected.get(name)
+            label = _label(record, name, model)
+            if want is None:
+                known = ", ".join(f"'{n}'" for n in expected) or "none"
+                raise RejectedReply(
+                    "extra-array", f"the reply has an array {label} the model does not have (the model's: {known})"
+                )
+            if spec.stype != want.stype:
+                raise RejectedReply("dtype", f"array {label} is of type {spec.stype!r}; the model's is {want.stype!r}")
+            if spec.dtype != want.dtype:
+                raise RejectedReply("dtype", f"array {label} has dtype {spec.dtype}; the model's is {want.dtype}")
+            # A 1-D byte array is a serialised model (XGBoost's strategies send one);
+            # its length changes from round to round unless replies are averaged.
+            resizable = not exact and want.dtype == "uint8" and len(want.shape) == 1 == len(spec.shape)
+            if spec.shape != want.shape and not resizable:
+                raise RejectedReply("shape", f"array {label} has shape {spec.shape}; the model's is {want.shape}")
+
+
+def _check_number(what: str, value: Any) -> None:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise RejectedReply("not-finite", f"{what} is {v}; a reply's numbers must be finite")
+
+
+def _check_weight(small: RecordDict, weight_key: str, max_weight: float) -> None:
+    for name, mrec in small.metric_records.items():
+        for key, value in mrec.items():
+            if _is_weight(key, weight_key):
+                ok = isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= max_weight
+                if not ok:
+                    shown = f"{value:g}" if isinstance(value, (int, float)) else repr(value)
+                    raise RejectedReply(
+                        "weight",
+                        f"weight '{key}' is {shown}; it must be a positive number of examples"
+                        + (f", at most {max_weight:g}" if math.isfinite(max_weight) else ""),
+                    )
+            else:
+                _check_number(f"metric '{name}.{key}'", value)
+    for name, crec in small.config_records.items():
+        for key, cvalue in crec.items():
+            _check_number(f"config value '{name}.{key}'", cvalue)
+
+
+def _first_non_finite(nd: np.ndarray[Any, Any]) -> int | None:
+    """Index (in storage order) of the first NaN or Inf, scanning in blocks with no copy of the array."""
+    flat = nd.T.reshape(-1) if nd.flags.f_contiguous and not nd.flags.c_contiguous else _flat(nd)
+    buf = np.empty(min(_BLOCK, flat.size), dtype=bool)
+    for start in range(0, flat.size, _BLOCK):
+        part = buf[: min(_BLOCK, flat.size - start)]
+        np.isfinite(flat[start : start + part.size], out=part)
+        if not part.all():
+            return start + int(np.argmin(part))
+    return None
+
+
+def check_reply(
+    content: WireRecords,
+    model: ModelSpec | None,
+    *,
+    message_type: str,
+    weight_key: str,
+    exact: bool,
+    max_weight: float = MAX_WEIGHT,
+) -> None:
+    """Refuse a reply that must not reach an aggregate; `RejectedReply` says what was wrong and what was expected.
+
+    Cheapest checks first: a train reply (and, when `exact`, any reply with
+    arrays) returns the model's arrays with their names, shapes and dtypes;
+    numpy arrays are plain numeric arrays (never pickled objects); the weight,
+    if the reply carries one, is a positive number of examples up to
+    `max_weight`; metrics are finite; then one pass over the data, in blocks
+    and without copying it, finds NaN or Inf in floating-point arrays.
+
+    `exact` is for weighted-mean aggregation, where replies are averaged. Left
+    to the strategy, a 1-D uint8 array (a serialised model) may change length.
+    """
+    arrays: list[tuple[str, list[tuple[str, ArraySpec]]]] = []
+    views: list[tuple[str, str, np.ndarray[Any, Any]]] = []
+    for record, items in content.arrays.items():
+        specs: list[tuple[str, ArraySpec]] = []
+        for name, array in items:
+            if array.stype == NUMPY_STYPE:
+                try:
+                    nd = npy_view(array)
+                except RejectedReply as exc:
+                    raise RejectedReply(exc.reason, f"array {_label(record, name, model)}: {exc}") from exc
+                except PayloadError as exc:
+                    raise RejectedReply("malformed", f"array {_label(record, name, model)}: {exc}") from exc
+                specs.append((name, ArraySpec(str(nd.dtype), tuple(nd.shape), array.stype)))
+                views.append((record, name, nd))
+            else:
+                specs.append((name, ArraySpec(array.dtype, tuple(array.shape), array.stype)))
+        arrays.append((record, specs))
+    # An instruction without arrays leaves nothing to compare with.
+    if model and (message_type == MessageType.TRAIN or (exact and arrays)):
+        _match_model(arrays, model, exact)
+    _check_weight(content.small, weight_key, max_weight)
+    for record, name, nd in views:
+        if nd.dtype.kind in "fc":
+            at = _first_non_finite(nd)
+            if at is not None:
+                raise RejectedReply(
+                    "not-finite",
+                    f"array {_label(record, name, model)} holds NaN or Inf (first at flat index {at}); "
+                    "updates must be finite",
+                )
 
 
 # Folding works block by block so that adding a reply needs no temporary
@@ -101,6 +296,10 @@ class WeightedMean:
                     if len(prev) != len(mvalue):
                         raise NotAggregatable(f"metric list {name}.{key} differs in length")
         arrays = _arrays_of(content)
+        for name, items in arrays:
+            for key, nd in items:
+                if nd.dtype.kind not in "biufc":
+                    raise NotAggregatable(f"array {name}.{key} of dtype {nd.dtype} is not numeric")
         if self._signature is not None:
             # Declared shapes can be empty (Flower's legacy Parameters); the data must fit the sums.
             for name, items in arrays:

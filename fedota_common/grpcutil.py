@@ -45,9 +45,15 @@ def make_server(max_workers: int) -> grpc.Server:
     )
 
 
-def bind(server: grpc.Server, listen: str) -> str | None:
-    """Bind `listen` (port 0 picks one); return the address peers should dial, None on failure."""
-    port = server.add_insecure_port(listen)
+def bind(server: grpc.Server, listen: str, tls: tuple[bytes, bytes] | None = None) -> str | None:
+    """Bind `listen` (port 0 picks one); return the address peers should dial, None on failure.
+
+    `tls` is (certificate chain PEM, private key PEM): the port then speaks TLS only.
+    """
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls[1], tls[0])]))
     if port == 0:
         return None
     host = listen.rsplit(":", 1)[0]
@@ -63,9 +69,11 @@ def add_health(server: grpc.Server, *services: str) -> health.HealthServicer:
     return servicer
 
 
-def channel(target: str) -> grpc.Channel:
-    """An insecure channel with our options (TLS comes with the security issue)."""
-    return grpc.insecure_channel(target, options=OPTIONS)
+def channel(target: str, root_certificates: bytes | None = None) -> grpc.Channel:
+    """A channel with our options: TLS trusting only `root_certificates` when given, else plaintext."""
+    if root_certificates is None:
+        return grpc.insecure_channel(target, options=OPTIONS)
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options=OPTIONS)
 
 
 def check_health(target: str, timeout: float = 2.0) -> bool:

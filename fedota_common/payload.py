@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.message import make_message
 from flwr.common.serde import (
     config_record_from_proto,
@@ -49,6 +49,10 @@ CHUNK_SIZE = 1 << 20
 MAX_FRAME = CHUNK_SIZE + (64 << 10)
 # A content larger than this is refused before any byte is buffered.
 MAX_CONTENT_SIZE = 4 << 30
+# A train or evaluate reply returns the model it was sent (or less) plus metrics:
+# it may exceed its instruction by this much, no more. Without the bound one
+# client could make a selector or the coordinator set aside 4 GiB for a 1 MB model.
+MAX_REPLY_OVERHEAD = 64 << 20
 
 
 # Below this, a payload's memory is not worth a garbage-collector pass.
@@ -79,6 +83,44 @@ NUMPY_STYPE = "numpy.ndarray"
 
 class PayloadError(ValueError):
     """A payload was malformed, truncated, too large or failed its checksum."""
+
+
+class RejectedReply(PayloadError):
+    """A reply that must not reach an aggregate; `reason` names the check it failed, for counting."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def reply_size_limit(instruction_size: int, message_type: str, *, sends_arrays: bool) -> int:
+    """The most bytes a reply to an instruction of `instruction_size` bytes may declare.
+
+    Only train and evaluate replies to an instruction that sends arrays are
+    bounded by it: other messages (e.g. the legacy workflow asking one client
+    for its initial parameters) may legitimately answer a small question with
+    a whole model.
+    """
+    if sends_arrays and message_type in (MessageType.TRAIN, MessageType.EVALUATE):
+        return min(MAX_CONTENT_SIZE, instruction_size + MAX_REPLY_OVERHEAD)
+    return MAX_CONTENT_SIZE
+
+
+def check_header(metadata: bytes, error: bytes) -> None:
+    """Refuse a reply header whose Flower Metadata or Error does not decode.
+
+    The coordinator decodes both when it hands the reply to the ServerApp, so a
+    header that fails there would fail the whole run.
+    """
+    try:
+        metadata_from_proto(ProtoMetadata.FromString(metadata))
+    except Exception as exc:  # noqa: BLE001 - DecodeError, bad values: all mean the same to the sender
+        raise RejectedReply("malformed", f"the result header's metadata is not a Flower Metadata: {exc}") from exc
+    if error:
+        try:
+            error_from_proto(ProtoError.FromString(error))
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise RejectedReply("malformed", f"the result header's error is not a Flower Error: {exc}") from exc
 
 
 def _nbytes(buf: Buffer) -> int:
@@ -455,10 +497,14 @@ def npy_view(array: WireArray) -> np.ndarray[Any, Any]:
     except (ValueError, OSError, EOFError) as exc:
         raise PayloadError(f"array data is not a valid .npy buffer: {exc}") from exc
     if dtype.hasobject:
-        raise PayloadError("array data holds Python objects")
+        raise RejectedReply(
+            "not-numeric", f"array data holds Python objects (dtype {dtype}); only plain numeric arrays are accepted"
+        )
     count = math.prod(shape)
     if len(data) - start != count * dtype.itemsize:
-        raise PayloadError("array data does not match its .npy header")
+        raise PayloadError(
+            f"array data does not match its .npy header: {len(data) - start} bytes for shape {shape} of {dtype}"
+        )
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=start)
     flat.flags.writeable = False
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
@@ -489,7 +535,7 @@ class Assembler:
     def add(self, data: bytes) -> None:
         """Append one chunk."""
         if len(data) > CHUNK_SIZE:
-            raise PayloadError(f"chunk of {len(data)} bytes exceeds {CHUNK_SIZE} bytes")
+            raise PayloadError(f"chunk of {len(data)} bytes exceeds the limit of {CHUNK_SIZE} bytes per chunk")
         end = self._pos + len(data)
         if end > len(self._buf):
             raise PayloadError(f"received more than the announced {len(self._buf)} bytes of content")

@@ -92,7 +92,13 @@ def load(
     """Parse flags and environment; raise SettingsError listing every problem."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for key in keys:
-        parser.add_argument(f"--{key.name}", dest=key.attr, default=None, help=f"{key.help} (env {key.env})")
+        if key.convert is boolean:
+            # A switch: `--insecure` alone means true; `--insecure 0` still works.
+            parser.add_argument(
+                f"--{key.name}", dest=key.attr, default=None, nargs="?", const="1", help=f"{key.help} (env {key.env})"
+            )
+        else:
+            parser.add_argument(f"--{key.name}", dest=key.attr, default=None, help=f"{key.help} (env {key.env})")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     problems: list[str] = []

@@ -19,17 +19,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fedota_common.aggregate import NotAggregatable, WeightedMean
+from flwr.proto.message_pb2 import Metadata as ProtoMetadata
+
+from fedota_common.aggregate import REJECTED, ModelSpec, NotAggregatable, WeightedMean, check_reply, model_spec
 from fedota_common.payload import (
     CHUNK_SIZE,
     MAX_CONTENT_SIZE,
     Content,
     PayloadError,
+    RejectedReply,
     WireContent,
     WireRecords,
     assemble,
+    check_header,
     iter_chunks,
     parse_content,
+    reply_size_limit,
 )
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
@@ -51,19 +56,34 @@ class Upstream(Protocol):
 
 
 class Authenticator(Protocol):
-    def check(self, credential: str) -> str | None:
+    def check(self, credential: str, source: str = "") -> str | None:
         """Return the participant identity of a valid credential ("" if unknown), None to refuse.
 
-        The identity travels to the coordinator and the webserver, so it must never be
-        the credential or any part of its secret.
+        `source` is the client's address (for rate limiting). The identity travels to
+        the coordinator and the webserver, so it must never be the credential or any
+        part of its secret. May raise SelectorError (e.g. UNAVAILABLE: ask again later).
         """
+        ...
+
+    def update(self, roster: cpb.Participants) -> set[str]:
+        """Adopt the coordinator's list of participants; returns those whose admission it withdrew."""
+        ...
+
+    def admits(self, participant: str) -> bool:
+        """Whether a session of `participant` admitted earlier may stay."""
         ...
 
 
 class OpenAuthenticator:
-    """Accepts any credential (local development, before credentials are verified)."""
+    """Accepts any credential (unit tests of the selector's other parts)."""
 
-    def check(self, credential: str) -> str | None:
+    def update(self, roster: cpb.Participants) -> set[str]:
+        return set()
+
+    def admits(self, participant: str) -> bool:
+        return True
+
+    def check(self, credential: str, source: str = "") -> str | None:
         """The participant id of an `fdp_<id>_<secret>` credential, else "" (never the secret)."""
         return participant_of(credential)
 
@@ -105,6 +125,7 @@ class Task:
     content_id: str
     content_size: int
     content_sha256: str
+    message_type: str = ""
     state: str = "pending"  # pending | announced | receiving | done | failed
 
 
@@ -161,6 +182,12 @@ class SelectorCore:
         self.contents: dict[str, Content] = {}
         self._fetching: set[str] = set()
         self._finalized: collections.deque[str] = collections.deque(maxlen=256)
+        # The arrays each instruction content carries, which replies must match.
+        self.models: dict[str, ModelSpec] = {}
+        # Tasks closed lately (task id -> node id, how), to tell a late or repeated reply what happened.
+        self._closed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
+        # Replies refused, by reason (also logged one by one as "reply rejected").
+        self.rejected: collections.Counter[str] = collections.Counter()
         self._rng = random.SystemRandom()
 
     # ---- coordinator side ------------------------------------------------------------
@@ -197,6 +224,7 @@ class SelectorCore:
                     item.content_id,
                     item.content_size,
                     item.content_sha256,
+                    _message_type(item.metadata),
                 )
                 if item.content_id not in self.contents and item.content_id not in self._fetching:
                     to_fetch[item.content_id] = (item.content_size, item.content_sha256)
@@ -217,9 +245,18 @@ class SelectorCore:
             for task in failed:
                 self._fail_task(task, f"selector could not fetch the instruction: {exc}")
             return
+        try:
+            model = model_spec(parse_content(data))
+        except PayloadError as exc:
+            log.warning(
+                "instruction content does not parse; replies are not checked against it", extra={"error": str(exc)}
+            )
+            model = None
         with self._lock:
             self._fetching.discard(content_id)
             self.contents[content_id] = data
+            if model is not None:
+                self.models[content_id] = model
         self._announce_ready()
 
     def _announce_ready(self) -> None:
@@ -256,6 +293,7 @@ class SelectorCore:
                 task = self.tasks.pop(mid, None)
                 if task is None:
                     continue
+                self._remember_closed(task, "cancelled")
                 session = self.by_node.get(task.node_id)
                 if session is not None and task.state == "announced":
                     session.outbox.put(spb.SelectorEvent(cancelled=spb.TaskCancelled(task_id=mid, reason=reason)))
@@ -268,12 +306,36 @@ class SelectorCore:
                 session.outbox.put(spb.SelectorEvent(shutdown=spb.Shutdown(reason=reason)))
         log.info("run finished; clients told to stop", extra={"reason": reason})
 
+    def on_participants(self, roster: cpb.Participants) -> None:
+        """Enforce a new participant list: sessions of participants it withdrew are closed."""
+        withdrawn = self.auth.update(roster)
+        with self._lock:
+            gone = [
+                s for s in self.sessions.values() if s.participant in withdrawn or not self.auth.admits(s.participant)
+            ]
+        for session in gone:
+            session.outbox.put(
+                spb.SelectorEvent(
+                    shutdown=spb.Shutdown(
+                        reason="access withdrawn: this site's participation was revoked or its credential "
+                        "replaced; download your current join bundle from the website"
+                    )
+                )
+            )
+            self.leave(session, "credential no longer admitted")
+        if gone:
+            log.warning("closed sessions no longer admitted", extra={"sessions": len(gone)})
+
     # ---- client side ---------------------------------------------------------------------
 
-    def join(self, credential: str, fab_sha256: str, display_name: str) -> tuple[Session, RunInfo]:
-        participant = self.auth.check(credential)
+    def join(self, credential: str, fab_sha256: str, display_name: str, *, source: str = "") -> tuple[Session, RunInfo]:
+        participant = self.auth.check(credential, source)
         if participant is None:
-            raise SelectorError("UNAUTHENTICATED", "the credential was refused by this selector")
+            raise SelectorError(
+                "UNAUTHENTICATED",
+                "this problem does not accept the credential in your join bundle (revoked, replaced by a newer "
+                "bundle, or for another problem); download your current join bundle from the website",
+            )
         with self._lock:
             run = self.run
             if self.finished:
@@ -365,9 +427,17 @@ class SelectorCore:
         sum straight from the received bytes. Forwarding never buffers: chunks
         go to the coordinator as they arrive.
         """
-        if header.content_size > MAX_CONTENT_SIZE:
-            raise PayloadError(f"content of {header.content_size} bytes exceeds the limit of {MAX_CONTENT_SIZE} bytes")
-        task, batch = self._claim(session, task_id)
+        try:
+            if header.content_size > MAX_CONTENT_SIZE:
+                raise RejectedReply(
+                    "too-large", f"content of {header.content_size} bytes exceeds the limit of {MAX_CONTENT_SIZE} bytes"
+                )
+            check_header(header.metadata, header.error)
+            task, batch = self._claim(session, task_id, header.content_size)
+        except (SelectorError, PayloadError) as exc:
+            # Nothing was taken: the task (if it is this client's) stays open.
+            self._count_rejected(session.node_id, task_id, exc)
+            raise
         try:
             if batch.acc is not None and not header.error:
                 with self._fold_slots:
@@ -378,21 +448,59 @@ class SelectorCore:
             else:
                 self._forward(batch, task, session.node_id, header, chunks)
         except BaseException as exc:
+            if isinstance(exc, (SelectorError, PayloadError)):
+                self._count_rejected(session.node_id, task_id, exc)
             self._abandon(task, exc)
             raise
 
-    def _claim(self, session: Session, task_id: str) -> tuple[Task, BatchState]:
+    def _claim(self, session: Session, task_id: str, size: int) -> tuple[Task, BatchState]:
         with self._lock:
             task = self.tasks.get(task_id)
             if task is None or task.node_id != session.node_id:
-                raise SelectorError("NOT_FOUND", f"task {task_id} is not open for this client (closed or not yours)")
+                closed = self._closed.get(task_id)
+                # Another client's task is answered as an unknown one: ids are not confirmed to strangers.
+                if closed is not None and closed[0] == session.node_id:
+                    raise _closed_error(task_id, closed[1])
+                raise SelectorError(
+                    "NOT_FOUND", f"task {task_id} was not given to this client; answer only the tasks you were sent"
+                )
             if task.state not in ("announced", "pending"):
-                raise SelectorError("ALREADY_EXISTS", f"task {task_id} was already answered")
+                raise _closed_error(task_id, task.state)
             batch = self.batches.get(task.batch_id)
-            if batch is None:
-                raise SelectorError("NOT_FOUND", "the round of this task is closed")
+            if batch is None or batch.finalized:
+                raise _closed_error(task_id, "cancelled")
+            limit = reply_size_limit(
+                task.content_size, task.message_type, sends_arrays=bool(self.models.get(task.content_id))
+            )
+            if size > limit:
+                raise RejectedReply(
+                    "too-large",
+                    f"the result declares {size} bytes; a reply to this task may have at most {limit} bytes "
+                    f"(its instruction's {task.content_size} bytes plus room for metrics)",
+                )
             task.state = "receiving"
         return task, batch
+
+    def _remember_closed(self, task: Task, how: str) -> None:
+        self._closed[task.task_id] = (task.node_id, how)
+        self._closed.move_to_end(task.task_id)
+        while len(self._closed) > 4096:
+            self._closed.popitem(last=False)
+
+    def _count_rejected(self, node_id: int, task_id: str, exc: SelectorError | PayloadError) -> None:
+        if isinstance(exc, RejectedReply):
+            reason = exc.reason
+        elif isinstance(exc, PayloadError):
+            reason = "bad-upload"
+        else:
+            reason = _CLAIM_REASONS.get(exc.code, exc.code.lower())
+        with self._lock:
+            self.rejected[reason] += 1
+            count = self.rejected[reason]
+        log.warning(
+            "reply rejected",
+            extra={"rejected": reason, "detail": str(exc), "node_id": node_id, "task": task_id, "count": count},
+        )
 
     def _abandon(self, task: Task, exc: BaseException) -> None:
         """A reply that failed mid-way: the task fails now instead of at the round deadline."""
@@ -400,15 +508,32 @@ class SelectorCore:
             if task.state != "receiving":
                 return
             task.state = "announced"
-        self._fail_task(task, f"the result upload failed: {exc}")
+        if isinstance(exc, (SelectorError, PayloadError)):
+            self._fail_task(task, f"{REJECTED}: {exc}")
+        else:
+            self._fail_task(task, f"the result upload failed: {exc}")
 
     def _fold(
         self, batch: BatchState, task: Task, node_id: int, header: payload_pb2.PayloadHeader, content: Content
     ) -> bool:
-        """Add a reply to the batch's running sum; False if it must be forwarded on its own."""
+        """Add a reply to the batch's running sum; False if it must be forwarded on its own.
+
+        A reply that fails `check_reply` (arrays unlike the model's, NaN or Inf,
+        an absurd weight) raises `RejectedReply` and leaves the sum untouched.
+        """
         wire: WireRecords | None = None
         try:
-            wire = parse_content(content)
+            try:
+                wire = parse_content(content)
+            except PayloadError as exc:
+                raise RejectedReply("malformed", str(exc)) from exc
+            check_reply(
+                wire,
+                self.models.get(task.content_id),
+                message_type=task.message_type,
+                weight_key=batch.weight_key,
+                exact=True,
+            )
             with batch.lock:
                 if batch.finalized or batch.acc is None:
                     raise SelectorError("DEADLINE_EXCEEDED", "the round closed before this result arrived")
@@ -418,7 +543,7 @@ class SelectorCore:
                 if not batch.first_metadata:
                     batch.first_metadata = header.metadata
                 batch.resolved.add(task.task_id)
-        except (NotAggregatable, PayloadError) as exc:
+        except NotAggregatable as exc:
             log.info("reply forwarded individually", extra={"task": task.task_id, "reason": str(exc)})
             return False
         finally:
@@ -562,12 +687,18 @@ class SelectorCore:
                 ]
                 if not open_tasks and (batch.acc is None or batch.finalized):
                     for t in batch.task_ids:
-                        self.tasks.pop(t, None)
+                        task = self.tasks.pop(t, None)
+                        if task is not None:
+                            self._remember_closed(task, task.state)
                     del self.batches[bid]
             needed = {t.content_id for t in self.tasks.values() if t.state in ("pending", "announced")}
             for cid in list(self.contents):
                 if cid not in needed:
                     del self.contents[cid]
+            answerable = {t.content_id for t in self.tasks.values()}
+            for cid in list(self.models):
+                if cid not in answerable:
+                    del self.models[cid]
 
     def expire_idle(self, timeout: float) -> None:
         """Drop sessions whose heartbeats stopped (a client that vanished without a FIN)."""
@@ -578,11 +709,45 @@ class SelectorCore:
             self.leave(session, "heartbeat timeout")
 
 
+_CLAIM_REASONS = {
+    "NOT_FOUND": "not-selected",
+    "ALREADY_EXISTS": "already-answered",
+    "DEADLINE_EXCEEDED": "round-closed",
+}
+
+
+def _closed_error(task_id: str, how: str) -> SelectorError:
+    """What a client is told when it answers a task that no longer takes replies."""
+    if how == "cancelled":
+        return SelectorError(
+            "DEADLINE_EXCEEDED",
+            f"the round of task {task_id} closed before this result arrived (its deadline passed or it had "
+            "enough results); wait for the next task",
+        )
+    if how == "failed":
+        return SelectorError(
+            "ALREADY_EXISTS", f"task {task_id} is closed: an earlier reply to it failed or was rejected"
+        )
+    return SelectorError("ALREADY_EXISTS", f"task {task_id} was already answered; send one reply per task")
+
+
+def _message_type(metadata: bytes) -> str:
+    """The Flower message type of an instruction (from the coordinator, so it decodes)."""
+    try:
+        return str(ProtoMetadata.FromString(metadata).message_type)
+    except Exception:  # noqa: BLE001 - never seen (the coordinator wrote it); unknown only loosens the size bound
+        return ""
+
+
 class _Checked:
     """Pass chunks through while checking them against the announced size and hash.
 
     A mismatch raises inside the upstream call (which then fails) and is kept
-    in `error` so the client is told what was wrong with its upload.
+    in `error` so the client is told what was wrong with its upload. The last
+    chunk is held back until the client's stream has ended and checked out:
+    a cancelled upload can look complete to the coordinator, which must
+    therefore never have every byte of a reply that turned out bad (e.g. the
+    announced bytes followed by more).
     """
 
     def __init__(self, size: int, sha256: str, chunks: Iterator[bytes]) -> None:
@@ -594,19 +759,24 @@ class _Checked:
     def __iter__(self) -> Iterator[bytes]:
         digest = hashlib.sha256()
         got = 0
+        held: bytes | None = None
         try:
             for data in self.chunks:
                 if len(data) > CHUNK_SIZE:
-                    raise PayloadError(f"chunk of {len(data)} bytes exceeds {CHUNK_SIZE} bytes")
+                    raise PayloadError(f"chunk of {len(data)} bytes exceeds the limit of {CHUNK_SIZE} bytes per chunk")
                 got += len(data)
                 if got > self.size:
                     raise PayloadError(f"received more than the announced {self.size} bytes of content")
                 digest.update(data)
-                yield data
+                if held is not None:
+                    yield held
+                held = data
             if got != self.size:
                 raise PayloadError(f"content truncated: got {got} of {self.size} bytes")
             if self.sha256 and digest.hexdigest() != self.sha256:
                 raise PayloadError("content checksum mismatch")
+            if held is not None:
+                yield held
         except PayloadError as exc:
             self.error = exc
             raise

@@ -12,7 +12,7 @@ from typing import NoReturn
 import grpc
 
 from fedota_common.grpcutil import abort
-from fedota_common.payload import PayloadError, iter_chunks
+from fedota_common.payload import MAX_FRAME, PayloadError, iter_chunks
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -25,6 +25,18 @@ def _abort(context: grpc.ServicerContext, err: SelectorError) -> NoReturn:
     abort(context, getattr(grpc.StatusCode, err.code), str(err))
 
 
+def _source(context: grpc.ServicerContext) -> str:
+    """The client's address without its port (`ipv4:10.0.0.5:41234` → `ipv4:10.0.0.5`)."""
+    return context.peer().rsplit(":", 1)[0]
+
+
+def _status_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
+    """Status code and details of a failed call (a bare RpcError, e.g. a cancelled stream, has neither)."""
+    if isinstance(exc, grpc.Call):
+        return exc.code(), exc.details() or ""
+    return None, str(exc) or type(exc).__name__
+
+
 class SelectorServicer(selector_pb2_grpc.SelectorServicer):
     def __init__(self, core: SelectorCore, fab_source: FabSource) -> None:
         self.core = core
@@ -32,7 +44,9 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
 
     def Join(self, request: spb.JoinRequest, context: grpc.ServicerContext) -> spb.JoinResponse:
         try:
-            session, run = self.core.join(request.credential, request.fab_sha256, request.display_name)
+            session, run = self.core.join(
+                request.credential, request.fab_sha256, request.display_name, source=_source(context)
+            )
         except SelectorError as err:
             _abort(context, err)
         return spb.JoinResponse(
@@ -108,10 +122,19 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         header = first.header
 
         def chunks() -> Iterator[bytes]:
-            for part in request_iterator:
-                if part.WhichOneof("part") != "chunk":
-                    raise PayloadError("only chunks may follow the header")
-                yield part.chunk.data
+            got = 0
+            try:
+                for part in request_iterator:
+                    if part.WhichOneof("part") != "chunk":
+                        raise PayloadError("only chunks may follow the header")
+                    got += len(part.chunk.data)
+                    yield part.chunk.data
+            except grpc.RpcError as exc:
+                # gRPC ends the stream without saying why; its status already went to the client.
+                raise PayloadError(
+                    f"the upload broke off after {got} of {header.payload.content_size} bytes (cancelled, "
+                    f"disconnected, or a message above the {MAX_FRAME}-byte limit)"
+                ) from exc
 
         try:
             session = self.core.session(header.session_id)
@@ -121,6 +144,16 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
             _abort(context, err)
         except PayloadError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except grpc.RpcError as exc:
+            # The coordinator's answer to a reply passed on to it (or a broken link to it).
+            code, details = _status_of(exc)
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                abort(context, code, f"the coordinator rejected this result: {details}")
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"the selector could not pass this result on to its coordinator ({details}); the task has failed",
+            )
         return spb.PushResultResponse(accepted=True)
 
     def GetFab(self, request: spb.GetFabRequest, context: grpc.ServicerContext) -> Iterator[payload_pb2.Chunk]:

@@ -129,6 +129,8 @@ class CoordinatorLink:
                     self.core.on_cancel(msg.cancel.message_ids, msg.cancel.reason)
                 elif kind == "finished":
                     self.core.on_run_finished(msg.finished.reason)
+                elif kind == "participants":
+                    self.core.on_participants(msg.participants)
         finally:
             self._outbox = None
             box.put(None)

@@ -163,6 +163,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
             str(sel_state),
             "--selector-id",
             "sel-1",
+            "--insecure",
         ],
         cwd=REPO,
         env=ENV,

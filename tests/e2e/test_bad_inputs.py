@@ -34,6 +34,7 @@ def _client(services: Services, data: Path, contract: Path, *extra: str) -> subp
             str(data.parent / "cache"),
             "--max-join-wait",
             "20",
+            "--insecure",
             *extra,
         ],
         cwd=REPO,

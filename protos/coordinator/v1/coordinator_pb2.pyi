@@ -18,18 +18,24 @@ AGGREGATION_INDIVIDUAL: Aggregation
 AGGREGATION_WEIGHTED_MEAN: Aggregation
 
 class SelectorMessage(_message.Message):
-    __slots__ = ("hello", "node_joined", "node_left", "progress", "heartbeat")
+    __slots__ = ("hello", "node_joined", "node_left", "progress", "heartbeat", "roster_request")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     NODE_JOINED_FIELD_NUMBER: _ClassVar[int]
     NODE_LEFT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     node_joined: NodeJoined
     node_left: NodeLeft
     progress: TaskProgress
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., node_joined: _Optional[_Union[NodeJoined, _Mapping]] = ..., node_left: _Optional[_Union[NodeLeft, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    roster_request: RosterRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., node_joined: _Optional[_Union[NodeJoined, _Mapping]] = ..., node_left: _Optional[_Union[NodeLeft, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., roster_request: _Optional[_Union[RosterRequest, _Mapping]] = ...) -> None: ...
+
+class RosterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("selector_id", "token", "nodes")
@@ -76,18 +82,36 @@ class Heartbeat(_message.Message):
     def __init__(self) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "instructions", "flush", "cancel", "finished")
+    __slots__ = ("welcome", "instructions", "flush", "cancel", "finished", "participants")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     FLUSH_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     instructions: Instructions
     flush: Flush
     cancel: Cancel
     finished: RunFinished
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instructions: _Optional[_Union[Instructions, _Mapping]] = ..., flush: _Optional[_Union[Flush, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., finished: _Optional[_Union[RunFinished, _Mapping]] = ...) -> None: ...
+    participants: Participants
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instructions: _Optional[_Union[Instructions, _Mapping]] = ..., flush: _Optional[_Union[Flush, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., finished: _Optional[_Union[RunFinished, _Mapping]] = ..., participants: _Optional[_Union[Participants, _Mapping]] = ...) -> None: ...
+
+class Participants(_message.Message):
+    __slots__ = ("open", "allowed")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    open: bool
+    allowed: _containers.RepeatedCompositeFieldContainer[AllowedParticipant]
+    def __init__(self, open: _Optional[bool] = ..., allowed: _Optional[_Iterable[_Union[AllowedParticipant, _Mapping]]] = ...) -> None: ...
+
+class AllowedParticipant(_message.Message):
+    __slots__ = ("participant", "credential_sha256")
+    PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    participant: str
+    credential_sha256: str
+    def __init__(self, participant: _Optional[str] = ..., credential_sha256: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("run_id", "fab_sha256", "fab_size", "run_config_json")

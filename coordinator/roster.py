@@ -1,0 +1,122 @@
+"""Who may join: the website's list of admitted participants, kept fresh for the selectors.
+
+The coordinator polls `<report URL>participants` every few seconds with the
+run's service token and, whenever the answer changes, hands it to every
+selector over the Attach stream (the Hub sends the latest list to a selector
+that attaches later). Selectors check each join against it and close the
+sessions of participants who dropped out of it, so a revocation on the website
+reaches every selector within one poll interval plus a round trip.
+
+When the website is down the last list stays in force: known, unrevoked
+participants keep training. A coordinator that has never had an answer sends
+nothing, and its selectors admit no one until it has.
+
+Without a website (`--report-url` empty: local development) there is no list
+to enforce, and the selectors are told to admit any client.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from coordinator.hub import Hub
+from coordinator.report import Target
+from protos.coordinator.v1 import coordinator_pb2 as cpb
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 3.0
+MIN_GAP = 0.5
+
+
+class RosterError(Exception):
+    """The website's answer could not be used; the message says why."""
+
+
+def parse_roster(doc: Any) -> cpb.Participants:
+    """The internal API's `{"participants": [{"participant", "credential_sha256"}]}` as a message."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("participants"), list):
+        raise RosterError("expected an object with a 'participants' list")
+    allowed = []
+    for i, item in enumerate(doc["participants"]):
+        if not isinstance(item, dict):
+            raise RosterError(f"participants[{i}]: expected an object")
+        participant, digest = item.get("participant"), item.get("credential_sha256")
+        if not isinstance(participant, str) or not participant.isdigit():
+            raise RosterError(f"participants[{i}].participant: expected a participant id, got {participant!r}")
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise RosterError(f"participants[{i}].credential_sha256: expected 64 lower-case hex digits")
+        allowed.append(cpb.AllowedParticipant(participant=participant, credential_sha256=digest))
+    return cpb.Participants(allowed=allowed)
+
+
+def fetch_roster(target: Target) -> cpb.Participants:
+    """One GET of the list; raises RosterError (or OSError / HTTPException when unreachable)."""
+    conn = target.connection()
+    try:
+        conn.request("GET", target.path + "participants", headers={"Authorization": f"Bearer {target.token}"})
+        resp = conn.getresponse()
+        body = resp.read(16 * 1024 * 1024)
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RosterError(f"HTTP {resp.status}: {body[:300].decode('utf-8', 'replace').strip()}")
+    try:
+        return parse_roster(json.loads(body))
+    except ValueError as exc:
+        raise RosterError(f"not JSON: {exc}") from exc
+
+
+class RosterPoller:
+    """Polls the website in a daemon thread and feeds changes to the hub."""
+
+    def __init__(self, target: Target, hub: Hub, *, interval: float = POLL_INTERVAL) -> None:
+        self.target = target
+        self.hub = hub
+        self.interval = interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="roster", daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poll_soon(self) -> None:
+        """Ask the website now rather than at the next interval (a selector met an unknown credential)."""
+        self._wake.set()
+
+    def poll_once(self) -> bool:
+        """Fetch and publish the list; False when the website could not be asked."""
+        try:
+            roster = fetch_roster(self.target)
+        except (RosterError, OSError, http.client.HTTPException) as exc:
+            if not self._failing:
+                # Once per outage, not every poll: the last list stays in force meanwhile.
+                log.warning("cannot refresh the participant list; keeping the last one", extra={"error": str(exc)})
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("participant list refreshed again")
+        self._failing = False
+        if self.hub.set_participants(roster):
+            log.info("participant list changed", extra={"participants": len(roster.allowed)})
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.poll_once()
+            self._wake.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self._wake.clear()
+            # Requests on demand are bounded too: at most one poll per MIN_GAP.
+            self._stop.wait(max(0.0, MIN_GAP - (time.monotonic() - started)))
