@@ -159,6 +159,25 @@ def test_problems_cannot_reach_each_others_coordinator(
     assert leftovers(docker_client, docker_prefix, 201) == leftovers(docker_client, docker_prefix, 202) == []
 
 
+def test_services_on_the_hosts_loopback_are_out_of_reach(
+    spawner: DockerSpawner, docker_client: Any, docker_prefix: str, fab: tuple[Path, str]
+) -> None:
+    """The platform's database and broker listen on loopback: no problem container reaches them."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        spawner.start(_spec(fab, 251, selectors=1))
+        for name in ("coordinator", "selector-0"):
+            container = docker_client.containers.get(f"{docker_prefix}-p251-{name}")
+            for host in ("host.docker.internal", "127.0.0.1", "172.17.0.1"):
+                code, out = _exec_python(container, CONNECT.format(host=host, port=port))
+                assert code != 0, f"{name} reached the host's loopback service through {host}:{port}"
+    spawner.stop(251)
+
+
 def test_a_taken_port_fails_the_start_naming_it_and_leaves_no_container(
     spawner: DockerSpawner, docker_client: Any, docker_prefix: str, fab: tuple[Path, str]
 ) -> None:

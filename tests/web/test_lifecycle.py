@@ -339,6 +339,33 @@ def test_reconcile_leaves_a_finished_coordinator_to_monitoring(
     assert fake.problems() == set()
 
 
+def test_a_late_stop_task_leaves_a_newer_run_alone(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    run = _started(users, make_problem, fake)
+    assert lifecycle.run_teardown(problem_id=run.problem_id) is None
+    assert fake.stops == [] and fake.problems() == {run.problem_id}
+
+
+def test_reconcile_lets_a_finished_coordinator_deliver_its_final_model(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    from django.utils import timezone
+
+    from webserver.problems.models import Service
+
+    run = _started(users, make_problem, fake)
+    # The run-finished event arrived; the coordinator is still uploading the final model.
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.FINISHED, finished_at=timezone.now())
+    assert lifecycle.infrastructure_reconcile().orphans_removed == []
+    assert fake.problems() == {run.problem_id}
+
+    fake.crash(run.problem_id, "coordinator", 0, exit_code=0)  # done: it exits
+    assert lifecycle.infrastructure_reconcile().orphans_removed == [run.problem_id]
+    assert fake.problems() == set()
+    assert set(Service.objects.filter(run=run).values_list("health", flat=True)) == {"removed"}
+
+
 def test_reconcile_removes_orphans_and_keeps_active_runs(
     users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
 ) -> None:

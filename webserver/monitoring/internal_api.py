@@ -1,4 +1,5 @@
-"""The internal API coordinators report to: events and checkpoint files.
+"""The internal API coordinators talk to: events and checkpoint files in, the
+list of admitted participants out.
 
 Plain Django views: no session, no CSRF (machines, not browsers), and the
 request body is read as a stream so a 1 GB checkpoint never sits in memory.
@@ -68,3 +69,19 @@ def run_checkpoint(request: HttpRequest, run_id: int, round: int, kind: str) -> 
     except ApplicationError as exc:
         return _error(exc)
     return JsonResponse({"stored": f"round {round} {kind}"}, status=201)
+
+
+@require_http_methods(["GET"])
+def run_participants(request: HttpRequest, run_id: int) -> JsonResponse:
+    """Who the run's selectors may admit (participant ids and credential hashes).
+
+    The coordinator polls this every few seconds and hands it to its selectors,
+    so a revocation on the website takes effect at every selector within seconds.
+    """
+    from webserver.participation.queries import admitted_credentials
+
+    try:
+        run = services.run_authenticate(run_id=run_id, authorization=request.headers.get("Authorization", ""))
+    except ApplicationError as exc:
+        return _error(exc)
+    return JsonResponse({"problem_id": run.problem_id, "participants": admitted_credentials(problem_id=run.problem_id)})

@@ -58,7 +58,7 @@ def problem_selector_endpoints(problem: Problem) -> list[str]:
 
 
 def bundle_build(
-    *, participant: Participant, credential: str, selectors: list[str], issued_at: datetime
+    *, participant: Participant, credential: str, selectors: list[str], issued_at: datetime, ca_certificate: str
 ) -> dict[str, Any]:
     """The join bundle document (`fedota-join-bundle/1`), as the client reads it."""
     problem = participant.problem
@@ -69,6 +69,8 @@ def bundle_build(
         "webserver_url": settings.FEDOTA_PUBLIC_URL,
         "selectors": list(selectors),
         "credential": credential,
+        # The problem's own CA: the client trusts a selector only with a certificate it signed.
+        "ca_certificate": ca_certificate,
         "participant_id": participant.pk,
         "site_name": participant.site_name,
         "fab_sha256": problem.fab_sha256,

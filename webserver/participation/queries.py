@@ -143,3 +143,18 @@ def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:
             row.rounds_contributed = counts.get(row.pk, 0)  # type: ignore[attr-defined]
         context["participants"] = rows
     return context
+
+
+def admitted_credentials(*, problem_id: int) -> list[dict[str, str]]:
+    """Who the problem's selectors admit: approved participants holding a credential.
+
+    Only credential hashes leave the website; a revoked, rejected or pending
+    participant, or one who never downloaded a bundle, is simply not listed.
+    """
+    rows = (
+        Participant.objects.filter(problem_id=problem_id, status=ParticipantStatus.APPROVED)
+        .exclude(credential_hash="")
+        .order_by("pk")
+        .values_list("pk", "credential_hash")
+    )
+    return [{"participant": str(pk), "credential_sha256": digest} for pk, digest in rows]

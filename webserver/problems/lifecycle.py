@@ -46,6 +46,7 @@ from webserver.problems.models import (
     Service,
     ServiceHealth,
 )
+from webserver.problems.pki import selector_certificate
 from webserver.problems.runconfig import DEFAULTS, app_overrides, validate_run_config
 from webserver.spawner import (
     MAX_SELECTORS,
@@ -66,6 +67,11 @@ MAX_RESTARTS = 3
 # Not shorter: with several workers, a copy and a late original could launch together.
 REQUEUE_AFTER = timedelta(minutes=10)
 _RESTART_RE = re.compile(r"^restart (\d+) of \d+")
+# Active runs that have not been told to stop.
+LAUNCHING_OR_RUNNING = (RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING)
+# A coordinator whose run has ended keeps running while it delivers its last reports
+# (the final model); the reconciler leaves it that long before removing it as an orphan.
+FINAL_REPORTS_GRACE = timedelta(minutes=10)
 
 
 def _hash_token(token: str) -> str:
@@ -154,6 +160,7 @@ def build_run_spec(run: Run, *, service_token: str, selector_token: str) -> RunS
     doc = dict(run.config or {})
     launch = validate_run_config(doc, app.default_config)
     num_selectors = int(launch["num_selectors"])
+    tls_cert, tls_key = selector_certificate(problem)
     return RunSpec(
         problem_id=problem.pk,
         run_id=run.pk,
@@ -168,6 +175,8 @@ def build_run_spec(run: Run, *, service_token: str, selector_token: str) -> RunS
         service_token=service_token,
         selector_token=selector_token,
         selector_ports=selector_ports(problem.pk, num_selectors, base=settings.FEDOTA_SELECTOR_PORT_BASE),
+        tls_cert_pem=tls_cert,
+        tls_key_pem=tls_key,
     )
 
 
@@ -288,7 +297,14 @@ def run_stop(*, problem: Problem, user: Any) -> Run:
 
 
 def run_teardown(*, problem_id: int, spawner: Spawner | None = None) -> Run | None:
-    """Remove the problem's services; its stopping run becomes stopped. Idempotent."""
+    """Remove the problem's services; its stopping run becomes stopped. Idempotent.
+
+    A late or redelivered stop task finds a newer run queued, starting or running
+    and leaves it alone.
+    """
+    if Run.objects.filter(problem_id=problem_id, status__in=LAUNCHING_OR_RUNNING).exists():
+        log.info("not tearing down problem %s: a run of it is active and not stopping", problem_id)
+        return None
     (spawner or get_spawner()).stop(problem_id)
     with transaction.atomic():
         run = (
@@ -352,13 +368,27 @@ def _why_restart(states: list[ServiceState]) -> str | None:
     return None
 
 
+def _delivering_final_reports(spawner: Spawner, problem_id: int) -> bool:
+    """Is the problem's coordinator still up shortly after its run ended (uploading the final model)?"""
+    recent = Run.objects.filter(problem_id=problem_id, finished_at__gt=timezone.now() - FINAL_REPORTS_GRACE)
+    if not recent.exists():
+        return False
+    return any(s.role == "coordinator" and s.health != "exited" for s in spawner.status(problem_id))
+
+
 def _remove_orphan(spawner: Spawner, problem_id: int) -> bool:
+    if _delivering_final_reports(spawner, problem_id):
+        return False
     with transaction.atomic():
         # Holding the problem row keeps a new run from being created meanwhile.
         exists = Problem.objects.select_for_update().filter(pk=problem_id).exists()
         if exists and Run.objects.filter(problem_id=problem_id, status__in=ACTIVE_RUN_STATUSES).exists():
             return False
         spawner.stop(problem_id, remove_data=False)
+        # The ended runs' service rows said what ran; now nothing does.
+        Service.objects.filter(run__problem_id=problem_id).exclude(health=ServiceHealth.REMOVED).update(
+            health=ServiceHealth.REMOVED, updated_at=timezone.now()
+        )
     return True
 
 

@@ -37,6 +37,10 @@ class Problem(models.Model):
     state = models.CharField(max_length=16, choices=ProblemState.choices, default=ProblemState.DRAFT)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The problem's own certificate authority (webserver/problems/pki.py): its
+    # certificate goes into join bundles, its key signs the selectors' certificates.
+    ca_certificate = models.TextField(blank=True, editable=False)
+    ca_private_key = models.TextField(blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

@@ -36,7 +36,18 @@ class RunSpec:
     # same for every run of a problem (see `selector_ports`), so participants'
     # join bundles stay valid across runs. Empty: the backend picks.
     selector_ports: tuple[int, ...] = ()
+    # The selectors' TLS server certificate and key (PEM), issued by the problem's CA for
+    # the host clients dial. Empty: selectors serve plaintext (`--insecure`), which only
+    # hand-made specs for local tests do; the run lifecycle always issues one.
+    tls_cert_pem: str = ""
+    tls_key_pem: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def selector_tls_env(self) -> dict[str, str]:
+        """How a selector learns its certificate (environment, never the command line)."""
+        if self.tls_cert_pem and self.tls_key_pem:
+            return {"FEDOTA_TLS_CERT": self.tls_cert_pem, "FEDOTA_TLS_KEY": self.tls_key_pem}
+        return {"FEDOTA_INSECURE": "1"}
 
 
 @dataclass(frozen=True)

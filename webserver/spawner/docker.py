@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 COORDINATOR_PORT = 9091
 SELECTOR_PORT = 9092
+# The selector's plaintext health port, on the container's loopback only (its client port speaks TLS).
+HEALTH_PORT = 9093
 STATE_MOUNT = "/state"
 # The whole start (every container answering its health check) must fit in this.
 START_TIMEOUT = 120.0
@@ -226,7 +228,7 @@ class DockerSpawner:
 
     def status(self, problem_id: int) -> list[ServiceState]:
         with _engine(f"listing the containers of problem {problem_id}"):
-            containers = self.client.containers.list(all=True, filters=self._filters(problem_id))
+            containers = self.client.containers.list(all=True, ignore_removed=True, filters=self._filters(problem_id))
         out = [self._state(c) for c in containers]
         out.sort(key=lambda s: (s.role != "coordinator", s.index))
         return out
@@ -256,7 +258,7 @@ class DockerSpawner:
         key = f"{LABEL}.problem"
         with _engine("listing this installation's containers"):
             objects: list[Any] = [
-                *self.client.containers.list(all=True, filters=self._filters()),
+                *self.client.containers.list(all=True, ignore_removed=True, filters=self._filters()),
                 *self.client.networks.list(filters=self._filters()),
                 *self.client.volumes.list(filters=self._filters()),
             ]
@@ -362,6 +364,8 @@ class DockerSpawner:
             "FEDOTA_LISTEN": f"0.0.0.0:{SELECTOR_PORT}",
             "FEDOTA_SELECTOR_ID": f"p{spec.problem_id}-r{spec.run_number}-s{index}",
             "FEDOTA_SELECTOR_TOKEN": spec.selector_token,
+            "FEDOTA_HEALTH_LISTEN": f"127.0.0.1:{HEALTH_PORT}",
+            **spec.selector_tls_env(),
             **spec.extra_env,
         }
         labels = self.labels(
@@ -455,7 +459,7 @@ class DockerSpawner:
     @staticmethod
     def _probe(container: Any, role: str) -> bool:
         """Does the service in `container` answer its gRPC health check right now?"""
-        port = COORDINATOR_PORT if role == "coordinator" else SELECTOR_PORT
+        port = COORDINATOR_PORT if role == "coordinator" else HEALTH_PORT
         try:
             code, _ = container.exec_run(["python", "-c", PROBE.format(port=port)])
         except docker.errors.APIError:
@@ -471,7 +475,7 @@ class DockerSpawner:
 
     def _remove_containers(self, problem_id: int) -> None:
         with _engine(f"listing the containers of problem {problem_id}"):
-            containers = self.client.containers.list(all=True, filters=self._filters(problem_id))
+            containers = self.client.containers.list(all=True, ignore_removed=True, filters=self._filters(problem_id))
 
         def remove(container: Any) -> None:
             with _engine(f"removing the container {container.name}"):
@@ -481,6 +485,10 @@ class DockerSpawner:
                     container.remove(force=True)
                 except docker.errors.NotFound:
                     pass
+                except docker.errors.APIError as exc:
+                    # Another worker (a stop task and the reconciler at once) is removing it.
+                    if exc.status_code != 409 or "in progress" not in str(exc):
+                        raise
 
         # Selectors first, so clients are not handed to a coordinator that is going away.
         def is_coordinator(c: Any) -> bool:

@@ -185,12 +185,14 @@ class ProcessSpawner:
                 f"--state-file={state_file}",
             ]
             log_path = logs / f"selector_{i}.log"
-            proc = self._spawn(cmd, env, log_path, run_dir / f"selector_{i}.exit")
+            proc = self._spawn(cmd, {**env, **spec.selector_tls_env()}, log_path, run_dir / f"selector_{i}.exit")
             records.append(self._record("selector", i, proc.pid, run_dir / f"selector_{i}", log_path))
             self._write(root, records)
             state = self._wait_for_file(proc, state_file, log_path, spec, deadline)
-            probe = str(state["address"])
-            records[-1].update(address=f"{self.selector_host}:{probe.rsplit(':', 1)[1]}", probe=probe)
+            listening = str(state["address"])
+            # The health port is plaintext on loopback; the clients' port may speak TLS.
+            probe = str(state.get("health") or listening)
+            records[-1].update(address=f"{self.selector_host}:{listening.rsplit(':', 1)[1]}", probe=probe)
             self._write(root, records)
         return self.status(spec.problem_id)
 
