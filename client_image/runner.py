@@ -139,7 +139,10 @@ class Node:
             for chunk in chunks:
                 asm.add(chunk.data)
             content = asm.finish()
-            app = parse_fab(bytes(content), origin="the app served by the selector")
+            try:
+                app = parse_fab(bytes(content), origin="the app served by the selector")
+            except FabError as exc:
+                raise ClientError(f"the app served by the selector is unusable: {exc}") from exc
             expected = self.setup.fab_sha256 or run.fab_sha256
             if app.sha256 != expected:
                 raise ClientError(
@@ -148,7 +151,10 @@ class Node:
                 )
             if not self.setup.fab_sha256:
                 log.warning("no FAB hash pinned: running the app the selector serves", extra={"fab_sha256": app.sha256})
-            app_dir = extract(app, self.setup.cache_dir / "apps")
+            try:
+                app_dir = extract(app, self.setup.cache_dir / "apps")
+            except FabError as exc:
+                raise ClientError(f"the app cannot be unpacked: {exc}") from exc
             client_app = load_object(app.clientapp, LoadClientAppError, str(app_dir))
             if not isinstance(client_app, ClientApp):
                 raise ClientError(f"{app.clientapp} in the app is not a flwr ClientApp")

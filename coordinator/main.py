@@ -149,6 +149,7 @@ def run(settings: Settings) -> int:
     try:
         app = load_app(settings.app)
         config = app.fused_config(settings.run_config)
+        app_dir = extract(app, state_dir / "apps")
     except FabError as exc:
         log.error("cannot load the app", extra={"error": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
@@ -159,7 +160,6 @@ def run(settings: Settings) -> int:
             early.run_finished(ok=False, detail=f"cannot load the app: {exc}")
             early.close(timeout=10.0)
         return 2
-    app_dir = extract(app, state_dir / "apps")
     aggregation = choose_aggregation(settings.aggregation, config)
 
     hub = Hub()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -39,4 +41,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         if exc.field:
             body[exc.field] = [exc.message]
         return Response(body, status=exc.status_code)
+    # Django's request-size bounds; unhandled they become a bare HTML "Bad Request".
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            {
+                "detail": f"the request body is larger than {limit} bytes, the most accepted besides uploaded "
+                "files; send a FAB as a multipart file upload"
+            },
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        return Response({"detail": f"the request has too many fields or files: {exc}"}, status=400)
     return exception_handler(exc, context)

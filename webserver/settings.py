@@ -67,7 +67,15 @@ def database_from_url(url: str) -> dict[str, object]:
     if parts.scheme == "sqlite":
         path = unquote(parts.path[1:] if parts.path.startswith("//") else parts.path.lstrip("/") or "")
         name = Path(path) if path.startswith("/") else BASE_DIR / path
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": name, "OPTIONS": {"timeout": 20}}
+        # IMMEDIATE: a transaction takes the write lock when it begins, so two writers
+        # queue (up to `timeout` s) instead of one failing at once with "database is
+        # locked" when it upgrades from reading to writing (coordinators report while
+        # people use the site).
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": name,
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
     if parts.scheme in ("postgres", "postgresql", "pgsql"):
         return {
             "ENGINE": "django.db.backends.postgresql",
@@ -195,6 +203,15 @@ else:
 
 # Uploads: a FAB may be large, but not unbounded; Django spools big files to disk.
 FEDOTA_MAX_FAB_BYTES = env_int("FEDOTA_MAX_FAB_MB", 50) * 1024 * 1024
+# Any one uploaded file: the rest of a bigger one is dropped as it streams in
+# (webserver/uploads.py) and the form says how big it was. A FAB is the largest file taken.
+FEDOTA_MAX_UPLOAD_BYTES = FEDOTA_MAX_FAB_BYTES
+FILE_UPLOAD_HANDLERS = [
+    "webserver.uploads.BoundedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# A request body besides its files (JSON, form fields): bigger is refused (API: 413).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Checkpoints uploaded by coordinators (a round's model as .npz and .pt).
@@ -254,7 +271,13 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "webserver.errors.api_exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # Bounded ?limit= and ?offset=, and a JSON parser that refuses too deep nesting (both were 500s).
+    "DEFAULT_PAGINATION_CLASS": "webserver.api_bounds.BoundedLimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": [
+        "webserver.api_bounds.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "PAGE_SIZE": 100,
 }
 SPECTACULAR_SETTINGS = {

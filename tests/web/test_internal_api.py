@@ -375,3 +375,37 @@ def test_the_coordinator_reporter_speaks_this_api(
     assert Contribution.objects.filter(run=run, participant=site, site_name="General Hospital").count() == 2
     assert Service.objects.get(run=run, role="selector").clients_connected == 0  # clients sent home
     assert Checkpoint.objects.get(run=run, round=1).npz.read() == model.read_bytes()
+
+
+def test_deeply_nested_events_are_a_clear_400(client: Client, run: Run) -> None:
+    body = "[" * 100_000 + "]" * 100_000
+    response = client.post(
+        f"/internal/v1/runs/{run.pk}/events",
+        data=body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {TOKEN}",
+    )
+    assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
+
+
+def test_the_participant_list_holds_only_approved_credential_hashes(
+    client: Client, run: Run, hospital: Participant, users: dict[str, Any]
+) -> None:
+    Participant.objects.filter(pk=hospital.pk).update(status="approved", credential_hash="ab" * 32)
+    Participant.objects.create(
+        problem=run.problem,
+        user=users["holder"],
+        site_name="Revoked",
+        status="revoked",
+        credential_hash="cd" * 32,
+        contact_email="r@example.org",
+    )
+    response = client.get(f"/internal/v1/runs/{run.pk}/participants", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200
+    assert response.json() == {
+        "problem_id": run.problem_id,
+        "participants": [{"participant": str(hospital.pk), "credential_sha256": "ab" * 32}],
+    }
+    assert client.get(f"/internal/v1/runs/{run.pk}/participants").status_code == 401
+    wrong = client.get(f"/internal/v1/runs/{run.pk}/participants", HTTP_AUTHORIZATION=f"Bearer {OTHER_TOKEN}")
+    assert wrong.status_code == 403

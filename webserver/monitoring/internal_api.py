@@ -43,8 +43,8 @@ def run_events(request: HttpRequest, run_id: int) -> JsonResponse:
             doc = json.loads(request.body or b"null")
         except RequestDataTooBig:
             raise services.TooLarge("too many events in one request; send smaller batches") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApplicationError(f"body: not valid JSON ({exc})", field="body") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ApplicationError(f"body: not valid JSON ({type(exc).__name__})", field="body") from None
         events = doc if isinstance(doc, list) else [doc]
         applied = services.run_events_apply(run=run, events=events)
     except ApplicationError as exc:

@@ -57,11 +57,8 @@ class ContractFormData:
 def validate_contract(doc: Any) -> dict[str, Any]:
     """`doc` if the client would accept it, else ApplicationError (field `contract`) with every issue."""
     if not isinstance(doc, Mapping):
-        raise ApplicationError(
-            f"the data contract must be a JSON object; got {type(doc).__name__}",
-            field="contract",
-            extra={"issues": [f"the contract must be a JSON object, got {type(doc).__name__}"]},
-        )
+        message = f"the data contract must be a JSON object; got {type(doc).__name__}"
+        raise ApplicationError(message, field="contract", extra={"issues": [message]})
     try:
         parse_contract(dict(doc))
     except ContractSpecError as exc:
@@ -79,6 +76,8 @@ def contract_from_json(text: str) -> dict[str, Any]:
         raise ApplicationError(
             f"the contract is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", field="contract"
         ) from exc
+    except RecursionError:
+        raise ApplicationError("the contract is not usable JSON: it nests too deeply", field="contract") from None
     return validate_contract(doc)
 
 

@@ -12,7 +12,6 @@ import hashlib
 import io
 import tomllib
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,7 +23,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.util import ClassNotFound
 
-from fedota_common.fab import App, FabError, load_app, parse_fab
+from fedota_common.fab import UNPACK_ERRORS, App, FabError, load_app, parse_fab
 from webserver.errors import ApplicationError
 
 APPS_DIR = Path(settings.BASE_DIR) / "apps"
@@ -129,7 +128,7 @@ def _check_entries_readable(content: bytes, origin: str) -> None:
                 with zf.open(info) as fh:
                     while fh.read(1 << 20):
                         pass
-            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
+            except UNPACK_ERRORS as exc:
                 raise ApplicationError(
                     f"{origin}: entry {info.filename!r} cannot be unpacked ({exc}); build the app again with `flwr build`",
                     field="fab",
@@ -191,7 +190,7 @@ def fab_files(problem: Any) -> list[FabFile]:
     if listing is None:
         try:
             listing = _listing(fab_bytes(problem))
-        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError) as exc:
+        except UNPACK_ERRORS as exc:
             raise ApplicationError(f"the stored app cannot be read ({exc}); upload it again", field="fab") from exc
         if len(_LISTINGS) > 64:
             _LISTINGS.clear()
@@ -236,6 +235,8 @@ def read_upload(upload: Any) -> tuple[bytes, str]:
     """The bytes and file name of an uploaded FAB, refusing an oversized one before reading it."""
     limit = settings.FEDOTA_MAX_FAB_BYTES
     name = PurePosixPath(str(getattr(upload, "name", "") or "app.fab")).name
+    # The name is shown and stored: no control characters (PostgreSQL refuses NUL).
+    name = "".join(ch for ch in name if ch.isprintable()) or "app.fab"
     if upload.size is not None and upload.size > limit:
         raise ApplicationError(f"{name} is {upload.size} bytes; a FAB may be at most {limit} bytes", field="fab")
     data = upload.read(limit + 1)

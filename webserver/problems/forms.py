@@ -34,7 +34,10 @@ MAX_CONTRACT_JSON = 1 << 20
 class ProblemForm(forms.Form):
     title = forms.CharField(max_length=200)
     description = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 8}), required=False, help_text="Markdown; shown on the problem page."
+        widget=forms.Textarea(attrs={"rows": 8}),
+        required=False,
+        strip=False,  # Markdown is kept as written: leading spaces are meaningful
+        help_text="Markdown; shown on the problem page.",
     )
     join_policy = forms.ChoiceField(choices=JoinPolicy.choices, initial=JoinPolicy.APPROVAL)
     app_source = forms.ChoiceField(

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from rest_framework import serializers
 
 from webserver.problems.models import JoinPolicy, Problem, Run
+from webserver.problems.templatetags.problem_tags import render_markdown
+
+
+@lru_cache(maxsize=256)
+def _description_html(text: str) -> str:
+    return str(render_markdown(text))
+
+
+class JSONTextField(serializers.JSONField):
+    """A JSON value, also accepted as JSON text in a multipart form; too deep nesting is a 400, not a 500."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            return super().to_internal_value(data)
+        except RecursionError:
+            raise serializers.ValidationError("the JSON nests too deeply") from None
 
 
 class ProblemSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     active_run = serializers.SerializerMethodField()
+    description_html = serializers.SerializerMethodField(
+        help_text="`description` (Markdown, as written) rendered to HTML and sanitised: safe to embed."
+    )
 
     class Meta:
         model = Problem
@@ -19,6 +39,7 @@ class ProblemSerializer(serializers.ModelSerializer):
             "id",
             "title",
             "description",
+            "description_html",
             "state",
             "owner",
             "contract",
@@ -34,6 +55,9 @@ class ProblemSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    def get_description_html(self, problem: Problem) -> str:
+        return _description_html(problem.description)
+
     def get_active_run(self, problem: Problem) -> int | None:
         """The number of the run that is queued, starting, running or stopping, if any."""
         run = next((r for r in problem.runs.all() if r.is_active), None)
@@ -48,13 +72,14 @@ class ProblemWriteSerializer(serializers.Serializer):
     """
 
     title = serializers.CharField(max_length=200)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
-    contract = serializers.JSONField(help_text="The data contract document (docs/data-contract.md).")
+    # Markdown is kept as written: leading spaces are meaningful (an indented code block).
+    description = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
+    contract = JSONTextField(help_text="The data contract document (docs/data-contract.md).")
     app_template = serializers.CharField(
         required=False, allow_blank=True, help_text="A built-in app's name (GET /api/v1/apps/)."
     )
     fab = serializers.FileField(required=False, help_text="A FAB made with `flwr build` (multipart upload).")
-    run_config = serializers.JSONField(
+    run_config = JSONTextField(
         required=False,
         help_text="rounds, clients_per_round, min_clients, round_timeout, strategy, strategy_params, num_selectors, app_config.",
     )

@@ -22,6 +22,8 @@ from webserver.problems.models import ACTIVE_RUN_STATUSES, JoinPolicy, Problem, 
 from webserver.problems.runconfig import validate_run_config
 
 MAX_TITLE = 200
+# Characters of Markdown; the page renders it on every view (about 0.3 s at worst for this many).
+MAX_DESCRIPTION = 20_000
 EDITABLE = ("title", "description", "contract", "app_template", "fab_bytes", "fab_name", "run_config", "join_policy")
 
 
@@ -32,6 +34,51 @@ def _check_title(title: str) -> str:
     if len(title) > MAX_TITLE:
         raise ApplicationError(f"the title is {len(title)} characters; at most {MAX_TITLE} are allowed", field="title")
     return title
+
+
+def _check_description(description: str | None) -> str:
+    description = description or ""
+    if len(description) > MAX_DESCRIPTION:
+        raise ApplicationError(
+            f"the description is {len(description)} characters; at most {MAX_DESCRIPTION} are allowed",
+            field="description",
+        )
+    return description
+
+
+def _check_no_nul(doc: Any, *, field: str) -> Any:
+    """`doc` unless a string in it holds a NUL character, which PostgreSQL cannot store in JSON.
+
+    A loop, not recursion (the document may nest as deep as the JSON parser
+    allowed), and each value's place is a link to its parent's, so a wide and
+    deep document costs no more than its size.
+    """
+    Place = tuple[Any, str | int] | None  # (parent's place, key or index)
+    pending: list[tuple[Any, Place]] = [(doc, None)]
+    while pending:
+        value, place = pending.pop()
+        bad: Place = None
+        if isinstance(value, str):
+            if "\x00" in value:
+                bad = place or (None, "")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in str(key):
+                    bad = (place, key)
+                    break
+                pending.append((item, (place, key)))
+        elif isinstance(value, list):
+            pending.extend(
+                (item, (place, index)) for index, item in enumerate(value) if isinstance(item, (str, dict, list))
+            )
+        if bad is not None:
+            keys: list[str | int] = []
+            while bad is not None:
+                bad, key = bad
+                keys.append(key)
+            where = field + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in reversed(keys) if k != "")
+            raise ApplicationError(f"{where} holds a NUL character (\\u0000); remove it", field=field)
+    return doc
 
 
 def _check_join_policy(policy: str) -> str:
@@ -98,13 +145,14 @@ def problem_create(
     """A new draft problem owned by `owner` (a problem setter)."""
     problem_create_check(owner=owner)
     title = _check_title(title)
-    contract = validate_contract(contract)
+    description = _check_description(description)
+    contract = validate_contract(_check_no_nul(contract, field="contract"))
     app, template, name = _resolve_app(app_template=app_template, fab_bytes=fab_bytes, fab_name=fab_name)
-    config = validate_run_config(run_config, app.default_config)
+    config = validate_run_config(_check_no_nul(run_config, field="run_config"), app.default_config)
     problem = Problem(
         owner=owner,
         title=title,
-        description=description or "",
+        description=description,
         contract=contract,
         app_template=template,
         fab_name=name[:200],
@@ -137,9 +185,9 @@ def problem_update(*, problem: Problem, user: Any, **changes: Any) -> Problem:
     if "title" in changes:
         problem.title = _check_title(changes["title"])
     if "description" in changes:
-        problem.description = changes["description"] or ""
+        problem.description = _check_description(changes["description"])
     if "contract" in changes:
-        problem.contract = validate_contract(changes["contract"])
+        problem.contract = validate_contract(_check_no_nul(changes["contract"], field="contract"))
     if "join_policy" in changes:
         problem.join_policy = _check_join_policy(changes["join_policy"])
 
@@ -155,7 +203,8 @@ def problem_update(*, problem: Problem, user: Any, **changes: Any) -> Problem:
         problem.app_template, problem.fab_name = template, name[:200]
     app_config = new_app.default_config if new_app is not None else problem_app(problem).default_config
     if "run_config" in changes or new_app is not None:
-        problem.run_config = validate_run_config(changes.get("run_config", problem.run_config), app_config)
+        run_config = _check_no_nul(changes.get("run_config", problem.run_config), field="run_config")
+        problem.run_config = validate_run_config(run_config, app_config)
     if new_app is not None and problem.state != ProblemState.DRAFT:
         # Join bundles pin the app version: participants must fetch new ones.
         problem.app_version += 1

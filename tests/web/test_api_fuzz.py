@@ -1,0 +1,100 @@
+"""Schemathesis against the REST API's own OpenAPI schema: no input makes it answer with a 5xx.
+
+Every operation of the schema served at /api/schema/ (none is excluded) is
+called in-process (WSGI) with generated input, valid and invalid, once with a
+problem setter's token and once with a data holder's; the check is
+`not_a_server_error`. Path ids are drawn from generated numbers and from the
+rows made below, so the handlers behind the 404 are reached too. Examples are
+few (25 per operation) and derandomised, so a run is reproducible and takes
+about half a minute.
+
+The schema is built from the code (drf-spectacular's generator, the same one
+behind /api/schema/) when this module is imported, because schemathesis makes
+one test per operation at collection time; its pytest "lazy" loader, which
+would fetch the schema inside a test, does not run under pytest 9.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from drf_spectacular.generators import SchemaGenerator
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+
+from webserver.wsgi import application
+
+# Each operation's test writes rows in autocommit mode, as the site does in production.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ID_PARAMETERS = {"pk", "id", "problem_id", "run_id", "participant_id"}
+# Ids of the rows the current test made; generated ids rarely hit a real one.
+_REAL_IDS: list[int] = []
+
+schema = schemathesis.openapi.from_dict(SchemaGenerator().get_schema(request=None, public=True))
+schema.app = application
+
+
+@schema.hook
+def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None) -> Any:
+    params = dict(path_parameters or {})
+    keys = sorted(ID_PARAMETERS & set(params))
+    if not keys or not _REAL_IDS:
+        return st.just(params)
+    real = st.fixed_dictionaries({key: st.sampled_from(list(_REAL_IDS)) for key in keys})
+    return st.one_of(st.just(params), real.map(lambda found: {**params, **found}))
+
+
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """Celery tasks the API enqueued, kept here: in autocommit mode `delay_on_commit` would reach the broker."""
+    from webserver.problems import tasks
+
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    for task in (tasks.publish, tasks.stop, tasks.reconcile):
+        monkeypatch.setattr(task, "delay", lambda *args, _name=task.name, **kwargs: sent.append((_name, args)))
+    return sent
+
+
+@pytest.fixture(params=["owner", "holder"])
+def token(request: pytest.FixtureRequest, users: dict[str, Any], make_problem: Any, queued: list[Any]) -> str:
+    """The token of a problem setter (`owner`) or a data holder, over a small world of rows.
+
+    The owner has a published problem with a finished run and a draft; the data
+    holder takes part in the published one, another holder has asked to join.
+    """
+    from rest_framework.authtoken.models import Token
+
+    from webserver.participation.models import Participant, ParticipantStatus
+    from webserver.problems.models import ProblemState, Run, RunStatus
+
+    published = make_problem(users["owner"])
+    draft = make_problem(users["owner"], state=ProblemState.DRAFT, title="Draft")
+    run = Run.objects.create(problem=published, number=1, status=RunStatus.FINISHED, current_round=3, total_rounds=3)
+    approved = Participant.objects.create(
+        problem=published,
+        user=users["holder"],
+        site_name="St Elsewhere",
+        contact_email="holder@example.org",
+        status=ParticipantStatus.APPROVED,
+    )
+    pending = Participant.objects.create(
+        problem=published, user=users["participant"], site_name="General", contact_email="participant@example.org"
+    )
+    _REAL_IDS[:] = sorted({published.pk, draft.pk, run.pk, approved.pk, pending.pk})
+    return str(Token.objects.create(user=users[request.param]).key)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_no_input_makes_the_api_fail(case: Any, token: str) -> None:
+    case.call_and_validate(headers={"Authorization": f"Token {token}"}, checks=[not_a_server_error])
