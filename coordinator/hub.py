@@ -419,10 +419,16 @@ class Hub:
             for mid in batch.instrs:
                 self._msg_batch.pop(mid, None)
 
-    def set_participants(self, roster: cpb.Participants) -> bool:
-        """Make `roster` the list every selector enforces; False if it did not change."""
+    def set_participants(self, roster: cpb.Participants, *, resend: bool = False) -> bool:
+        """Make `roster` the list every selector enforces; False if it did not change.
+
+        `resend`: send it even unchanged (a selector asked and is waiting for an answer).
+        """
         with self.cond:
             if self.participants is not None and self.participants == roster:
+                if resend:
+                    for link in self.selectors.values():
+                        link.outbox.put(cpb.CoordinatorMessage(participants=roster))
                 return False
             self.participants = roster
             for link in self.selectors.values():

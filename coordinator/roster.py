@@ -95,8 +95,11 @@ class RosterPoller:
         """Ask the website now rather than at the next interval (a selector met an unknown credential)."""
         self._wake.set()
 
-    def poll_once(self) -> bool:
-        """Fetch and publish the list; False when the website could not be asked."""
+    def poll_once(self, *, asked: bool = False) -> bool:
+        """Fetch and publish the list; False when the website could not be asked.
+
+        `asked`: a selector is waiting for this answer, so it is sent even unchanged.
+        """
         try:
             roster = fetch_roster(self.target)
         except (RosterError, OSError, http.client.HTTPException) as exc:
@@ -108,15 +111,16 @@ class RosterPoller:
         if self._failing:
             log.info("participant list refreshed again")
         self._failing = False
-        if self.hub.set_participants(roster):
+        if self.hub.set_participants(roster, resend=asked):
             log.info("participant list changed", extra={"participants": len(roster.allowed)})
         return True
 
     def _loop(self) -> None:
+        asked = False
         while not self._stop.is_set():
             started = time.monotonic()
-            self.poll_once()
-            self._wake.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self.poll_once(asked=asked)
+            asked = self._wake.wait(max(0.0, self.interval - (time.monotonic() - started)))
             self._wake.clear()
             # Requests on demand are bounded too: at most one poll per MIN_GAP.
             self._stop.wait(max(0.0, MIN_GAP - (time.monotonic() - started)))

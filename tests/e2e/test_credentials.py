@@ -152,8 +152,9 @@ def test_tls_credentials_scope_and_revocation(site: str, tmp_path: Path, demo: P
     hospitals = demo / "breast_cancer" / "clients"
     owner = _user("setter", "setter")
     ada, bea = _user("ada", "holder"), _user("bea", "holder")
-    problem_a = _publish(owner, "Problem A", contract, rounds=500)
-    problem_b = _publish(owner, "Problem B", contract, rounds=500)
+    # Far more rounds than the test lasts: both runs are still training at its end.
+    problem_a = _publish(owner, "Problem A", contract, rounds=10_000)
+    problem_b = _publish(owner, "Problem B", contract, rounds=10_000)
     part_ada, bundle_ada = _join(problem_a, ada, tmp_path)
     _, bundle_bea = _join(problem_a, bea, tmp_path)
     _, bundle_bea_b = _join(problem_b, bea, tmp_path)
@@ -169,7 +170,9 @@ def test_tls_credentials_scope_and_revocation(site: str, tmp_path: Path, demo: P
         _wait(lambda: run_a.rounds.filter(number__gte=2).exists(), 120, "problem A to train over TLS")
 
         # Plaintext against a TLS selector: never gets through.
-        procs.append(plain := _client(bundle_ada, hospitals / "hospital_2", logs["plain"], "--insecure"))
+        procs.append(
+            plain := _client(bundle_ada, hospitals / "hospital_2", logs["plain"], "--insecure", "--max-join-wait", "5")
+        )
         # TLS, but trusting problem B's CA: the selector's certificate does not verify.
         wrong_ca = tmp_path / "wrong-ca.json"
         wrong_ca.write_text(json.dumps({**doc_a, "ca_certificate": doc_b["ca_certificate"]}))
@@ -213,6 +216,10 @@ def test_tls_credentials_scope_and_revocation(site: str, tmp_path: Path, demo: P
         procs.append(old := _client(tmp_path / "old.json", hospitals / "hospital_1", logs["old"]))
         old.wait(timeout=60)
         assert old.returncode == 4
+
+        # Last (it throttles this address): a flood of guessed credentials is cut off,
+        # and the selector keeps serving.
+        _flood(doc_a, bea_part.pk)
     except Exception:
         for name, path in logs.items():
             if path.exists():
@@ -221,3 +228,28 @@ def test_tls_credentials_scope_and_revocation(site: str, tmp_path: Path, demo: P
     finally:
         for proc in procs:
             _stop(proc)
+
+
+def _flood(bundle: dict[str, Any], participant_id: int) -> None:
+    import grpc
+
+    from fedota_common.grpcutil import channel
+    from protos.selector.v1 import selector_pb2 as spb
+    from protos.selector.v1 import selector_pb2_grpc
+
+    codes = []
+    with channel(bundle["selectors"][0], bundle["ca_certificate"].encode()) as ch:
+        stub = selector_pb2_grpc.SelectorStub(ch)
+        for attempt in range(15):
+            try:
+                stub.Join(spb.JoinRequest(credential=f"fdp_{participant_id}_guess{attempt}"), timeout=30)
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+        assert "OK" not in codes
+        assert codes[-1] == "RESOURCE_EXHAUSTED", codes
+        assert codes.count("UNAUTHENTICATED") <= 10, codes
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -94,7 +94,11 @@ def test_worker_publishes_restarts_and_stops_a_run(
         selectors = list(run.services.filter(role="selector").order_by("index").values_list("address", flat=True))
         assert selectors == endpoints
         coordinator = run.services.get(role="coordinator")
-        assert all(check_health(address) for address in [coordinator.address, *selectors])
+        assert check_health(coordinator.address)
+        ca = Problem.objects.get(pk=problem.pk).ca_certificate.encode()
+        # Selectors serve clients over TLS with the problem's own CA only.
+        assert all(_serving_tls(address, ca) for address in selectors)
+        assert not any(check_health(address, timeout=2) for address in selectors), "plaintext reached a selector"
 
         # A selector dies: the reconciler (run by the worker) starts the run again on the same ports.
         first_handle = run.services.get(role="selector", index=1).handle
@@ -110,13 +114,27 @@ def test_worker_publishes_restarts_and_stops_a_run(
 
         _wait_for("the run to be restarted", restarted)
         assert run.status_detail.startswith("restart 1 of 3: selector 1")
-        assert all(check_health(address) for address in endpoints)
+        assert all(_serving_tls(address, ca) for address in endpoints)
 
         # Stop: the worker tears everything down.
         lifecycle.run_stop(problem=problem, user=owner)
         _wait_for("the run to be stopped", lambda: _status(run) == RunStatus.STOPPED, timeout=30)
         assert tagged_pids(spawner.tag(problem.pk)) == []
         assert set(run.services.values_list("health", flat=True)) == {"removed"}
-        assert not any(check_health(address, timeout=0.5) for address in endpoints)
+        assert not any(_serving_tls(address, ca, timeout=0.5) for address in endpoints)
     finally:
         spawner.stop(problem.pk)
+
+
+def _serving_tls(address: str, ca: bytes, timeout: float = 5.0) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from fedota_common.grpcutil import channel
+
+    with channel(address, ca) as ch:
+        try:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -211,6 +211,9 @@ def test_the_hub_hands_the_list_to_every_selector_and_to_late_ones() -> None:
     assert early.outbox.get_nowait().participants == _roster((1, digest))
     late = hub.attach("s2", [])
     assert late.outbox.get_nowait().participants == _roster((1, digest))
+    # A selector that asked waits for an answer, so an unchanged list is sent again.
+    assert not hub.set_participants(_roster((1, digest)), resend=True)
+    assert early.outbox.get_nowait().participants == _roster((1, digest))
 
 
 class _Website(http.server.BaseHTTPRequestHandler):
