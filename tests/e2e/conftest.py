@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,27 @@ ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
 }
+
+
+@pytest.fixture
+def process_site(settings: Any, live_server: Any, tmp_path: Path) -> Iterator[str]:
+    """The website on a live server whose runs start as processes (the `process` spawner).
+
+    Everything a run starts is stopped afterwards, whatever the test did.
+    """
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.FEDOTA_STATE_DIR = tmp_path / "problems"
+    settings.FEDOTA_PUBLIC_URL = live_server.url
+    settings.FEDOTA_INTERNAL_URL = live_server.url
+    settings.FEDOTA_SPAWNER = "process"
+    settings.FEDOTA_SELECTOR_PORT_BASE = random.randrange(21000, 29000, 8)
+    yield live_server.url
+    from webserver.problems.models import Problem
+    from webserver.spawner import get_spawner
+
+    spawner = get_spawner("process")
+    for problem_id in Problem.objects.values_list("pk", flat=True):
+        spawner.stop(problem_id)
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +33,8 @@ pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture
-def site(settings: Any, live_server: Any, tmp_path: Path) -> Iterator[str]:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.FEDOTA_STATE_DIR = tmp_path / "problems"
-    settings.FEDOTA_PUBLIC_URL = live_server.url
-    settings.FEDOTA_INTERNAL_URL = live_server.url
-    settings.FEDOTA_SPAWNER = "process"
-    settings.FEDOTA_SELECTOR_PORT_BASE = random.randrange(21000, 29000, 8)
-    yield live_server.url
-    from webserver.problems.models import Problem
-    from webserver.spawner import get_spawner
-
-    spawner = get_spawner("process")
-    for problem_id in Problem.objects.values_list("pk", flat=True):
-        spawner.stop(problem_id)
+def site(process_site: str) -> str:
+    return process_site
 
 
 def _user(username: str, role: str) -> Any:

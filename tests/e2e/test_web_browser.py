@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -65,21 +64,9 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 @pytest.fixture
-def site(settings: Any, live_server: Any, tmp_path: Path) -> Iterator[str]:
+def site(settings: Any, process_site: str) -> str:
     settings.CELERY_TASK_ALWAYS_EAGER = True
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.FEDOTA_STATE_DIR = tmp_path / "problems"
-    settings.FEDOTA_PUBLIC_URL = live_server.url
-    settings.FEDOTA_INTERNAL_URL = live_server.url
-    settings.FEDOTA_SPAWNER = "process"
-    settings.FEDOTA_SELECTOR_PORT_BASE = random.randrange(21000, 29000, 8)
-    yield live_server.url
-    from webserver.problems.models import Problem
-    from webserver.spawner import get_spawner
-
-    spawner = get_spawner("process")
-    for problem_id in Problem.objects.values_list("pk", flat=True):
-        spawner.stop(problem_id)
+    return process_site
 
 
 def _activation_link(username: str) -> str:
