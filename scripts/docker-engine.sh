@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers: install docker.io (and iptables, debootstrap for
 # the base image) through apt-get when dockerd is missing, start dockerd when it is not
-# running, wait until `docker info` answers. Idempotent: a second run does nothing.
+# running, wait until `docker info` answers; docker-compose too when neither it nor the
+# `docker compose` plugin is there. Idempotent: a second run does nothing.
 # DOCKERD_LOG sets where a dockerd started here logs (default /var/log/dockerd.log).
 set -euo pipefail
 
-if docker info >/dev/null 2>&1; then
+have_compose() { command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1; }
+
+if docker info >/dev/null 2>&1 && have_compose; then
   exit 0
 fi
 
@@ -14,7 +17,7 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 # docker-compose.yml: Debian's docker-compose (1.29) when no `docker compose` plugin answers.
-command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+have_compose || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "missing: ${missing[*]}; install them (Debian: sudo apt-get install ${missing[*]})" >&2

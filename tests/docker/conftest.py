@@ -27,7 +27,7 @@ def _require() -> bool:
     return os.environ.get("FEDOTA_REQUIRE_DOCKER", "") == "1"
 
 
-def _unavailable(reason: str) -> None:
+def unavailable(reason: str) -> None:
     message = f"NO DOCKER: {reason}. Start the engine and build the images with scripts/build-images.sh."
     if _require():
         pytest.fail(message + " (FEDOTA_REQUIRE_DOCKER=1: container tests must run)", pytrace=False)
@@ -39,12 +39,12 @@ def docker_client() -> Iterator[Any]:
     try:
         import docker
     except ImportError:
-        _unavailable("the docker Python package is not installed")
+        unavailable("the docker Python package is not installed")
     try:
         client = docker.from_env(timeout=120)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - whatever the reason, there is no engine to test against
-        _unavailable(f"no Docker engine answers ({exc})")
+        unavailable(f"no Docker engine answers ({exc})")
     missing = []
     for image in IMAGES:
         try:
@@ -52,7 +52,7 @@ def docker_client() -> Iterator[Any]:
         except docker.errors.ImageNotFound:
             missing.append(image)
     if missing:
-        _unavailable(f"images missing: {', '.join(missing)}")
+        unavailable(f"images missing: {', '.join(missing)}")
     yield client
     leftovers = _labelled(client, {"label": [f"fedota.install={PREFIX}"]})
     client.close()
