@@ -314,6 +314,52 @@ def test_reconcile_restarts_a_crashed_selector_then_gives_up(
     assert fake.problems() == set()
 
 
+def test_a_run_restarted_after_its_problem_changed_app_keeps_its_own_app(
+    users: dict[str, Any],
+    fake: FakeSpawner,
+    enqueued: list[Any],
+    tabular_fab: bytes,
+    breast_cancer_contract: dict[str, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Editing the app is for the next run: a crash of the running one must not swap its code (or fail it)."""
+    import io
+    import zipfile
+
+    from webserver.problems import services
+
+    owner = users["owner"]
+    problem = services.problem_create(
+        owner=owner, title="Breast cancer", contract=breast_cancer_contract, app_template="tabular"
+    )
+    run = services.problem_publish(problem=problem, user=owner)
+    lifecycle.run_launch(run_id=run.pk)
+    v2 = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(tabular_fab)) as old, zipfile.ZipFile(v2, "w") as new:
+        for entry in old.infolist():
+            new.writestr(entry, old.read(entry))
+        new.writestr("CHANGES.md", "a new version")
+    problem = services.problem_update(problem=problem, user=owner, fab_bytes=v2.getvalue(), fab_name="v2.fab")
+    assert problem.fab_sha256 != run.fab_sha256
+
+    fake.crash(problem.pk, "coordinator", 0, exit_code=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert lifecycle.infrastructure_reconcile().restarted == [run.pk]
+    lifecycle.run_launch(run_id=run.pk)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING, run.status_detail
+    first, restarted = fake.specs
+    assert restarted.fab_sha256 == first.fab_sha256 == run.fab_sha256
+    assert hashlib.sha256(restarted.fab_path.read_bytes()).hexdigest() == run.fab_sha256
+    # The next run has the new app.
+    lifecycle.run_stop(problem=problem, user=owner)
+    lifecycle.run_teardown(problem_id=problem.pk)
+    run2 = services.problem_publish(problem=problem, user=owner)
+    lifecycle.run_launch(run_id=run2.pk)
+    assert hashlib.sha256(fake.specs[-1].fab_path.read_bytes()).hexdigest() == problem.fab_sha256
+
+
 def test_reconcile_leaves_a_finished_coordinator_to_monitoring(
     users: dict[str, Any],
     make_problem: Any,

@@ -141,21 +141,41 @@ def run_start(*, problem: Problem, user: Any) -> Run:
     return run
 
 
+def _run_fab_path(run: Run) -> Path:
+    """The stored FAB of the app `run` was created with, even if its problem's app changed since.
+
+    A run keeps its app for good: restarting it after a crash must not swap the
+    code its data holders reviewed (their bundles pin it) for an edit meant for
+    the next run. FABs are stored under their SHA-256 (with a suffix when the
+    name was taken) and a replaced app's file is kept, so it is still there.
+    """
+    problem = run.problem
+    if not problem.fab:
+        raise ApplicationError("the problem has no Flower app")
+    current = Path(problem.fab.path)
+    if problem.fab_sha256 == run.fab_sha256:
+        return current
+    pinned = sorted(current.parent.glob(f"{run.fab_sha256}*.fab"))
+    if not pinned:
+        raise ApplicationError(
+            f"the app this run was started with (SHA-256 {run.fab_sha256[:12]}…) is no longer stored; start a new run"
+        )
+    return pinned[0]
+
+
 def build_run_spec(run: Run, *, service_token: str, selector_token: str) -> RunSpec:
     """The backend-neutral description of what to start for `run` (raises ApplicationError if the app is unusable)."""
     from fedota_common.fab import FabError, load_app
 
     problem = run.problem
-    if not problem.fab:
-        raise ApplicationError("the problem has no Flower app")
-    fab_path = Path(problem.fab.path)
+    fab_path = _run_fab_path(run)
     try:
         app = load_app(fab_path)
     except FabError as exc:
         raise ApplicationError(f"the problem's app cannot be loaded: {exc}") from exc
     if app.sha256 != run.fab_sha256:
         raise ApplicationError(
-            "the problem's app changed after this run was queued (its SHA-256 differs); start a new run"
+            "the stored app of this run no longer matches the SHA-256 it was started with; start a new run"
         )
     doc = dict(run.config or {})
     launch = validate_run_config(doc, app.default_config)
