@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -27,7 +27,7 @@ def _require() -> bool:
     return os.environ.get("FEDOTA_REQUIRE_DOCKER", "") == "1"
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     message = f"NO DOCKER: {reason}. Start the engine and build the images with scripts/build-images.sh."
     if _require():
         pytest.fail(message + " (FEDOTA_REQUIRE_DOCKER=1: container tests must run)", pytrace=False)

@@ -14,6 +14,7 @@ import pytest
 
 from fedota_common.fab import load_app
 from tests.docker.conftest import leftovers
+from tests.docker.probes import exec_python, reach
 from webserver.spawner.base import RunSpec, SpawnError
 from webserver.spawner.docker import DockerSpawner, container_url
 
@@ -63,20 +64,6 @@ def _spec(
     )
 
 
-def _exec_python(container: Any, code: str) -> tuple[int, str]:
-    result = container.exec_run(["python", "-c", code])
-    return result.exit_code, result.output.decode(errors="replace")
-
-
-CONNECT = (
-    "import socket, sys\n"
-    "try:\n"
-    "    socket.create_connection(({host!r}, {port}), timeout=3).close()\n"
-    "except OSError as exc:\n"
-    "    print(type(exc).__name__, exc); sys.exit(1)\n"
-)
-
-
 def test_start_runs_the_problem_locked_down_on_its_own_network(
     spawner: DockerSpawner, docker_client: Any, docker_prefix: str, fab: tuple[Path, str]
 ) -> None:
@@ -105,10 +92,10 @@ def test_start_runs_the_problem_locked_down_on_its_own_network(
         assert host["RestartPolicy"]["Name"] == "on-failure"
         mounts = container.attrs["Mounts"]
         assert not any("docker.sock" in (m.get("Source") or "") for m in mounts)
-        code, uid = _exec_python(container, "import os; print(os.getuid())")
+        code, uid = exec_python(container, "-c", "import os; print(os.getuid())")
         assert code == 0 and uid.strip() == "10001"
         # The root filesystem refuses writes; /tmp is a tmpfs.
-        code, out = _exec_python(container, "open('/app/x', 'w')")
+        code, out = exec_python(container, "-c", "open('/app/x', 'w')")
         assert code != 0 and "Read-only file system" in out
         if state.role == "coordinator":
             published = {k: v for k, v in container.attrs["NetworkSettings"]["Ports"].items() if v}
@@ -139,18 +126,16 @@ def test_problems_cannot_reach_each_others_coordinator(
     ip_b = coordinator_b.attrs["NetworkSettings"]["Networks"][f"{docker_prefix}-p202"]["IPAddress"]
     ip_a = coordinator_a.attrs["NetworkSettings"]["Networks"][f"{docker_prefix}-p201"]["IPAddress"]
 
-    # Control: within a problem the selector reaches its coordinator by name.
-    code, out = _exec_python(selector_a, CONNECT.format(host=coordinator_a.name, port=9091))
-    assert code == 0, out
-    # Across problems: the name does not resolve, and the address is not routed.
-    code, out = _exec_python(selector_a, CONNECT.format(host=coordinator_b.name, port=9091))
-    assert code != 0 and "gaierror" in out, out
-    code, out = _exec_python(selector_a, CONNECT.format(host=ip_b, port=9091))
-    assert code != 0, f"problem 201's selector reached problem 202's coordinator at {ip_b}"
+    # Control: within a problem the selector reaches its coordinator by name. Across problems
+    # the name does not resolve, and the address is not routed.
+    probed = reach(selector_a, [(coordinator_a.name, 9091), (coordinator_b.name, 9091), (ip_b, 9091)])
+    assert probed[0][0], probed
+    assert not probed[1][0] and "gaierror" in probed[1][1], probed
+    assert not probed[2][0], f"problem 201's selector reached problem 202's coordinator at {ip_b}"
     # And the other way round.
     selector_b = docker_client.containers.get(f"{docker_prefix}-p202-selector-0")
-    code, out = _exec_python(selector_b, CONNECT.format(host=ip_a, port=9091))
-    assert code != 0, f"problem 202's selector reached problem 201's coordinator at {ip_a}"
+    ((ok, _),) = reach(selector_b, [(ip_a, 9091)])
+    assert not ok, f"problem 202's selector reached problem 201's coordinator at {ip_a}"
 
     spawner.stop(201)
     # Stopping one problem leaves the other running.
@@ -172,9 +157,10 @@ def test_services_on_the_hosts_loopback_are_out_of_reach(
         spawner.start(_spec(fab, 251, selectors=1))
         for name in ("coordinator", "selector-0"):
             container = docker_client.containers.get(f"{docker_prefix}-p251-{name}")
-            for host in ("host.docker.internal", "127.0.0.1", "172.17.0.1"):
-                code, out = _exec_python(container, CONNECT.format(host=host, port=port))
-                assert code != 0, f"{name} reached the host's loopback service through {host}:{port}"
+            hosts = ("host.docker.internal", "127.0.0.1", "172.17.0.1")
+            probed = reach(container, [(host, port) for host in hosts])
+            reached = [host for host, (ok, _) in zip(hosts, probed, strict=True) if ok]
+            assert not reached, f"{name} reached the host's loopback service through {reached} port {port}"
     spawner.stop(251)
 
 

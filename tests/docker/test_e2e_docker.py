@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.docker.conftest import leftovers
+from tests.docker.probes import REACH, exec_python, ip_on, reach
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -496,27 +497,6 @@ def _remove_everything(client: Any, prefix: str) -> None:
 # ---- checks on the problems' containers -------------------------------------------------------
 
 
-CONNECT = (
-    "import socket, sys\n"
-    "try:\n"
-    "    socket.create_connection(({host!r}, {port}), timeout=4).close()\n"
-    "except OSError as exc:\n"
-    "    print(type(exc).__name__, exc); sys.exit(1)\n"
-    "print('connected')\n"
-)
-
-# [[host, port], ...] as argv[1]; prints [[connected, why], ...].
-REACH = (
-    "import json, socket, sys\n"
-    "out = []\n"
-    "for host, port in json.loads(sys.argv[1]):\n"
-    "    try:\n"
-    "        socket.create_connection((host, port), timeout=4).close(); out.append([True, 'connected'])\n"
-    "    except OSError as exc:\n"
-    "        out.append([False, f'{type(exc).__name__} {exc}'])\n"
-    "print(json.dumps(out))\n"
-)
-
 INSIDE = (
     "import os\n"
     "caps = [l.split()[1] for l in open('/proc/1/status') if l.startswith(('CapEff', 'CapBnd'))]\n"
@@ -526,11 +506,6 @@ INSIDE = (
     "    writable = type(exc).__name__ + ' ' + str(exc.strerror)\n"
     "print(os.getuid(), os.getgid(), *caps, writable, sep='|')\n"
 )
-
-
-def _exec_python(container: Any, code: str) -> tuple[int, str]:
-    result = container.exec_run(["python", "-c", code])
-    return int(result.exit_code), result.output.decode(errors="replace").strip()
 
 
 def _check_services(platform: Platform, token: str, problem_id: int, selectors: int) -> dict[str, Any]:
@@ -574,7 +549,7 @@ def _check_services(platform: Platform, token: str, problem_id: int, selectors: 
         assert host["Privileged"] is False
         assert not any("docker.sock" in (m.get("Source") or "") for m in c.attrs["Mounts"])
         assert c.attrs["Config"]["User"] not in ("", "root", "0"), f"{c.name} runs as {c.attrs['Config']['User']!r}"
-        code, out = _exec_python(c, INSIDE)
+        code, out = exec_python(c, "-c", INSIDE)
         assert code == 0, out
         uid, gid, cap_eff, cap_bnd, writable = out.split("|")
         assert uid != "0" and gid != "0", f"{c.name} runs as uid {uid} gid {gid}"
@@ -613,14 +588,22 @@ def _check_services(platform: Platform, token: str, problem_id: int, selectors: 
     return {c.name: c for c in by_role}
 
 
-def _connect(container: Any, host: str, port: int = COORDINATOR_PORT) -> tuple[bool, str]:
-    code, out = _exec_python(container, CONNECT.format(host=host, port=port))
-    return code == 0, out
-
-
-def _ip_on(container: Any, network: str) -> str:
-    container.reload()
-    return str(container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"])
+def _revoke_in_the_web_ui(platform: Platform, problem_id: int, participant_id: int) -> float:
+    """The setter presses "Revoke" on the problem's participants page; returns when (monotonic)."""
+    session = platform.browser_session(SETTER)
+    resp = session.post(
+        f"{platform.url}/participation/{participant_id}/revoke/",
+        data={"csrfmiddlewaretoken": session.cookies["csrftoken"], "reason": "consent withdrawn"},
+        headers={"Referer": f"{platform.url}/"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    at = time.monotonic()
+    assert resp.status_code in (302, 303), f"revoking participant {participant_id}: HTTP {resp.status_code}"
+    page = platform.api("GET", f"/api/v1/problems/{problem_id}/participants/", platform.token(SETTER))
+    rows = page["results"] if isinstance(page, dict) else page
+    assert [r["status"] for r in rows if r["id"] == participant_id] == ["revoked"], rows
+    return at
 
 
 # ---- the test ---------------------------------------------------------------------------------
@@ -695,7 +678,7 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
     # ---- isolation: no container of one problem reaches the other problem's coordinator ---------
     net_a, net_b = f"{platform.prefix}-p{a}", f"{platform.prefix}-p{b}"
     coord_a, coord_b = services_a[f"{net_a}-coordinator"], services_b[f"{net_b}-coordinator"]
-    ip_a, ip_b = _ip_on(coord_a, net_a), _ip_on(coord_b, net_b)
+    ip_a, ip_b = ip_on(coord_a, net_a), ip_on(coord_b, net_b)
     probes = [
         (services_a[f"{net_a}-selector-0"], coord_a.name, True),  # control: its own coordinator, by name
         (services_a[f"{net_a}-selector-1"], ip_a, True),  # control: its own coordinator, by address
@@ -707,7 +690,7 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
         (services_b[f"{net_b}-selector-0"], ip_a, False),
     ]
     for container, target, allowed in probes:
-        ok, out = _connect(container, target)
+        ((ok, out),) = reach(container, [(target, COORDINATOR_PORT)])
         print(f"[e2e-docker] {container.name} -> {target}:{COORDINATOR_PORT}: {out}")
         assert ok is allowed, (
             f"{container.name} {'could not' if allowed else 'COULD'} connect to {target}:{COORDINATOR_PORT}: {out}"
@@ -725,12 +708,14 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
         timeout=120,
     )
     assert outside.returncode == 0, outside.stderr
-    reach = json.loads(outside.stdout.strip().splitlines()[-1])
-    print(f"[e2e-docker] from the default bridge: {reach}")
-    assert [ok for ok, _ in reach] == [False, False, True, True, True], reach
+    from_bridge = json.loads(outside.stdout.strip().splitlines()[-1])
+    print(f"[e2e-docker] from the default bridge: {from_bridge}")
+    assert [ok for ok, _ in from_bridge] == [False, False, True, True, True], from_bridge
     lap("isolation checked")
 
     # ---- hospitals join: ask, the setter approves, each takes its bundle ------------------------
+    participant_ids: dict[tuple[int, str], int] = {}
+
     def join(problem_id: int, holder: str, site: str) -> dict[str, Any]:
         token = holders[holder]
         asked = platform.api(
@@ -739,6 +724,7 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
         assert asked["status"] == "pending", asked
         approved = platform.api("POST", f"/api/v1/participants/{asked['id']}/approve/", setter)
         assert approved["status"] == "approved", approved
+        participant_ids[(problem_id, site)] = int(asked["id"])
         bundle = dict(platform.api("POST", f"/api/v1/participants/{asked['id']}/bundle/", token))
         ports = platform.selector_ports(problem_id, 2 if problem_id == a else 1)
         assert bundle["selectors"] == [f"{platform.gateway}:{p}" for p in ports], bundle["selectors"]
@@ -864,7 +850,38 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
     assert run2["number"] == 2
     platform.wait_run(setter, a, "running", 240)
     _check_services(platform, setter, a, selectors=2)
-    lap("A's second run running (no clients)")
+    lap("A's second run running")
+
+    # ---- revocation in the web UI closes a connected client's stream within 10 s ----------------
+    # Two of A's three hospitals come back with their first run's bundles (a bundle outlives a
+    # run); the run waits for its third (min_clients 3), so both stay connected, idle.
+    (site_1, (_, data_1)), (site_2, (_, data_2)) = list(sites_a.items())[:2]
+    revoked = platform.start_client(a, bundles_a[site_1], data_1, f"{platform.prefix}-a2-client-0")
+    staying = platform.start_client(a, bundles_a[site_2], data_2, f"{platform.prefix}-a2-client-1")
+    platform.wait(
+        "two clients connected to A's second run",
+        lambda: platform.api("GET", f"/api/v1/problems/{a}/dashboard/", setter)["clients_connected"] == 2,
+        120,
+        problems=(a,),
+    )
+    revoked_at = _revoke_in_the_web_ui(platform, a, participant_ids[(a, site_1)])
+    platform.wait(
+        f"{revoked.name} to be disconnected after its revocation", lambda: revoked.code() is not None, 10, interval=0.2
+    )
+    took = time.monotonic() - revoked_at
+    log = _tail(revoked.log)
+    assert revoked.code() == 4, f"{revoked.name} exited with {revoked.code()}:\n{log}"
+    assert "access withdrawn" in log, log
+    assert staying.code() is None, f"{staying.name} was disconnected too:\n{_tail(staying.log)}"
+    lap(f"revoked client disconnected {took:.1f} s after the revocation")
+    # The same bundle cannot come back.
+    again = platform.start_client(a, bundles_a[site_1], data_1, f"{platform.prefix}-a2-client-0-again")
+    platform.wait(f"{again.name} to be refused", lambda: again.code() is not None, 60, interval=0.5)
+    assert again.code() == 4, f"{again.name} exited with {again.code()}:\n{_tail(again.log)}"
+    assert "does not accept the credential" in _tail(again.log), _tail(again.log)
+    assert staying.code() is None, _tail(staying.log)
+    lap("the revoked bundle is refused; the other hospital stays connected")
+
     platform.api("POST", f"/api/v1/problems/{a}/stop/", setter, expect=(202,))
     stopped = platform.wait_run(setter, a, "stopped", 120)
     assert stopped["number"] == 2
@@ -873,5 +890,14 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
     assert dash_a["services"] == [], dash_a["services"]
     # Nothing of either problem remains.
     assert leftovers(platform.docker, platform.prefix, b) == []
+    # The hospital still connected waits for the problem's next run (its bundle stays valid).
+    platform.wait(
+        f"{staying.name} to wait for a next run",
+        lambda: "selector unavailable; retrying" in _tail(staying.log, 5),
+        60,
+        interval=1.0,
+    )
+    assert staying.code() is None, _tail(staying.log)
+    platform.docker.containers.get(staying.name).remove(force=True)
     lap("A stopped through the API: no container, network or volume left")
     print(f"[e2e-docker] timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")

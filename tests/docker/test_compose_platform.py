@@ -1,0 +1,284 @@
+"""The platform as docker-compose.yml runs it, and what a problem's containers can reach from there.
+
+`docker-compose up` starts the real file (PostgreSQL, Redis, migrate, gunicorn, the
+Celery worker and beat) from the images scripts/build-images.sh built, with a
+throwaway .env. A problem setter (made with `manage.py shell` in the web
+container) publishes a problem through the HTTP API; the worker, through the
+host's Docker socket, starts its coordinator and selector on the problem's own
+network. Then the isolation the security model promises is probed from inside
+those containers: the platform's PostgreSQL and Redis, and the web and worker
+containers, are out of reach by service name and by address, while the
+website's published port (how coordinators report) stays reachable. The same
+addresses, probed from the web container, answer: the probes can see a
+service when it is reachable. Stopping the problem through the API removes its
+containers; `docker-compose down -v` removes the platform.
+
+Run alone: `.venv/bin/pytest -q tests/docker/test_compose_platform.py -s` (about
+two minutes). Needs docker-compose (scripts/docker-engine.sh installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.docker.conftest import leftovers, unavailable
+from tests.docker.probes import exec_python, ip_on, reach
+from tests.ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+PASSWORD = "a long and unusual passphrase 7"
+SETTER = "compose-setter"
+COORDINATOR_PORT = 9091
+MAX_SELECTORS = 8  # webserver.spawner.base.MAX_SELECTORS
+LONG_RUNNING = ("postgres", "redis", "web", "worker", "beat")
+IMAGES = ("fedota/web:latest", "fedota/postgres:15", "fedota/redis:7")
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
+
+T = TypeVar("T")
+
+
+def _compose_command() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return None
+
+
+def _wait(
+    what: str, check: Callable[[], T | None], timeout: float, explain: Callable[[], str], interval: float = 1.0
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{explain()}")
+        time.sleep(interval)
+
+
+def _free_on_loopback(ports: range) -> bool:
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                return False
+    return True
+
+
+@dataclass
+class Stack:
+    compose: list[str]
+    project: str
+    url: str
+    docker: Any
+    environ: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.compose, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=self.environ
+        )
+
+    def containers(self) -> dict[str, Any]:
+        """The platform's containers by compose service name."""
+        found = self.docker.containers.list(
+            all=True, filters={"label": [f"com.docker.compose.project={self.project}"]}, ignore_removed=True
+        )
+        return {c.labels["com.docker.compose.service"]: c for c in found}
+
+    def logs(self) -> str:
+        done = self.run("logs", "--no-color", "--tail", "30", timeout=120)
+        return done.stdout[-12000:] + done.stderr[-2000:]
+
+    def api(self, method: str, path: str, token: str | None = None, body: Any = None, expect: int = 200) -> Any:
+        import requests
+
+        headers = {"Authorization": f"Token {token}"} if token else {}
+        resp = requests.request(method, self.url + path, json=body, headers=headers, timeout=60)
+        assert resp.status_code == expect, f"{method} {path} answered {resp.status_code}: {resp.text[:2000]}"
+        return resp.json() if resp.content else None
+
+
+@pytest.fixture(scope="module")
+def stack(docker_client: Any, docker_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    compose = _compose_command()
+    if compose is None:
+        unavailable("no docker-compose or `docker compose` here (scripts/docker-engine.sh installs it)")
+    import docker.errors
+
+    missing = []
+    for image in IMAGES:
+        try:
+            docker_client.images.get(image)
+        except docker.errors.ImageNotFound:
+            missing.append(image)
+    if missing:
+        unavailable(f"images missing: {', '.join(missing)}")
+
+    tmp = tmp_path_factory.mktemp("compose")
+    port = free_port()
+    for _ in range(50):
+        port_base = random.randrange(40000, 48000, MAX_SELECTORS)
+        if _free_on_loopback(range(port_base + MAX_SELECTORS, port_base + 2 * MAX_SELECTORS)):
+            break
+    else:
+        pytest.fail("no free block of selector ports")
+    env_file = tmp / ".env"
+    env_file.write_text(
+        "\n".join(
+            [
+                f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}",
+                f"POSTGRES_PASSWORD={secrets.token_hex(16)}",
+                f"DOCKER_GID={os.stat('/var/run/docker.sock').st_gid}",
+                f"FEDOTA_WEB_PORT={port}",
+                f"FEDOTA_PUBLIC_URL=http://127.0.0.1:{port}",
+                # Everything the worker starts carries this session's label: the conftest's
+                # final check finds whatever is left behind.
+                f"FEDOTA_DOCKER_PREFIX={docker_prefix}",
+                f"FEDOTA_SELECTOR_PORT_BASE={port_base}",
+                "FEDOTA_DOCKER_COORDINATOR_MEMORY=2g",
+                "FEDOTA_DOCKER_SELECTOR_MEMORY=1g",
+                "WEB_CONCURRENCY=2",
+                "",
+            ]
+        )
+    )
+    project = f"{docker_prefix}compose"
+    # Only PATH and HOME: a variable of the caller's environment would win over the env file.
+    environ = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    base = [*compose, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "-p", project]
+    made = Stack(base, project, f"http://127.0.0.1:{port}", docker_client, environ)
+    try:
+        up = made.run("up", "-d", timeout=600)
+        assert up.returncode == 0, f"docker-compose up failed:\n{up.stdout}\n{up.stderr}"
+
+        def all_healthy() -> bool:
+            found = made.containers()
+            migrate = found.get("migrate")
+            if migrate is not None:
+                migrate.reload()
+                state = migrate.attrs["State"]
+                assert state["Status"] != "exited" or state["ExitCode"] == 0, f"migrate failed:\n{made.logs()}"
+            healthy = [
+                (found[name].attrs["State"].get("Health") or {}).get("Status") == "healthy"
+                for name in LONG_RUNNING
+                if name in found
+            ]
+            return len(healthy) == len(LONG_RUNNING) and all(healthy)
+
+        _wait("every compose service to be healthy", all_healthy, 300, made.logs, interval=3.0)
+        web = made.containers()["web"]
+        code, out = exec_python(
+            web,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model\n"
+            "from webserver.accounts.models import Profile\n"
+            f"u = get_user_model().objects.create_user(username={SETTER!r}, email='s@example.org', "
+            f"password={PASSWORD!r})\n"
+            "Profile.objects.create(user=u, role='setter', organisation='Oncology Lab', email_verified=True)\n",
+        )
+        assert code == 0, out
+        yield made
+    finally:
+        from webserver.spawner.docker import DockerSpawner
+
+        # Whatever the worker left (a failed test), then the platform and its volumes.
+        spawner = DockerSpawner(client=docker_client, prefix=docker_prefix)
+        for problem_id in spawner.problems():
+            spawner.stop(problem_id)
+        down = made.run("down", "-v", "--remove-orphans", "-t", "10", timeout=300)
+        assert down.returncode == 0, down.stderr
+
+
+def test_problem_containers_cannot_reach_the_platforms_database_redis_or_services(
+    stack: Stack, docker_client: Any, docker_prefix: str, tmp_path: Path
+) -> None:
+    from scripts.make_demo_data import make_breast_cancer
+
+    contract = json.loads((make_breast_cancer(tmp_path / "demo", 1, seed=0) / "contract.json").read_text())
+    token = stack.api("POST", "/api/v1/auth/token/", body={"username": SETTER, "password": PASSWORD})["token"]
+    problem = stack.api(
+        "POST",
+        "/api/v1/problems/",
+        token,
+        {
+            "title": "Isolation probe",
+            "description": "Probes the isolation of problem containers.",
+            "contract": contract,
+            "app_template": "tabular",
+            "run_config": {"rounds": 3, "num_selectors": 1, "min_clients": 2, "clients_per_round": 0},
+            "join_policy": "approval",
+        },
+        expect=201,
+    )
+    problem_id = int(problem["id"])
+    stack.api("POST", f"/api/v1/problems/{problem_id}/publish/", token, expect=201)
+
+    def running() -> bool:
+        runs = stack.api("GET", f"/api/v1/problems/{problem_id}/runs/", token)
+        status = runs[0]["status"] if runs else "none"
+        assert status not in ("failed", "stopped", "finished"), f"the run is {status}: {runs[0]['status_detail']}"
+        return status == "running"
+
+    _wait("the worker to start the problem's containers", running, 240, stack.logs, interval=2.0)
+    network = f"{docker_prefix}-p{problem_id}"
+    coordinator = docker_client.containers.get(f"{network}-coordinator")
+    selector = docker_client.containers.get(f"{network}-selector-0")
+
+    platform = stack.containers()
+    platform_net = f"{stack.project}_default"
+    addresses = {name: ip_on(platform[name], platform_net) for name in ("postgres", "redis", "web")}
+    web_port = int(stack.url.rsplit(":", 1)[1])
+    forbidden = [
+        ("postgres", 5432),
+        ("redis", 6379),
+        (addresses["postgres"], 5432),
+        (addresses["redis"], 6379),
+        ("web", 8000),
+        (addresses["web"], 8000),
+        # Not published on the host either: through the host gateway there is nothing.
+        ("host.docker.internal", 5432),
+        ("host.docker.internal", 6379),
+    ]
+    # Control, from inside the platform: the same services answer there.
+    inside = reach(platform["web"], [("postgres", 5432), ("redis", 6379), (addresses["postgres"], 5432)])
+    assert [ok for ok, _ in inside] == [True, True, True], inside
+    for container in (coordinator, selector):
+        probed = reach(container, forbidden)
+        reached = [f"{host}:{port} ({why})" for (host, port), (ok, why) in zip(forbidden, probed, strict=True) if ok]
+        print(f"[compose] {container.name}: {probed}")
+        assert not reached, f"{container.name} (problem {problem_id}) reached the platform's {reached}"
+    # What a coordinator must reach: the website's published port, to report.
+    ((reported, why),) = reach(coordinator, [("host.docker.internal", web_port)])
+    assert reported, f"the coordinator cannot reach the website at host.docker.internal:{web_port}: {why}"
+    # The problem network holds only the problem's own containers.
+    attached = docker_client.networks.get(network).attrs["Containers"] or {}
+    names = sorted(str(c["Name"]) for c in attached.values())
+    assert names == [f"{network}-coordinator", f"{network}-selector-0"], names
+
+    stack.api("POST", f"/api/v1/problems/{problem_id}/stop/", token, expect=202)
+    _wait(
+        "the stopped problem's containers, network and volume to be removed",
+        lambda: leftovers(docker_client, docker_prefix, problem_id) == [],
+        120,
+        stack.logs,
+    )
