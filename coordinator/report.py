@@ -202,6 +202,7 @@ class Reporter:
             finished=doc.get("finished"),
             seconds=doc.get("seconds"),
             failures=doc.get("failures", 0),
+            rejected=doc.get("rejected", 0),
             participants=[self._who(n) for n in doc.get("participants", [])],
             eval_participants=[self._who(n) for n in doc.get("eval_nodes", [])],
             train_metrics=train,

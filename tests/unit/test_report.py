@@ -16,6 +16,7 @@ import pytest
 
 from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, Target
+from coordinator.rounds import RoundRecord
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from selector.core import OpenAuthenticator, SelectorCore
 from tests.ports import free_port
@@ -112,7 +113,8 @@ def test_events_arrive_with_the_token_and_participants_resolved(webserver: tuple
             "finished": 3.5,
             "seconds": 2.5,
             "participants": [11, 12],
-            "failures": 0,
+            "failures": 2,
+            "rejected": 2,
             "train_metrics": {"train_loss": 0.7},
             "eval_metrics": {"eval_loss": 0.5, "eval_acc": 0.81},
             "eval_nodes": [11],
@@ -131,6 +133,8 @@ def test_events_arrive_with_the_token_and_participants_resolved(webserver: tuple
     assert started["total_rounds"] == 3 and started["app"] == "fedota-tabular"
     rnd = next(e for e in rec.events if e["kind"] == "round_finished")
     assert rnd["round"] == 1 and rnd["train_loss"] == 0.7 and rnd["eval_loss"] == 0.5 and rnd["eval_acc"] == 0.81
+    # Replies refused as malformed or hostile reach the website, apart from other failures.
+    assert (rnd["failures"], rnd["rejected"]) == (2, 2)
     assert rnd["participants"] == [
         {"node_id": 11, "participant": "42", "site": "Clinic A"},
         {"node_id": 12, "participant": "", "site": "site 12"},
@@ -152,6 +156,19 @@ def test_a_client_that_left_is_still_credited(webserver: tuple[Recorder, str]) -
     assert reporter.close(timeout=10.0)
     rnd = next(e for e in rec.events if e["kind"] == "round_finished")
     assert rnd["participants"] == [{"node_id": 5, "participant": "9", "site": "Clinic B"}]
+    assert (rnd["failures"], rnd["rejected"]) == (0, 0)  # a round document without the counts
+
+
+def test_the_rounds_rejected_replies_reach_the_webserver(webserver: tuple[Recorder, str]) -> None:
+    rec, url = webserver
+    # The round document exactly as the coordinator's round tracker writes it to rounds.jsonl.
+    record = RoundRecord("3", started=1.0, finished=2.0, participants={4}, failures=3, rejected=2)
+    reporter = Reporter(Target(url, TOKEN))
+    reporter.round_finished(record.as_json())
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    rnd = next(e for e in rec.events if e["kind"] == "round_finished")
+    assert (rnd["round"], rnd["failures"], rnd["rejected"]) == (3, 3, 2)
 
 
 def test_events_are_delivered_once_the_webserver_comes_back() -> None:
@@ -332,7 +349,7 @@ def test_the_reporter_is_off_unless_configured_and_needs_a_token() -> None:
     from coordinator.main import Settings
     from fedota_common.settings import SettingsError
 
-    assert Settings.from_env({"FEDOTA_APP": "apps/tabular"}, []).report_url == ""
+    assert Settings.from_env({"FEDOTA_APP": "apps/tabular", "FEDOTA_INSECURE": "1"}, []).report_url == ""
     with pytest.raises(SettingsError, match="FEDOTA_REPORT_TOKEN"):
         Settings.from_env({"FEDOTA_APP": "a", "FEDOTA_REPORT_URL": "http://web:8000/internal/v1/runs/1/"}, [])
     with pytest.raises(SettingsError, match="FEDOTA_REPORT_URL"):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import re
+import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -224,6 +228,98 @@ def test_runs_of_another_problem_are_not_compared(
     assert [(r["number"], r["rounds"]) for r in data] == [(1, [])]
 
 
+# ---- replies the coordinator rejected ---------------------------------------------------------
+
+TOKEN = "run-two-service-token"
+
+
+def _report_round(client: Client, run: Run, number: int, **extra: Any) -> Any:
+    """Post a round_finished event to the internal API the way the coordinator does."""
+    run.service_token_hash = hashlib.sha256(TOKEN.encode()).hexdigest()
+    run.save(update_fields=["service_token_hash"])
+    event = {
+        "event_id": uuid.uuid4().hex,
+        "ts": time.time(),
+        "kind": "round_finished",
+        "round": number,
+        "seconds": 2.0,
+        "failures": 0,
+        "participants": [{"node_id": 7, "participant": "", "site": "site 7"}],
+        "train_metrics": {"train_loss": 0.3},
+        "eval_metrics": {"eval_acc": 0.9},
+        "eval_acc": 0.9,
+        **extra,
+    }
+    return client.post(
+        f"/internal/v1/runs/{run.pk}/events",
+        data=json.dumps(event),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {TOKEN}",
+    )
+
+
+def test_rejected_replies_are_shown_to_the_setter(client: Client, users: dict[str, Any], setup: dict[str, Any]) -> None:
+    problem, run2 = setup["problem"], setup["run2"]
+    assert _report_round(client, run2, 3, rejected=2).status_code == 200
+    assert RoundRecord.objects.get(run=run2, number=3).rejected == 2
+
+    _login(client, users["owner"])
+    data = client.get(f"/api/v1/problems/{problem.pk}/dashboard/").json()
+    assert [(r["round"], r["rejected"]) for r in data["rounds"]] == [(1, 0), (2, 0), (3, 2)]
+    assert data["rejected"] == {"replies": 2, "rounds": 1}
+    assert client.get(f"/api/v1/runs/{run2.pk}/rounds/").json()[2]["rejected"] == 2
+
+    html = client.get(f"/monitoring/problems/{problem.pk}/").content.decode()
+    badge = re.search(r'<span class="badge rejected" id="rejected-replies"\s+title="([^"]*)">([^<]*)</span>', html)
+    assert badge is not None and badge.group(2) == "2 replies rejected"
+    assert "malformed or hostile (NaN/Inf, wrong shapes, …), in 1 round;" in badge.group(1)
+    assert "See the coordinator log" in badge.group(1)
+    assert ">Rejected</th>" in html  # the rounds table's column, filled by dashboard.js
+
+    rows = list(csv.reader(io.StringIO(client.get(f"/monitoring/runs/{run2.pk}/metrics.csv").content.decode())))
+    assert [row[rows[0].index("rejected")] for row in rows[1:]] == ["0", "0", "2"]
+
+
+def test_a_coordinator_that_does_not_count_rejections_still_reports(
+    client: Client, users: dict[str, Any], setup: dict[str, Any]
+) -> None:
+    problem, run2 = setup["problem"], setup["run2"]
+    assert _report_round(client, run2, 3).status_code == 200  # no `rejected`: an older coordinator
+    assert RoundRecord.objects.get(run=run2, number=3).rejected == 0
+
+    _login(client, users["owner"])
+    data = client.get(f"/api/v1/problems/{problem.pk}/dashboard/").json()
+    assert data["rounds"][-1]["rejected"] == 0 and data["rejected"] == {"replies": 0, "rounds": 0}
+    html = client.get(f"/monitoring/problems/{problem.pk}/").content.decode()
+    assert "rejected-replies" not in html and "replies rejected" not in html
+
+
+@pytest.mark.parametrize(
+    ("rejected", "why"),
+    [
+        (-1, "≥ 0"),
+        (1.5, "≥ 0"),
+        ("2", "≥ 0"),
+        (True, "≥ 0"),
+        ([2], "≥ 0"),
+        (2**31, "≤ 2147483647"),
+    ],
+)
+def test_a_bad_rejected_count_is_refused_and_nothing_stored(
+    client: Client, setup: dict[str, Any], rejected: Any, why: str
+) -> None:
+    run2 = setup["run2"]
+    resp = _report_round(client, run2, 3, rejected=rejected)
+    assert resp.status_code == 400
+    body = resp.json()
+    assert body["field"] == "events[0].rejected"
+    assert body["detail"] == f"events[0].rejected: must be a whole number {why}"
+    assert not RoundRecord.objects.filter(run=run2, number=3).exists()
+    assert not Contribution.objects.filter(run=run2, round=3).exists()
+    run2.refresh_from_db()
+    assert run2.current_round == 2
+
+
 # ---- downloads and CSV ------------------------------------------------------------------------
 
 
@@ -233,7 +329,7 @@ def test_metrics_csv_has_every_round_and_metric(client: Client, users: dict[str,
     assert resp.status_code == 200 and resp["Content-Type"].startswith("text/csv")
     assert "run2-metrics.csv" in resp["Content-Disposition"]
     rows = list(csv.reader(io.StringIO(resp.content.decode())))
-    assert rows[0][:6] == ["round", "clients", "train_loss", "eval_loss", "eval_acc", "seconds"]
+    assert rows[0][:7] == ["round", "clients", "train_loss", "eval_loss", "eval_acc", "seconds", "rejected"]
     assert "evaluate.f1" in rows[0] and "train.train_loss" in rows[0]
     assert len(rows) == 3
     second = dict(zip(rows[0], rows[2], strict=True))

@@ -20,7 +20,17 @@ class _ReadOnly(admin.ModelAdmin):
 
 @admin.register(RoundRecord)
 class RoundRecordAdmin(_ReadOnly):
-    list_display = ("run", "number", "clients", "train_loss", "eval_loss", "eval_acc", "seconds", "finished_at")
+    list_display = (
+        "run",
+        "number",
+        "clients",
+        "train_loss",
+        "eval_loss",
+        "eval_acc",
+        "rejected",
+        "seconds",
+        "finished_at",
+    )
     list_filter = ("run__problem",)
 
 

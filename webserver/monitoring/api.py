@@ -30,6 +30,10 @@ class RoundSerializer(serializers.Serializer[Any]):
     eval_acc = serializers.FloatField(allow_null=True)
     seconds = serializers.FloatField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    rejected = serializers.IntegerField(
+        min_value=0,
+        help_text="client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, …)",
+    )
     metrics = serializers.JSONField()
     downloads = serializers.DictField(child=serializers.CharField(allow_null=True))
 
@@ -68,8 +72,10 @@ class ProblemDashboardApi(APIView):
         ],
         responses={200: OpenApiTypes.OBJECT, **_ERRORS},
         description="Everything the dashboard shows: the run, its services and clients, rounds with model "
-        "downloads, participants with their last contribution, and the last 50 log lines. `since` in the "
-        "response echoes the parameter (null when every round is included).",
+        "downloads, participants with their last contribution, and the last 50 log lines. `rejected` counts "
+        "the client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, …) over "
+        "the whole run: `replies`, and the `rounds` they were in; each round has its own `rejected`. `since` "
+        "in the response echoes the parameter (null when every round is included).",
     )
     def get(self, request: Request, problem_id: int) -> Response:
         problem = queries.problem_for_monitoring(user=request.user, pk=problem_id)

@@ -16,6 +16,8 @@ class RoundRecord(models.Model):
     eval_loss = models.FloatField(null=True, blank=True)
     eval_acc = models.FloatField(null=True, blank=True)
     metrics = models.JSONField(default=dict)
+    # Client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, ...).
+    rejected = models.PositiveIntegerField(default=0)
     seconds = models.FloatField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -23,6 +25,8 @@ class RoundRecord(models.Model):
     class Meta:
         ordering = ["run", "number"]
         constraints = [models.UniqueConstraint(fields=["run", "number"], name="round_unique")]
+        # The dashboard sums a run's rejected replies on every poll: only rounds that had any are read.
+        indexes = [models.Index(fields=["run"], name="round_rejected", condition=models.Q(rejected__gt=0))]
 
 
 class Checkpoint(models.Model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max, QuerySet, Sum
 from django.http import Http404
 from django.urls import reverse
 
@@ -86,6 +86,19 @@ def run_rounds(*, run: Run, since: int | None = None) -> QuerySet[RoundRecord]:
     return rounds.order_by("number")
 
 
+def run_rejected(*, run: Run) -> dict[str, int]:
+    """How many client replies the coordinator refused as malformed or hostile, and in how many rounds.
+
+    Reads only the rounds that had any (a partial index), so a long clean run costs nothing.
+    """
+    totals = (
+        RoundRecord.objects.filter(run=run, rejected__gt=0)
+        .order_by()
+        .aggregate(replies=Sum("rejected"), rounds=Count("pk"))
+    )
+    return {"replies": totals["replies"] or 0, "rounds": totals["rounds"] or 0}
+
+
 def run_logs(*, run: Run, limit: int = RECENT_LOGS) -> list[LogLine]:
     """The run's last `limit` log lines, oldest first."""
     rows = list(LogLine.objects.filter(run=run).order_by("-ts", "-id")[:limit])
@@ -104,6 +117,7 @@ def round_json(record: RoundRecord, downloads: dict[int, dict[str, str | None]])
         "eval_acc": record.eval_acc,
         "seconds": record.seconds,
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "rejected": record.rejected,
         "metrics": record.metrics,
         "downloads": links,
     }
@@ -204,6 +218,7 @@ def dashboard(
         "since": since,
         "services": [],
         "clients_connected": 0,
+        "rejected": {"replies": 0, "rounds": 0},
         "rounds": [],
         "final_model": {"npz": None, "pt": None},
         "participants": [],
@@ -235,6 +250,7 @@ def dashboard(
             [sum(s["clients_connected"] for s in services if s["role"] == ServiceRole.SELECTOR)]
             + [s["clients_connected"] for s in services if s["role"] == ServiceRole.COORDINATOR]
         ),
+        rejected=run_rejected(run=run),
         rounds=rounds,
         final_model=downloads.get(0, {"npz": None, "pt": None}),
         participants=run_participants(run=run),
@@ -266,12 +282,12 @@ def metrics_table(*, run: Run) -> tuple[list[str], list[list[Any]]]:
     records = list(run_rounds(run=run))
     train_keys = sorted({k for r in records for k in (r.metrics or {}).get("train", {})})
     eval_keys = sorted({k for r in records for k in (r.metrics or {}).get("evaluate", {})})
-    header = ["round", "clients", "train_loss", "eval_loss", "eval_acc", "seconds"]
+    header = ["round", "clients", "train_loss", "eval_loss", "eval_acc", "seconds", "rejected"]
     header += [f"train.{k}" for k in train_keys] + [f"evaluate.{k}" for k in eval_keys]
     rows = []
     for r in records:
         metrics = r.metrics or {}
-        row: list[Any] = [r.number, r.clients, r.train_loss, r.eval_loss, r.eval_acc, r.seconds]
+        row: list[Any] = [r.number, r.clients, r.train_loss, r.eval_loss, r.eval_acc, r.seconds, r.rejected]
         row += [metrics.get("train", {}).get(k) for k in train_keys]
         row += [metrics.get("evaluate", {}).get(k) for k in eval_keys]
         rows.append(["" if v is None else v for v in row])

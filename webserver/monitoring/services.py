@@ -32,6 +32,8 @@ from webserver.problems.models import ACTIVE_RUN_STATUSES, Run, RunStatus, Servi
 EVENT_KINDS = ("run_started", "round_finished", "pool", "log", "run_finished")
 CHECKPOINT_KINDS = ("npz", "pt")
 COPY_CHUNK = 1 << 20
+# The largest value a PositiveIntegerField holds on every database Django supports.
+MAX_COUNT = 2_147_483_647
 _SELECTOR_INDEX = re.compile(r"-s(\d+)$")
 
 
@@ -107,12 +109,14 @@ class _Field:
             raise self.fail(name, "must be a number")
         return float(value)
 
-    def whole(self, name: str, *, required: bool = False, minimum: int = 0) -> int | None:
+    def whole(self, name: str, *, required: bool = False, minimum: int = 0, maximum: int | None = None) -> int | None:
         value = self.event.get(name)
         if value is None and not required:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(name, f"must be a whole number ≥ {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.fail(name, f"must be a whole number ≤ {maximum}")
         return value
 
     def mapping(self, name: str) -> dict[str, Any]:
@@ -225,6 +229,8 @@ def _round_finished(run: Run, f: _Field) -> None:
     started, finished = f.number("started"), f.number("finished")
     seconds = f.number("seconds")
     failures = f.whole("failures")
+    # Absent from coordinators older than the count: none known, so 0.
+    rejected = f.whole("rejected", maximum=MAX_COUNT)
     values = {
         "phase": "done",
         "clients": len(trainers),
@@ -232,6 +238,7 @@ def _round_finished(run: Run, f: _Field) -> None:
         "eval_loss": f.number("eval_loss"),
         "eval_acc": f.number("eval_acc"),
         "metrics": {"train": train, "evaluate": evaluate, "failures": failures or 0},
+        "rejected": rejected or 0,
         "seconds": seconds,
         "started_at": _when(started),
         "finished_at": _when(finished),

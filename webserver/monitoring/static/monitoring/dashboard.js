@@ -25,6 +25,7 @@
   const CHART_POINTS = 500; // per series; more cannot be told apart at a chart's width
   const RECHECK = 2; // rounds always asked for again
   const MODEL_WINDOW = 10; // how far back a round without a model yet is asked for again
+  const REJECTED_WHY = "Client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, …)";
 
   const state = {
     run: root.dataset.run || "",
@@ -91,6 +92,14 @@
     if (run.total_rounds) line.append(` of ${run.total_rounds}`);
     if (run.phase) line.append(" · ", node("span", run.phase, "muted"));
     line.append(` · ${d.clients_connected} client${d.clients_connected === 1 ? "" : "s"} connected`);
+    const rejected = d.rejected || { replies: 0, rounds: 0 };
+    if (rejected.replies) {
+      const flag = node("span", `${rejected.replies} repl${rejected.replies === 1 ? "y" : "ies"} rejected`, "badge rejected");
+      flag.id = "rejected-replies";
+      flag.title = `${REJECTED_WHY}, in ${rejected.rounds} round${rejected.rounds === 1 ? "" : "s"}; ` +
+        "they were left out of the model. See the coordinator log.";
+      line.append(" · ", flag);
+    }
     const parts = [line];
     if (run.status_detail) parts.push(node("p", run.status_detail, run.status === "failed" ? "error" : "muted"));
     const dl = node("p");
@@ -132,6 +141,8 @@
       cell(tr, fmt(r.eval_loss, 4));
       cell(tr, fmt(r.eval_acc, 4));
       cell(tr, fmt(r.seconds, 1));
+      cell(tr, r.rejected, r.rejected ? "rejected" : "muted");
+      if (r.rejected) tr.lastChild.title = `${REJECTED_WHY}; see the coordinator log.`;
       const td = node("td");
       if (r.downloads.pt) td.append(link(r.downloads.pt, ".pt"));
       if (r.downloads.pt && r.downloads.npz) td.append(" · ");
@@ -140,7 +151,7 @@
       tr.appendChild(td);
       return tr;
     });
-    fill($("rounds-body"), rows, 7, "No round has finished yet.");
+    fill($("rounds-body"), rows, 8, "No round has finished yet.");
     const more = $("rounds-more");
     more.hidden = all.length <= TABLE_ROWS;
     if (more.hidden) return;
