@@ -452,6 +452,11 @@ class ReportHandler(logging.Handler):
             return  # reporting "cannot report" would loop
         try:
             message = record.getMessage()
+            # The why of a structured warning ("reply rejected", detail=...) is in its fields;
+            # the dashboard shows the message alone, so the detail goes with it.
+            detail = getattr(record, "detail", None)
+            if isinstance(detail, str) and detail:
+                message = f"{message}: {detail}"
             if record.exc_info and record.exc_info[1] is not None:
                 message = f"{message}: {record.exc_info[1]}"
             self.reporter.log_line(record.levelname, message, source=record.name)

@@ -347,8 +347,9 @@ class SelectorCore:
             if fab_sha256 and fab_sha256 != run.fab_sha256:
                 raise SelectorError(
                     "FAILED_PRECONDITION",
-                    f"this problem now runs app {run.fab_sha256[:12]}…, but your join bundle pins "
-                    f"{fab_sha256[:12]}…; download a new join bundle and review the new code",
+                    f"this run of the problem uses app {run.fab_sha256[:12]}…, but your join bundle pins "
+                    f"{fab_sha256[:12]}…; download a new join bundle and review the new code (if you "
+                    "downloaded it after the app changed, the setter has yet to start a run of the new app)",
                 )
             node_id = self._rng.randrange(1 << 32, 1 << 63)
             # The display name is the client's own choice; never fall back to the credential.

@@ -171,6 +171,27 @@ def test_the_rounds_rejected_replies_reach_the_webserver(webserver: tuple[Record
     assert (rnd["round"], rnd["failures"], rnd["rejected"]) == (3, 3, 2)
 
 
+def test_a_rejected_reply_reaches_the_dashboard_log_with_its_reason(webserver: tuple[Recorder, str]) -> None:
+    import logging
+
+    from coordinator.report import ReportHandler
+
+    rec, url = webserver
+    reporter = Reporter(Target(url, TOKEN))
+    logger = logging.getLogger("coordinator.hub.test-forwarding")
+    handler = ReportHandler(reporter)
+    logger.addHandler(handler)
+    try:
+        # As coordinator/hub.py logs it: the why is in the record's fields, not its message.
+        logger.warning("reply rejected", extra={"rejected": "non-finite", "detail": "array 'w' holds NaN or Inf"})
+        logger.info("not forwarded", extra={"detail": "below WARNING"})
+    finally:
+        logger.removeHandler(handler)
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    assert [e["message"] for e in rec.events if e["kind"] == "log"] == ["reply rejected: array 'w' holds NaN or Inf"]
+
+
 def test_events_are_delivered_once_the_webserver_comes_back() -> None:
     port = free_port()
     reporter = Reporter(Target(f"http://127.0.0.1:{port}/internal/v1/runs/1/", TOKEN), backoff_cap=0.2)
