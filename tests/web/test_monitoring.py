@@ -388,6 +388,31 @@ def test_the_owner_and_site_admins_can(client: Client, users: dict[str, Any], se
         assert client.get(url).status_code == 200, url
 
 
+def test_models_and_metrics_download_with_an_api_token(
+    client: Client, users: dict[str, Any], setup: dict[str, Any]
+) -> None:
+    """Scripts fetch the model the way the API works: Authorization: Token <key>, no session."""
+    from rest_framework.authtoken.models import Token
+
+    run2 = setup["run2"]
+    model, csv_url = f"/monitoring/runs/{run2.pk}/checkpoints/2.npz", f"/monitoring/runs/{run2.pk}/metrics.csv"
+    owner = Token.objects.create(user=users["owner"])
+    other = Token.objects.create(user=users["other_setter"])
+    ok = client.get(model, HTTP_AUTHORIZATION=f"Token {owner.key}")
+    assert ok.status_code == 200 and b"".join(ok.streaming_content) == b"npz bytes of round 2"
+    assert client.get(csv_url, HTTP_AUTHORIZATION=f"Token {owner.key}").status_code == 200
+    # Another setter's token: the same refusal as their session gets.
+    denied = client.get(model, HTTP_AUTHORIZATION=f"Token {other.key}")
+    assert denied.status_code == 403 and b"npz bytes" not in denied.content
+    # A wrong or malformed token: 401 saying so, never a log-in page or the file.
+    for header in ("Token not-a-key", "Token", "Token a b"):
+        bad = client.get(model, HTTP_AUTHORIZATION=header)
+        assert bad.status_code == 401 and bad["WWW-Authenticate"] == "Token", header
+        assert b"npz bytes" not in bad.content and b"oken" in bad.content, header
+    # No header: the log-in page, as before.
+    assert client.get(model).status_code == 302
+
+
 def test_a_draft_is_not_revealed(client: Client, users: dict[str, Any], make_problem: Callable[..., Any]) -> None:
     draft = make_problem(users["owner"], state="draft", title="Secret")
     run = Run.objects.create(problem=draft, number=1, fab_sha256="x")

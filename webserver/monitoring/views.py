@@ -10,6 +10,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseNotFound
 from django.shortcuts import render
 from django.utils.text import slugify
+from rest_framework import exceptions
+from rest_framework.authentication import TokenAuthentication
 
 from webserver.errors import NotAllowed
 from webserver.monitoring import queries
@@ -18,6 +20,27 @@ from webserver.monitoring import queries
 def _login_first(request: HttpRequest) -> HttpResponse | None:
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
+    return None
+
+
+def _login_or_token(request: HttpRequest) -> HttpResponse | None:
+    """Downloads take the API's `Authorization: Token <key>` too, so scripts fetch models with curl.
+
+    With the header, a bad token is a 401 (not a log-in page a script cannot use);
+    without it, the browser's session as for every page.
+    """
+    header = str(request.META.get("HTTP_AUTHORIZATION", "")).split()
+    if not header or header[0].lower() != "token":
+        return _login_first(request)
+    try:
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("give one token: Authorization: Token <key>")
+        user, _ = TokenAuthentication().authenticate_credentials(header[1])
+    except exceptions.AuthenticationFailed as exc:
+        response = HttpResponse(f"{exc.detail}\n", status=401, content_type="text/plain; charset=utf-8")
+        response["WWW-Authenticate"] = "Token"
+        return response
+    request.user = user
     return None
 
 
@@ -52,7 +75,7 @@ def _run(request: HttpRequest, run_id: int) -> Any:
 
 def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse | FileResponse:
     """A round's model (round 0 = the final model), streamed from storage."""
-    if (redirect := _login_first(request)) is not None:
+    if (redirect := _login_or_token(request)) is not None:
         return redirect
     run = _run(request, run_id)
     what = "the final model" if round == 0 else f"round {round}"
@@ -72,7 +95,7 @@ def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str
 
 def metrics_csv(request: HttpRequest, run_id: int) -> HttpResponse:
     """Every round's metrics of a run as CSV."""
-    if (redirect := _login_first(request)) is not None:
+    if (redirect := _login_or_token(request)) is not None:
         return redirect
     run = _run(request, run_id)
     header, rows = queries.metrics_table(run=run)
