@@ -410,6 +410,33 @@ def test_strategy_selection(name: str) -> None:
         strategy.make_strategy(app_run_config(name, strategy="FedMagic"))
 
 
+@pytest.mark.parametrize("name", ["tabular", "image"])
+def test_one_reply_with_other_metric_keys_costs_that_reply_not_the_run(name: str) -> None:
+    """Flower's FedAvg raises on replies whose metric keys differ (failing the run); ours leaves the odd one out."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp import strategy as fl
+
+    strategy = importlib.import_module(f"{PACKAGES[name]}.strategy")
+
+    def reply(node: int, value: float, **metrics: Any) -> Message:
+        instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
+        arrays = ArrayRecord({"w": Array(np.full(3, value, dtype=np.float32))})
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10, **metrics})})
+        return Message(content, reply_to=instruction)
+
+    honest = [reply(n, float(n), train_loss=0.5) for n in (1, 2, 3)]
+    odd = [reply(4, 100.0, train_loss=0.5, extra=1.0), reply(5, 100.0, train_loss=[0.5, 0.4])]
+    with pytest.raises(Exception, match="same keys"):
+        fl.FedAvg().aggregate_train(1, honest + odd[:1])
+    built = strategy.make_strategy(app_run_config(name, strategy="FedAvg"))
+    arrays, metrics = built.aggregate_train(1, honest + odd)
+    assert arrays is not None and np.allclose(arrays["w"].numpy(), 2.0)  # the mean of 1, 2, 3 only
+    assert metrics is not None and metrics["train_loss"] == pytest.approx(0.5)
+    # Evaluation too; replies that agree pass untouched, errors included.
+    assert built.aggregate_evaluate(1, honest + odd) is not None
+    assert strategy.consistent_replies(honest) == honest
+
+
 def test_compat_client_answers_legacy_messages(demo) -> None:
     from flwr.common import (
         EvaluateIns,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -25,6 +27,8 @@ STRATEGIES: dict[str, type[fl.FedAvg]] = {
     "Bulyan": fl.Bulyan,
 }
 
+
+log = logging.getLogger(__name__)
 
 # Strategies that apply a server-side optimiser step to the averaged update.
 SERVER_OPTIMISERS = ("FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
@@ -75,6 +79,68 @@ def with_plain_mean_for(cls: type[fl.FedAvg], keys: Collection[str]) -> type:
     return type(cls.__name__, (cls,), {"aggregate_train": aggregate_train})
 
 
+def _kind(value: Any) -> Any:
+    return ("list", len(value)) if isinstance(value, list) else "number"
+
+
+def _shape_of(msg: Message) -> tuple[Any, ...]:
+    """What Flower's aggregation needs to agree across replies: record names, keys, value kinds."""
+    content = msg.content
+    metrics = tuple(
+        sorted(
+            (name, tuple(sorted((k, _kind(v)) for k, v in rec.items()))) for name, rec in content.metric_records.items()
+        )
+    )
+    arrays = tuple(sorted((name, tuple(sorted(rec.keys()))) for name, rec in content.array_records.items()))
+    return metrics, arrays
+
+
+def consistent_replies(replies: Iterable[Message]) -> list[Message]:
+    """The replies shaped like most of them (errors pass through); the others are logged and left out.
+
+    Flower's strategies refuse to aggregate replies whose records or metric keys
+    differ (and fail the whole run): one participant's extra or missing metric
+    must cost that reply only, not everyone's training.
+    """
+    replies = list(replies)
+    shapes = {id(m): _shape_of(m) for m in replies if not m.has_error()}
+    if len(set(shapes.values())) <= 1:
+        return replies
+    counts = Counter(shapes.values())
+    top = max(counts.values())
+    usual = next(shape for shape in shapes.values() if counts[shape] == top)
+    kept = []
+    for msg in replies:
+        shape = shapes.get(id(msg))
+        if shape is None or shape == usual:
+            kept.append(msg)
+        else:
+            log.warning(
+                "reply left out of the aggregate: its records differ from the other replies' "
+                "(node %s sent metrics %s, arrays %s; most sent metrics %s, arrays %s)",
+                msg.metadata.src_node_id,
+                shape[0],
+                shape[1],
+                usual[0],
+                usual[1],
+            )
+    return kept
+
+
+def with_consistent_replies(cls: type[fl.FedAvg]) -> type:
+    """Subclass ``cls`` so that it aggregates only replies Flower can aggregate together."""
+
+    def aggregate_train(
+        self: fl.FedAvg, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return cls.aggregate_train(self, server_round, consistent_replies(replies))
+
+    def aggregate_evaluate(self: fl.FedAvg, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return cls.aggregate_evaluate(self, server_round, consistent_replies(replies))
+
+    return type(cls.__name__, (cls,), {"aggregate_train": aggregate_train, "aggregate_evaluate": aggregate_evaluate})
+
+
 def make_strategy(run_config: Mapping[str, Any], statistics_keys: Collection[str] = ()) -> fl.FedAvg:
     """Build the strategy named by ``strategy`` with its run-config parameters.
 
@@ -89,7 +155,8 @@ def make_strategy(run_config: Mapping[str, Any], statistics_keys: Collection[str
     ``trim-beta``. Names match case-insensitively; an unknown name raises
     ValueError listing the valid ones. For the server-optimiser strategies the
     arrays named in ``statistics_keys`` (running statistics, not parameters) are
-    averaged plainly instead of being stepped by the optimiser.
+    averaged plainly instead of being stepped by the optimiser. Replies whose
+    records differ from most replies' are left out (`consistent_replies`).
     """
     name = cfg_str(run_config, "strategy")
     by_lower = {k.lower(): k for k in STRATEGIES}
@@ -136,4 +203,5 @@ def make_strategy(run_config: Mapping[str, Any], statistics_keys: Collection[str
     cls = STRATEGIES[name]
     if name in SERVER_OPTIMISERS and statistics_keys:
         cls = with_plain_mean_for(cls, statistics_keys)
+    cls = with_consistent_replies(cls)
     return cls(**common, **extra)
