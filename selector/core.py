@@ -15,7 +15,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -152,6 +152,56 @@ class RunInfo:
     run_config_json: str
 
 
+class UploadWatch:
+    """Keeps an upload that holds a folding slot moving, or cancels it.
+
+    Folding buffers one reply per slot, so a client that trickles its upload
+    would keep every other client of the selector waiting until the round's
+    deadline. Holding a slot, an upload must deliver a chunk at least every
+    `idle` seconds and, after `grace` seconds, average `min_rate` bytes/s;
+    otherwise `cancel` (the RPC's) is called and the reply is rejected.
+    """
+
+    def __init__(self, cancel: Callable[[], None], *, idle: float, min_rate: float, grace: float) -> None:
+        self.cancel, self.idle, self.min_rate, self.grace = cancel, idle, min_rate, grace
+        self.reason = ""
+        self.got = 0
+        self.started = self.last = time.monotonic()
+        self._done = threading.Event()
+
+    def chunks(self, source: Iterator[bytes]) -> Iterator[bytes]:
+        watcher = threading.Thread(target=self._watch, name="upload-watch", daemon=True)
+        watcher.start()
+        try:
+            for data in source:
+                self.got += len(data)
+                self.last = time.monotonic()
+                yield data
+        except PayloadError:
+            if self.reason:
+                raise RejectedReply("stalled", self.reason) from None
+            raise
+        finally:
+            self._done.set()
+        if self.reason:
+            raise RejectedReply("stalled", self.reason)
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(0.5, self.idle / 4)):
+            now = time.monotonic()
+            elapsed = now - self.started
+            if now - self.last > self.idle:
+                self.reason = f"the upload stalled: no data for {self.idle:g} s (after {self.got} bytes)"
+            elif elapsed > self.grace and self.got / elapsed < self.min_rate:
+                self.reason = (
+                    f"the upload is too slow: {self.got / elapsed / 1024:.1f} KiB/s on average over {elapsed:.0f} s, "
+                    f"below the {self.min_rate / 1024:g} KiB/s a reply must keep up while others wait for it"
+                )
+            if self.reason:
+                self.cancel()
+                return
+
+
 class SelectorCore:
     """Everything a selector knows and does."""
 
@@ -162,10 +212,15 @@ class SelectorCore:
         *,
         heartbeat_interval: float = 5.0,
         max_buffered_results: int = 1,
+        upload_idle: float = 20.0,
+        upload_min_rate: float = 32 * 1024,
+        upload_grace: float = 30.0,
     ) -> None:
         self.selector_id = selector_id
         self.auth = auth
         self.heartbeat_interval = heartbeat_interval
+        # How an upload holding a folding slot must keep moving (UploadWatch).
+        self.upload_limits = {"idle": upload_idle, "min_rate": upload_min_rate, "grace": upload_grace}
         # Replies to fold are buffered whole (the weight may come after the
         # arrays); this bounds how many at once, so memory does not grow with
         # the number of clients. Waiting uploads are held back by gRPC flow control.
@@ -420,13 +475,19 @@ class SelectorCore:
         self.receive_result(session, task_id, header, iter_chunks(content))
 
     def receive_result(
-        self, session: Session, task_id: str, header: payload_pb2.PayloadHeader, chunks: Iterator[bytes]
+        self,
+        session: Session,
+        task_id: str,
+        header: payload_pb2.PayloadHeader,
+        chunks: Iterator[bytes],
+        cancel: Callable[[], None] | None = None,
     ) -> None:
         """Take a client's reply as it streams in: fold it into the partial aggregate or pass it on.
 
         Folding buffers one reply at a time per slot and adds it to the running
-        sum straight from the received bytes. Forwarding never buffers: chunks
-        go to the coordinator as they arrive.
+        sum straight from the received bytes; with `cancel` (the upload's RPC),
+        an upload too slow to hold a slot is cut off (UploadWatch). Forwarding
+        never buffers: chunks go to the coordinator as they arrive.
         """
         try:
             if header.content_size > MAX_CONTENT_SIZE:
@@ -442,6 +503,8 @@ class SelectorCore:
         try:
             if batch.acc is not None and not header.error:
                 with self._fold_slots:
+                    if cancel is not None:
+                        chunks = UploadWatch(cancel, **self.upload_limits).chunks(chunks)
                     content = assemble(header.content_size, header.content_sha256, chunks)
                     if self._fold(batch, task, session.node_id, header, content):
                         return

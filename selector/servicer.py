@@ -139,7 +139,7 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         try:
             session = self.core.session(header.session_id)
             # Chunks are read as the core consumes them: folded or passed on, never queued here.
-            self.core.receive_result(session, header.task_id, header.payload, chunks())
+            self.core.receive_result(session, header.task_id, header.payload, chunks(), cancel=context.cancel)
         except SelectorError as err:
             _abort(context, err)
         except PayloadError as exc:

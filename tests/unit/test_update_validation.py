@@ -294,6 +294,52 @@ def test_the_selector_refuses_a_bad_update_counts_it_and_folds_only_the_good_one
         np.testing.assert_allclose(result[key], (shifted[key] * 3 + lower[key] * 7) / 10, rtol=1e-6)
 
 
+@pytest.mark.parametrize("how", ["stalls", "trickles"])
+def test_an_upload_that_stalls_or_trickles_is_cut_off_and_frees_the_folding_slot(how: str) -> None:
+    """One slow client must not keep the others' replies waiting for the round's deadline."""
+    sel = Selector()
+    sel.core.upload_limits = {"idle": 0.5, "min_rate": 2000.0, "grace": 1.0}
+    payload = message_to_payload(Message(_reply(sel.model, 5), reply_to=sel.instruction))
+    data = payload.content.tobytes() if isinstance(payload.content, Segments) else bytes(payload.content)
+    holding, cancelled = threading.Event(), threading.Event()
+
+    def slow() -> Iterator[bytes]:
+        holding.set()
+        if how == "stalls":
+            yield data[:10]
+            assert cancelled.wait(30), "the stalled upload was never cancelled"
+        else:  # 10 bytes every 0.1 s: never idle, but 100 B/s
+            for i in range(0, len(data), 10):
+                yield data[i : i + 10]
+                if cancelled.wait(0.1):
+                    break
+        # What the servicer's chunk reader raises once the RPC is cancelled.
+        raise PayloadError("the upload broke off")
+
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            sel.core.receive_result(sel.sessions["a"], "t-a", payload.header, slow(), cancel=cancelled.set)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    assert holding.wait(10)
+    sel.submit("b", _reply(sel.model, 7))  # waits for the slot the slow upload holds
+    thread.join(10)
+    assert cancelled.is_set() and len(errors) == 1 and isinstance(errors[0], RejectedReply), errors
+    assert ("stalled: no data for 0.5 s" if how == "stalls" else "too slow") in str(errors[0])
+    assert sel.core.rejected == {"stalled": 1}
+    failed = [p for p in sel.upstream.progress() if not p.ok]
+    assert [p.message_id for p in failed] == ["t-a"] and failed[0].detail.startswith(REJECTED)
+    sel.submit("c", _reply(sel.model, 3))
+    result = sel.aggregate()
+    for key in SHAPES:
+        np.testing.assert_allclose(result[key], sel.model[key], rtol=1e-6)
+
+
 def test_the_selector_refuses_results_for_tasks_a_client_was_not_given() -> None:
     sel = Selector()
     good = _reply(sel.model, 5)
