@@ -3,9 +3,11 @@
     python -m coordinator.local --app apps/tabular --data-dir demo/breast_cancer/clients --selectors 2 --rounds 5
 
 Every service is a separate process talking gRPC over loopback, exactly as they
-would across hosts. Round lines go to the terminal; each process's log goes to
-`<out>/logs/`. Exits with the coordinator's exit code (non-zero if any client
-failed its data check or crashed before the run finished).
+would across hosts: TLS on both links (clients to selectors, selectors to the
+coordinator) with a throwaway CA made for the run, and a selector token; with
+`--insecure`, plaintext on both. Round lines go to the terminal; each process's
+log goes to `<out>/logs/`. Exits with the coordinator's exit code (non-zero if
+any client failed its data check or crashed before the run finished).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -45,7 +48,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="plaintext gRPC between clients and selectors (default: TLS with a throwaway CA made for this run)",
+        help="plaintext gRPC on every link, no selector token "
+        "(default: TLS between clients and selectors and between selectors and the coordinator, "
+        "with a throwaway CA made for this run)",
     )
     return p.parse_args(argv)
 
@@ -159,22 +164,36 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     tls_client_args: list[str] = ["--insecure"]
+    tls_coordinator_args: list[str] = []
+    tls_selector_args: list[str] = []
     if args.insecure:
         fleet.env["FEDOTA_INSECURE"] = "1"
     else:
-        # Like the platform: a CA for this federation, a certificate for the selectors' host.
+        # Like the platform: a CA for this federation, certificates for the selectors' and the
+        # coordinator's host, and a token the coordinator asks of its selectors (in the
+        # environment, not on command lines other users can read).
         from fedota_common.pki import issue_server_cert, make_ca
 
         ca_cert, ca_key = make_ca("fedota-local")
-        cert, key = issue_server_cert(ca_cert, ca_key, ["127.0.0.1", "localhost"])
         tls = out / "tls"
         tls.mkdir(exist_ok=True)
         (tls / "ca.pem").write_text(ca_cert)
-        (tls / "selector.pem").write_text(cert)
-        (tls / "selector.key").touch(mode=0o600)
-        (tls / "selector.key").write_text(key)
-        fleet.env.update({"FEDOTA_TLS_CERT": str(tls / "selector.pem"), "FEDOTA_TLS_KEY": str(tls / "selector.key")})
+        for service in ("selector", "coordinator"):
+            cert, key = issue_server_cert(ca_cert, ca_key, ["127.0.0.1", "localhost"])
+            (tls / f"{service}.pem").write_text(cert)
+            (tls / f"{service}.key").touch(mode=0o600)
+            (tls / f"{service}.key").write_text(key)
+        fleet.env["FEDOTA_SELECTOR_TOKEN"] = secrets.token_urlsafe(24)
         tls_client_args = ["--ca-cert", str(tls / "ca.pem")]
+        tls_coordinator_args = ["--tls-cert", str(tls / "coordinator.pem"), "--tls-key", str(tls / "coordinator.key")]
+        tls_selector_args = [
+            "--tls-cert",
+            str(tls / "selector.pem"),
+            "--tls-key",
+            str(tls / "selector.key"),
+            "--coordinator-ca",
+            str(tls / "ca.pem"),
+        ]
     code = 1
     try:
         coord = fleet.start(
@@ -199,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(len(holders)),
                 "--wait-timeout",
                 "120",
+                *tls_coordinator_args,
             ],
             stdout_to_terminal=True,
         )
@@ -218,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"selector-{i + 1}",
                     "--state-file",
                     str(state),
+                    *tls_selector_args,
                 ],
             )
             selector_addrs.append(str(_wait_file(state, proc, f"selector-{i + 1}")["address"]))

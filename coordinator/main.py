@@ -18,8 +18,9 @@ from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
 from coordinator.roster import RosterPoller
 from coordinator.rounds import RoundTracker
 from coordinator.servicer import CoordinatorServicer
+from fedota_common import tls as tlsconf
 from fedota_common.fab import FabError, extract, load_app
-from fedota_common.grpcutil import add_health, bind, make_server
+from fedota_common.grpcutil import add_health, bind_with_health, make_server
 from fedota_common.settings import (
     Key,
     SettingsError,
@@ -35,10 +36,15 @@ from protos.coordinator.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")
 
+SELECTOR_TOKEN = Key("selector-token", str, "", "the run's token selectors must present")
 KEYS = [
     Key("app", str, required=True, help="Flower app folder or .fab file"),
     Key("state-dir", Path, Path("coordinator-state"), "folder for checkpoints, final model and the app"),
     Key("listen", str, "0.0.0.0:9091", "address:port the selectors dial (port 0 picks one)"),
+    tlsconf.CERT,
+    tlsconf.KEY,
+    tlsconf.insecure_key("serve selectors over plaintext gRPC, no token needed"),
+    Key("health-listen", str, "127.0.0.1:0", "plaintext loopback address for health checks (port 0 picks one)"),
     Key("run-config", run_config, {}, "run config overrides: JSON object or 'key=value key2=value2'"),
     Key("run-id", int, 1, "run id passed to the ServerApp's Context"),
     Key("round-timeout", positive_float, 600.0, "seconds a round waits for replies at most"),
@@ -52,7 +58,7 @@ KEYS = [
     Key("aggregation", str, "auto", "auto | weighted-mean | individual (partial aggregation at selectors)"),
     Key("weight-key", str, "num-examples", "metric a reply is weighted by"),
     Key("keep-checkpoints", non_negative_int, 5, "model checkpoints kept (0 = all)"),
-    Key("selector-token", str, "", "shared token selectors must present (empty: none)"),
+    SELECTOR_TOKEN,
     Key("wait-for-nodes", non_negative_int, 0, "start the ServerApp once this many clients have checked in"),
     Key("wait-timeout", positive_float, 600.0, "seconds to wait for --wait-for-nodes before starting anyway"),
     Key("max-workers", int, 64, "gRPC worker threads"),
@@ -67,6 +73,10 @@ class Settings:
     app: str
     state_dir: Path
     listen: str
+    tls_cert: str
+    tls_key: str
+    insecure: bool
+    health_listen: str
     run_config: dict[str, Any]
     run_id: int
     round_timeout: float
@@ -97,7 +107,23 @@ class Settings:
                 Target(values["report_url"], values["report_token"])
             except ValueError as exc:
                 raise SettingsError(f"invalid settings:\n  FEDOTA_REPORT_URL: {exc}") from exc
+        tlsconf.check(
+            [
+                tlsconf.unless_insecure(
+                    values,
+                    [tlsconf.CERT, tlsconf.KEY],
+                    "the coordinator serves selectors over TLS (the website issues its certificate per run)",
+                ),
+                tlsconf.unless_insecure(
+                    values, [SELECTOR_TOKEN], "the coordinator admits only selectors with the run's token"
+                ),
+            ]
+        )
         return cls(**values)
+
+    def tls(self) -> tuple[bytes, bytes] | None:
+        """(certificate PEM, key PEM), read from files unless given as PEM text; None when insecure."""
+        return tlsconf.server_pair(self.tls_cert, self.tls_key, self.insecure)
 
 
 def _flower_env() -> None:
@@ -137,6 +163,13 @@ def _start_reporter(settings: Settings, hub: Hub, state_dir: Path) -> Reporter |
 def run(settings: Settings) -> int:
     """Serve the selectors and run the ServerApp to completion; returns the exit code."""
     _flower_env()
+    try:
+        server_tls = settings.tls()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if server_tls is None:
+        tlsconf.warn_insecure(log, "selectors connect over plaintext gRPC and need no token")
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.serverapp.server_app import LoadServerAppError, ServerApp
@@ -169,17 +202,32 @@ def run(settings: Settings) -> int:
         server,
     )
     add_health(server, "protos.coordinator.v1.Coordinator")
-    address = bind(server, settings.listen)
-    if address is None:
-        print(f"error: cannot listen on {settings.listen}", file=sys.stderr)
+    bound = bind_with_health(server, settings.listen, settings.health_listen, server_tls)
+    if bound is None:
         return 2
+    address, health_address = bound
     server.start()
     (state_dir / "coordinator.json").write_text(
-        json.dumps({"address": address, "pid": os.getpid(), "fab_sha256": app.sha256})
+        json.dumps(
+            {
+                "address": address,
+                "health": health_address,
+                "tls": server_tls is not None,
+                "pid": os.getpid(),
+                "fab_sha256": app.sha256,
+            }
+        )
     )
     log.info(
         "coordinator listening",
-        extra={"address": address, "app": app.name, "fab_sha256": app.sha256, "aggregation": aggregation},
+        extra={
+            "address": address,
+            "health": health_address,
+            "tls": server_tls is not None,
+            "app": app.name,
+            "fab_sha256": app.sha256,
+            "aggregation": aggregation,
+        },
     )
 
     rounds = config.get("num-server-rounds")

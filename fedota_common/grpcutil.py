@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from concurrent import futures
 from typing import NoReturn
 
@@ -58,6 +59,27 @@ def bind(server: grpc.Server, listen: str, tls: tuple[bytes, bytes] | None = Non
         return None
     host = listen.rsplit(":", 1)[0]
     return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
+
+
+def bind_with_health(
+    server: grpc.Server, listen: str, health_listen: str, tls: tuple[bytes, bytes] | None
+) -> tuple[str, str] | None:
+    """Bind the service port (TLS unless `tls` is None) and a plaintext health port.
+
+    Health checks (the images' HEALTHCHECK, the spawners) come from the service's own
+    machine and need no certificate, so `health_listen` should be on loopback. Returns
+    (address, health address), or None after printing why to stderr.
+    """
+    try:
+        address = bind(server, listen, tls)
+    except RuntimeError as exc:  # grpc: unusable certificate or key
+        print(f"error: cannot serve TLS on {listen}: {exc}", file=sys.stderr)
+        return None
+    health_address = bind(server, health_listen)
+    if address is None or health_address is None:
+        print(f"error: cannot listen on {listen} and {health_listen}", file=sys.stderr)
+        return None
+    return address, health_address
 
 
 def add_health(server: grpc.Server, *services: str) -> health.HealthServicer:

@@ -1,15 +1,17 @@
-"""A per-problem certificate authority and the selectors' server certificates.
+"""A per-problem certificate authority and the server certificates of its selectors and coordinator.
 
 The website makes one CA per problem when it is first needed (publishing, or
 the first join bundle) and keeps it; each launch of a run issues the
 selectors a fresh server certificate whose subject alternative names are the
-host data holders' clients dial. The CA certificate travels in the join
-bundle, and clients trust nothing else for that problem, so another problem's
-CA (or any public one) cannot stand in for a selector.
+host data holders' clients dial, and the coordinator one for the names its
+selectors dial it at. The CA certificate travels in the join bundle and to
+the selectors; clients and selectors trust nothing else for that problem, so
+another problem's CA (or any public one) cannot stand in for a selector or a
+coordinator.
 
 EC P-256 keys, SHA-256 signatures: small, fast, and accepted by gRPC's TLS.
-Needs the `cryptography` package (website side only; selectors and clients
-only load PEM files through gRPC).
+Needs the `cryptography` package (the website and `fedota-local`; the services
+and clients only load PEM files through gRPC, see fedota_common/tls.py).
 """
 
 from __future__ import annotations

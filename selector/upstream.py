@@ -1,4 +1,8 @@
-"""The selector's link to its coordinator: one Attach stream, reconnecting."""
+"""The selector's link to its coordinator: one Attach stream, reconnecting.
+
+Over TLS the coordinator must show a certificate signed by the problem's CA for
+the name dialled, and every call carries the run's selector token as well.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +23,29 @@ from selector.core import SelectorCore
 log = logging.getLogger(__name__)
 
 
+def tls_problem(details: str) -> str | None:
+    """What went wrong in the TLS handshake with the coordinator, from gRPC's error text; None if not TLS."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return "its certificate is not signed by the CA this selector trusts (FEDOTA_COORDINATOR_CA)"
+    if "Hostname Verification" in details:
+        return "its certificate is not issued for the name this selector dials"
+    if "WRONG_VERSION_NUMBER" in details:
+        return "it does not speak TLS (started with --insecure?)"
+    if "handshake failed" in details.lower():
+        return "the TLS handshake failed"
+    return None
+
+
 class CoordinatorLink:
     """Implements `Upstream` over gRPC and feeds coordinator messages to the core."""
 
-    def __init__(self, core: SelectorCore, target: str, token: str) -> None:
+    def __init__(self, core: SelectorCore, target: str, token: str, root_certificates: bytes | None = None) -> None:
+        """`root_certificates`: the CA (PEM) the coordinator's certificate must chain to; None dials plaintext."""
         self.core = core
         self.target = target
         self.token = token
-        self.channel = channel(target)
+        self.tls = root_certificates is not None
+        self.channel = channel(target, root_certificates)
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
         self._outbox: queue.Queue[cpb.SelectorMessage | None] | None = None
         self._stop = threading.Event()
@@ -87,10 +106,20 @@ class CoordinatorLink:
                 backoff = 0.2
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
+                details = (exc.details() if hasattr(exc, "details") else None) or ""
+                problem = tls_problem(details) if self.tls else None
                 if code == grpc.StatusCode.UNAUTHENTICATED:
-                    log.error("coordinator refused this selector's token", extra={"detail": exc.details()})
+                    log.error("coordinator refused this selector's token", extra={"detail": details})
+                elif problem is not None:
+                    log.error(
+                        "TLS to the coordinator failed; retrying",
+                        extra={"target": self.target, "reason": problem, "detail": details},
+                    )
                 else:
-                    log.info("coordinator unreachable; retrying", extra={"target": self.target, "code": str(code)})
+                    log.info(
+                        "coordinator unreachable; retrying",
+                        extra={"target": self.target, "code": str(code), "detail": details},
+                    )
             self.connected.clear()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)

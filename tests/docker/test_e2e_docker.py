@@ -508,6 +508,24 @@ INSIDE = (
 )
 
 
+# Run in a selector: its coordinator's link speaks TLS with a certificate from the problem's CA
+# (the selector's own FEDOTA_COORDINATOR_CA) for the name it dials, and plaintext gets nowhere.
+COORDINATOR_LINK = (
+    "import os, socket, ssl, sys, grpc\n"
+    "host, port = sys.argv[1], int(sys.argv[2])\n"
+    "ctx = ssl.create_default_context(cadata=os.environ['FEDOTA_COORDINATOR_CA'])\n"
+    "with socket.create_connection((host, port), timeout=5) as raw:\n"
+    "    with ctx.wrap_socket(raw, server_hostname=host) as tls:\n"
+    "        version = tls.version()\n"
+    "channel = grpc.insecure_channel(f'{host}:{port}')\n"
+    "try:\n"
+    "    grpc.channel_ready_future(channel).result(timeout=3); plaintext = 'answered'\n"
+    "except grpc.FutureTimeoutError:\n"
+    "    plaintext = 'refused'\n"
+    "print(version, plaintext)\n"
+)
+
+
 def _check_services(platform: Platform, token: str, problem_id: int, selectors: int) -> dict[str, Any]:
     """The problem's coordinator and selectors: labelled, healthy, on their own network, locked down."""
     network = f"{platform.prefix}-p{problem_id}"
@@ -561,6 +579,10 @@ def _check_services(platform: Platform, token: str, problem_id: int, selectors: 
             assert [m.get("Name") for m in c.attrs["Mounts"]] == [f"{network}-state"]
         else:
             assert list(bound) == [f"{SELECTOR_PORT}/tcp"], bound
+            code, out = exec_python(c, "-c", COORDINATOR_LINK, f"{network}-coordinator", str(COORDINATOR_PORT))
+            assert code == 0 and out.splitlines()[-1] in ("TLSv1.2 refused", "TLSv1.3 refused"), (
+                f"{c.name} -> its coordinator: not TLS with the problem's CA only: {out}"
+            )
             assert [(b["HostIp"], int(b["HostPort"])) for b in bound[f"{SELECTOR_PORT}/tcp"]] == [
                 (platform.gateway, ports[index])
             ]

@@ -143,7 +143,7 @@ class Services:
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    """Coordinator (tabular app, waiting for 50 clients so it never starts) and a selector."""
+    """Coordinator (tabular app, waiting for 50 clients so it never starts) and a selector, plaintext throughout."""
     state = tmp_path / "svc"
     logs = state / "logs"
     logs.mkdir(parents=True)
@@ -162,6 +162,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
             "50",
             "--wait-timeout",
             "600",
+            "--insecure",
         ],
         cwd=REPO,
         env=ENV,

@@ -340,6 +340,7 @@ def fed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             "3",
             "--wait-timeout",
             "120",
+            "--insecure",
         ],
         cwd=REPO,
         env=ENV,

@@ -94,11 +94,12 @@ def test_worker_publishes_restarts_and_stops_a_run(
         selectors = list(run.services.filter(role="selector").order_by("index").values_list("address", flat=True))
         assert selectors == endpoints
         coordinator = run.services.get(role="coordinator")
-        assert check_health(coordinator.address)
         ca = Problem.objects.get(pk=problem.pk).ca_certificate.encode()
-        # Selectors serve clients over TLS with the problem's own CA only.
-        assert all(_serving_tls(address, ca) for address in selectors)
+        # Selectors serve clients, and the coordinator its selectors, over TLS with the problem's own CA only.
+        assert all(_serving_tls(address, ca) for address in [*selectors, coordinator.address])
         assert not any(check_health(address, timeout=2) for address in selectors), "plaintext reached a selector"
+        assert not check_health(coordinator.address, timeout=2), "plaintext reached the coordinator"
+        assert coordinator.health == "healthy"  # asked on its plaintext loopback health port
 
         # A selector dies: the reconciler (run by the worker) starts the run again on the same ports.
         first_handle = run.services.get(role="selector", index=1).handle

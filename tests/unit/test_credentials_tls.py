@@ -1,12 +1,15 @@
-"""Per-problem CA and TLS, participant lists at the selector, and the coordinator's roster poller."""
+"""Per-problem CA and TLS on both links, participant lists at the selector, and the coordinator's roster poller."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
 import json
+import logging
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +22,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client_image.main import Settings as ClientSettings
 from client_image.main import _trust
 from client_image.runner import ClientError
+from coordinator import main as coordinator_main
 from coordinator.hub import Hub
+from coordinator.main import Settings as CoordinatorSettings
 from coordinator.report import Target
 from coordinator.roster import RosterError, RosterPoller, parse_roster
-from fedota_common.grpcutil import add_health, bind, channel, make_server
+from coordinator.servicer import CoordinatorServicer
+from fedota_common.fab import App
+from fedota_common.grpcutil import add_health, bind, channel, check_health, make_server
 from fedota_common.pki import issue_server_cert, make_ca
 from fedota_common.settings import SettingsError
 from protos.coordinator.v1 import coordinator_pb2 as cpb
+from protos.coordinator.v1 import coordinator_pb2_grpc
 from selector.auth import RosterAuthenticator
-from selector.core import SelectorError
+from selector.core import SelectorCore, SelectorError
 from selector.main import Settings as SelectorSettings
+from selector.upstream import CoordinatorLink
 
 
 def _credential(participant: int, secret: str = "s3cret") -> tuple[str, str]:
@@ -89,22 +98,156 @@ def test_only_a_client_trusting_the_problem_ca_gets_through(tls_server: tuple[st
         assert not _serving(ch), "plaintext reached a TLS port"
 
 
+# What a selector needs besides its own certificate: the CA its coordinator's must chain to, and the token.
+_UPSTREAM = {"FEDOTA_COORDINATOR_CA": "-----BEGIN CA", "FEDOTA_SELECTOR_TOKEN": "t0ken"}
+
+
 def test_a_selector_will_not_serve_plaintext_unless_told(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="--tls-cert and --tls-key.*--insecure"):
-        SelectorSettings.from_env({}, ["--coordinator", "c:1"])
+        SelectorSettings.from_env(_UPSTREAM, ["--coordinator", "c:1"])
     insecure = SelectorSettings.from_env({}, ["--coordinator", "c:1", "--insecure"])
-    assert insecure.insecure and insecure.tls() is None
+    assert insecure.insecure and insecure.tls() is None and insecure.coordinator_trust() is None
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_text("-----BEGIN CERTIFICATE-----\n")
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
     from_files = SelectorSettings.from_env(
-        {"FEDOTA_TLS_CERT": str(cert), "FEDOTA_TLS_KEY": str(key)}, ["--coordinator", "c:1"]
+        {"FEDOTA_TLS_CERT": str(cert), "FEDOTA_TLS_KEY": str(key), **_UPSTREAM}, ["--coordinator", "c:1"]
     )
     assert from_files.tls() == (cert.read_bytes(), key.read_bytes())
     inline = SelectorSettings.from_env(
-        {"FEDOTA_TLS_CERT": "-----BEGIN X", "FEDOTA_TLS_KEY": "-----BEGIN Y"}, ["--coordinator", "c:1"]
+        {"FEDOTA_TLS_CERT": "-----BEGIN X", "FEDOTA_TLS_KEY": "-----BEGIN Y", **_UPSTREAM}, ["--coordinator", "c:1"]
     )
     assert inline.tls() == (b"-----BEGIN X", b"-----BEGIN Y")
+    assert inline.coordinator_trust() == b"-----BEGIN CA"
+
+
+def test_a_selector_will_not_dial_its_coordinator_in_plaintext_or_without_a_token_unless_told() -> None:
+    own = {"FEDOTA_TLS_CERT": "-----BEGIN X", "FEDOTA_TLS_KEY": "-----BEGIN Y"}
+    with pytest.raises(SettingsError) as err:
+        SelectorSettings.from_env(own, ["--coordinator", "c:1"])
+    assert "--coordinator-ca (FEDOTA_COORDINATOR_CA), or --insecure" in str(err.value)
+    assert "--selector-token (FEDOTA_SELECTOR_TOKEN), or --insecure" in str(err.value)
+    with pytest.raises(SettingsError, match="--selector-token"):
+        SelectorSettings.from_env({**own, "FEDOTA_COORDINATOR_CA": "-----BEGIN CA"}, ["--coordinator", "c:1"])
+
+
+def test_a_coordinator_will_not_serve_plaintext_or_admit_tokenless_selectors_unless_told(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("FEDOTA_TLS_CERT", "FEDOTA_TLS_KEY", "FEDOTA_INSECURE", "FEDOTA_SELECTOR_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    assert coordinator_main.main(["--app", "apps/tabular", "--selector-token", "t0ken"]) == 2
+    err = capsys.readouterr().err
+    assert "the coordinator serves selectors over TLS" in err
+    assert "give --tls-cert and --tls-key (FEDOTA_TLS_CERT / FEDOTA_TLS_KEY), or --insecure" in err
+
+    cert = {"FEDOTA_APP": "a", "FEDOTA_TLS_CERT": "-----BEGIN X", "FEDOTA_TLS_KEY": "-----BEGIN Y"}
+    with pytest.raises(SettingsError, match=r"--selector-token \(FEDOTA_SELECTOR_TOKEN\), or --insecure"):
+        CoordinatorSettings.from_env(cert, [])
+    assert CoordinatorSettings.from_env({**cert, "FEDOTA_SELECTOR_TOKEN": "t0ken"}, []).tls() == (
+        b"-----BEGIN X",
+        b"-----BEGIN Y",
+    )
+
+    # --insecure is allowed, and said out loud on every start (here one that then fails on its app).
+    insecure = CoordinatorSettings.from_env({"FEDOTA_APP": str(tmp_path / "no-app")}, ["--insecure"])
+    assert insecure.tls() is None and insecure.selector_token == ""
+    assert coordinator_main.run(replace(insecure, state_dir=tmp_path / "state")) == 2
+    assert "warning: INSECURE: selectors connect over plaintext gRPC and need no token" in capsys.readouterr().err
+
+
+# ---- selectors and their coordinator over TLS ----------------------------------------------------
+
+
+TOKEN = "run-token"
+
+
+@pytest.fixture(scope="module")
+def tls_coordinator() -> Iterator[tuple[str, Hub, str, str]]:
+    """A coordinator's gRPC service on TLS, its certificate issued by a problem CA for 127.0.0.1.
+
+    Yields (address, hub, that CA, another problem's CA).
+    """
+    ca_cert, ca_key = make_ca("Fedota problem 1")
+    cert, key = issue_server_cert(ca_cert, ca_key, ["127.0.0.1"])
+    app = App(b"fab", hashlib.sha256(b"fab").hexdigest(), "a:app", "a:app", {}, "app", "1.0.0")
+    hub = Hub()
+    server = make_server(8)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(hub, app, 1, "{}", TOKEN), server)
+    add_health(server)
+    address = bind(server, "127.0.0.1:0", (cert.encode(), key.encode()))
+    assert address is not None
+    server.start()
+    yield address, hub, ca_cert, make_ca("Fedota problem 2")[0]
+    server.stop(0)
+
+
+def _link(address: str, selector_id: str, token: str, ca: str | None) -> CoordinatorLink:
+    core = SelectorCore(selector_id, RosterAuthenticator())
+    link = CoordinatorLink(core, address, token, ca.encode() if ca is not None else None)
+    core.upstream = link
+    link.start()
+    return link
+
+
+def _errors(caplog: pytest.LogCaptureFixture, message: str, within: float = 10.0) -> list[logging.LogRecord]:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        found = [r for r in caplog.records if r.levelno >= logging.ERROR and r.getMessage() == message]
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def test_a_selector_with_the_problem_ca_and_the_token_attaches_over_tls(
+    tls_coordinator: tuple[str, Hub, str, str],
+) -> None:
+    address, hub, ca, _ = tls_coordinator
+    link = _link(address, "sel-good", TOKEN, ca)
+    try:
+        assert link.connected.wait(10), "the selector did not attach over TLS"
+        assert link.core.run is not None and link.core.run.fab_sha256 == hashlib.sha256(b"fab").hexdigest()
+        assert "sel-good" in hub.selectors
+        assert link.fetch_fab() == b"fab"
+    finally:
+        link.stop()
+    assert not check_health(address, timeout=2), "plaintext reached the coordinator's TLS port"
+
+
+def test_a_selector_trusting_another_problems_ca_is_refused_and_says_why(
+    tls_coordinator: tuple[str, Hub, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    address, hub, _, other_ca = tls_coordinator
+    link = _link(address, "sel-other-ca", TOKEN, other_ca)
+    try:
+        (record, *_) = _errors(caplog, "TLS to the coordinator failed; retrying")
+        assert "not signed by the CA this selector trusts" in record.reason  # type: ignore[attr-defined]
+        assert not link.connected.is_set() and "sel-other-ca" not in hub.selectors
+    finally:
+        link.stop()
+
+
+def test_a_plaintext_selector_cannot_reach_a_tls_coordinator(tls_coordinator: tuple[str, Hub, str, str]) -> None:
+    address, hub, _, _ = tls_coordinator
+    link = _link(address, "sel-plain", TOKEN, None)
+    try:
+        assert not link.connected.wait(3), "a plaintext selector attached to a TLS coordinator"
+        assert "sel-plain" not in hub.selectors
+    finally:
+        link.stop()
+
+
+def test_a_selector_with_the_wrong_token_is_refused_even_over_tls(
+    tls_coordinator: tuple[str, Hub, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    address, hub, ca, _ = tls_coordinator
+    link = _link(address, "sel-bad-token", "not-the-token", ca)
+    try:
+        assert _errors(caplog, "coordinator refused this selector's token")
+        assert not link.connected.is_set() and "sel-bad-token" not in hub.selectors
+    finally:
+        link.stop()
 
 
 def test_a_client_without_the_problem_ca_refuses_to_connect(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,7 @@ def test_all_problems_are_listed_together() -> None:
 def test_flags_override_environment_and_run_config_parses() -> None:
     env = {"FEDOTA_APP": "from-env", "FEDOTA_RUN_CONFIG": '{"lr": 0.5}'}
     s = CoordinatorSettings.from_env(
-        env, ["--app", "from-flag", "--run-config", "num-server-rounds=4 strategy='FedProx'"]
+        env, ["--app", "from-flag", "--run-config", "num-server-rounds=4 strategy='FedProx'", "--insecure"]
     )
     assert s.app == "from-flag"
     assert s.run_config == {"num-server-rounds": 4, "strategy": "FedProx"}

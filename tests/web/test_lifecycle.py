@@ -29,6 +29,9 @@ class FakeSpawner:
     fail_with: Exception | None = None
     on_start: Any = None
 
+    def coordinator_hosts(self, problem_id: int) -> list[str]:
+        return [f"coordinator-{problem_id}.internal"]
+
     def start(self, spec: RunSpec) -> list[ServiceState]:
         self.specs.append(spec)
         if self.on_start is not None:
@@ -177,6 +180,41 @@ def test_launch_records_services_and_running(
     # A duplicate delivery of the task changes nothing.
     lifecycle.run_launch(run_id=run.pk)
     assert len(fake.specs) == 1
+
+
+def test_launch_issues_certificates_for_both_links_from_the_problems_ca(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], settings_ports: Any
+) -> None:
+    from cryptography import x509
+
+    from webserver.problems.models import Problem
+
+    problem = make_problem(users["owner"])
+    lifecycle.run_launch(run_id=lifecycle.run_start(problem=problem, user=users["owner"]).pk)
+
+    (spec,) = fake.specs
+    problem = Problem.objects.get(pk=problem.pk)
+    assert spec.ca_cert_pem == problem.ca_certificate
+    ca = x509.load_pem_x509_certificate(spec.ca_cert_pem.encode())
+
+    def names(pem: str) -> list[str]:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        cert.verify_directly_issued_by(ca)
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+
+    # Clients dial the selectors at FEDOTA_SELECTOR_HOST; selectors dial the coordinator where the backend says.
+    assert names(spec.tls_cert_pem) == ["fl.example.org"]
+    assert names(spec.coordinator_tls_cert_pem) == fake.coordinator_hosts(problem.pk)
+    assert spec.selector_token
+    coordinator_env, selector_env = spec.coordinator_tls_env(), spec.selector_tls_env()
+    assert coordinator_env["FEDOTA_TLS_CERT"] == spec.coordinator_tls_cert_pem
+    assert selector_env["FEDOTA_TLS_CERT"] == spec.tls_cert_pem
+    assert selector_env["FEDOTA_COORDINATOR_CA"] == spec.ca_cert_pem
+    assert "FEDOTA_INSECURE" not in {**coordinator_env, **selector_env}
+    # The CA's key never leaves the database.
+    assert problem.ca_private_key not in str(spec)
 
 
 def test_launch_failure_fails_the_run_with_the_reason_and_leaves_nothing(

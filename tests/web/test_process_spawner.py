@@ -152,3 +152,39 @@ def test_services_run_at_the_configured_niceness(tmp_path: Path, spec: RunSpec) 
             assert int(fields[16]) == 7, (state.role, fields[16])
     finally:
         niced.stop(PROBLEM)
+
+
+def test_both_links_speak_tls_with_the_problems_ca_and_secrets_stay_off_command_lines(
+    spawner: ProcessSpawner, spec: RunSpec, tmp_path: Path
+) -> None:
+    import time
+
+    from fedota_common.pki import issue_server_cert, make_ca
+
+    ca_cert, ca_key = make_ca(f"Fedota problem {PROBLEM}")
+    selector_cert, selector_key = issue_server_cert(ca_cert, ca_key, ["127.0.0.1"])
+    coordinator_cert, coordinator_key = issue_server_cert(ca_cert, ca_key, spawner.coordinator_hosts(PROBLEM))
+    tls_spec = replace(
+        spec,
+        num_selectors=1,
+        selector_ports=spec.selector_ports[:1],
+        tls_cert_pem=selector_cert,
+        tls_key_pem=selector_key,
+        coordinator_tls_cert_pem=coordinator_cert,
+        coordinator_tls_key_pem=coordinator_key,
+        ca_cert_pem=ca_cert,
+    )
+
+    states = spawner.start(tls_spec)
+
+    assert all(s.health == "healthy" for s in states), states  # asked on the plaintext loopback health ports
+    coordinator = next(s for s in states if s.role == "coordinator")
+    assert not check_health(coordinator.address, timeout=1), "plaintext reached the coordinator"
+    log = tmp_path / "state" / f"problem_{PROBLEM}" / "run_001" / "logs" / "selector_0.log"
+    deadline = time.monotonic() + 30
+    while "run info received" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "run info received" in log.read_text(), "the selector did not attach to its coordinator over TLS"
+    for pid in _processes_of(PROBLEM):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert spec.selector_token.encode() not in cmdline and b"PRIVATE KEY" not in cmdline

@@ -46,7 +46,7 @@ from webserver.problems.models import (
     Service,
     ServiceHealth,
 )
-from webserver.problems.pki import selector_certificate
+from webserver.problems.pki import coordinator_certificate, problem_ca, selector_certificate
 from webserver.problems.runconfig import DEFAULTS, app_overrides, validate_run_config
 from webserver.spawner import (
     MAX_SELECTORS,
@@ -163,8 +163,14 @@ def _run_fab_path(run: Run) -> Path:
     return pinned[0]
 
 
-def build_run_spec(run: Run, *, service_token: str, selector_token: str) -> RunSpec:
-    """The backend-neutral description of what to start for `run` (raises ApplicationError if the app is unusable)."""
+def build_run_spec(
+    run: Run, *, service_token: str, selector_token: str, coordinator_hosts: list[str] | None = None
+) -> RunSpec:
+    """The backend-neutral description of what to start for `run` (raises ApplicationError if the app is unusable).
+
+    `coordinator_hosts`: the names the backend's selectors dial the coordinator at
+    (`Spawner.coordinator_hosts`), which its certificate names; by default 127.0.0.1.
+    """
     from fedota_common.fab import FabError, load_app
 
     problem = run.problem
@@ -181,6 +187,7 @@ def build_run_spec(run: Run, *, service_token: str, selector_token: str) -> RunS
     launch = validate_run_config(doc, app.default_config)
     num_selectors = int(launch["num_selectors"])
     tls_cert, tls_key = selector_certificate(problem)
+    coordinator_cert, coordinator_key = coordinator_certificate(problem, coordinator_hosts or ["127.0.0.1"])
     return RunSpec(
         problem_id=problem.pk,
         run_id=run.pk,
@@ -197,6 +204,9 @@ def build_run_spec(run: Run, *, service_token: str, selector_token: str) -> RunS
         selector_ports=selector_ports(problem.pk, num_selectors, base=settings.FEDOTA_SELECTOR_PORT_BASE),
         tls_cert_pem=tls_cert,
         tls_key_pem=tls_key,
+        coordinator_tls_cert_pem=coordinator_cert,
+        coordinator_tls_key_pem=coordinator_key,
+        ca_cert_pem=problem_ca(problem.pk)[0],
     )
 
 
@@ -242,7 +252,12 @@ def run_launch(*, run_id: int, spawner: Spawner | None = None) -> Run | None:
 
     try:
         spawner = spawner or get_spawner()
-        spec = build_run_spec(run, service_token=service_token, selector_token=secrets.token_urlsafe(32))
+        spec = build_run_spec(
+            run,
+            service_token=service_token,
+            selector_token=secrets.token_urlsafe(32),
+            coordinator_hosts=spawner.coordinator_hosts(run.problem_id),
+        )
         states = spawner.start(spec)
     except (SpawnError, ApplicationError) as exc:
         run_fail(run_id=run.pk, reason=str(exc), spawner=spawner)

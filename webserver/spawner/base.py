@@ -30,23 +30,63 @@ class RunSpec:
     round_timeout: float
     min_clients: int
     report_url: str  # internal API base for this run
-    service_token: str  # credential the coordinator reports with
-    selector_token: str  # shared secret between this run's selectors and coordinator
+    # Secrets are kept out of the spec's repr, so logging a spec never logs them.
+    service_token: str = field(repr=False)  # credential the coordinator reports with
+    selector_token: str = field(repr=False)  # shared secret between this run's selectors and coordinator
     # Host ports the selectors must listen on, one per selector. They are the
     # same for every run of a problem (see `selector_ports`), so participants'
     # join bundles stay valid across runs. Empty: the backend picks.
     selector_ports: tuple[int, ...] = ()
-    # The selectors' TLS server certificate and key (PEM), issued by the problem's CA for
-    # the host clients dial. Empty: selectors serve plaintext (`--insecure`), which only
-    # hand-made specs for local tests do; the run lifecycle always issues one.
+    # TLS on both links, all issued by the problem's CA (PEM): the selectors' server
+    # certificate and key for the host clients dial, the coordinator's for the names the
+    # backend's selectors dial it at (`Spawner.coordinator_hosts`), and the CA certificate
+    # the selectors check the coordinator against. All empty: plaintext on both links
+    # (`--insecure`), which only hand-made specs for local tests do; the run lifecycle
+    # always issues them. Some but not all: refused.
     tls_cert_pem: str = ""
-    tls_key_pem: str = ""
+    tls_key_pem: str = field(default="", repr=False)
+    coordinator_tls_cert_pem: str = ""
+    coordinator_tls_key_pem: str = field(default="", repr=False)
+    ca_cert_pem: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        pems = (
+            self.tls_cert_pem,
+            self.tls_key_pem,
+            self.coordinator_tls_cert_pem,
+            self.coordinator_tls_key_pem,
+            self.ca_cert_pem,
+        )
+        if any(pems) and not all(pems):
+            raise ValueError(
+                "a run spec has TLS on both links or on neither: give the selectors' and the "
+                "coordinator's certificates and keys and the CA certificate, or none of them"
+            )
+        if self.tls and not self.selector_token:
+            raise ValueError("a run spec with TLS needs a selector token")
+
+    @property
+    def tls(self) -> bool:
+        """Do clients↔selectors and selectors↔coordinator speak TLS?"""
+        return bool(self.tls_cert_pem)
+
+    # Certificates and keys travel in the environment, never on the command line.
+
+    def coordinator_tls_env(self) -> dict[str, str]:
+        """How the coordinator learns its certificate, or that it serves plaintext."""
+        if self.tls:
+            return {"FEDOTA_TLS_CERT": self.coordinator_tls_cert_pem, "FEDOTA_TLS_KEY": self.coordinator_tls_key_pem}
+        return {"FEDOTA_INSECURE": "1"}
+
     def selector_tls_env(self) -> dict[str, str]:
-        """How a selector learns its certificate (environment, never the command line)."""
-        if self.tls_cert_pem and self.tls_key_pem:
-            return {"FEDOTA_TLS_CERT": self.tls_cert_pem, "FEDOTA_TLS_KEY": self.tls_key_pem}
+        """How a selector learns its certificate and the CA its coordinator's must chain to."""
+        if self.tls:
+            return {
+                "FEDOTA_TLS_CERT": self.tls_cert_pem,
+                "FEDOTA_TLS_KEY": self.tls_key_pem,
+                "FEDOTA_COORDINATOR_CA": self.ca_cert_pem,
+            }
         return {"FEDOTA_INSECURE": "1"}
 
 
@@ -82,6 +122,10 @@ def selector_ports(problem_id: int, count: int, *, base: int) -> tuple[int, ...]
 
 class Spawner(Protocol):
     name: str
+
+    def coordinator_hosts(self, problem_id: int) -> list[str]:
+        """The names (or addresses) the problem's selectors dial its coordinator at: its certificate's names."""
+        ...
 
     def start(self, spec: RunSpec) -> list[ServiceState]:
         """Start the run's services and return them once they answer (or raise SpawnError)."""

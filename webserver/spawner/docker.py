@@ -5,7 +5,8 @@ Per problem (names start with the installation's prefix, `fedota` by default):
 - one user-defined bridge network `<prefix>-p<id>`: the coordinator and the
   selectors talk over it by container name; other problems' containers are on
   other networks, which the engine isolates from each other;
-- one coordinator container, not published to the host. It reaches the
+- one coordinator container, not published to the host. Selectors dial it by
+  its container name, the name in its TLS certificate. It reaches the
   website's internal API through `host.docker.internal` (the host gateway);
 - N selector containers, each published on the problem's fixed host port
   (`RunSpec.selector_ports`), the endpoints in the join bundles;
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 COORDINATOR_PORT = 9091
 SELECTOR_PORT = 9092
-# The selector's plaintext health port, on the container's loopback only (its client port speaks TLS).
+# Each service's plaintext health port, on the container's loopback only (its gRPC port speaks TLS).
 HEALTH_PORT = 9093
 STATE_MOUNT = "/state"
 # The whole start (every container answering its health check) must fit in this.
@@ -187,6 +188,9 @@ class DockerSpawner:
         return {"label": wanted}
 
     # ---- Spawner interface -----------------------------------------------------------------------
+
+    def coordinator_hosts(self, problem_id: int) -> list[str]:
+        return [self.container_name(problem_id, "coordinator")]
 
     def start(self, spec: RunSpec) -> list[ServiceState]:
         if not 1 <= spec.num_selectors:
@@ -326,6 +330,7 @@ class DockerSpawner:
             "FEDOTA_APP": f"{STATE_MOUNT}/fab/{fab_name}",
             "FEDOTA_STATE_DIR": f"{STATE_MOUNT}/run_{spec.run_number:03d}",
             "FEDOTA_LISTEN": f"0.0.0.0:{COORDINATOR_PORT}",
+            "FEDOTA_HEALTH_LISTEN": f"127.0.0.1:{HEALTH_PORT}",
             "FEDOTA_RUN_ID": str(spec.run_id),
             "FEDOTA_RUN_CONFIG": json.dumps(spec.run_config),
             "FEDOTA_ROUND_TIMEOUT": str(spec.round_timeout),
@@ -333,6 +338,7 @@ class DockerSpawner:
             "FEDOTA_WAIT_FOR_NODES": str(spec.min_clients),
             "FEDOTA_REPORT_URL": container_url(spec.report_url),
             "FEDOTA_REPORT_TOKEN": spec.service_token,
+            **spec.coordinator_tls_env(),
             **spec.extra_env,
         }
         labels = self.labels(
@@ -395,7 +401,7 @@ class DockerSpawner:
                         f"the {what} exited with code {state.get('ExitCode')} while starting:\n{self._tail(container)}"
                     )
                 # Reading its log is cheap; a probe starts a Python inside the container.
-                if state["Status"] == "running" and self._listening(container) and self._probe(container, role):
+                if state["Status"] == "running" and self._listening(container) and self._probe(container):
                     return
             if time.monotonic() > deadline:
                 raise SpawnError(f"the {what} did not answer within {START_TIMEOUT:.0f} s:\n{self._tail(container)}")
@@ -412,7 +418,7 @@ class DockerSpawner:
         detail = ""
         if status == "running":
             health = (state.get("Health") or {}).get("Status") or "healthy"
-            if health == "starting" and self._listening(container) and self._probe(container, role):
+            if health == "starting" and self._listening(container) and self._probe(container):
                 # The engine's first check runs an interval after the start; ask now.
                 health = "healthy"
             if health == "unhealthy":
@@ -457,11 +463,10 @@ class DockerSpawner:
         return b" listening" in text
 
     @staticmethod
-    def _probe(container: Any, role: str) -> bool:
-        """Does the service in `container` answer its gRPC health check right now?"""
-        port = COORDINATOR_PORT if role == "coordinator" else HEALTH_PORT
+    def _probe(container: Any) -> bool:
+        """Does the service in `container` answer the gRPC health check on its loopback health port?"""
         try:
-            code, _ = container.exec_run(["python", "-c", PROBE.format(port=port)])
+            code, _ = container.exec_run(["python", "-c", PROBE.format(port=HEALTH_PORT)])
         except docker.errors.APIError:
             return False  # e.g. it stopped between the inspect and the exec
         return bool(code == 0)

@@ -5,7 +5,9 @@ group (so it outlives the Celery task that started it and can be stopped as a
 whole) and has its own folder under `<state_dir>/problem_<id>/`. Selectors
 listen on the problem's fixed ports (`RunSpec.selector_ports`), so the
 endpoints in participants' join bundles stay valid from run to run; the
-coordinator listens on a loopback port the OS picks.
+coordinator listens on a loopback port the OS picks, and selectors dial it at
+127.0.0.1 (the name in its TLS certificate). Each service also has a plaintext
+loopback health port, which `status()` asks.
 
 What was started is recorded in `services.json`. Every process carries a tag
 in its environment naming this installation (its state folder) and the
@@ -44,6 +46,8 @@ STOP_GRACE = 10.0
 # `sh -c SCRIPT EXIT_FILE CMD...`: run CMD, then record its exit code. Not `exec`:
 # the shell must outlive the service to write the file.
 WRAPPER = '"$@"; code=$?; echo $code > "$0"; exit $code'
+# Where the coordinator listens and selectors dial it (a name in its certificate).
+COORDINATOR_HOST = "127.0.0.1"
 
 
 def _proc_environ(pid: int) -> list[bytes] | None:
@@ -124,6 +128,9 @@ class ProcessSpawner:
 
     # ---- Spawner interface ----------------------------------------------------------------
 
+    def coordinator_hosts(self, problem_id: int) -> list[str]:
+        return [COORDINATOR_HOST]
+
     def start(self, spec: RunSpec) -> list[ServiceState]:
         self.stop(spec.problem_id)
         bind_host = _bind_host(self.selector_host)
@@ -151,24 +158,26 @@ class ProcessSpawner:
             self.python,
             "-m",
             "coordinator",
-            # `--flag=value` throughout: a token may begin with "-", which argparse would take for a flag.
+            # `--flag=value` throughout: a value may begin with "-", which argparse would take for a flag.
             f"--app={spec.fab_path}",
             f"--state-dir={coord_dir}",
-            "--listen=127.0.0.1:0",
+            f"--listen={COORDINATOR_HOST}:0",
             f"--run-id={spec.run_id}",
             f"--run-config={json.dumps(spec.run_config)}",
             f"--round-timeout={spec.round_timeout}",
-            f"--selector-token={spec.selector_token}",
             f"--wait-for-nodes={spec.min_clients}",
         ]
-        coord = self._spawn(coord_cmd, env, logs / "coordinator.log", run_dir / "coordinator.exit")
+        coord = self._spawn(
+            coord_cmd, {**env, **spec.coordinator_tls_env()}, logs / "coordinator.log", run_dir / "coordinator.exit"
+        )
         records.append(self._record("coordinator", 0, coord.pid, run_dir / "coordinator", logs / "coordinator.log"))
         self._write(root, records)
         coord_state = self._wait_for_file(
             coord, coord_dir / "coordinator.json", logs / "coordinator.log", spec, deadline
         )
         coord_address = str(coord_state["address"])
-        records[0].update(address=coord_address, probe=coord_address)
+        # Its gRPC port may speak TLS; the health port is plaintext on loopback.
+        records[0].update(address=coord_address, probe=str(coord_state.get("health") or coord_address))
         self._write(root, records)
 
         for i, port in enumerate(ports):
@@ -181,7 +190,6 @@ class ProcessSpawner:
                 f"--coordinator={coord_address}",
                 f"--listen={bind_host}:{port}",
                 f"--selector-id=p{spec.problem_id}-r{spec.run_number}-s{i}",
-                f"--selector-token={spec.selector_token}",
                 f"--state-file={state_file}",
             ]
             log_path = logs / f"selector_{i}.log"
@@ -297,6 +305,8 @@ class ProcessSpawner:
                 "FLWR_DISABLE_UPDATE_CHECK": "1",
                 "FEDOTA_REPORT_URL": spec.report_url,
                 "FEDOTA_REPORT_TOKEN": spec.service_token,
+                # Secrets in the environment, not on the command line any local user can read.
+                "FEDOTA_SELECTOR_TOKEN": spec.selector_token,
             }
         )
         env.update(spec.extra_env)
