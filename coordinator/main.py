@@ -234,7 +234,9 @@ def run(settings: Settings) -> int:
     total_rounds = rounds if isinstance(rounds, int) else None
     reporter = _start_reporter(settings, hub, state_dir)
     if settings.report_url:
-        poller = RosterPoller(Target(settings.report_url, settings.report_token), hub)
+        poller = RosterPoller(
+            Target(settings.report_url, settings.report_token), hub, cache=state_dir / "participants.json"
+        )
         hub.on_roster_request = poller.poll_soon
         poller.start()
     else:

@@ -8,8 +8,10 @@ sessions of participants who dropped out of it, so a revocation on the website
 reaches every selector within one poll interval plus a round trip.
 
 When the website is down the last list stays in force: known, unrevoked
-participants keep training. A coordinator that has never had an answer sends
-nothing, and its selectors admit no one until it has.
+participants keep training. The list is also saved (hashes only) in the
+coordinator's state folder, so a coordinator restarted while the website is
+down enforces the list its run last had; one that has never had an answer for
+its run sends nothing, and its selectors admit no one until it has.
 
 Without a website (`--report-url` empty: local development) there is no list
 to enforce, and the selectors are told to admit any client.
@@ -22,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from coordinator.hub import Hub
@@ -72,20 +75,60 @@ def fetch_roster(target: Target) -> cpb.Participants:
         raise RosterError(f"not JSON: {exc}") from exc
 
 
-class RosterPoller:
-    """Polls the website in a daemon thread and feeds changes to the hub."""
+def _roster_doc(roster: cpb.Participants) -> list[dict[str, str]]:
+    return [{"participant": a.participant, "credential_sha256": a.credential_sha256} for a in roster.allowed]
 
-    def __init__(self, target: Target, hub: Hub, *, interval: float = POLL_INTERVAL) -> None:
+
+class RosterPoller:
+    """Polls the website in a daemon thread and feeds changes to the hub.
+
+    `cache`: a file where every list received is saved, for this run (its report
+    URL) only, and read back at start while the website has not answered yet.
+    """
+
+    def __init__(self, target: Target, hub: Hub, *, interval: float = POLL_INTERVAL, cache: Path | None = None) -> None:
         self.target = target
         self.hub = hub
         self.interval = interval
+        self.cache = cache
+        self._for = f"{target.scheme}://{target.host}:{target.port}{target.path}"
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="roster", daemon=True)
         self._failing = False
 
     def start(self) -> None:
+        self._restore()
         self._thread.start()
+
+    def _restore(self) -> None:
+        """Enforce the list saved by an earlier start of this run (until the website answers)."""
+        if self.cache is None or not self.cache.exists():
+            return
+        try:
+            doc = json.loads(self.cache.read_text())
+            if not isinstance(doc, dict) or doc.get("for") != self._for:
+                return  # another run's list (or another website's): never enforce it here
+            roster = parse_roster(doc)
+        except (OSError, ValueError, RosterError) as exc:
+            log.warning("ignoring the saved participant list", extra={"path": str(self.cache), "error": str(exc)})
+            return
+        if self.hub.participants is None:
+            self.hub.set_participants(roster)
+            log.info(
+                "enforcing the saved participant list until the website answers",
+                extra={"participants": len(roster.allowed)},
+            )
+
+    def _save(self, roster: cpb.Participants) -> None:
+        if self.cache is None:
+            return
+        try:
+            tmp = self.cache.with_name(self.cache.name + ".tmp")
+            tmp.write_text(json.dumps({"for": self._for, "participants": _roster_doc(roster)}))
+            tmp.replace(self.cache)
+        except OSError as exc:
+            log.warning("cannot save the participant list", extra={"path": str(self.cache), "error": str(exc)})
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,6 +156,7 @@ class RosterPoller:
         self._failing = False
         if self.hub.set_participants(roster, resend=asked):
             log.info("participant list changed", extra={"participants": len(roster.allowed)})
+            self._save(roster)
         return True
 
     def _loop(self) -> None:
