@@ -16,6 +16,7 @@ import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -27,6 +28,7 @@ from coordinator.grid import GridPolicy, SelectorTierGrid
 from coordinator.hub import Hub, Result
 from coordinator.rounds import RoundTracker
 from fedota_common.aggregate import REJECTED, check_reply, model_spec
+from fedota_common.grpcutil import bind, channel, make_server
 from fedota_common.payload import (
     PayloadError,
     RejectedReply,
@@ -42,7 +44,10 @@ from fedota_common.payload import (
 )
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
+from protos.selector.v1 import selector_pb2 as spb
+from protos.selector.v1 import selector_pb2_grpc
 from selector.core import OpenAuthenticator, SelectorCore, SelectorError
+from selector.servicer import FabSource, SelectorServicer
 
 SHAPES = {"fc.weight": (30, 2), "fc.bias": (2,)}
 
@@ -338,6 +343,51 @@ def test_an_upload_that_stalls_or_trickles_is_cut_off_and_frees_the_folding_slot
     result = sel.aggregate()
     for key in SHAPES:
         np.testing.assert_allclose(result[key], sel.model[key], rtol=1e-6)
+
+
+def test_a_stalled_upload_over_real_grpc_is_cancelled_and_the_next_reply_is_folded() -> None:
+    """The servicer's `context.cancel` really unblocks a PushResult stream that has gone quiet."""
+    sel = Selector()
+    sel.core.upload_limits = {"idle": 0.5, "min_rate": 100.0, "grace": 30.0}
+    server = make_server(8)
+    selector_pb2_grpc.add_SelectorServicer_to_server(SelectorServicer(sel.core, FabSource(sel.core, bytes)), server)
+    address = bind(server, "127.0.0.1:0")
+    assert address is not None
+    server.start()
+    release = threading.Event()
+
+    def parts(name: str, stall: bool) -> Iterator[spb.ResultPart]:
+        payload = message_to_payload(Message(_reply(sel.model, 5), reply_to=sel.instruction))
+        data = payload.content.tobytes() if isinstance(payload.content, Segments) else bytes(payload.content)
+        header = spb.ResultHeader(session_id=sel.sessions[name].session_id, task_id=f"t-{name}", payload=payload.header)
+        yield spb.ResultPart(header=header)
+        if stall:
+            yield spb.ResultPart(chunk=payload_pb2.Chunk(data=data[:10]))
+            release.wait(30)  # a client that stops sending but keeps the stream open
+            return
+        for chunk in iter_chunks(data):
+            yield spb.ResultPart(chunk=payload_pb2.Chunk(data=chunk))
+
+    try:
+        with channel(address) as ch:
+            stub = selector_pb2_grpc.SelectorStub(ch)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.PushResult(parts("a", stall=True), timeout=30)
+            assert info.value.code() == grpc.StatusCode.CANCELLED
+            assert time.monotonic() - started < 10, "the stalled upload held its slot until the client gave up"
+            assert sel.core.rejected == {"stalled": 1}
+            failed = [p for p in sel.upstream.progress() if not p.ok]
+            assert [p.message_id for p in failed] == ["t-a"] and "the upload stalled" in failed[0].detail
+            # The slot is free again: the other clients' replies fold.
+            assert stub.PushResult(parts("b", stall=False), timeout=30).accepted
+            assert stub.PushResult(parts("c", stall=False), timeout=30).accepted
+        result = sel.aggregate()
+        for key in SHAPES:
+            np.testing.assert_allclose(result[key], sel.model[key], rtol=1e-6)
+    finally:
+        release.set()
+        server.stop(0)
 
 
 def test_the_selector_refuses_results_for_tasks_a_client_was_not_given() -> None:
