@@ -218,6 +218,10 @@ class Node:
                     tasks.put(event.task.task_id)
                 elif kind == "cancelled":
                     cancelled.add(event.cancelled.task_id)
+                    log.info(
+                        "task cancelled by the selector",
+                        extra={"task": event.cancelled.task_id, "reason": event.cancelled.reason},
+                    )
                 elif kind == "shutdown":
                     reason = event.shutdown.reason or "shutdown"
                     break

@@ -514,6 +514,9 @@ class SelectorCore:
         except BaseException as exc:
             if isinstance(exc, (SelectorError, PayloadError)):
                 self._count_rejected(session.node_id, task_id, exc)
+            if isinstance(exc, RejectedReply) and exc.reason == "stalled":
+                # The upload's RPC was cancelled, which carries no reason: say it on the client's stream.
+                session.outbox.put(spb.SelectorEvent(cancelled=spb.TaskCancelled(task_id=task_id, reason=str(exc))))
             self._abandon(task, exc)
             raise
 

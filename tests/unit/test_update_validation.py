@@ -376,9 +376,20 @@ def test_a_stalled_upload_over_real_grpc_is_cancelled_and_the_next_reply_is_fold
                 stub.PushResult(parts("a", stall=True), timeout=30)
             assert info.value.code() == grpc.StatusCode.CANCELLED
             assert time.monotonic() - started < 10, "the stalled upload held its slot until the client gave up"
+            # The client hears of the cancel while the server thread is still unwinding it; the
+            # task's failure, sent to the coordinator, is that thread's last step.
+            failed: list[cpb.TaskProgress] = []
+            deadline = time.monotonic() + 10
+            while not failed and time.monotonic() < deadline:
+                failed += [p for p in sel.upstream.progress() if not p.ok]
+                time.sleep(0.01)
             assert sel.core.rejected == {"stalled": 1}
-            failed = [p for p in sel.upstream.progress() if not p.ok]
             assert [p.message_id for p in failed] == ["t-a"] and "the upload stalled" in failed[0].detail
+            # The client learns why on its event stream (a cancelled RPC carries no reason).
+            outbox = sel.sessions["a"].outbox
+            events = [outbox.get_nowait() for _ in range(outbox.qsize())]
+            told = [e.cancelled for e in events if e is not None and e.WhichOneof("event") == "cancelled"]
+            assert [t.task_id for t in told] == ["t-a"] and "the upload stalled: no data for 0.5 s" in told[0].reason
             # The slot is free again: the other clients' replies fold.
             assert stub.PushResult(parts("b", stall=False), timeout=30).accepted
             assert stub.PushResult(parts("c", stall=False), timeout=30).accepted
