@@ -243,6 +243,18 @@ def test_a_participant_of_another_problem_is_not_credited(
         (_event("pool", selectors={"p1-r1-s0": -1}), "selectors.p1-r1-s0"),
         (_event("teleport"), "kind"),
         ({**_event("log", message="x"), "ts": "yesterday"}, "ts"),
+        # Values no column (or datetime) can hold: a clear 400, not a database error.
+        (_event("round_finished", round=2**31), "round"),
+        (_event("round_finished", round=1, failures=2**31), "failures"),
+        (_event("round_finished", round=1, participants=[{"node_id": 2**63}]), "participants[0].node_id"),
+        (_event("run_started", total_rounds=2**31), "total_rounds"),
+        (_event("pool", selectors={"p1-r1-s0": 2**31}), "selectors.p1-r1-s0"),
+        (_event("pool", clients=2**31), "clients"),
+        ({**_event("log", message="x"), "ts": 1e300}, "ts"),
+        ({**_event("log", message="x"), "ts": -5}, "ts"),
+        ({**_event("log", message="x"), "ts": 10**400}, "ts"),
+        (_event("round_finished", round=1, started=1e20), "started"),
+        (_event("round_finished", round=1, seconds=10**400), "seconds"),
     ],
 )
 def test_a_malformed_event_is_refused_naming_the_field(
@@ -311,6 +323,12 @@ def test_an_oversize_checkpoint_is_refused(client: Client, run: Run, settings: A
     resp = _put(client, run.pk, 1, "npz", b"x" * 2048)
     assert resp.status_code == 413
     assert "1024" in resp.json()["detail"]
+    assert not Checkpoint.objects.filter(run=run).exists()
+
+
+def test_a_checkpoint_round_beyond_what_is_stored_is_refused(client: Client, run: Run) -> None:
+    resp = _put(client, run.pk, 2**31, "npz", b"x")
+    assert resp.status_code == 400 and "round: must be a whole number from 0 to 2147483647" in resp.json()["detail"]
     assert not Checkpoint.objects.filter(run=run).exists()
 
 

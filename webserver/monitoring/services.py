@@ -34,6 +34,9 @@ CHECKPOINT_KINDS = ("npz", "pt")
 COPY_CHUNK = 1 << 20
 # The largest value a PositiveIntegerField holds on every database Django supports.
 MAX_COUNT = 2_147_483_647
+MAX_NODE_ID = (1 << 63) - 1
+# 9999-12-31 23:59:59 UTC, the last moment a datetime holds.
+LAST_TIMESTAMP = 253_402_300_799.0
 _SELECTOR_INDEX = re.compile(r"-s(\d+)$")
 
 
@@ -105,17 +108,28 @@ class _Field:
         value = self.event.get(name)
         if value is None and not required:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        try:
+            number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        except OverflowError:  # a JSON integer too large for a float
+            number = math.nan
+        if not math.isfinite(number):
             raise self.fail(name, "must be a number")
-        return float(value)
+        return number
 
-    def whole(self, name: str, *, required: bool = False, minimum: int = 0, maximum: int | None = None) -> int | None:
+    def moment(self, name: str, *, required: bool = False) -> datetime | None:
+        """A Unix timestamp, as an aware datetime."""
+        value = self.number(name, required=required)
+        if value is not None and not 0 <= value <= LAST_TIMESTAMP:
+            raise self.fail(name, f"must be a Unix time in seconds from 0 to {LAST_TIMESTAMP:g}")
+        return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+    def whole(self, name: str, *, required: bool = False, minimum: int = 0, maximum: int = MAX_COUNT) -> int | None:
         value = self.event.get(name)
         if value is None and not required:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(name, f"must be a whole number ≥ {minimum}")
-        if maximum is not None and value > maximum:
+        if value > maximum:
             raise self.fail(name, f"must be a whole number ≤ {maximum}")
         return value
 
@@ -147,17 +161,13 @@ class _Field:
             if not isinstance(item, dict):
                 raise self.fail(f"{name}[{i}]", "must be an object with node_id, participant and site")
             sub = _Field(item, f"{self.prefix}{name}[{i}].")
-            node = sub.whole("node_id")
+            node = sub.whole("node_id", maximum=MAX_NODE_ID)  # selectors draw 63-bit ids; not stored
             participant = sub.text("participant", max_length=64)
             site = sub.text("site", max_length=120) or (f"site {node}" if node is not None else "")
             if not site and not participant:
                 raise sub.fail("site", "a participant or a site name is required")
             out.append((participant, site))
         return out
-
-
-def _when(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, tz=UTC)
 
 
 def _parse(event: Any, prefix: str = "") -> tuple[str, _Field]:
@@ -170,7 +180,7 @@ def _parse(event: Any, prefix: str = "") -> tuple[str, _Field]:
     f.text("event_id", required=True, max_length=64)
     if len(event["event_id"]) > 64:
         raise f.fail("event_id", "must be at most 64 characters")
-    f.number("ts", required=True)
+    f.moment("ts", required=True)
     return kind, f
 
 
@@ -226,11 +236,11 @@ def _round_finished(run: Run, f: _Field) -> None:
     evaluate = f.metrics("eval_metrics")
     trainers = f.sites("participants")
     evaluators = f.sites("eval_participants")
-    started, finished = f.number("started"), f.number("finished")
+    started, finished = f.moment("started"), f.moment("finished")
     seconds = f.number("seconds")
     failures = f.whole("failures")
     # Absent from coordinators older than the count: none known, so 0.
-    rejected = f.whole("rejected", maximum=MAX_COUNT)
+    rejected = f.whole("rejected")
     values = {
         "phase": "done",
         "clients": len(trainers),
@@ -240,8 +250,8 @@ def _round_finished(run: Run, f: _Field) -> None:
         "metrics": {"train": train, "evaluate": evaluate, "failures": failures or 0},
         "rejected": rejected or 0,
         "seconds": seconds,
-        "started_at": _when(started),
-        "finished_at": _when(finished),
+        "started_at": started,
+        "finished_at": finished,
     }
     RoundRecord.objects.update_or_create(run=run, number=number, defaults=values)
     known = {
@@ -271,8 +281,8 @@ def _pool(run: Run, f: _Field) -> None:
     counts = f.mapping("selectors")
     parsed: dict[int, int] = {}
     for selector_id, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise f.fail(f"selectors.{selector_id}", "must be a whole number ≥ 0")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+            raise f.fail(f"selectors.{selector_id}", f"must be a whole number from 0 to {MAX_COUNT}")
         match = _SELECTOR_INDEX.search(str(selector_id))
         if match:
             parsed[int(match.group(1))] = count
@@ -288,7 +298,7 @@ def _log(run: Run, f: _Field) -> None:
     message = f.text("message", required=True)
     level = f.text("level", max_length=16).upper() or "INFO"
     source = f.text("source", max_length=64)
-    ts = _when(f.number("ts", required=True))
+    ts = f.moment("ts", required=True)
     LogLine.objects.get_or_create(
         run=run,
         event_id=f.event["event_id"],
@@ -310,7 +320,7 @@ def _run_finished(run: Run, f: _Field) -> None:
     if dropped:
         detail = f"{detail} ({dropped} log lines were lost while the webserver was unreachable)".strip()
     locked.status_detail = detail
-    locked.finished_at = _when(f.number("ts")) or timezone.now()
+    locked.finished_at = f.moment("ts") or timezone.now()
     locked.save(update_fields=["status", "phase", "status_detail", "finished_at"])
     # Selectors send their clients home when the run ends.
     Service.objects.filter(run=run).update(clients_connected=0)
@@ -328,8 +338,8 @@ def checkpoint_store(*, run: Run, round: int, kind: str, stream: Readable, size:
     limit: int = settings.FEDOTA_MAX_CHECKPOINT_BYTES
     if kind not in CHECKPOINT_KINDS:
         raise ApplicationError(f"kind: must be one of {', '.join(CHECKPOINT_KINDS)}", field="kind")
-    if round < 0:
-        raise ApplicationError("round: must be ≥ 0", field="round")
+    if not 0 <= round <= MAX_COUNT:
+        raise ApplicationError(f"round: must be a whole number from 0 to {MAX_COUNT}", field="round")
     if size is not None and size > limit:
         raise TooLarge(f"the checkpoint is {size} bytes; this server accepts at most {limit}")
     with tempfile.TemporaryFile() as tmp:
