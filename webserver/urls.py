@@ -20,3 +20,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("internal/v1/", include("webserver.monitoring.internal_urls")),
 ]
+
+handler400 = "webserver.views.bad_request"

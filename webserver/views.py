@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
@@ -19,3 +21,27 @@ def home(request: HttpRequest) -> HttpResponse:
             "is_site_admin": is_site_admin(request.user),
         },
     )
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 400 for requests it refuses before a view runs, with what was wrong and what to do.
+
+    Without it a form sent over the size limits gets a bare "Bad Request (400)".
+    Nothing of such a request was read into a form, so nothing was stored.
+    """
+    status, title = 400, "The request was refused"
+    detail = "The request was malformed. Go back and try again; if it keeps happening, tell the site's administrator."
+    if isinstance(exception, RequestDataTooBig):
+        limit_mib = settings.DATA_UPLOAD_MAX_MEMORY_SIZE / (1024 * 1024)
+        status, title = 413, "The form was too large"
+        detail = (
+            f"The form's text fields together were over {limit_mib:g} MiB, the most this site accepts "
+            "(uploaded files have their own limit). Nothing was saved. Go back, shorten the long text "
+            "(for example the description) and send it again."
+        )
+    elif isinstance(exception, (TooManyFieldsSent, TooManyFilesSent)):
+        detail = (
+            f"The form had more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields or too many files. "
+            "Nothing was saved. Go back and send fewer."
+        )
+    return render(request, "error.html", {"title": title, "detail": detail}, status=status)

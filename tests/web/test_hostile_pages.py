@@ -66,10 +66,20 @@ def test_editor_refuses_an_upload_cut_off_while_streaming(owner: Client, setting
     assert not Problem.objects.exists() and media_files(settings) == []
 
 
-def test_a_form_body_over_the_limit_is_a_400_not_a_server_error(owner: Client, settings: Any) -> None:
+def test_a_form_body_over_the_limit_says_so_and_stores_nothing(owner: Client, settings: Any) -> None:
     big = "x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     response = owner.post(reverse("problem-create"), editor_data(**{"p-description": big}))
+    assert response.status_code == 413
+    page = response.content.decode()
+    assert "The form was too large" in page and "over 5 MiB" in page and "Nothing was saved" in page
+    assert not Problem.objects.exists()
+
+
+def test_a_form_with_too_many_fields_says_so(owner: Client, settings: Any) -> None:
+    fields = {f"f{i}": "x" for i in range(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1)}
+    response = owner.post(reverse("problem-create"), {**editor_data(), **fields})
     assert response.status_code == 400
+    assert f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields" in response.content.decode()
     assert not Problem.objects.exists()
 
 
