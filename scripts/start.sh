@@ -26,15 +26,36 @@ var=${FEDOTA_VAR_DIR:-var}
 logs="$var/demo/logs"
 mkdir -p "$logs"
 
-pids=()
+pids=()        # the web server, Celery worker and beat: each stops its own children
+client_loops=() # the hospitals' restart loops: their current client is stopped with them
 cleanup() {
   trap - INT TERM EXIT
   echo
   echo "stopping: the demo problem's coordinator and selectors, clients, Celery, web server"
   python manage.py fedota_demo --teardown >/dev/null 2>&1 || true
-  for pid in "${pids[@]}"; do
-    pkill -TERM -P "$pid" 2>/dev/null || true # a client loop's current client
+  for pid in "${client_loops[@]}"; do
+    pkill -TERM -P "$pid" 2>/dev/null || true # its current client (the loop then sleeps)
     kill "$pid" 2>/dev/null || true
+  done
+  # Only the main processes: signalling Celery's pool children directly leaves its
+  # main process waiting for them forever.
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for _ in $(seq 30); do
+    alive=0
+    for pid in "${pids[@]}" "${client_loops[@]}"; do
+      kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    [ "$alive" = 0 ] && break
+    sleep 1
+  done
+  for pid in "${pids[@]}" "${client_loops[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "  $pid did not stop within 30 s; killing it"
+      pkill -KILL -P "$pid" 2>/dev/null || true
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
   done
   wait 2>/dev/null || true
 }
@@ -72,7 +93,7 @@ for i in 1 2 3; do
       sleep 5
     done
   ) >>"$logs/client-hospital-$i.log" 2>&1 &
-  pids+=($!)
+  client_loops+=($!)
 done
 
 echo
