@@ -96,29 +96,27 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
         values = load("fedota-coordinator", "Run a problem's Flower ServerApp over the selectors.", KEYS, argv, environ)
+        problems: list[str | None] = []
         if values["aggregation"] not in ("auto", "weighted-mean", "individual"):
-            raise SettingsError(
-                f"invalid settings:\n  FEDOTA_AGGREGATION={values['aggregation']!r} must be auto, weighted-mean or individual"
-            )
+            problems.append(f"FEDOTA_AGGREGATION={values['aggregation']!r} must be auto, weighted-mean or individual")
         if values["report_url"] and not values["report_token"]:
-            raise SettingsError("invalid settings:\n  FEDOTA_REPORT_TOKEN is required when FEDOTA_REPORT_URL is set")
-        if values["report_url"]:
+            problems.append("FEDOTA_REPORT_TOKEN is required when FEDOTA_REPORT_URL is set")
+        elif values["report_url"]:
             try:
                 Target(values["report_url"], values["report_token"])
             except ValueError as exc:
-                raise SettingsError(f"invalid settings:\n  FEDOTA_REPORT_URL: {exc}") from exc
-        tlsconf.check(
-            [
-                tlsconf.unless_insecure(
-                    values,
-                    [tlsconf.CERT, tlsconf.KEY],
-                    "the coordinator serves selectors over TLS (the website issues its certificate per run)",
-                ),
-                tlsconf.unless_insecure(
-                    values, [SELECTOR_TOKEN], "the coordinator admits only selectors with the run's token"
-                ),
-            ]
-        )
+                problems.append(f"FEDOTA_REPORT_URL: {exc}")
+        problems += [
+            tlsconf.unless_insecure(
+                values,
+                [tlsconf.CERT, tlsconf.KEY],
+                "the coordinator serves selectors over TLS (the website issues its certificate per run)",
+            ),
+            tlsconf.unless_insecure(
+                values, [SELECTOR_TOKEN], "the coordinator admits only selectors with the run's token"
+            ),
+        ]
+        tlsconf.check(problems)
         return cls(**values)
 
     def tls(self) -> tuple[bytes, bytes] | None:
