@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -100,21 +101,32 @@ class CoordinatorLink:
 
     def _loop(self) -> None:
         backoff = 0.2
+        # A refusal that will not go away by itself is logged as an error once, then once a
+        # minute while it lasts, not at every retry.
+        said, said_at, repeats = "", 0.0, 0
         while not self._stop.is_set():
             try:
                 self._attach_once()
                 backoff = 0.2
+                said = ""
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 details = (exc.details() if hasattr(exc, "details") else None) or ""
                 problem = tls_problem(details) if self.tls else None
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    log.error("coordinator refused this selector's token", extra={"detail": details})
-                elif problem is not None:
-                    log.error(
-                        "TLS to the coordinator failed; retrying",
-                        extra={"target": self.target, "reason": problem, "detail": details},
-                    )
+                refusal = (
+                    "coordinator refused this selector's token"
+                    if code == grpc.StatusCode.UNAUTHENTICATED
+                    else "TLS to the coordinator failed; retrying"
+                    if problem is not None
+                    else ""
+                )
+                if refusal:
+                    now = time.monotonic()
+                    repeats = repeats + 1 if refusal == said else 0
+                    if refusal != said or now - said_at >= 60:
+                        extra = {"target": self.target, "detail": details, "retries": repeats}
+                        log.error(refusal, extra={**extra, "reason": problem} if problem else extra)
+                        said, said_at = refusal, now
                 else:
                     log.info(
                         "coordinator unreachable; retrying",
