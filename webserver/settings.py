@@ -113,6 +113,11 @@ if not SECRET_KEY:
 elif PRODUCTION and (SECRET_KEY.startswith("django-insecure") or SECRET_KEY == "change-me"):
     raise ImproperlyConfigured("DJANGO_SECRET_KEY is a placeholder; set a real secret")
 
+# Earlier keys still accepted after a rotation (comma-separated): sessions and signed
+# values made with them stay valid, and problems' sealed CA keys are opened and sealed
+# again with SECRET_KEY (webserver/problems/pki.py).
+SECRET_KEY_FALLBACKS = [k for k in (env("DJANGO_SECRET_KEY_FALLBACKS") or "").split(",") if k]
+
 ALLOWED_HOSTS = [h for h in (env("DJANGO_ALLOWED_HOSTS") or ("*" if DEBUG else "localhost")).split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in (env("DJANGO_CSRF_TRUSTED_ORIGINS") or "").split(",") if o]
 

@@ -217,6 +217,86 @@ def test_launch_issues_certificates_for_both_links_from_the_problems_ca(
     assert problem.ca_private_key not in str(spec)
 
 
+def test_the_ca_key_is_sealed_at_rest_and_survives_a_secret_key_rotation_with_fallbacks(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], settings_ports: Any, settings: Any
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from webserver.problems.models import Problem
+    from webserver.problems.pki import is_sealed
+
+    problem = make_problem(users["owner"])
+    settings.SECRET_KEY = "the first secret key, long enough for Django 1234567890"
+    lifecycle.run_launch(run_id=lifecycle.run_start(problem=problem, user=users["owner"]).pk)
+    stored = Problem.objects.get(pk=problem.pk)
+    # A database dump shows only the sealed key.
+    assert is_sealed(stored.ca_private_key)
+    with pytest.raises(TypeError, match="private key is encrypted"):
+        serialization.load_pem_private_key(stored.ca_private_key.encode(), None)
+    ca = x509.load_pem_x509_certificate(stored.ca_certificate.encode())
+
+    # Rotated with the old key as a fallback: the next launch opens it and seals it with the new one.
+    settings.SECRET_KEY = "the second secret key, long enough for Django 0987654321"
+    settings.SECRET_KEY_FALLBACKS = ["the first secret key, long enough for Django 1234567890"]
+    lifecycle.run_stop(problem=problem, user=users["owner"])
+    lifecycle.run_teardown(problem_id=problem.pk)
+    lifecycle.run_launch(run_id=lifecycle.run_start(problem=problem, user=users["owner"]).pk)
+    resealed = Problem.objects.get(pk=problem.pk)
+    assert resealed.ca_private_key != stored.ca_private_key and resealed.ca_certificate == stored.ca_certificate
+    settings.SECRET_KEY_FALLBACKS = []
+    lifecycle.run_stop(problem=problem, user=users["owner"])
+    lifecycle.run_teardown(problem_id=problem.pk)
+    lifecycle.run_launch(run_id=lifecycle.run_start(problem=problem, user=users["owner"]).pk)
+    assert len(fake.specs) == 3
+    for spec in fake.specs:  # the same CA signed every launch's certificates
+        x509.load_pem_x509_certificate(spec.tls_cert_pem.encode()).verify_directly_issued_by(ca)
+
+
+def test_a_ca_key_sealed_with_an_unknown_secret_key_fails_the_launch_saying_what_to_do(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], settings_ports: Any, settings: Any
+) -> None:
+    from webserver.problems.models import Problem
+    from webserver.problems.pki import ca_certificate
+
+    problem = make_problem(users["owner"])
+    settings.SECRET_KEY = "the old secret key, long enough for Django 1234567890"
+    lifecycle.run_launch(run_id=lifecycle.run_start(problem=problem, user=users["owner"]).pk)
+    sealed = Problem.objects.get(pk=problem.pk).ca_private_key
+    lifecycle.run_stop(problem=problem, user=users["owner"])
+    lifecycle.run_teardown(problem_id=problem.pk)
+
+    settings.SECRET_KEY = "a new secret key, long enough for Django 0987654321"
+    run = lifecycle.run_start(problem=problem, user=users["owner"])
+    lifecycle.run_launch(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert "cannot be opened with the site's SECRET_KEY" in run.status_detail
+    assert "DJANGO_SECRET_KEY_FALLBACKS" in run.status_detail
+    # Nothing was lost: the sealed key is untouched, and join bundles (the CA certificate) still work.
+    assert Problem.objects.get(pk=problem.pk).ca_private_key == sealed
+    assert ca_certificate(problem.pk).startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_migration_seals_keys_stored_in_the_clear(users: dict[str, Any], make_problem: Any) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    from fedota_common.pki import make_ca
+    from webserver.problems.models import Problem
+    from webserver.problems.pki import is_sealed, open_key
+
+    cert, key = make_ca("Fedota problem legacy")
+    problem = make_problem(users["owner"], ca_certificate=cert, ca_private_key=key)
+    migration = importlib.import_module("webserver.problems.migrations.0003_seal_ca_keys")
+    migration.seal(apps, None)
+    stored = Problem.objects.get(pk=problem.pk).ca_private_key
+    assert is_sealed(stored) and open_key(stored) == (key, False)
+    migration.unseal(apps, None)
+    assert Problem.objects.get(pk=problem.pk).ca_private_key == key
+
+
 def test_launch_failure_fails_the_run_with_the_reason_and_leaves_nothing(
     users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
 ) -> None:

@@ -20,7 +20,7 @@ from webserver.participation import bundles
 from webserver.participation.credentials import credential_new
 from webserver.participation.models import Participant, ParticipantStatus
 from webserver.problems.models import JoinPolicy, Problem, ProblemState
-from webserver.problems.pki import problem_ca
+from webserver.problems.pki import ca_certificate
 
 SITE_NAME_MAX = 120
 MESSAGE_MAX = 2000
@@ -192,7 +192,7 @@ def participant_issue_bundle(*, participant: Participant, by: Any) -> dict[str, 
     if not permissions.can_download_bundle(by, participant):
         raise NotAllowed("Only the data holder who joined can download this join bundle.")
     # Made (once) before the row locks below, never while holding them.
-    ca_certificate, _ = problem_ca(participant.problem_id)
+    ca_cert = ca_certificate(participant.problem_id)
     with transaction.atomic():
         row = _locked(participant)
         problem = row.problem
@@ -216,5 +216,5 @@ def participant_issue_bundle(*, participant: Participant, by: Any) -> dict[str, 
         row.bundle_issued_at = now
         row.save(update_fields=["credential_hash", "bundle_app_version", "bundle_issued_at"])
     return bundles.bundle_build(
-        participant=row, credential=credential, selectors=selectors, issued_at=now, ca_certificate=ca_certificate
+        participant=row, credential=credential, selectors=selectors, issued_at=now, ca_certificate=ca_cert
     )

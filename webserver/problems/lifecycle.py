@@ -46,7 +46,7 @@ from webserver.problems.models import (
     Service,
     ServiceHealth,
 )
-from webserver.problems.pki import coordinator_certificate, problem_ca, selector_certificate
+from webserver.problems.pki import ca_certificate, coordinator_certificate, selector_certificate
 from webserver.problems.runconfig import DEFAULTS, app_overrides, validate_run_config
 from webserver.spawner import (
     MAX_SELECTORS,
@@ -206,7 +206,7 @@ def build_run_spec(
         tls_key_pem=tls_key,
         coordinator_tls_cert_pem=coordinator_cert,
         coordinator_tls_key_pem=coordinator_key,
-        ca_cert_pem=problem_ca(problem.pk)[0],
+        ca_cert_pem=ca_certificate(problem.pk),
     )
 
 
