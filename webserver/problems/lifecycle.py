@@ -35,6 +35,7 @@ from django.db import transaction
 from django.db.models import Max, Prefetch, QuerySet
 from django.utils import timezone
 
+from fedota_common.pki import issue_server_cert
 from webserver.errors import ApplicationError, Conflict, NotAllowed
 from webserver.permissions import owns_problem
 from webserver.problems.models import (
@@ -46,7 +47,7 @@ from webserver.problems.models import (
     Service,
     ServiceHealth,
 )
-from webserver.problems.pki import ca_certificate, coordinator_certificate, selector_certificate
+from webserver.problems.pki import problem_ca
 from webserver.problems.runconfig import DEFAULTS, app_overrides, validate_run_config
 from webserver.spawner import (
     MAX_SELECTORS,
@@ -186,8 +187,11 @@ def build_run_spec(
     doc = dict(run.config or {})
     launch = validate_run_config(doc, app.default_config)
     num_selectors = int(launch["num_selectors"])
-    tls_cert, tls_key = selector_certificate(problem)
-    coordinator_cert, coordinator_key = coordinator_certificate(problem, coordinator_hosts or ["127.0.0.1"])
+    # Fresh server certificates from the problem's CA: the selectors' for the host clients
+    # dial, the coordinator's for the names its selectors dial.
+    ca_cert, ca_key = problem_ca(problem.pk)
+    tls_cert, tls_key = issue_server_cert(ca_cert, ca_key, [settings.FEDOTA_SELECTOR_HOST])
+    coordinator_cert, coordinator_key = issue_server_cert(ca_cert, ca_key, coordinator_hosts or ["127.0.0.1"])
     return RunSpec(
         problem_id=problem.pk,
         run_id=run.pk,
@@ -206,7 +210,7 @@ def build_run_spec(
         tls_key_pem=tls_key,
         coordinator_tls_cert_pem=coordinator_cert,
         coordinator_tls_key_pem=coordinator_key,
-        ca_cert_pem=ca_certificate(problem.pk),
+        ca_cert_pem=ca_cert,
     )
 
 

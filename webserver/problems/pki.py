@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.db import transaction
 
-from fedota_common.pki import issue_server_cert, make_ca
+from fedota_common.pki import make_ca
 from webserver.errors import ApplicationError
 from webserver.problems.models import Problem
 
@@ -95,15 +95,3 @@ def ca_certificate(problem_id: int) -> str:
     """The problem's CA certificate PEM (what join bundles and selectors trust), made on first use."""
     cert = Problem.objects.filter(pk=problem_id).values_list("ca_certificate", flat=True).first()
     return cert or problem_ca(problem_id)[0]
-
-
-def selector_certificate(problem: Problem) -> tuple[str, str]:
-    """A new server certificate (PEM, key PEM) for the problem's selectors at FEDOTA_SELECTOR_HOST."""
-    ca_cert, ca_key = problem_ca(problem.pk)
-    return issue_server_cert(ca_cert, ca_key, [settings.FEDOTA_SELECTOR_HOST])
-
-
-def coordinator_certificate(problem: Problem, hosts: Sequence[str]) -> tuple[str, str]:
-    """A new server certificate (PEM, key PEM) for the problem's coordinator at `hosts` (what its selectors dial)."""
-    ca_cert, ca_key = problem_ca(problem.pk)
-    return issue_server_cert(ca_cert, ca_key, list(hosts))
