@@ -8,8 +8,8 @@
 # 1. scripts/docker-engine.sh      a Docker engine answers (installs/starts one if needed)
 # 2. scripts/build-base-image.sh   BASE_IMAGE: python:3.11-slim-bookworm if present or
 #                                  pullable, else fedota/base:bookworm from debootstrap
-# 3. scripts/build-wheelhouse.sh   build/wheelhouse/: every wheel the images install
-# 4. docker build --network none   each image installs from the wheelhouse only
+# 3. scripts/build-wheelhouse.sh   build/wheelhouse/: the wheels of the locks (requirements/*.txt)
+# 4. docker build --network none   each image installs its lock from the wheelhouse only
 #
 # Images: fedota/coordinator, fedota/selector, fedota/client, fedota/web, tagged
 # TAG (default latest). Set BASE_IMAGE to force a base image.
@@ -46,8 +46,7 @@ for name in "${images[@]}"; do [ -n "${APT_TAGS[$name]:-}" ] || wheels=1; done
 scripts/docker-engine.sh
 base=$(scripts/build-base-image.sh)
 echo "== base image: $base" >&2
-# Checked with the base image's own Python: its markers may want other wheels.
-[ "$wheels" = 0 ] || TARGET_IMAGE=$base scripts/build-wheelhouse.sh
+[ "$wheels" = 0 ] || scripts/build-wheelhouse.sh
 
 mkdir -p build
 tag_of() { echo "${APT_TAGS[$1]:-$TAG}"; }
