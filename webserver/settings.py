@@ -131,6 +131,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI and ReDoc as the site's own static files: /api/docs/ works with no internet.
+    "drf_spectacular_sidecar",
     "webserver.accounts",
     "webserver.problems",
     "webserver.participation",
@@ -290,6 +292,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Publish and join federated-learning problems; coordinators report through /internal/.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Served from STATIC_URL (drf-spectacular-sidecar), never from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Celery: Redis when CELERY_BROKER_URL is set, otherwise an embedded broker on SQLite.

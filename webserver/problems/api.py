@@ -42,14 +42,18 @@ class ProblemListCreate(GenericAPIView):
     serializer_class = ProblemSerializer
     parser_classes = [JSONParser, MultiPartParser, FormParser]
 
+    def get_queryset(self) -> Any:
+        # Also read by the browsable API's HTML page (a 500 without it).
+        problems = queries.problem_list_visible(user=self.request.user, search=self.request.query_params.get("q", ""))
+        return problems.prefetch_related("runs")
+
     @extend_schema(
         responses=ProblemSerializer(many=True),
         parameters=[OpenApiParameter("q", str, description="Only titles containing this text.")],
     )
     def get(self, request: Request) -> Response:
         """Problems the caller may see: published and archived ones, plus their own drafts."""
-        problems = queries.problem_list_visible(user=request.user, search=request.query_params.get("q", ""))
-        problems = problems.prefetch_related("runs")
+        problems = self.get_queryset()
         page = self.paginate_queryset(problems)
         if page is not None:
             return self.get_paginated_response(ProblemSerializer(page, many=True).data)
