@@ -7,7 +7,8 @@ holder signs up, asks to join; the setter approves; the holder downloads the
 join bundle. Two hospital clients (this holder's and one more) run
 `fedota-client` with their bundles; the setter's dashboard fills its round
 table and charts without a reload. Screenshots of the dashboard and the
-problem page are saved under test-artifacts/.
+problem page are saved under test-artifacts/, and of the API docs, which must
+render with every host but the site itself unreachable (as on an air-gapped install).
 
 Celery runs tasks eagerly here (a real worker is tested in
 tests/integration/test_celery_worker.py); everything else is real: the live
@@ -26,6 +27,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -221,3 +223,33 @@ def test_setter_and_hospitals_train_a_problem_from_the_browser(
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_api_docs_render_with_no_internet(live_server: Any, browser: Any) -> None:
+    """Swagger UI comes from the site itself: with every other host blocked, it lists the operations."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    site = urlsplit(live_server.url).netloc
+    blocked: list[str] = []
+
+    def only_the_site(route: Any) -> None:
+        if urlsplit(route.request.url).netloc == site:
+            route.continue_()
+        else:  # what a CDN does for an air-gapped install
+            blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.route("**/*", only_the_site)
+    page = context.new_page()
+    page.goto(f"{live_server.url}/api/docs/")
+    problems = page.locator(".opblock:has([data-path='/api/v1/problems/'])").first
+    problems.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "api-docs.png"), full_page=False)
+    assert blocked == []
+    assert page.locator(".opblock").count() > 20
+    assert "Fedota API" in page.locator(".info .title").inner_text()
+    # An operation opens and shows its parameters, so the UI's code runs, not just its HTML.
+    problems.locator(".opblock-summary").click()
+    page.locator(".opblock.is-open .parameters-container").first.wait_for()
+    context.close()
