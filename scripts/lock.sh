@@ -27,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-mode=write
+mode="write"
 case "${1:-}" in
   "") ;;
   --check) mode=check ;;

@@ -1,63 +1,114 @@
 #!/usr/bin/env bash
-# Everything CI checks: install, generated-code drift, lint, types, the Docker
-# engine and images, all tests (SQLite), then the web tests again on a throwaway
-# PostgreSQL server.
+# shellcheck disable=SC2317  # the phase functions are only called through `phase`
+# Everything CI checks, as phases: install, locks match pyproject.toml, generated-code
+# drift, lint, types, the Docker engine and images, all tests (SQLite), then the web
+# tests again on a throwaway PostgreSQL server. Every phase runs even when an earlier
+# one failed (only a failed install stops the rest: nothing else could run); the end is
+# one summary of all phases, and the exit status is non-zero if any failed.
 # With arguments, only `pytest ARGS` runs after the checks (e.g. tests/unit).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-bash scripts/system-deps.sh
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+names=() results=() seconds=()
+# phase NAME COMMAND...: run one phase, record how it ended and how long it took.
+phase() {
+  local name=$1 start rc
+  shift
+  echo
+  echo "== $name"
+  start=$(date +%s)
+  "$@"
+  rc=$?
+  names+=("$name") results+=("$rc") seconds+=($(($(date +%s) - start)))
+  [ "$rc" -eq 0 ] || echo "!! phase '$name' FAILED (exit $rc); going on with the others" >&2
+  return "$rc"
+}
+# summary: print every phase's outcome and end the script (non-zero if any failed).
+summary() {
+  local i failed=0
+  echo
+  echo "== summary"
+  for i in "${!names[@]}"; do
+    if [ "${results[$i]}" -eq 0 ]; then
+      printf '  ok      %5s s  %s\n' "${seconds[$i]}" "${names[$i]}"
+    else
+      printf '  FAILED  %5s s  %s (exit %s)\n' "${seconds[$i]}" "${names[$i]}" "${results[$i]}"
+      failed=$((failed + 1))
+    fi
+  done
+  if [ "$failed" -gt 0 ]; then
+    echo "$failed of ${#names[@]} phases failed" >&2
+    exit 1
+  fi
+  echo "all ${#names[@]} phases passed"
+  exit 0
+}
+
+install() { bash scripts/setup.sh && bash scripts/system-deps.sh; }
+if ! phase "install (.venv from requirements/dev.txt, system packages)" install; then
+  summary
+fi
 . .venv/bin/activate
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 # Tests never touch the developer's own database, media or broker files.
 export FEDOTA_VAR_DIR=${FEDOTA_VAR_DIR:-$(mktemp -d /tmp/fedota-test-var.XXXXXX)}
 
-echo "== generated protobuf code matches protos/*.proto"
-bash protos/generate.sh
-if ! git diff --exit-code --stat -- protos/; then
-  echo "protos/: generated code drifted from the .proto files; run protos/generate.sh and commit" >&2
-  exit 1
-fi
-if [ -n "$(git status --porcelain --untracked-files=all -- protos/)" ]; then
-  git status --porcelain -- protos/ >&2
-  echo "protos/: regenerating created files that are not committed" >&2
-  exit 1
-fi
+phase "locks match pyproject.toml (scripts/lock.sh --check)" bash scripts/lock.sh --check
 
-echo "== ruff"
-ruff check .
-ruff format --check .
+protos_match() {
+  bash protos/generate.sh || return 1
+  if ! git diff --exit-code --stat -- protos/; then
+    echo "protos/: generated code drifted from the .proto files; run protos/generate.sh and commit" >&2
+    return 1
+  fi
+  if [ -n "$(git status --porcelain --untracked-files=all -- protos/)" ]; then
+    git status --porcelain -- protos/ >&2
+    echo "protos/: regenerating created files that are not committed" >&2
+    return 1
+  fi
+}
+phase "generated protobuf code matches protos/*.proto" protos_match
 
-echo "== mypy"
-mypy coordinator selector client_image fedota_common webserver
+lint() { ruff check . && ruff format --check .; }
+phase "ruff" lint
+phase "mypy" mypy coordinator selector client_image fedota_common webserver
 
 if [ $# -gt 0 ]; then
-  echo "== pytest $*"
-  exec python -m pytest -q "$@"
+  phase "pytest $*" python -m pytest -q "$@"
+  summary
 fi
 
-# Container tests (tests/docker) need a running engine and the images. Where no
-# engine can be started they are skipped with a loud reason, except in CI, which
-# fails instead: FEDOTA_REQUIRE_DOCKER=1 turns every such skip into a failure.
-echo "== Docker engine and images (offline; log: build/images.log)"
-mkdir -p build
-if bash scripts/build-images.sh >build/images.log 2>&1; then
-  tail -n 8 build/images.log
-  export FEDOTA_REQUIRE_DOCKER=1
-elif [ "${CI:-}" = "true" ]; then
+# Container tests (tests/docker) need a running engine and the images. Where none can be
+# built, the phase fails and the docker tests skip with a loud reason; in CI they fail
+# instead (FEDOTA_REQUIRE_DOCKER=1 turns every such skip into a failure).
+images() {
+  mkdir -p build
+  if bash scripts/build-images.sh >build/images.log 2>&1; then
+    tail -n 8 build/images.log
+    return 0
+  fi
   tail -n 40 build/images.log >&2
-  echo "CI needs a Docker engine and the images for tests/docker; see build/images.log" >&2
-  exit 1
+  echo "no Docker engine or images (see build/images.log): tests/docker cannot run" >&2
+  return 1
+}
+if phase "Docker engine and images (offline; log: build/images.log)" images || [ "${CI:-}" = "true" ]; then
+  export FEDOTA_REQUIRE_DOCKER=1
 else
-  tail -n 20 build/images.log >&2
-  echo "!! NO DOCKER ENGINE OR IMAGES: tests/docker will be SKIPPED (see build/images.log)" >&2
+  echo "!! NO DOCKER ENGINE OR IMAGES: tests/docker will be SKIPPED" >&2
   export FEDOTA_REQUIRE_DOCKER=0
 fi
 
-echo "== pytest (SQLite)"
-python -m pytest -q
+phase "pytest (SQLite)" python -m pytest -q
 
-echo "== pytest tests/web on PostgreSQL"
-eval "$(bash scripts/pg.sh start)"
-trap 'bash scripts/pg.sh stop "$FEDOTA_PG_DIR"' EXIT
-python -m pytest -q tests/web
+postgres() {
+  local rc
+  eval "$(bash scripts/pg.sh start)" || return 1
+  python -m pytest -q tests/web
+  rc=$?
+  bash scripts/pg.sh stop "$FEDOTA_PG_DIR"
+  unset DATABASE_URL FEDOTA_PG_DIR
+  return "$rc"
+}
+phase "pytest tests/web on PostgreSQL" postgres
+
+summary
