@@ -127,9 +127,13 @@ def run(settings: Settings) -> int:
             print(f"data check passed: {summary}", file=sys.stderr)
         if settings.check_only:
             return 0
-        selectors = [
-            s.strip() for s in (settings.selector or ",".join(bundle.get("selectors", []))).split(",") if s.strip()
-        ]
+        listed = bundle.get("selectors", [])
+        if not settings.selector and not (isinstance(listed, list) and all(isinstance(s, str) for s in listed)):
+            raise ClientError(
+                f"the join bundle's 'selectors' must be a list of host:port strings, not {listed!r}: "
+                "download your current join bundle from the problem page"
+            )
+        selectors = [s.strip() for s in (settings.selector or ",".join(listed)).split(",") if s.strip()]
         if not selectors:
             raise ClientError("no selector given: pass --selector host:port or a join bundle with 'selectors'")
         root_certificates = _trust(settings, bundle)
@@ -144,6 +148,7 @@ def run(settings: Settings) -> int:
             display_name=settings.name or str(bundle.get("site_name", "")),
             max_join_wait=settings.max_join_wait,
             root_certificates=root_certificates,
+            selectors_local_only=not settings.selector and bundle.get("selectors_local_only") is True,
         )
         node = Node(setup)
         reason = node.serve()

@@ -11,6 +11,7 @@ import json
 import logging
 import queue
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from client_image.reach import Attempts
 from fedota_common.fab import App, FabError, extract, parse_fab
 from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
 from fedota_common.payload import (
@@ -67,6 +69,8 @@ class NodeSetup:
     # The problem's CA certificate (PEM): selectors are reached over TLS and must
     # present a certificate it signed. None: plaintext (--insecure).
     root_certificates: bytes | None = None
+    # The join bundle says the selectors are announced for the server's own machine only.
+    selectors_local_only: bool = False
 
 
 class Node:
@@ -81,28 +85,46 @@ class Node:
         self.tasks_done = 0
 
     def serve(self) -> str:
-        """Serve until the run finishes; returns why it stopped. Reconnects on failures."""
+        """Serve until the run finishes; returns why it stopped. Reconnects on failures.
+
+        Every selector address is tried in turn (from a random start, to spread
+        clients) until one answers; the first failure of each kind at an address is
+        printed at once, and when none answers within `max_join_wait` the error lists
+        every address tried, what failed there and what to check.
+        """
         deadline = time.monotonic() + self.setup.max_join_wait
         backoff = 0.5
+        attempts = Attempts(list(self.setup.selectors), local_only=self.setup.selectors_local_only)
+        order = list(self.setup.selectors)
+        start = random.randrange(len(order))
+        order = order[start:] + order[:start]
+        turn = 0
         while True:
-            target = random.choice(self.setup.selectors)
+            target = order[turn % len(order)]
+            turn += 1
             try:
                 return self._session(target)
             except grpc.RpcError as exc:
                 # Only a refusal at Join is final; anything later (a restarted
                 # selector forgetting the session, a cut link) means join again.
                 code = exc.code()
+                kind, new = attempts.record(target, code, exc.details() or "")
+                if self.run_id is None and new:
+                    print(
+                        f"warning: cannot reach the selector at {target}: {kind}; retrying for up to "
+                        f"{self.setup.max_join_wait:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if time.monotonic() > deadline and self.run_id is None:
-                    raise ClientError(
-                        f"could not reach a selector ({', '.join(self.setup.selectors)}) within "
-                        f"{self.setup.max_join_wait:.0f} s: {exc.details()}"
-                    ) from exc
+                    raise ClientError(attempts.report(self.setup.max_join_wait)) from exc
                 log.info(
                     "selector unavailable; retrying",
-                    extra={"target": target, "code": str(code), "detail": exc.details()},
+                    extra={"target": target, "code": str(code), "kind": kind, "detail": exc.details()},
                 )
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            if turn % len(order) == 0:
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _session(self, target: str) -> str:
         with channel(target, self.setup.root_certificates) as ch:

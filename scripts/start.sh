@@ -66,8 +66,9 @@ python -m scripts.make_demo_data --out demo-data --holders 3 >"$logs/demo-data.l
 
 binds=(--bind "127.0.0.1:$port")
 if [ "$FEDOTA_SPAWNER" = docker ]; then
-  # Coordinator containers report to the site through the host gateway (docker0's address).
-  gateway=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')
+  # Coordinator containers report to the site through the host gateway (docker0's address;
+  # the engine's bridge network may not list it, see webserver/spawner/addresses.py).
+  gateway=$(python -m webserver.spawner.addresses)
   binds+=(--bind "$gateway:$port")
 fi
 gunicorn webserver.wsgi "${binds[@]}" --worker-class gthread --workers 3 --threads 8 \
@@ -96,6 +97,13 @@ for i in 1 2 3; do
   client_loops+=($!)
 done
 
+# Where join bundles send data holders' clients (docs/joining.md).
+selectors=$(DJANGO_SETTINGS_MODULE=webserver.settings python -c "
+from webserver.spawner.addresses import selector_host, selector_host_is_local
+host = selector_host()
+local = ' (this machine only: set FEDOTA_SELECTOR_HOST to take data holders from other machines)'
+print(host + (local if selector_host_is_local(host) else ''))")
 echo
 echo "Fedota is running at $FEDOTA_PUBLIC_URL  (logs in $logs; Ctrl-C stops everything)"
+echo "Data holders' clients dial the selectors at $selectors"
 wait "${pids[0]}"

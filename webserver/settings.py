@@ -248,8 +248,10 @@ FEDOTA_INTERNAL_URL = (env("FEDOTA_INTERNAL_URL") or FEDOTA_PUBLIC_URL).rstrip("
 # coordinator image, else process).
 FEDOTA_SPAWNER = env("FEDOTA_SPAWNER") or "auto"
 FEDOTA_STATE_DIR = Path(env("FEDOTA_STATE_DIR") or VAR_DIR / "problems")
-# Host name clients use to reach selectors started by the process backend.
-FEDOTA_SELECTOR_HOST = env("FEDOTA_SELECTOR_HOST") or "127.0.0.1"
+# The name or IP address data holders' clients dial the selectors at (join bundles, the
+# selectors' TLS certificates). Empty or loopback: the host of FEDOTA_PUBLIC_URL if it is
+# not loopback, else this machine's Docker host gateway (webserver/spawner/addresses.py).
+FEDOTA_SELECTOR_HOST = env("FEDOTA_SELECTOR_HOST") or ""
 # Selector ports: problem p's selectors listen on base + (p % 1000) * 8 + index, the same for every run.
 FEDOTA_SELECTOR_PORT_BASE = env_int("FEDOTA_SELECTOR_PORT_BASE", 17000)
 # Niceness of coordinators and selectors started by the process backend (0-19): the
@@ -262,8 +264,8 @@ FEDOTA_CLIENT_IMAGE = env("FEDOTA_CLIENT_IMAGE") or "fedota/client:latest"
 FEDOTA_DOCKER_PREFIX = env("FEDOTA_DOCKER_PREFIX") or "fedota"
 FEDOTA_COORDINATOR_IMAGE = env("FEDOTA_COORDINATOR_IMAGE") or "fedota/coordinator:latest"
 FEDOTA_SELECTOR_IMAGE = env("FEDOTA_SELECTOR_IMAGE") or "fedota/selector:latest"
-# Host address selector ports are published on; empty: FEDOTA_SELECTOR_HOST if it is an
-# IP address (127.0.0.1 keeps them local), else every interface.
+# Host address selector ports are published on; empty: the selectors' address if it is an
+# IP address (the Docker host gateway keeps them on this machine), else every interface.
 FEDOTA_DOCKER_PUBLISH_HOST = env("FEDOTA_DOCKER_PUBLISH_HOST") or ""
 # Limits of each problem container (docker's units: 512m, 8g; CPUs may be fractional).
 FEDOTA_DOCKER_COORDINATOR_MEMORY = env("FEDOTA_DOCKER_COORDINATOR_MEMORY") or "8g"

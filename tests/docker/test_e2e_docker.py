@@ -7,9 +7,12 @@ breast-cancer contract: A (2 selectors, 5 rounds, 3 hospitals) and, right
 after it, B (1 selector, 3 rounds, 2 hospitals). Each problem's coordinator and
 selectors come up as containers on the problem's own network, locked down.
 Hospitals ask to join, the setter approves, each downloads its join bundle and
-starts `fedota/client` with the exact `docker run` line of its bundle (its own
-CSV folder and the bundle mounted read-only) on the default bridge, dialling
-the selectors' published ports through the host like a remote site. Both
+runs the exact `docker run` line its problem page shows (the bundle's too), with
+only the placeholder paths filled in (its own CSV folder and the bundle, mounted
+read-only), on the default bridge. Nothing sets FEDOTA_SELECTOR_HOST, as on a fresh
+install: the platform finds the address itself (the Docker host gateway, which
+the engine's bridge network may not list) and the clients dial the selectors'
+published ports there, through the host like a remote site. Both
 problems train to their end at the same time; A's dashboard shows 5 rounds with
 accuracy of at least 0.90 and its final model downloads and loads. A container
 of one problem cannot connect to the other problem's coordinator. Finally
@@ -28,7 +31,6 @@ import io
 import json
 import os
 import random
-import re
 import shlex
 import signal
 import socket
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,8 +46,10 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.docker.conftest import leftovers
+from tests.docker.joining import filled_in, login, shown_docker_run
 from tests.docker.probes import REACH, exec_python, ip_on, reach
 from tests.ports import free_port
+from webserver.spawner.addresses import bridge_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "a long and unusual passphrase 7"
@@ -212,21 +217,7 @@ class Platform:
 
     def browser_session(self, username: str) -> Any:
         """A logged-in session, for the pages (model downloads are pages, not API)."""
-        import requests
-
-        session = requests.Session()
-        page = session.get(f"{self.url}/accounts/login/", timeout=30)
-        match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
-        assert page.status_code == 200 and match, f"GET /accounts/login/ answered {page.status_code}"
-        resp = session.post(
-            f"{self.url}/accounts/login/",
-            data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": match.group(1)},
-            headers={"Referer": f"{self.url}/accounts/login/"},
-            allow_redirects=False,
-            timeout=30,
-        )
-        assert resp.status_code in (302, 303), f"log-in as {username} failed: HTTP {resp.status_code}"
-        return session
+        return login(self.url, username, PASSWORD)
 
     # -- problems --------------------------------------------------------------------------------
 
@@ -259,24 +250,13 @@ class Platform:
 
     # -- hospitals -------------------------------------------------------------------------------
 
-    def start_client(self, problem_id: int, bundle: dict[str, Any], data: Path, name: str) -> Client:
-        """Run the bundle's own `docker run` line, with the real paths, detached and named."""
-        folder = self.tmp / "bundles" / name
-        folder.mkdir(parents=True)
-        folder.chmod(0o755)
-        bundle_file = folder / f"fedota-join-{problem_id}.json"
-        bundle_file.write_text(json.dumps(bundle, indent=2))
-        bundle_file.chmod(0o644)
+    def shown_docker_run(self, username: str, problem_id: int) -> str:
+        """The `docker run` line the problem page shows this data holder, as its Copy button copies it."""
+        return shown_docker_run(self.browser_session(username), self.url, problem_id)
 
-        line = shlex.split(bundle["docker_run"])
-        data_arg = "/path/to/your/data:/data:ro"
-        bundle_arg = f"/path/to/fedota-join-{problem_id}.json:/join.json:ro"
-        assert line[:3] == ["docker", "run", "--rm"] and data_arg in line and bundle_arg in line, line
-        assert "--network" not in line and not any(a.startswith("--network") for a in line), line
-        line = [
-            f"{data}:/data:ro" if a == data_arg else f"{bundle_file}:/join.json:ro" if a == bundle_arg else a
-            for a in line
-        ]
+    def start_client(self, problem_id: int, bundle: dict[str, Any], data: Path, name: str, shown: str) -> Client:
+        """Run the line the website shows, with only the placeholder paths filled in, detached and named."""
+        line = filled_in(shown, problem_id, data, bundle, self.tmp / "bundles" / name)
         # Detached and findable; everything else exactly as the website gives it.
         line[2:2] = ["-d", "--name", name, "--label", f"fedota.install={self.prefix}"]
         line[2:2] = ["--label", f"{CLIENT_LABEL}={problem_id}"]
@@ -297,14 +277,24 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def platform(docker_client: Any, docker_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    tmp = tmp_path_factory.mktemp("e2e-docker")
+    with running_platform(docker_client, docker_prefix, tmp_path_factory.mktemp("e2e-docker")) as made:
+        yield made
+
+
+@contextmanager
+def running_platform(
+    docker_client: Any, docker_prefix: str, tmp: Path, *, spawner: str = "docker"
+) -> Iterator[Platform]:
+    """gunicorn, a Celery worker and beat on a file database in `tmp`, with the `spawner` backend."""
     (tmp / "logs").mkdir()
     var = tmp / "var"
     var.mkdir()
     port = free_port()
-    # Clients on the default bridge dial the selectors' published ports on its gateway,
-    # the way a hospital's machine dials the platform's public address.
-    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    # Nothing sets FEDOTA_SELECTOR_HOST, as on a fresh install: the platform announces the
+    # selectors at the Docker host gateway, which clients on the default bridge reach (the
+    # engine's bridge may list no gateway: Debian's docker.io 20.10 as a plain dockerd).
+    gateway = bridge_gateway(docker_client.networks.get("bridge").attrs)
+    assert gateway, f"no gateway for the default bridge: {docker_client.networks.get('bridge').attrs['IPAM']}"
     for _ in range(50):
         port_base = random.randrange(21000, 29000, MAX_SELECTORS)
         # Problems 1 to 3 (a fresh database) get the blocks right after the base.
@@ -324,9 +314,8 @@ def platform(docker_client: Any, docker_prefix: str, tmp_path_factory: pytest.Te
             "FEDOTA_VAR_DIR": str(var),
             "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
             "CELERY_BROKER_URL": f"sqla+sqlite:///{var / 'broker.sqlite3'}",
-            "FEDOTA_SPAWNER": "docker",
+            "FEDOTA_SPAWNER": spawner,
             "FEDOTA_DOCKER_PREFIX": docker_prefix,
-            "FEDOTA_SELECTOR_HOST": gateway,
             "FEDOTA_SELECTOR_PORT_BASE": str(port_base),
             "FEDOTA_PUBLIC_URL": url,
             # A loopback report URL: the spawner hands the coordinator host.docker.internal instead.
@@ -737,6 +726,8 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
 
     # ---- hospitals join: ask, the setter approves, each takes its bundle ------------------------
     participant_ids: dict[tuple[int, str], int] = {}
+    # The `docker run` line each hospital's page shows: what the hospitals run, unchanged.
+    lines: dict[tuple[int, str], str] = {}
 
     def join(problem_id: int, holder: str, site: str) -> dict[str, Any]:
         token = holders[holder]
@@ -750,6 +741,8 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
         bundle = dict(platform.api("POST", f"/api/v1/participants/{asked['id']}/bundle/", token))
         ports = platform.selector_ports(problem_id, 2 if problem_id == a else 1)
         assert bundle["selectors"] == [f"{platform.gateway}:{p}" for p in ports], bundle["selectors"]
+        lines[(problem_id, site)] = platform.shown_docker_run(holder, problem_id)
+        assert lines[(problem_id, site)] == bundle["docker_run"], (lines[(problem_id, site)], bundle["docker_run"])
         assert bundle["problem_id"] == problem_id and bundle["site_name"] == site
         assert bundle["fab_sha256"] == (problem_a if problem_id == a else problem_b)["fab_sha256"]
         assert bundle["data_contract"] == (problem_a if problem_id == a else problem_b)["contract"]
@@ -763,10 +756,10 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
 
     # ---- the hospitals run the website's docker line ---------------------------------------------
     clients = [
-        platform.start_client(a, bundles_a[site], data, f"{platform.prefix}-a-client-{i}")
+        platform.start_client(a, bundles_a[site], data, f"{platform.prefix}-a-client-{i}", lines[(a, site)])
         for i, (site, (_, data)) in enumerate(sites_a.items())
     ] + [
-        platform.start_client(b, bundles_b[site], data, f"{platform.prefix}-b-client-{i}")
+        platform.start_client(b, bundles_b[site], data, f"{platform.prefix}-b-client-{i}", lines[(b, site)])
         for i, (site, (_, data)) in enumerate(sites_b.items())
     ]
     lap("5 client containers started")
@@ -878,8 +871,8 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
     # Two of A's three hospitals come back with their first run's bundles (a bundle outlives a
     # run); the run waits for its third (min_clients 3), so both stay connected, idle.
     (site_1, (_, data_1)), (site_2, (_, data_2)) = list(sites_a.items())[:2]
-    revoked = platform.start_client(a, bundles_a[site_1], data_1, f"{platform.prefix}-a2-client-0")
-    staying = platform.start_client(a, bundles_a[site_2], data_2, f"{platform.prefix}-a2-client-1")
+    revoked = platform.start_client(a, bundles_a[site_1], data_1, f"{platform.prefix}-a2-client-0", lines[(a, site_1)])
+    staying = platform.start_client(a, bundles_a[site_2], data_2, f"{platform.prefix}-a2-client-1", lines[(a, site_2)])
     platform.wait(
         "two clients connected to A's second run",
         lambda: platform.api("GET", f"/api/v1/problems/{a}/dashboard/", setter)["clients_connected"] == 2,
@@ -897,7 +890,9 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
     assert staying.code() is None, f"{staying.name} was disconnected too:\n{_tail(staying.log)}"
     lap(f"revoked client disconnected {took:.1f} s after the revocation")
     # The same bundle cannot come back.
-    again = platform.start_client(a, bundles_a[site_1], data_1, f"{platform.prefix}-a2-client-0-again")
+    again = platform.start_client(
+        a, bundles_a[site_1], data_1, f"{platform.prefix}-a2-client-0-again", lines[(a, site_1)]
+    )
     platform.wait(f"{again.name} to be refused", lambda: again.code() is not None, 60, interval=0.5)
     assert again.code() == 4, f"{again.name} exited with {again.code()}:\n{_tail(again.log)}"
     assert "does not accept the credential" in _tail(again.log), _tail(again.log)

@@ -57,6 +57,13 @@ def problem_selector_endpoints(problem: Problem) -> list[str]:
     return [str(endpoint) for endpoint in selector_endpoints(problem)]
 
 
+def selectors_local_only() -> bool:
+    """Are the selectors announced at an address only the server's own machine reaches?"""
+    from webserver.spawner.addresses import selector_host, selector_host_is_local
+
+    return selector_host_is_local(selector_host())
+
+
 def bundle_build(
     *, participant: Participant, credential: str, selectors: list[str], issued_at: datetime, ca_certificate: str
 ) -> dict[str, Any]:
@@ -68,6 +75,9 @@ def bundle_build(
         "problem_title": problem.title,
         "webserver_url": settings.FEDOTA_PUBLIC_URL,
         "selectors": list(selectors),
+        # Announced for the server's own machine only (no public address configured): the
+        # client says so when it cannot reach them from elsewhere.
+        "selectors_local_only": selectors_local_only(),
         "credential": credential,
         # The problem's own CA: the client trusts a selector only with a certificate it signed.
         "ca_certificate": ca_certificate,

@@ -136,6 +136,8 @@ def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:
             context["bundle_filename"] = bundles.bundle_filename(problem)
             context["docker_run"] = bundles.docker_run_command(problem)
             context["client_command"] = bundles.client_command(problem)
+            context["selector_addresses"] = bundles.problem_selector_endpoints(problem)
+            context["selectors_local_only"] = bundles.selectors_local_only()
     if context["manages"]:
         rows = list(participants_of_problem(problem=problem))
         counts = rounds_contributed(p.pk for p in rows)

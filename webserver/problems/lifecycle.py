@@ -58,6 +58,7 @@ from webserver.spawner import (
     get_spawner,
     selector_ports,
 )
+from webserver.spawner.addresses import selector_host
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ def selector_endpoints(problem: Problem) -> list[str]:
     They depend only on the problem (its id and number of selectors), never on
     a run, so join bundles stay valid when a new run starts.
     """
-    return [f"{settings.FEDOTA_SELECTOR_HOST}:{port}" for port in problem_selector_ports(problem)]
+    host = selector_host()
+    return [f"{host}:{port}" for port in problem_selector_ports(problem)]
 
 
 def infrastructure_overview() -> QuerySet[Problem]:
@@ -190,7 +192,7 @@ def build_run_spec(
     # Fresh server certificates from the problem's CA: the selectors' for the host clients
     # dial, the coordinator's for the names its selectors dial.
     ca_cert, ca_key = problem_ca(problem.pk)
-    tls_cert, tls_key = issue_server_cert(ca_cert, ca_key, [settings.FEDOTA_SELECTOR_HOST])
+    tls_cert, tls_key = issue_server_cert(ca_cert, ca_key, [selector_host()])
     coordinator_cert, coordinator_key = issue_server_cert(ca_cert, ca_key, coordinator_hosts or ["127.0.0.1"])
     return RunSpec(
         problem_id=problem.pk,

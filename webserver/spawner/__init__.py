@@ -25,12 +25,14 @@ def get_spawner(name: str | None = None) -> Spawner:
     choice = name or settings.FEDOTA_SPAWNER
     if choice == "auto":
         choice = "docker" if _docker_ready() else "process"
+    from webserver.spawner.addresses import selector_host
+
     if choice == "process":
         from webserver.spawner.process import ProcessSpawner
 
         return ProcessSpawner(
             settings.FEDOTA_STATE_DIR,
-            selector_host=settings.FEDOTA_SELECTOR_HOST,
+            selector_host=selector_host(),
             niceness=settings.FEDOTA_SERVICE_NICE,
         )
     if choice == "docker":

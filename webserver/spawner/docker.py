@@ -145,11 +145,13 @@ class DockerSpawner:
     def from_settings(cls) -> DockerSpawner:
         from django.conf import settings
 
+        from webserver.spawner.addresses import selector_host
+
         return cls(
             prefix=settings.FEDOTA_DOCKER_PREFIX,
             coordinator_image=settings.FEDOTA_COORDINATOR_IMAGE,
             selector_image=settings.FEDOTA_SELECTOR_IMAGE,
-            selector_host=settings.FEDOTA_SELECTOR_HOST,
+            selector_host=selector_host(),
             publish_host=settings.FEDOTA_DOCKER_PUBLISH_HOST or None,
             coordinator_memory=settings.FEDOTA_DOCKER_COORDINATOR_MEMORY,
             selector_memory=settings.FEDOTA_DOCKER_SELECTOR_MEMORY,

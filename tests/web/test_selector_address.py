@@ -1,0 +1,96 @@
+"""The address join bundles announce for the selectors: one a data holder's client can actually dial.
+
+A loopback address is useless to a client container (127.0.0.1 there is the container
+itself), so it is never announced while this machine has a Docker bridge; a platform
+with a public name announces that.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from webserver.participation import services
+from webserver.spawner import addresses
+from webserver.spawner.addresses import selector_host
+
+pytestmark = [pytest.mark.web, pytest.mark.django_db]
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(addresses, "host_gateway", lambda: "172.17.0.1")
+    return "172.17.0.1"
+
+
+@pytest.mark.parametrize(
+    ("configured", "public_url", "expected"),
+    [
+        ("fl.example.org", "http://127.0.0.1:8000", "fl.example.org"),
+        ("203.0.113.7", "https://fedota.example.org", "203.0.113.7"),
+        # Unset: the name data holders reach the website at is this server's.
+        ("", "https://fedota.example.org", "fedota.example.org"),
+        # This machine only: the Docker host gateway, which client containers and processes here both reach.
+        ("", "http://127.0.0.1:8000", "172.17.0.1"),
+        ("127.0.0.1", "http://localhost:8000", "172.17.0.1"),
+        ("localhost", "https://fedota.example.org", "172.17.0.1"),
+    ],
+)
+def test_selector_host(settings: Any, gateway: str, configured: str, public_url: str, expected: str) -> None:
+    settings.FEDOTA_SELECTOR_HOST = configured
+    settings.FEDOTA_PUBLIC_URL = public_url
+    assert selector_host() == expected
+
+
+def test_without_docker_loopback_is_all_there_is(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(addresses, "host_gateway", lambda: None)
+    settings.FEDOTA_SELECTOR_HOST = ""
+    settings.FEDOTA_PUBLIC_URL = "http://127.0.0.1:8000"
+    assert selector_host() == "127.0.0.1"
+
+
+def _bundle_and_panel(users: dict[str, Any], make_problem: Callable[..., Any]) -> tuple[dict[str, Any], str]:
+    problem = make_problem(users["owner"])
+    participant = services.participant_request(
+        problem=problem, user=users["participant"], site_name="General Hospital", contact_email="gh@example.org"
+    )
+    services.participant_approve(participant=participant, by=users["owner"])
+    client = Client()
+    client.force_login(users["participant"])
+    page = client.get(reverse("problem-detail", args=[problem.pk])).content.decode()
+    # As a reader sees it: no tags, entities decoded, spaces collapsed.
+    page = " ".join(html.unescape(re.sub(r"<[^>]+>", "", page)).split())
+    response = client.post(reverse("participant-bundle", args=[participant.pk]))
+    assert response.status_code == 200
+    return json.loads(response.content), page
+
+
+def test_a_local_platform_announces_the_gateway_and_says_so(
+    settings: Any, gateway: str, users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    settings.FEDOTA_SELECTOR_HOST = "127.0.0.1"  # what .env.example used to say
+    settings.FEDOTA_PUBLIC_URL = "http://127.0.0.1:8000"
+    bundle, page = _bundle_and_panel(users, make_problem)
+    assert [s.rsplit(":", 1)[0] for s in bundle["selectors"]] == ["172.17.0.1"]
+    assert bundle["selectors_local_only"] is True
+    assert f"The client dials the problem's selectors at {bundle['selectors'][0]}" in page
+    assert "for its own machine only" in page and "FEDOTA_SELECTOR_HOST" in page
+    assert bundle["docker_run"] in page
+
+
+def test_a_public_platform_announces_its_name(
+    settings: Any, gateway: str, users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    settings.FEDOTA_SELECTOR_HOST = ""
+    settings.FEDOTA_PUBLIC_URL = "https://fedota.example.org"
+    bundle, page = _bundle_and_panel(users, make_problem)
+    assert [s.rsplit(":", 1)[0] for s in bundle["selectors"]] == ["fedota.example.org"]
+    assert bundle["selectors_local_only"] is False
+    assert "for its own machine only" not in page
