@@ -14,6 +14,7 @@ import re
 import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DATA_PLACEHOLDER = "/path/to/your/data"
 
@@ -26,6 +27,7 @@ def login(url: str, username: str, password: str) -> Any:
     page = session.get(f"{url}/accounts/login/", timeout=30)
     match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
     assert page.status_code == 200 and match, f"GET /accounts/login/ answered {page.status_code}"
+    _loopback_is_secure(session, url)
     resp = session.post(
         f"{url}/accounts/login/",
         data={"username": username, "password": password, "csrfmiddlewaretoken": match.group(1)},
@@ -34,7 +36,19 @@ def login(url: str, username: str, password: str) -> Any:
         timeout=30,
     )
     assert resp.status_code in (302, 303), f"log-in as {username} failed: HTTP {resp.status_code}"
+    _loopback_is_secure(session, url)
     return session
+
+
+def _loopback_is_secure(session: Any, url: str) -> None:
+    """Send `Secure` cookies to a loopback site over plain HTTP, as browsers do.
+
+    A production site (the compose images) marks its cookies Secure; browsers still send
+    them to http://127.0.0.1 and http://localhost (a secure context), requests does not.
+    """
+    if urlsplit(url).hostname in ("127.0.0.1", "localhost"):
+        for cookie in session.cookies:
+            cookie.secure = False
 
 
 def shown_docker_run(session: Any, url: str, problem_id: int) -> str:

@@ -11,7 +11,10 @@ containers, are out of reach by service name and by address, while the
 website's published port (how coordinators report) stays reachable. The same
 addresses, probed from the web container, answer: the probes can see a
 service when it is reachable. Stopping the problem through the API removes its
-containers; `docker-compose down -v` removes the platform.
+containers. Then a data holder joins a second problem the way the website tells
+them: the `docker run` line of the problem page, run as shown with only their data
+folder and bundle paths filled in, with compose's defaults (no FEDOTA_SELECTOR_HOST)
+connects and trains. `docker-compose down -v` removes the platform.
 
 Run alone: `.venv/bin/pytest -q tests/docker/test_compose_platform.py -s` (about
 two minutes). Needs docker-compose (scripts/docker-engine.sh installs it).
@@ -23,6 +26,7 @@ import json
 import os
 import random
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -282,3 +286,80 @@ def test_problem_containers_cannot_reach_the_platforms_database_redis_or_service
         120,
         stack.logs,
     )
+
+
+def test_a_data_holder_joins_with_the_line_the_website_shows(
+    stack: Stack, docker_client: Any, docker_prefix: str, tmp_path: Path
+) -> None:
+    """With compose's defaults (no FEDOTA_SELECTOR_HOST), the page's `docker run` line connects and trains."""
+    from scripts.make_demo_data import make_breast_cancer
+    from tests.docker.joining import filled_in, login, readable, shown_docker_run
+
+    holder = "compose-hospital"
+    code, out = exec_python(
+        stack.containers()["web"],
+        "manage.py",
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n"
+        "from webserver.accounts.models import Profile\n"
+        f"u = get_user_model().objects.create_user(username={holder!r}, email='h@example.org', "
+        f"password={PASSWORD!r})\n"
+        "Profile.objects.create(user=u, role='holder', organisation='Hospital', email_verified=True)\n",
+    )
+    assert code == 0, out
+    demo = make_breast_cancer(tmp_path / "demo", 1, seed=0)
+    readable(tmp_path)
+    contract = json.loads((demo / "contract.json").read_text())
+    setter = stack.api("POST", "/api/v1/auth/token/", body={"username": SETTER, "password": PASSWORD})["token"]
+    problem = stack.api(
+        "POST",
+        "/api/v1/problems/",
+        setter,
+        {
+            "title": "Joined from the page",
+            "description": "One hospital, two rounds.",
+            "contract": contract,
+            "app_template": "tabular",
+            "run_config": {"rounds": 2, "num_selectors": 1, "min_clients": 1, "clients_per_round": 0},
+            "join_policy": "open",
+        },
+        expect=201,
+    )
+    problem_id = int(problem["id"])
+    stack.api("POST", f"/api/v1/problems/{problem_id}/publish/", setter, expect=201)
+
+    def run_status() -> str:
+        runs = stack.api("GET", f"/api/v1/problems/{problem_id}/runs/", setter)
+        status = str(runs[0]["status"]) if runs else "none"
+        assert status not in ("failed", "stopped"), f"the run is {status}: {runs[0]['status_detail']}"
+        return status
+
+    _wait("the problem's run to be running", lambda: run_status() == "running", 240, stack.logs, interval=2.0)
+
+    token = stack.api("POST", "/api/v1/auth/token/", body={"username": holder, "password": PASSWORD})["token"]
+    joined = stack.api(
+        "POST", f"/api/v1/problems/{problem_id}/participants/", token, {"site_name": "Compose Hospital"}, expect=201
+    )
+    assert joined["status"] == "approved", joined
+    bundle = stack.api("POST", f"/api/v1/participants/{joined['id']}/bundle/", token)
+    # Not loopback: 127.0.0.1 inside the client container would be the container itself.
+    assert not any(s.startswith(("127.", "localhost")) for s in bundle["selectors"]), bundle["selectors"]
+    shown = shown_docker_run(login(stack.url, holder, PASSWORD), stack.url, problem_id)
+    assert shown == bundle["docker_run"]
+
+    name = f"{docker_prefix}-compose-client"
+    line = filled_in(shown, problem_id, demo / "clients" / "hospital_0", bundle, tmp_path / "bundle")
+    line[2:2] = ["--name", name, "--label", f"fedota.install={docker_prefix}"]
+    try:
+        done = subprocess.run(line, capture_output=True, text=True, timeout=420)
+    finally:
+        try:
+            docker_client.containers.get(name).remove(force=True)
+        except Exception:  # noqa: BLE001 - gone already (--rm): nothing to clean
+            pass
+    assert done.returncode == 0, f"{shlex.join(line)} exited with {done.returncode}:\n{done.stderr[-4000:]}"
+    _wait("the run to finish", lambda: run_status() == "finished", 120, stack.logs, interval=2.0)
+    dash = stack.api("GET", f"/api/v1/problems/{problem_id}/dashboard/", setter)
+    assert [r["round"] for r in dash["rounds"]] == [1, 2], dash["rounds"]
+    assert {p["site"]: p["rounds"] for p in dash["participants"]} == {"Compose Hospital": 2}
