@@ -9,6 +9,7 @@ the path of a file holding the value (Docker secrets).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ def env(name: str, default: str | None = None) -> str | None:
         except OSError as exc:
             raise ImproperlyConfigured(f"{name}_FILE={file_path} cannot be read: {exc}") from exc
     return os.environ.get(name, default)
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == 6
+    except ValueError:
+        return False
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -251,7 +259,14 @@ FEDOTA_STATE_DIR = Path(env("FEDOTA_STATE_DIR") or VAR_DIR / "problems")
 # The name or IP address data holders' clients dial the selectors at (join bundles, the
 # selectors' TLS certificates). Empty or loopback: the host of FEDOTA_PUBLIC_URL if it is
 # not loopback, else this machine's Docker host gateway (webserver/spawner/addresses.py).
-FEDOTA_SELECTOR_HOST = env("FEDOTA_SELECTOR_HOST") or ""
+FEDOTA_SELECTOR_HOST = (env("FEDOTA_SELECTOR_HOST") or "").strip().strip("[]")
+if FEDOTA_SELECTOR_HOST and not (
+    all(c.isalnum() or c in ".-" for c in FEDOTA_SELECTOR_HOST) or _is_ipv6(FEDOTA_SELECTOR_HOST)
+):
+    raise ImproperlyConfigured(
+        f"FEDOTA_SELECTOR_HOST={FEDOTA_SELECTOR_HOST!r} must be a host name or an IP address alone "
+        "(no scheme, port or path), e.g. fl.example.org or 203.0.113.7"
+    )
 # Selector ports: problem p's selectors listen on base + (p % 1000) * 8 + index, the same for every run.
 FEDOTA_SELECTOR_PORT_BASE = env_int("FEDOTA_SELECTOR_PORT_BASE", 17000)
 # Niceness of coordinators and selectors started by the process backend (0-19): the

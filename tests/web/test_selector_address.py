@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +26,8 @@ from webserver.spawner import addresses
 from webserver.spawner.addresses import selector_host
 
 pytestmark = [pytest.mark.web, pytest.mark.django_db]
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -94,3 +100,28 @@ def test_a_public_platform_announces_its_name(
     assert [s.rsplit(":", 1)[0] for s in bundle["selectors"]] == ["fedota.example.org"]
     assert bundle["selectors_local_only"] is False
     assert "for its own machine only" not in page
+
+
+@pytest.mark.parametrize("value", ["https://fl.example.org", "fl.example.org:17000", "fl.example.org/x", "a b"])
+def test_a_selector_host_that_is_not_a_host_is_refused_at_start(tmp_path: Any, value: str) -> None:
+    environ = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO),
+        "FEDOTA_VAR_DIR": str(tmp_path / "var"),
+        "FEDOTA_SELECTOR_HOST": value,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import webserver.settings"], env=environ, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode != 0
+    assert f"FEDOTA_SELECTOR_HOST={value!r} must be a host name or an IP address alone" in done.stderr
+
+
+def test_an_ipv6_selector_host_is_bracketed_in_endpoints(
+    settings: Any, gateway: str, users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    from webserver.problems.lifecycle import selector_endpoints
+
+    settings.FEDOTA_SELECTOR_HOST = "2001:db8::7"
+    problem = make_problem(users["owner"])
+    assert all(e.startswith("[2001:db8::7]:") for e in selector_endpoints(problem))

@@ -99,6 +99,7 @@ def selector_endpoints(problem: Problem) -> list[str]:
     a run, so join bundles stay valid when a new run starts.
     """
     host = selector_host()
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
     return [f"{host}:{port}" for port in problem_selector_ports(problem)]
 
 
