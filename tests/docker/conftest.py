@@ -75,3 +75,28 @@ def docker_prefix() -> str:
 def leftovers(client: Any, prefix: str, problem_id: int) -> list[str]:
     """Every container, network and volume still labelled with the problem."""
     return _labelled(client, {"label": [f"fedota.install={prefix}", f"fedota.problem={problem_id}"]})
+
+
+ARM64_CLIENT_IMAGE = "fedota/client:latest-arm64"
+BINFMT_AARCH64 = "/proc/sys/fs/binfmt_misc/qemu-aarch64"
+
+
+@pytest.fixture(scope="session")
+def arm64_client_image(docker_client: Any) -> str:
+    """The linux/arm64 client image, with QEMU user emulation registered to run it on this machine."""
+    import docker
+
+    build = "scripts/build-images.sh client-arm64 builds it and sets up the emulation"
+    try:
+        arch = docker_client.images.get(ARM64_CLIENT_IMAGE).attrs["Architecture"]
+    except docker.errors.ImageNotFound:
+        unavailable(f"image missing: {ARM64_CLIENT_IMAGE} ({build})")
+    assert arch == "arm64", f"{ARM64_CLIENT_IMAGE} is built for {arch}, not arm64"
+    try:
+        with open(BINFMT_AARCH64) as handler:
+            registered = handler.read()
+    except OSError:
+        registered = ""
+    if not registered.startswith("enabled"):
+        unavailable(f"no arm64 emulation: {BINFMT_AARCH64} is not enabled (scripts/arm64-emulation.sh)")
+    return ARM64_CLIENT_IMAGE
