@@ -150,6 +150,8 @@ def test_services_on_the_hosts_loopback_are_out_of_reach(
     """The platform's database and broker listen on loopback: no problem container reaches them."""
     import socket
 
+    from webserver.spawner.addresses import host_gateway
+
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -157,7 +159,7 @@ def test_services_on_the_hosts_loopback_are_out_of_reach(
         spawner.start(_spec(fab, 251, selectors=1))
         for name in ("coordinator", "selector-0"):
             container = docker_client.containers.get(f"{docker_prefix}-p251-{name}")
-            hosts = ("host.docker.internal", "127.0.0.1", "172.17.0.1")
+            hosts = ("host.docker.internal", "127.0.0.1", host_gateway() or "172.17.0.1")
             probed = reach(container, [(host, port) for host in hosts])
             reached = [host for host, (ok, _) in zip(hosts, probed, strict=True) if ok]
             assert not reached, f"{name} reached the host's loopback service through {reached} port {port}"
