@@ -13,15 +13,17 @@ and the compatibility layer (`fitres.*` / `evaluateres.*` records with
 `num_examples`). Anything whose structure differs between replies cannot be
 folded: `NotAggregatable` tells the caller to forward replies individually.
 
-No reply reaches an aggregate unchecked: `check_reply` (run by the selector
-before folding and by the coordinator before the ServerApp sees a reply)
-refuses, with `RejectedReply` saying what was wrong and what was expected,
-arrays whose names, shapes or dtypes differ from the model that was sent,
-pickled or non-numeric arrays, NaN or Inf anywhere, and a weight that is not a
-positive number of examples up to `MAX_WEIGHT`. Zero is refused too: such a
-reply adds nothing to the mean, and replies that all weigh zero would divide by
-zero. The cap cannot stop a client from overstating its examples within it;
-only the problem setter knows how many a site can really have.
+Checking a reply is two layers. `inspect_reply` is protection: it parses
+every array's header and always runs. `judge_reply` is the `strict` reply
+policy (see `fedota_common.replies`): it refuses, with `RejectedReply` saying
+what was wrong and what was expected, arrays whose names, shapes or dtypes
+differ from the model that was sent, pickled or non-numeric arrays, NaN or Inf
+anywhere, and a weight that is not a positive number of examples up to
+`MAX_WEIGHT`. Zero is refused too: such a reply adds nothing to the mean, and
+replies that all weigh zero would divide by zero. The cap cannot stop a client
+from overstating its examples within it; only the problem setter knows how
+many a site can really have. Under the `flower` policy none of this refuses a
+reply; it only decides which replies a selector may fold.
 """
 
 from __future__ import annotations
@@ -193,6 +195,91 @@ def _first_non_finite(nd: np.ndarray[Any, Any]) -> int | None:
     return None
 
 
+@dataclass
+class ReplyView:
+    """A reply whose arrays were parsed (protection) and are ready to be judged (policy).
+
+    `arrays` has every array's spec per ArrayRecord in wire order; `views` the
+    numpy arrays as read-only views of the received buffer; `objects` the
+    numpy arrays that hold pickled Python objects (never unpickled, never viewed),
+    with why they are not plain numbers.
+    """
+
+    arrays: list[tuple[str, list[tuple[str, ArraySpec]]]]
+    views: list[tuple[str, str, np.ndarray[Any, Any]]]
+    objects: list[tuple[str, str, str]]
+    small: RecordDict
+
+
+def inspect_reply(content: WireRecords, model: ModelSpec | None = None) -> ReplyView:
+    """Parse every numpy array's header of a reply; `RejectedReply` ("malformed") if one does not parse.
+
+    This is protection, not policy: it runs for every reply whatever the
+    problem's reply policy, costs no copy, and judges no value. `model` only
+    names arrays in messages the way the model names them.
+    """
+    arrays: list[tuple[str, list[tuple[str, ArraySpec]]]] = []
+    views: list[tuple[str, str, np.ndarray[Any, Any]]] = []
+    objects: list[tuple[str, str, str]] = []
+    for record, items in content.arrays.items():
+        specs: list[tuple[str, ArraySpec]] = []
+        for name, array in items:
+            if array.stype == NUMPY_STYPE:
+                try:
+                    nd = npy_view(array)
+                except RejectedReply as exc:
+                    # Objects: a pickle, which nobody here unpickles; judged by the policy.
+                    objects.append((record, name, f"array {_label(record, name, model)}: {exc}"))
+                    specs.append((name, ArraySpec("object", tuple(array.shape), array.stype)))
+                    continue
+                except PayloadError as exc:
+                    raise RejectedReply("malformed", f"array {_label(record, name, model)}: {exc}") from exc
+                specs.append((name, ArraySpec(str(nd.dtype), tuple(nd.shape), array.stype)))
+                views.append((record, name, nd))
+            else:
+                specs.append((name, ArraySpec(array.dtype, tuple(array.shape), array.stype)))
+        arrays.append((record, specs))
+    return ReplyView(arrays, views, objects, content.small)
+
+
+def judge_reply(
+    view: ReplyView,
+    model: ModelSpec | None,
+    *,
+    message_type: str,
+    weight_key: str,
+    exact: bool,
+    max_weight: float = MAX_WEIGHT,
+) -> None:
+    """The `strict` reply policy's judgement of a parsed reply; `RejectedReply` says what was wrong.
+
+    Cheapest checks first: numpy arrays are plain numeric arrays (never pickled
+    objects); a train reply (and, when `exact`, any reply with arrays) returns
+    the model's arrays with their names, shapes and dtypes; the weight, if the
+    reply carries one, is a positive number of examples up to `max_weight`;
+    metrics are finite; then one pass over the data, in blocks and without
+    copying it, finds NaN or Inf in floating-point arrays.
+
+    `exact` is for weighted-mean aggregation, where replies are averaged. Left
+    to the strategy, a 1-D uint8 array (a serialised model) may change length.
+    """
+    for _record, _name, problem in view.objects:
+        raise RejectedReply("not-numeric", problem)
+    # An instruction without arrays leaves nothing to compare with.
+    if model and (message_type == MessageType.TRAIN or (exact and view.arrays)):
+        _match_model(view.arrays, model, exact)
+    _check_weight(view.small, weight_key, max_weight)
+    for record, name, nd in view.views:
+        if nd.dtype.kind in "fc":
+            at = _first_non_finite(nd)
+            if at is not None:
+                raise RejectedReply(
+                    "not-finite",
+                    f"array {_label(record, name, model)} holds NaN or Inf (first at flat index {at}); "
+                    "updates must be finite",
+                )
+
+
 def check_reply(
     content: WireRecords,
     model: ModelSpec | None,
@@ -202,48 +289,15 @@ def check_reply(
     exact: bool,
     max_weight: float = MAX_WEIGHT,
 ) -> None:
-    """Refuse a reply that must not reach an aggregate; `RejectedReply` says what was wrong and what was expected.
-
-    Cheapest checks first: a train reply (and, when `exact`, any reply with
-    arrays) returns the model's arrays with their names, shapes and dtypes;
-    numpy arrays are plain numeric arrays (never pickled objects); the weight,
-    if the reply carries one, is a positive number of examples up to
-    `max_weight`; metrics are finite; then one pass over the data, in blocks
-    and without copying it, finds NaN or Inf in floating-point arrays.
-
-    `exact` is for weighted-mean aggregation, where replies are averaged. Left
-    to the strategy, a 1-D uint8 array (a serialised model) may change length.
-    """
-    arrays: list[tuple[str, list[tuple[str, ArraySpec]]]] = []
-    views: list[tuple[str, str, np.ndarray[Any, Any]]] = []
-    for record, items in content.arrays.items():
-        specs: list[tuple[str, ArraySpec]] = []
-        for name, array in items:
-            if array.stype == NUMPY_STYPE:
-                try:
-                    nd = npy_view(array)
-                except RejectedReply as exc:
-                    raise RejectedReply(exc.reason, f"array {_label(record, name, model)}: {exc}") from exc
-                except PayloadError as exc:
-                    raise RejectedReply("malformed", f"array {_label(record, name, model)}: {exc}") from exc
-                specs.append((name, ArraySpec(str(nd.dtype), tuple(nd.shape), array.stype)))
-                views.append((record, name, nd))
-            else:
-                specs.append((name, ArraySpec(array.dtype, tuple(array.shape), array.stype)))
-        arrays.append((record, specs))
-    # An instruction without arrays leaves nothing to compare with.
-    if model and (message_type == MessageType.TRAIN or (exact and arrays)):
-        _match_model(arrays, model, exact)
-    _check_weight(content.small, weight_key, max_weight)
-    for record, name, nd in views:
-        if nd.dtype.kind in "fc":
-            at = _first_non_finite(nd)
-            if at is not None:
-                raise RejectedReply(
-                    "not-finite",
-                    f"array {_label(record, name, model)} holds NaN or Inf (first at flat index {at}); "
-                    "updates must be finite",
-                )
+    """Protection and the `strict` policy in one: `inspect_reply`, then `judge_reply`."""
+    judge_reply(
+        inspect_reply(content, model),
+        model,
+        message_type=message_type,
+        weight_key=weight_key,
+        exact=exact,
+        max_weight=max_weight,
+    )
 
 
 # Folding works block by block so that adding a reply needs no temporary
