@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from fedota_common.aggregate import MAX_WEIGHT, REJECTED, ModelSpec, check_reply
+from fedota_common.aggregate import MAX_WEIGHT, REJECTED, ModelSpec, inspect_reply
 from fedota_common.payload import (
     MAX_CONTENT_SIZE,
     PayloadError,
@@ -27,6 +27,7 @@ from fedota_common.payload import (
     check_header,
     parse_content,
 )
+from fedota_common.replies import ReplyPolicy, StrictPolicy
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 
@@ -104,8 +105,10 @@ class Batch:
 class Hub:
     """Thread-safe coordinator state."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply_policy: ReplyPolicy | None = None) -> None:
         self.cond = threading.Condition()
+        # Judges replies' values once protection let them through (strict unless told).
+        self.reply_policy: ReplyPolicy = reply_policy or StrictPolicy()
         self.selectors: dict[str, SelectorLink] = {}
         self.nodes: dict[int, Node] = {}
         self.batches: dict[str, Batch] = {}
@@ -264,13 +267,15 @@ class Hub:
     def check_result(self, result: Result, batch_id: str) -> str:
         """Check a result before it is stored; "" if it may be, else what was wrong and what was expected.
 
-        The ServerApp decodes every stored result and its strategy averages them,
-        so a reply that would make either fail or poison the model is refused
-        here (see `check_reply`): one client must not be able to end the run. A
-        refused client reply fails its instructions at once (the round stops
-        waiting for them) with a reason starting "reply rejected"; a refused
-        partial aggregate no longer holds up the round's flush. Checked outside
-        the lock: the scan is O(size).
+        Two layers. Protection always runs: the ServerApp decodes every stored
+        result, so a header or content that does not parse (or a partial
+        aggregate without weight) is refused here, where one client cannot end
+        the run with it. Then the reply policy judges the values: `strict`
+        refuses what `judge_reply` refuses, `flower` lets through whatever
+        Flower's runtime would deliver. A refused client reply fails its
+        instructions at once (the round stops waiting for them) with a reason
+        starting "reply rejected"; a refused partial aggregate no longer holds
+        up the round's flush. Checked outside the lock: the scan is O(size).
         """
         with self.cond:
             batch = self.batches.get(batch_id)
@@ -289,11 +294,13 @@ class Hub:
                     wire = parse_content(result.content)
                 except PayloadError as exc:
                     raise RejectedReply("malformed", str(exc)) from exc
+                view = inspect_reply(wire, model)
                 # A partial aggregate's weight is a sum over clients: no per-site bound.
                 max_weight = math.inf if result.aggregate else MAX_WEIGHT
-                check_reply(
-                    wire, model, message_type=message_type, weight_key=weight_key, exact=exact, max_weight=max_weight
+                self.reply_policy.judge(
+                    view, model, message_type=message_type, weight_key=weight_key, exact=exact, max_weight=max_weight
                 )
+                del view, wire
         except RejectedReply as exc:
             reason, problem = exc.reason, str(exc)
         else:

@@ -44,6 +44,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--round-timeout", type=float, default=120.0)
     p.add_argument("--aggregation", default="auto", choices=["auto", "weighted-mean", "individual"])
     p.add_argument("--overselect", type=float, default=1.3)
+    p.add_argument(
+        "--reply-policy",
+        default="auto",
+        choices=["auto", "flower", "strict"],
+        help="flower: the ServerApp gets every reply Flower would deliver; strict: replies unlike the model, "
+        "not finite or with a bad weight are rejected; auto (default): strict for the built-in apps, flower otherwise",
+    )
     p.add_argument("--clients", type=int, default=0, help="only start the first N data folders (0 = all)")
     p.add_argument(
         "--insecure",
@@ -214,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.aggregation,
                 "--overselect",
                 str(args.overselect),
+                "--reply-policy",
+                args.reply_policy,
                 "--wait-for-nodes",
                 str(len(holders)),
                 "--wait-timeout",
@@ -223,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             stdout_to_terminal=True,
         )
         info = _wait_file(out / "coordinator" / "coordinator.json", coord, "the coordinator")
+        policy = str(info.get("reply_policy") or "flower")
         selector_addrs = []
         for i in range(args.selectors):
             state = out / "selectors" / f"selector-{i + 1}.json"
@@ -238,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"selector-{i + 1}",
                     "--state-file",
                     str(state),
+                    # The coordinator's policy decides; a strict one is applied at the selectors too,
+                    # so refused replies never cross the second hop.
+                    "--reply-policy",
+                    policy,
                     *tls_selector_args,
                 ],
             )
@@ -278,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(0.2)
         code = coord.returncode
+        if code:
+            detail = _plain_errors(fleet.logs / "coordinator.log")
+            print(
+                f"error: the coordinator exited with code {code}" + (f":\n{detail}" if detail else ""),
+                file=sys.stderr,
+            )
         end = time.monotonic() + 15
         for _name, proc in clients:
             try:

@@ -21,6 +21,8 @@ from coordinator.servicer import CoordinatorServicer
 from fedota_common import tls as tlsconf
 from fedota_common.fab import FabError, extract, load_app
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
+from fedota_common.replies import NAMES as REPLY_POLICIES
+from fedota_common.replies import builtin_app_names, default_policy_name, reply_policy
 from fedota_common.settings import (
     Key,
     SettingsError,
@@ -36,6 +38,8 @@ from protos.coordinator.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")
 
+# The built-in apps (their folders' `[project] name`s decide the `auto` reply policy).
+BUILTIN_APPS = Path(__file__).resolve().parent.parent / "apps"
 SELECTOR_TOKEN = Key("selector-token", str, "", "the run's token selectors must present")
 KEYS = [
     Key("app", str, required=True, help="Flower app folder or .fab file"),
@@ -57,6 +61,13 @@ KEYS = [
     ),
     Key("aggregation", str, "auto", "auto | weighted-mean | individual (partial aggregation at selectors)"),
     Key("weight-key", str, "num-examples", "metric a reply is weighted by"),
+    Key(
+        "reply-policy",
+        str,
+        "auto",
+        "flower: the ServerApp receives every reply Flower would deliver; strict: replies unlike the model, "
+        "not finite or with a bad weight are rejected; auto: strict for a built-in app (apps/), flower otherwise",
+    ),
     Key("keep-checkpoints", non_negative_int, 5, "model checkpoints kept (0 = all)"),
     SELECTOR_TOKEN,
     Key("wait-for-nodes", non_negative_int, 0, "start the ServerApp once this many clients have checked in"),
@@ -84,6 +95,7 @@ class Settings:
     min_result_fraction: float
     aggregation: str
     weight_key: str
+    reply_policy: str
     keep_checkpoints: int
     selector_token: str
     wait_for_nodes: int
@@ -99,6 +111,9 @@ class Settings:
         problems: list[str | None] = []
         if values["aggregation"] not in ("auto", "weighted-mean", "individual"):
             problems.append(f"FEDOTA_AGGREGATION={values['aggregation']!r} must be auto, weighted-mean or individual")
+        values["reply_policy"] = values["reply_policy"].strip().lower()
+        if values["reply_policy"] not in ("auto", *REPLY_POLICIES):
+            problems.append(f"FEDOTA_REPLY_POLICY={values['reply_policy']!r} must be auto, flower or strict")
         if values["report_url"] and not values["report_token"]:
             problems.append("FEDOTA_REPORT_TOKEN is required when FEDOTA_REPORT_URL is set")
         elif values["report_url"]:
@@ -192,8 +207,11 @@ def run(settings: Settings) -> int:
             early.close(timeout=10.0)
         return 2
     aggregation = choose_aggregation(settings.aggregation, config)
+    policy_name = settings.reply_policy
+    if policy_name == "auto":
+        policy_name = default_policy_name(app.name, builtin_app_names(BUILTIN_APPS))
 
-    hub = Hub()
+    hub = Hub(reply_policy(policy_name))
     server = make_server(settings.max_workers)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorServicer(hub, app, settings.run_id, json.dumps(settings.run_config), settings.selector_token),
@@ -213,6 +231,7 @@ def run(settings: Settings) -> int:
                 "tls": server_tls is not None,
                 "pid": os.getpid(),
                 "fab_sha256": app.sha256,
+                "reply_policy": policy_name,
             }
         )
     )
@@ -225,8 +244,10 @@ def run(settings: Settings) -> int:
             "app": app.name,
             "fab_sha256": app.sha256,
             "aggregation": aggregation,
+            "reply_policy": policy_name,
         },
     )
+    print(f"reply policy: {policy_name}", flush=True)
 
     rounds = config.get("num-server-rounds")
     total_rounds = rounds if isinstance(rounds, int) else None
@@ -246,12 +267,18 @@ def run(settings: Settings) -> int:
         if reporter is not None:
             reporter.log_line("INFO", line, source="rounds")
 
+    def warn(line: str) -> None:
+        print(line, flush=True)
+        if reporter is not None:
+            reporter.log_line("WARNING", line, source="rounds")
+
     tracker = RoundTracker(
         state_dir,
         weight_key=settings.weight_key,
         total_rounds=total_rounds,
         keep_checkpoints=settings.keep_checkpoints,
         echo=echo,
+        warn=warn,
         on_round=reporter.round_finished if reporter is not None else None,
         on_checkpoint=reporter.checkpoint if reporter is not None else None,
     )
@@ -302,6 +329,14 @@ def run(settings: Settings) -> int:
     finally:
         os.chdir(cwd)
     final = tracker.finish(context.state)
+    failure = tracker.failure() if code == 0 else ""
+    if failure:
+        # The ServerApp returned, but nothing it asked for was accepted: not a finished run.
+        log.error("run failed", extra={"detail": failure})
+        print(f"error: the run failed: {failure}", file=sys.stderr)
+        print(f"run failed: {failure}", flush=True)
+        code = 1
+        detail = f"the run failed: {failure}"
     if final is not None:
         print(f"final model: {final} and {final.with_suffix('.pt')}", flush=True)
     hub.finish("run finished" if code == 0 else "run failed")

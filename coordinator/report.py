@@ -203,6 +203,11 @@ class Reporter:
             seconds=doc.get("seconds"),
             failures=doc.get("failures", 0),
             rejected=doc.get("rejected", 0),
+            # Read by a website that knows them (older ones ignore unknown fields):
+            # why replies were rejected, and whether the round got any result at all.
+            rejected_reasons=dict(doc.get("rejected_reasons") or {}),
+            results=doc.get("results", 0),
+            no_results=bool(doc.get("no_results", False)),
             participants=[self._who(n) for n in doc.get("participants", [])],
             eval_participants=[self._who(n) for n in doc.get("eval_nodes", [])],
             train_metrics=train,

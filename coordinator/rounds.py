@@ -11,8 +11,10 @@ participants). At the end the final model is written as `final_model.pt`
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 TRAIN_LOSS_KEYS = ("train_loss", "train-loss", "loss")
 EVAL_ACC_KEYS = ("eval_acc", "eval-acc", "eval_accuracy", "accuracy", "acc")
 EVAL_LOSS_KEYS = ("eval_loss", "eval-loss", "loss")
+# Distinct rejection reasons a round record keeps (the most frequent).
+MAX_REASONS = 10
 
 
 @dataclass
@@ -41,7 +45,10 @@ class MetricsSum:
     total: float = 0.0
 
     def mean(self) -> dict[str, float]:
-        return {k: v / self.total for k, v in self.sums.items()} if self.total else {}
+        if not self.total:
+            return {}
+        means = {k: v / self.total for k, v in self.sums.items()}
+        return {k: v for k, v in means.items() if math.isfinite(v)}
 
 
 @dataclass
@@ -53,6 +60,13 @@ class RoundRecord:
     failures: int = 0
     # Failures whose reply was refused (malformed, unlike the model, NaN, bad weight).
     rejected: int = 0
+    # Why, as the rejections said it (the text after "reply rejected: "), with counts.
+    rejections: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Replies asked for and replies delivered to the ServerApp with content (train / all).
+    asked: int = 0
+    results: int = 0
+    train_asked: int = 0
+    train_results: int = 0
     train: MetricsSum = field(default_factory=MetricsSum)
     evaluate: MetricsSum = field(default_factory=MetricsSum)
     eval_participants: set[int] = field(default_factory=set)
@@ -66,6 +80,10 @@ class RoundRecord:
             "participants": sorted(self.participants),
             "failures": self.failures,
             "rejected": self.rejected,
+            "rejected_reasons": dict(self.rejections.most_common(MAX_REASONS)),
+            "asked": self.asked,
+            "results": self.results,
+            "no_results": self.asked > 0 and self.results == 0,
             "train_metrics": self.train.mean(),
             "eval_metrics": self.evaluate.mean(),
             "eval_participants": len(self.eval_participants),
@@ -84,6 +102,8 @@ def add_metrics(acc: MetricsSum, replies: list[Message], weight_key: str) -> Non
         try:
             w = reply_weight(content, weight_key)
         except NotAggregatable:
+            w = 1.0  # no usable weight (the flower reply policy delivers zero or none): count the reply once
+        if not math.isfinite(w):
             w = 1.0
         values: dict[str, float] = {}
         for rec in content.metric_records.values():
@@ -96,7 +116,8 @@ def add_metrics(acc: MetricsSum, replies: list[Message], weight_key: str) -> Non
                     if isinstance(cv, (int, float)) and not isinstance(cv, bool):
                         values[k] = float(cv)
         for k, fv in values.items():
-            sums[k] = sums.get(k, 0.0) + fv * w
+            if math.isfinite(fv):  # the flower reply policy delivers NaN; the dashboard wants numbers
+                sums[k] = sums.get(k, 0.0) + fv * w
         total += w
     acc.total += total
 
@@ -126,6 +147,7 @@ class RoundTracker:
         echo: Callable[[str], None] = print,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         on_checkpoint: Callable[[int, Path], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.dir = state_dir
         self.ckpt_dir = state_dir / "checkpoints"
@@ -134,7 +156,13 @@ class RoundTracker:
         self.total_rounds = total_rounds
         self.keep = keep_checkpoints
         self.echo = echo
+        # A round with rejected replies or no results says so on its own line.
+        self.warn = warn or echo
         self.on_round = on_round
+        # Over the whole run: replies asked for, delivered with content, rejected (and why).
+        self.asked = collections.Counter[str]()
+        self.results = collections.Counter[str]()
+        self.rejections: collections.Counter[str] = collections.Counter()
         # Called from the writer thread once a round's .npz is complete on disk.
         self.on_checkpoint = on_checkpoint
         self.current: RoundRecord | None = None
@@ -177,14 +205,51 @@ class RoundTracker:
                 return
             rec.finished = time.time()
             ok = [r for r in replies if r.has_content()]
-            rec.rejected += len([r for r in replies if r.has_error() and (r.error.reason or "").startswith(REJECTED)])
+            reasons = [
+                (r.error.reason or "")[len(REJECTED) :].lstrip(": ")[:300] or "(no reason given)"
+                for r in replies
+                if r.has_error() and (r.error.reason or "").startswith(REJECTED)
+            ]
+            rec.rejected += len(reasons)
+            rec.rejections.update(reasons)
+            self.rejections.update(reasons)
+            rec.asked += len(replies)
+            rec.results += len(ok)
+            self.asked[message_type] += len(replies)
+            self.results[message_type] += len(ok)
             if message_type == MessageType.TRAIN:
+                rec.train_asked += len(replies)
+                rec.train_results += len(ok)
                 rec.participants.update(participants)
                 rec.failures += len(replies) - len(ok)
                 add_metrics(rec.train, ok, self.weight_key)
             elif message_type == MessageType.EVALUATE:
                 add_metrics(rec.evaluate, ok, self.weight_key)
                 rec.eval_participants.update(participants)
+
+    def failure(self) -> str:
+        """Why the run must count as failed ("" if it need not): nothing it asked for was accepted.
+
+        A run that sent training instructions needs one accepted train reply; a
+        run that only sent other messages needs one accepted reply of any kind.
+        A run that asked for nothing (no rounds) has nothing to judge.
+        """
+        with self._lock:
+            kind = "train" if self.asked[MessageType.TRAIN] else "any"
+            asked = self.asked[MessageType.TRAIN] if kind == "train" else sum(self.asked.values())
+            got = self.results[MessageType.TRAIN] if kind == "train" else sum(self.results.values())
+            if not asked or got:
+                return ""
+            rejected = sum(self.rejections.values())
+            what = "training reply" if kind == "train" else "reply"
+            why = f"no round got a single accepted {what}: {asked} asked for"
+            if rejected:
+                top = "; ".join(f"{reason} (x{n})" for reason, n in self.rejections.most_common(3))
+                why += f", {rejected} rejected: {top}"
+            failed = asked - rejected
+            if failed:
+                why += f", {failed} failed or never came"
+            return why
 
     # ---- end of run ----------------------------------------------------------------------
 
@@ -248,6 +313,19 @@ class RoundTracker:
             f" | eval_acc {'-' if acc is None else f'{acc:.4f}'}"
             f" | {doc['seconds']:.2f} s"
         )
+        if rec.rejected:
+            reasons = "; ".join(f"{reason} (x{n})" for reason, n in rec.rejections.most_common(3))
+            more = len(rec.rejections) - 3
+            self.warn(
+                f"warning: round {rec.round}: {rec.rejected} {'reply' if rec.rejected == 1 else 'replies'} "
+                f"rejected: {reasons}" + (f"; and {more} other reasons" if more > 0 else "")
+            )
+        if rec.asked and not rec.results:
+            lost = rec.asked - rec.rejected
+            self.warn(
+                f"warning: round {rec.round}: no results accepted: {rec.asked} asked for, {rec.rejected} rejected"
+                + (f", {lost} failed or never came" if lost else "")
+            )
         if self.on_round is not None:
             self.on_round(doc)
 

@@ -21,7 +21,15 @@ from typing import Protocol
 
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
 
-from fedota_common.aggregate import REJECTED, ModelSpec, NotAggregatable, WeightedMean, check_reply, model_spec
+from fedota_common.aggregate import (
+    REJECTED,
+    ModelSpec,
+    NotAggregatable,
+    ReplyView,
+    WeightedMean,
+    inspect_reply,
+    model_spec,
+)
 from fedota_common.payload import (
     CHUNK_SIZE,
     MAX_CONTENT_SIZE,
@@ -36,6 +44,7 @@ from fedota_common.payload import (
     parse_content,
     reply_size_limit,
 )
+from fedota_common.replies import ReplyPolicy, StrictPolicy
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
@@ -215,8 +224,12 @@ class SelectorCore:
         upload_idle: float = 20.0,
         upload_min_rate: float = 32 * 1024,
         upload_grace: float = 30.0,
+        reply_policy: ReplyPolicy | None = None,
     ) -> None:
         self.selector_id = selector_id
+        # What to do with a reply the platform's rules refuse: reject it (strict) or
+        # pass it on unfolded for the coordinator to judge (flower).
+        self.reply_policy: ReplyPolicy = reply_policy or StrictPolicy()
         self.auth = auth
         self.heartbeat_interval = heartbeat_interval
         # How an upload holding a folding slot must keep moving (UploadWatch).
@@ -585,22 +598,29 @@ class SelectorCore:
     ) -> bool:
         """Add a reply to the batch's running sum; False if it must be forwarded on its own.
 
-        A reply that fails `check_reply` (arrays unlike the model's, NaN or Inf,
-        an absurd weight) raises `RejectedReply` and leaves the sum untouched.
+        Protection first (the content and its arrays must parse), then the reply
+        policy: `strict` raises `RejectedReply` for a reply it refuses (arrays
+        unlike the model's, NaN or Inf, an absurd weight); any policy says whether
+        the reply may be folded. A reply that may not, or that does not fit the
+        replies folded before it, is forwarded and leaves the sum untouched.
         """
         wire: WireRecords | None = None
+        view: ReplyView | None = None
         try:
             try:
                 wire = parse_content(content)
             except PayloadError as exc:
                 raise RejectedReply("malformed", str(exc)) from exc
-            check_reply(
-                wire,
-                self.models.get(task.content_id),
-                message_type=task.message_type,
-                weight_key=batch.weight_key,
-                exact=True,
+            model = self.models.get(task.content_id)
+            view = inspect_reply(wire, model)
+            self.reply_policy.judge(
+                view, model, message_type=task.message_type, weight_key=batch.weight_key, exact=True
             )
+            why = self.reply_policy.fold_refusal(
+                view, model, message_type=task.message_type, weight_key=batch.weight_key
+            )
+            if why:
+                raise NotAggregatable(why)
             with batch.lock:
                 if batch.finalized or batch.acc is None:
                     raise SelectorError("DEADLINE_EXCEEDED", "the round closed before this result arrived")
@@ -614,7 +634,7 @@ class SelectorCore:
             log.info("reply forwarded individually", extra={"task": task.task_id, "reason": str(exc)})
             return False
         finally:
-            wire = None  # the views pin the buffer; drop them with it
+            wire = view = None  # the views pin the buffer; drop them with it
         with self._lock:
             task.state = "done"
         self._progress(batch, task.task_id, True, "")

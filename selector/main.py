@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fedota_common import tls as tlsconf
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
+from fedota_common.replies import FLOWER, ReplyPolicy, reply_policy
 from fedota_common.settings import Key, SettingsError, load, positive_float, service_main
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.selector.v1 import selector_pb2_grpc
@@ -45,6 +46,13 @@ KEYS = [
         1,
         "client replies buffered for folding at once (each holds one model in memory; others wait)",
     ),
+    Key(
+        "reply-policy",
+        reply_policy,
+        reply_policy(FLOWER),
+        "flower: replies the platform's rules refuse are passed on unfolded, for the coordinator's policy "
+        "to judge; strict: they are rejected here (set it like the coordinator's)",
+    ),
     Key("state-file", Path, None, "write {address, health, pid} here once listening"),
     tlsconf.CERT,
     tlsconf.KEY,
@@ -64,6 +72,7 @@ class Settings:
     heartbeat_interval: float
     max_clients: int
     max_buffered_results: int
+    reply_policy: ReplyPolicy
     state_file: Path | None
     tls_cert: str
     tls_key: str
@@ -118,6 +127,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         auth,
         heartbeat_interval=settings.heartbeat_interval,
         max_buffered_results=settings.max_buffered_results,
+        reply_policy=settings.reply_policy,
     )
     link = CoordinatorLink(core, settings.coordinator, settings.selector_token, coordinator_ca)
     core.upstream = link
@@ -147,6 +157,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
             "coordinator": settings.coordinator,
             "coordinator_tls": coordinator_ca is not None,
             "selector": settings.selector_id,
+            "reply_policy": settings.reply_policy.name,
         },
     )
     link.start()

@@ -340,6 +340,9 @@ def fed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             "3",
             "--wait-timeout",
             "120",
+            # These are the platform's own rules (Flower would deliver most of these replies).
+            "--reply-policy",
+            "strict",
             "--insecure",
         ],
         cwd=REPO,
@@ -366,6 +369,8 @@ def fed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 str(sel_state),
                 "--selector-id",
                 "sel-1",
+                "--reply-policy",
+                "strict",
                 "--insecure",
             ],
             cwd=REPO,
