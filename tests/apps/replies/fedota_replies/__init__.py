@@ -1,0 +1,1 @@
+"""Test fixture: replies Flower delivers that the platform's strict rules refuse."""
