@@ -5,8 +5,9 @@ holder's mounted data folder must contain.  The client checks the folder against
 it before connecting anywhere, so a data holder learns about a missing column or
 a corrupt image from a precise local message instead of a failed training round.
 
-Three kinds of contract are supported (see ``docs/data-contract.md``):
+Four kinds of contract are supported (see ``docs/data-contract.md``):
 
+* ``none``: the app brings its own data loading; nothing is checked;
 * ``tabular``: CSV files validated against a subset of the Frictionless Table
   Schema spec (https://specs.frictionlessdata.io/table-schema/);
 * ``image-folder``: one sub-folder per class label holding image files;
@@ -40,6 +41,7 @@ __all__ = [
     "DataSummary",
     "FieldSpec",
     "ImageFolderContract",
+    "NoneContract",
     "NumpyContract",
     "Problem",
     "ProblemList",
@@ -50,7 +52,7 @@ __all__ = [
     "parse_contract",
 ]
 
-KINDS = ("tabular", "image-folder", "numpy")
+KINDS = ("tabular", "image-folder", "numpy", "none")
 FIELD_TYPES = ("string", "number", "integer", "boolean", "date")
 DEFAULT_TRUE_VALUES = ("true", "True", "TRUE", "1")
 DEFAULT_FALSE_VALUES = ("false", "False", "FALSE", "0")
@@ -138,6 +140,8 @@ class DataSummary:
 
     def __str__(self) -> str:
         files = f"{self.files} file" + ("" if self.files == 1 else "s")
+        if self.kind == "none":
+            return NOTHING_CHECKED
         if self.kind == "tabular":
             return f"tabular data OK: {files}, {self.rows} rows"
         if self.kind == "image-folder":
@@ -214,7 +218,15 @@ class NumpyContract:
     extra_arrays: Literal["forbid", "allow"] = "forbid"
 
 
-ContractBody = TabularContract | ImageFolderContract | NumpyContract
+@dataclass(frozen=True)
+class NoneContract:
+    """The app brings its own data loading (it downloads or generates its data): nothing is checked."""
+
+
+# What a check of a `none` contract says, on the client and the join page alike.
+NOTHING_CHECKED = "nothing checked: the app loads its own data (data contract kind 'none')"
+
+ContractBody = TabularContract | ImageFolderContract | NumpyContract | NoneContract
 
 
 @dataclass(frozen=True)
@@ -328,6 +340,7 @@ _IMAGE_KEYS = _COMMON_KEYS | {
     "min_images",
 }
 _NUMPY_KEYS = _COMMON_KEYS | {"files", "same_length", "extra_arrays"}
+_NONE_KEYS = _COMMON_KEYS
 _SCHEMA_KEYS = {"fields", "missingValues", "primaryKey"}
 _FIELD_KEYS = {
     "name",
@@ -402,6 +415,9 @@ def parse_contract(spec: ContractLike) -> DataContract:
         body = _parse_image_folder(data, issues)
     elif kind == "numpy":
         body = _parse_numpy(data, issues)
+    elif kind == "none":
+        _check_keys(data, _NONE_KEYS, "none contract", issues)
+        body = NoneContract()
     else:
         got = "no 'kind'" if kind is None else f"kind {kind!r}"
         issues.append(f"unknown contract kind: got {got}, expected one of {', '.join(KINDS)}")
@@ -1356,6 +1372,9 @@ def _shape_matches(actual: tuple[int, ...], expected: Sequence[int | None]) -> b
 
 
 def _run(contract: DataContract, data_dir: Path, out: _Collector) -> DataSummary:
+    if isinstance(contract.body, NoneContract):
+        # Not even the folder: such an app may need no data folder at all.
+        return DataSummary(kind="none", files=0)
     data_dir = Path(data_dir)
     if not data_dir.exists():
         out.add(
@@ -1374,7 +1393,9 @@ def _run(contract: DataContract, data_dir: Path, out: _Collector) -> DataSummary
         return _check_tabular(body, data_dir, out)
     if isinstance(body, ImageFolderContract):
         return _check_image_folder(body, data_dir, out)
-    return _check_numpy(body, data_dir, out)
+    if isinstance(body, NumpyContract):
+        return _check_numpy(body, data_dir, out)
+    raise AssertionError(f"no checker for {type(body).__name__}")
 
 
 def check_data(spec: ContractLike, data_dir: Path, *, max_problems: int = 50) -> ProblemList:

@@ -643,3 +643,21 @@ def test_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "numpy data OK" in capsys.readouterr().out
     contract.write_text("{}", encoding="utf-8")
     assert main([str(contract), str(data)]) == 2
+
+
+# --------------------------------------------------------------------------
+# none: apps that bring their own data loading
+# --------------------------------------------------------------------------
+
+
+def test_none_contract_checks_nothing_not_even_the_folder(tmp_path: Path) -> None:
+    contract = parse_contract({"kind": "none", "description": "downloads MNIST itself"})
+    assert contract.kind == "none" and contract.description == "downloads MNIST itself"
+    assert check_data(contract, tmp_path / "no-such-folder") == []
+    summary = check_or_raise(contract, tmp_path / "no-such-folder")
+    assert "nothing checked" in str(summary) and "loads its own data" in str(summary)
+
+
+def test_none_contract_refuses_settings_of_other_kinds() -> None:
+    issues = spec_issues({"kind": "none", "files": "*.csv"})
+    assert len(issues) == 1 and "unknown key 'files'" in issues[0]

@@ -179,3 +179,17 @@ def test_readable_table(breast_cancer_contract: dict[str, Any]) -> None:
     assert settings["Kind"] == "tabular"
     rows = contract_rows(breast_cancer_contract)
     assert any(row["name"].endswith("(label)") for row in rows)
+
+
+def test_none_kind_is_a_contract_that_checks_nothing() -> None:
+    doc = contract_from_form(kind="none", settings={"description": "The app downloads its own partition"})
+    assert doc == {"kind": "none", "description": "The app downloads its own partition"}
+    assert parse_contract(doc).kind == "none"
+    form = contract_to_form(doc)
+    assert form is not None and form.kind == "none"
+    assert contract_from_json('{"kind": "none"}') == {"kind": "none"}
+    assert ("Checked", "nothing: the app loads its own data, so the client checks no data before joining") in (
+        contract_settings(doc)
+    )
+    with pytest.raises(ApplicationError, match="unknown key 'files'"):
+        contract_from_json('{"kind": "none", "files": "*.csv"}')

@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 IMAGE_DEFAULT_EXTENSIONS = [".png", ".jpg", ".jpeg"]
+# What the pages say about a `none` contract.
+NOTHING_CHECKED_PAGE = "nothing: the app loads its own data, so the client checks no data before joining"
 
 
 class ContractFormError(ApplicationError):
@@ -278,6 +280,8 @@ def contract_from_form(
         doc = _image_folder(settings, errors)
     elif kind == "numpy":
         doc = _numpy(settings, arrays, errors)
+    elif kind == "none":
+        doc = {"kind": "none"}
     else:
         raise ContractFormError({"kind": [f"choose a kind of data: {', '.join(KINDS)}; got {kind!r}"]})
     description = str(settings.get("description") or "").strip()
@@ -374,7 +378,7 @@ def _to_form(doc: Mapping[str, Any]) -> ContractFormData:
                         "shape": "" if shape is None else ",".join("-1" if s is None else str(s) for s in shape),
                     }
                 )
-    else:
+    elif kind != "none":
         raise ValueError(kind)
     return data
 
@@ -408,6 +412,8 @@ def contract_settings(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("Same length", "yes" if doc.get("same_length") else "no"),
             ("Extra arrays", str(doc.get("extra_arrays", "forbid"))),
         ]
+    elif kind == "none":
+        pairs += [("Checked", NOTHING_CHECKED_PAGE)]
     return pairs
 
 

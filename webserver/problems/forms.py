@@ -118,6 +118,7 @@ class ContractForm(forms.Form):
             ("tabular", "Tabular (CSV files)"),
             ("image-folder", "Image folder"),
             ("numpy", "NumPy arrays (.npz)"),
+            ("none", "None: the app loads its own data (nothing is checked)"),
         ],
         widget=forms.RadioSelect,
         initial="tabular",
