@@ -283,7 +283,7 @@ def run(settings: Settings) -> int:
         on_checkpoint=reporter.checkpoint if reporter is not None else None,
     )
     if reporter is not None:
-        reporter.run_started(total_rounds=total_rounds, app=app.name, fab_sha256=app.sha256)
+        reporter.run_started(total_rounds=total_rounds, app=app.name, fab_sha256=app.sha256, reply_policy=policy_name)
     policy = GridPolicy(
         round_timeout=settings.round_timeout,
         overselect=settings.overselect,

@@ -186,9 +186,10 @@ class Reporter:
             del self.events[pools[0] if pools else 0]
         self.dropped += 1
 
-    def run_started(self, *, total_rounds: int | None, app: str, fab_sha256: str) -> None:
-        """Report that the ServerApp is about to start."""
-        self.emit("run_started", total_rounds=total_rounds, app=app, fab_sha256=fab_sha256)
+    def run_started(self, *, total_rounds: int | None, app: str, fab_sha256: str, reply_policy: str = "") -> None:
+        """Report that the ServerApp is about to start (and under which reply policy, `flower` or `strict`)."""
+        policy = {"reply_policy": reply_policy} if reply_policy else {}
+        self.emit("run_started", total_rounds=total_rounds, app=app, fab_sha256=fab_sha256, **policy)
 
     def round_finished(self, doc: dict[str, Any]) -> None:
         """`RoundTracker.on_round`: report a finished round with its participants resolved."""

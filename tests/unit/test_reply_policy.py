@@ -231,3 +231,11 @@ def test_a_run_with_one_accepted_reply_does_not_fail_and_errors_alone_do(tmp_pat
     tracker.on_close(MessageType.TRAIN, "2", [ok], [1])
     assert tracker.failure() == ""
     tracker.finish(None)
+
+
+def test_the_run_started_event_says_which_reply_policy_applies() -> None:
+    from coordinator.report import Reporter, Target
+
+    reporter = Reporter(Target("http://127.0.0.1:9/internal/v1/runs/1/", "t"))
+    reporter.run_started(total_rounds=2, app="a", fab_sha256="x", reply_policy=FLOWER)
+    assert reporter.events[-1]["kind"] == "run_started" and reporter.events[-1]["reply_policy"] == "flower"
