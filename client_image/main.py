@@ -34,8 +34,25 @@ KEYS = [
     Key("credential", str, "", "participant credential; overrides the bundle"),
     Key("fab-sha256", str, "", "SHA-256 of the app you reviewed; overrides the bundle"),
     Key("contract", Path, None, "data contract JSON file; overrides the bundle"),
-    Key("partition-id", non_negative_int, 0, "node_config partition-id passed to the ClientApp"),
-    Key("num-partitions", non_negative_int, 1, "node_config num-partitions passed to the ClientApp"),
+    Key(
+        "partition-id",
+        non_negative_int,
+        None,
+        "node_config partition-id passed to the ClientApp; overrides the bundle's (default 0 without one)",
+    ),
+    Key(
+        "num-partitions",
+        non_negative_int,
+        None,
+        "node_config num-partitions passed to the ClientApp; overrides the bundle's (default 1 without one)",
+    ),
+    Key(
+        "node-config",
+        str,
+        "",
+        'node_config entries as a Flower SuperNode takes them, e.g. "partition-id=0 num-partitions=3"; '
+        "overrides the bundle and the two settings above",
+    ),
     Key("cache-dir", Path, Path.home() / ".cache" / "fedota-client", "where the app is unpacked"),
     Key("name", str, "", "site name shown to the problem setter"),
     Key("max-join-wait", positive_float, 120.0, "seconds to keep trying to reach a selector"),
@@ -54,8 +71,9 @@ class Settings:
     credential: str
     fab_sha256: str
     contract: Path | None
-    partition_id: int
-    num_partitions: int
+    partition_id: int | None
+    num_partitions: int | None
+    node_config: str
     cache_dir: Path
     name: str
     max_join_wait: float
@@ -79,6 +97,39 @@ def _bundle(settings: Settings) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ClientError(f"the join bundle {settings.join_bundle} must be a JSON object")
     return data
+
+
+def _node_config(settings: Settings, bundle: dict[str, Any]) -> dict[str, Any]:
+    """`context.node_config` beyond `data-path`: the bundle's, then the data holder's own flags.
+
+    A bundle without `node_config` (issued before bundles carried it) keeps the old
+    defaults, partition 0 of 1.
+    """
+    config: dict[str, Any] = {"partition-id": 0, "num-partitions": 1}
+    given = bundle.get("node_config")
+    if given is not None:
+        fine = isinstance(given, dict) and all(
+            isinstance(given.get(key), int) and not isinstance(given.get(key), bool) and given[key] >= low
+            for key, low in (("partition-id", 0), ("num-partitions", 1))
+        )
+        if not fine or given["partition-id"] >= given["num-partitions"]:
+            raise ClientError(
+                f"the join bundle's node_config must hold partition-id (0 or more) below num-partitions, not {given!r}: "
+                "download your current join bundle from the problem page"
+            )
+        config.update({"partition-id": given["partition-id"], "num-partitions": given["num-partitions"]})
+    if settings.partition_id is not None:
+        config["partition-id"] = settings.partition_id
+    if settings.num_partitions is not None:
+        config["num-partitions"] = settings.num_partitions
+    if settings.node_config.strip():
+        from flwr.common.config import parse_config_args
+
+        try:
+            config.update(parse_config_args([settings.node_config]))
+        except ValueError as exc:
+            raise ClientError(f"--node-config {settings.node_config!r} is not key=value pairs: {exc}") from exc
+    return config
 
 
 def _trust(settings: Settings, bundle: dict[str, Any]) -> bytes | None:
@@ -146,18 +197,28 @@ def run(settings: Settings) -> int:
         if not selectors:
             raise ClientError("no selector given: pass --selector host:port or a join bundle with 'selectors'")
         root_certificates = _trust(settings, bundle)
+        node_config = _node_config(settings, bundle)
+        partition_id, num_partitions = node_config.pop("partition-id"), node_config.pop("num-partitions")
+        if "data-path" in node_config:
+            raise ClientError("give the data folder with --data-path, not in --node-config (it is checked first)")
+        print(
+            f"this site is partition-id {partition_id} of num-partitions {num_partitions} (context.node_config)",
+            file=sys.stderr,
+            flush=True,
+        )
         setup = NodeSetup(
             selectors=selectors,
             credential=settings.credential or str(bundle.get("credential", "")),
             fab_sha256=settings.fab_sha256 or str(bundle.get("fab_sha256", "")),
             data_path=settings.data_path.resolve(),
-            partition_id=settings.partition_id,
-            num_partitions=settings.num_partitions,
+            partition_id=partition_id,
+            num_partitions=num_partitions,
             cache_dir=settings.cache_dir,
             display_name=settings.name or str(bundle.get("site_name", "")),
             max_join_wait=settings.max_join_wait,
             root_certificates=root_certificates,
             selectors_local_only=not settings.selector and bundle.get("selectors_local_only") is True,
+            extra_node_config=node_config,
         )
         node = Node(setup)
         reason = node.serve()

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,8 @@ class NodeSetup:
     root_certificates: bytes | None = None
     # The join bundle says the selectors are announced for the server's own machine only.
     selectors_local_only: bool = False
+    # Further `context.node_config` entries (`--node-config`, as a Flower SuperNode takes them).
+    extra_node_config: dict[str, Any] = field(default_factory=dict)
 
 
 class Node:
@@ -194,6 +196,7 @@ class Node:
                     "data-path": str(self.setup.data_path),
                     "partition-id": self.setup.partition_id,
                     "num-partitions": self.setup.num_partitions,
+                    **self.setup.extra_node_config,
                 },
                 state=RecordDict(),
                 run_config=run_config,

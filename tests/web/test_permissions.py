@@ -90,6 +90,12 @@ CASES = [
         "download join bundle", "POST", _u("participant-bundle", participant_pk="approved"), frozenset({"participant"})
     ),
     Case(
+        "set partition id", "POST", _u("participant-partition", participant_pk="approved"), OWNER, {"partition_id": 0}
+    ),
+    Case(
+        "set num-partitions", "POST", _u("problem-num-partitions", problem_pk="problem"), OWNER, {"num_partitions": 3}
+    ),
+    Case(
         "ask to join",
         "POST",
         _u("participant-request", problem_pk="problem"),
@@ -117,6 +123,22 @@ CASES = [
     Case("API approve", "POST", _u("api-participant-approve", participant_id="pending"), OWNER, api=True),
     Case("API reject", "POST", _u("api-participant-reject", participant_id="pending"), OWNER, api=True),
     Case("API revoke", "POST", _u("api-participant-revoke", participant_id="approved"), OWNER, api=True),
+    Case(
+        "API set partition id",
+        "POST",
+        _u("api-participant-partition", participant_id="approved"),
+        OWNER,
+        {"partition_id": 0},
+        api=True,
+    ),
+    Case(
+        "API set num-partitions",
+        "PUT",
+        _u("api-problem-partitions", problem_id="problem"),
+        OWNER,
+        {"num_partitions": 3},
+        api=True,
+    ),
     Case(
         "API join bundle",
         "POST",
@@ -270,6 +292,8 @@ def test_every_api_endpoint_that_changes_something_is_in_the_matrix() -> None:
         "api-participant-reject",
         "api-participant-revoke",
         "api-participant-bundle",
+        "api-participant-partition",
+        "api-problem-partitions",
         "api-problem-participants",
     }
     # Public or self-service by design: listing public problems and built-in apps, sign-up and tokens

@@ -20,7 +20,9 @@ from webserver.participation.serializers import (
     JoinBundleSerializer,
     JoinRequestSerializer,
     MyParticipationSerializer,
+    NumPartitionsSerializer,
     ParticipantSerializer,
+    PartitionSerializer,
 )
 from webserver.problems.models import Problem
 
@@ -129,6 +131,56 @@ class ParticipantRejectApi(_DecisionApi):
 )
 class ParticipantRevokeApi(_DecisionApi):
     verb = "revoke"
+
+
+class ParticipantPartitionApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="participant_partition",
+        request=PartitionSerializer,
+        responses={200: ParticipantSerializer, **_ERRORS},
+        description="Give an approved site another partition-id (0 ≤ id < num-partitions); a site holding it is "
+        "swapped. Problem setter or site admin. The site sees it only in a new join bundle.",
+    )
+    def post(self, request: Request, participant_id: int) -> Response:
+        participant = _participant(request.user, participant_id)
+        body = PartitionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        row = services.participant_set_partition(
+            participant=participant, by=request.user, partition_id=body.validated_data["partition_id"]
+        )
+        return Response(ParticipantSerializer(row).data)
+
+
+class ProblemPartitionsApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @staticmethod
+    def _answer(problem: Problem) -> Response:
+        return Response(
+            {"num_partitions": problem.num_partitions, "effective": queries.problem_num_partitions(problem)}
+        )
+
+    @extend_schema(operation_id="problem_partitions_get", responses={200: NumPartitionsSerializer, **_ERRORS})
+    def get(self, request: Request, problem_id: int) -> Response:
+        return self._answer(_visible_problem(request.user, problem_id))
+
+    @extend_schema(
+        operation_id="problem_partitions_set",
+        request=NumPartitionsSerializer,
+        responses={200: NumPartitionsSerializer, **_ERRORS},
+        description="Fix num-partitions for every site (null: one per approved site). Problem setter or site "
+        "admin. Sites see it only in new join bundles.",
+    )
+    def put(self, request: Request, problem_id: int) -> Response:
+        problem = _visible_problem(request.user, problem_id)
+        body = NumPartitionsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        row = services.problem_set_num_partitions(
+            problem=problem, by=request.user, num_partitions=body.validated_data["num_partitions"]
+        )
+        return self._answer(row)
 
 
 class ParticipantBundleApi(APIView):

@@ -24,6 +24,16 @@ urlpatterns = [
         "participants/<int:participant_id>/revoke/", api.ParticipantRevokeApi.as_view(), name="api-participant-revoke"
     ),
     path(
+        "participants/<int:participant_id>/partition/",
+        api.ParticipantPartitionApi.as_view(),
+        name="api-participant-partition",
+    ),
+    path(
+        "problems/<int:problem_id>/partitions/",
+        api.ProblemPartitionsApi.as_view(),
+        name="api-problem-partitions",
+    ),
+    path(
         "participants/<int:participant_id>/bundle/", api.ParticipantBundleApi.as_view(), name="api-participant-bundle"
     ),
     path("me/participations/", api.MyParticipationsApi.as_view(), name="api-my-participations"),

@@ -65,10 +65,22 @@ def selectors_local_only() -> bool:
 
 
 def bundle_build(
-    *, participant: Participant, credential: str, selectors: list[str], issued_at: datetime, ca_certificate: str
+    *,
+    participant: Participant,
+    credential: str,
+    selectors: list[str],
+    issued_at: datetime,
+    ca_certificate: str,
+    node_config: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The join bundle document (`fedota-join-bundle/1`), as the client reads it."""
+    """The join bundle document (`fedota-join-bundle/1`), as the client reads it.
+
+    `node_config` (`partition-id`, `num-partitions`) is what the client passes to the
+    ClientApp in `context.node_config`, as a Flower SuperNode's `--node-config` does;
+    a bundle without it (issued before) still works, with the client's defaults.
+    """
     problem = participant.problem
+    extra: dict[str, Any] = {"node_config": dict(node_config)} if node_config else {}
     return {
         "format": BUNDLE_FORMAT,
         "problem_id": problem.pk,
@@ -86,6 +98,7 @@ def bundle_build(
         "fab_sha256": problem.fab_sha256,
         "app_version": problem.app_version,
         "data_contract": problem.contract,
+        **extra,
         "issued_at": issued_at.isoformat(),
         # For the person reading the file: how to start the client with it.
         "docker_run": docker_run_command(problem),

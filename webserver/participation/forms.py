@@ -29,3 +29,15 @@ class DecisionForm(forms.Form):
     """The optional reason given when rejecting or revoking."""
 
     reason = forms.CharField(required=False, max_length=NOTE_MAX)
+
+
+class PartitionForm(forms.Form):
+    """A site's new `partition-id` (the service checks the range and swaps with its holder)."""
+
+    partition_id = forms.IntegerField(min_value=0)
+
+
+class NumPartitionsForm(forms.Form):
+    """`num-partitions` for every site; empty: one per approved site."""
+
+    num_partitions = forms.IntegerField(required=False, min_value=1)

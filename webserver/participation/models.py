@@ -28,6 +28,14 @@ class Participant(models.Model):
     bundle_app_version = models.PositiveIntegerField(default=0)
     # When the last bundle (and so the current credential) was issued.
     bundle_issued_at = models.DateTimeField(null=True, blank=True)
+    # The site's `partition-id` in the ClientApp's context.node_config, as a Flower
+    # SuperNode's `--node-config "partition-id=0 num-partitions=3"`: given at approval
+    # in order, editable by the setter; None while not approved.
+    partition_id = models.PositiveIntegerField(null=True, blank=True)
+    # What the last bundle carried (None: issued before bundles carried them); a
+    # difference from today's values means the data holder needs a new bundle.
+    bundle_partition_id = models.PositiveIntegerField(null=True, blank=True)
+    bundle_num_partitions = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     # Why the setter rejected or revoked, shown to the data holder.
@@ -35,7 +43,14 @@ class Participant(models.Model):
 
     class Meta:
         ordering = ["problem", "site_name"]
-        constraints = [models.UniqueConstraint(fields=["problem", "user"], name="participant_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["problem", "user"], name="participant_unique"),
+            models.UniqueConstraint(
+                fields=["problem", "partition_id"],
+                condition=models.Q(partition_id__isnull=False),
+                name="participant_partition_unique",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.site_name} in {self.problem}"

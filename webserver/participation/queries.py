@@ -117,6 +117,46 @@ def bundle_is_stale(participant: Participant) -> bool:
     return bool(participant.bundle_issued_at and participant.bundle_app_version < participant.problem.app_version)
 
 
+def partitioned_sites(problem: Problem) -> QuerySet[Participant]:
+    """The approved sites that hold a partition id, in partition order."""
+    return Participant.objects.filter(
+        problem=problem, status=ParticipantStatus.APPROVED, partition_id__isnull=False
+    ).order_by("partition_id")
+
+
+def problem_num_partitions(problem: Problem) -> int:
+    """`num-partitions` for every site: the setter's number, else one per approved site.
+
+    Never below a partition id in use (a site revoked from the middle leaves its id
+    unused, as a Flower SuperNode that is down does, rather than shifting the others').
+    """
+    if problem.num_partitions:
+        return int(problem.num_partitions)
+    ids = list(partitioned_sites(problem).values_list("partition_id", flat=True))
+    return max([len(ids), *(i + 1 for i in ids if i is not None), 1])
+
+
+def participant_node_config(participant: Participant) -> dict[str, int] | None:
+    """What the site's ClientApp finds in `context.node_config`, as a SuperNode's `--node-config` would set it."""
+    if participant.status != ParticipantStatus.APPROVED or participant.partition_id is None:
+        return None
+    return {"partition-id": participant.partition_id, "num-partitions": problem_num_partitions(participant.problem)}
+
+
+def bundle_partition_outdated(participant: Participant, num_partitions: int | None = None) -> bool:
+    """The last bundle carries another partition id or number of partitions than the site has now."""
+    if not participant.bundle_issued_at or participant.partition_id is None:
+        return False
+    if participant.status != ParticipantStatus.APPROVED:
+        return False
+    if num_partitions is None:
+        num_partitions = problem_num_partitions(participant.problem)
+    return (participant.bundle_partition_id, participant.bundle_num_partitions) != (
+        participant.partition_id,
+        num_partitions,
+    )
+
+
 def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:
     """What the participation panel of a problem page shows to this viewer."""
     published = problem.state == ProblemState.PUBLISHED
@@ -133,16 +173,21 @@ def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:
         context["mine"] = mine
         if mine is not None and mine.status == ParticipantStatus.APPROVED:
             context["bundle_stale"] = bundle_is_stale(mine)
+            context["node_config"] = participant_node_config(mine)
+            context["partition_outdated"] = bundle_partition_outdated(mine)
             context["bundle_filename"] = bundles.bundle_filename(problem)
             context["docker_run"] = bundles.docker_run_command(problem)
             context["client_command"] = bundles.client_command(problem)
             context["selector_addresses"] = bundles.problem_selector_endpoints(problem)
             context["selectors_local_only"] = bundles.selectors_local_only()
+    if context["manages"] or context.get("node_config"):
+        context["num_partitions"] = problem_num_partitions(problem)
     if context["manages"]:
         rows = list(participants_of_problem(problem=problem))
         counts = rounds_contributed(p.pk for p in rows)
         for row in rows:
             row.rounds_contributed = counts.get(row.pk, 0)  # type: ignore[attr-defined]
+            row.partition_outdated = bundle_partition_outdated(row, context["num_partitions"])  # type: ignore[attr-defined]
         context["participants"] = rows
     return context
 

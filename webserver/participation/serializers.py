@@ -17,6 +17,9 @@ class ParticipantSerializer(serializers.ModelSerializer[Participant]):
     problem_id = serializers.IntegerField(read_only=True)
     username = serializers.CharField(source="user.get_username", read_only=True)
     rounds_contributed = serializers.SerializerMethodField()
+    bundle_partition_outdated = serializers.SerializerMethodField(
+        help_text="The last join bundle carries another partition-id or num-partitions than the site has now."
+    )
 
     class Meta:
         model = Participant
@@ -33,9 +36,16 @@ class ParticipantSerializer(serializers.ModelSerializer[Participant]):
             "decided_at",
             "bundle_app_version",
             "bundle_issued_at",
+            "partition_id",
+            "bundle_partition_id",
+            "bundle_num_partitions",
+            "bundle_partition_outdated",
             "rounds_contributed",
         ]
         read_only_fields = fields
+
+    def get_bundle_partition_outdated(self, obj: Participant) -> bool:
+        return queries.bundle_partition_outdated(obj)
 
     def get_rounds_contributed(self, obj: Participant) -> int:
         counts: dict[int, int] = self.context.get("rounds_contributed") or {}
@@ -54,6 +64,21 @@ class JoinRequestSerializer(serializers.Serializer[Any]):
 
 class DecisionSerializer(serializers.Serializer[Any]):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=NOTE_MAX)
+
+
+class PartitionSerializer(serializers.Serializer[Any]):
+    """POST body: the site's new partition-id (one another site holds is swapped with it)."""
+
+    partition_id = serializers.IntegerField(min_value=0)
+
+
+class NumPartitionsSerializer(serializers.Serializer[Any]):
+    """PUT body and answer: num-partitions for every site of a problem."""
+
+    num_partitions = serializers.IntegerField(
+        min_value=1, allow_null=True, help_text="Fixed by the setter; null: one per approved site."
+    )
+    effective = serializers.IntegerField(read_only=True, help_text="What new join bundles carry.")
 
 
 class MyParticipationSerializer(ParticipantSerializer):
@@ -98,5 +123,10 @@ class JoinBundleSerializer(serializers.Serializer[Any]):
     fab_sha256 = serializers.CharField()
     app_version = serializers.IntegerField()
     data_contract = serializers.JSONField()
+    node_config = serializers.DictField(
+        child=serializers.IntegerField(),
+        required=False,
+        help_text="`partition-id` and `num-partitions`, passed to the ClientApp in context.node_config.",
+    )
     issued_at = serializers.DateTimeField()
     docker_run = serializers.CharField()

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_POST
 from webserver import permissions
 from webserver.errors import ApplicationError, NotAllowed
 from webserver.participation import bundles, queries, services
-from webserver.participation.forms import DecisionForm, JoinRequestForm
+from webserver.participation.forms import DecisionForm, JoinRequestForm, NumPartitionsForm, PartitionForm
 from webserver.participation.models import Participant, ParticipantStatus
 from webserver.problems.models import Problem
 
@@ -114,6 +114,50 @@ def participant_reject(request: HttpRequest, participant_pk: int) -> HttpRespons
 @require_POST
 def participant_revoke(request: HttpRequest, participant_pk: int) -> HttpResponse:
     return _decision(request, participant_pk, "revoke")
+
+
+@login_required
+@require_POST
+def participant_partition(request: HttpRequest, participant_pk: int) -> HttpResponse:
+    """The setter gives an approved site another partition id."""
+    participant = _participant(request, participant_pk)
+    form = PartitionForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ApplicationError("A partition id is a whole number from 0.", field="partition_id")
+        row = services.participant_set_partition(
+            participant=participant, by=request.user, partition_id=form.cleaned_data["partition_id"]
+        )
+    except ApplicationError as exc:
+        return _refused(request, exc, problem=participant.problem)
+    messages.success(
+        request,
+        f"{row.site_name} is now partition {row.partition_id}. Its data holder must download a new join bundle "
+        "for the change to reach the app.",
+    )
+    return redirect(_problem_url(row.problem))
+
+
+@login_required
+@require_POST
+def problem_num_partitions(request: HttpRequest, problem_pk: int) -> HttpResponse:
+    """The setter fixes num-partitions (or leaves it to the number of approved sites)."""
+    problem = _visible_problem(request, problem_pk)
+    form = NumPartitionsForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ApplicationError("num-partitions is a whole number from 1, or empty.", field="num_partitions")
+        row = services.problem_set_num_partitions(
+            problem=problem, by=request.user, num_partitions=form.cleaned_data["num_partitions"]
+        )
+    except ApplicationError as exc:
+        return _refused(request, exc, problem=problem)
+    messages.success(
+        request,
+        f"num-partitions is now {queries.problem_num_partitions(row)}. Data holders must download new join bundles "
+        "for the change to reach the app.",
+    )
+    return redirect(_problem_url(row))
 
 
 @login_required

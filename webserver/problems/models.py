@@ -34,6 +34,9 @@ class Problem(models.Model):
     # Platform-level run settings (validated by problems.runconfig).
     run_config = models.JSONField(default=dict)
     join_policy = models.CharField(max_length=16, choices=JoinPolicy.choices, default=JoinPolicy.APPROVAL)
+    # `num-partitions` in every site's context.node_config; None: as many as there are
+    # approved sites (participation.partitions decides).
+    num_partitions = models.PositiveIntegerField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=ProblemState.choices, default=ProblemState.DRAFT)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
