@@ -165,3 +165,41 @@ def test_the_api_reads_and_sets_partitions(users: dict[str, Any], make_problem: 
     assert holder.post(f"/api/v1/participants/{a.pk}/partition/", {"partition_id": 0}).status_code == 403
     bundle = holder.post(f"/api/v1/participants/{a.pk}/bundle/").json()
     assert bundle["node_config"] == {"partition-id": 3, "num-partitions": 4}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_numbers_approved_sites_in_order_of_approval() -> None:
+    from datetime import UTC, datetime
+
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("participation", "0002_bundle_issued_at_decision_note"), ("problems", "0003_seal_ca_keys")]
+    after = [("participation", "0003_partitions"), ("problems", "0004_partitions")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    User = old.get_model("auth", "User")
+    Problem = old.get_model("problems", "Problem")
+    Participant = old.get_model("participation", "Participant")
+    owner = User.objects.create(username="m-owner")
+    problem = Problem.objects.create(owner=owner, title="p", contract={"kind": "none"}, fab="fabs/x.fab")
+    for name, status, day in (("late", "approved", 3), ("early", "approved", 1), ("no", "pending", 2)):
+        user = User.objects.create(username=f"m-{name}")
+        Participant.objects.create(
+            problem=problem,
+            user=user,
+            site_name=name,
+            contact_email="x@example.org",
+            status=status,
+            decided_at=datetime(2026, 1, day, tzinfo=UTC),
+        )
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+    new = executor.loader.project_state(after).apps
+    rows = new.get_model("participation", "Participant").objects.order_by("site_name")
+    assert {p.site_name: p.partition_id for p in rows} == {"early": 0, "late": 1, "no": None}
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
