@@ -752,7 +752,8 @@ def test_saving_the_edit_page_unchanged_changes_nothing(
     # The same contract for the client (the form spells out defaults such as extra_columns).
     assert parse_contract(problem.contract) == parse_contract(before[0])
     assert (problem.fab_sha256, problem.app_version) == (before[2], before[3])
-    assert problem.run_config == validate_run_config(before[1], {})
+    declared = services.problem_app(problem).default_config
+    assert problem.run_config == validate_run_config(before[1], declared, builtin=True)
 
 
 def test_admin_lists_problems_and_shows_a_run_with_its_services(

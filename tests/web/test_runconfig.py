@@ -41,8 +41,10 @@ def test_defaults_are_filled_in(tabular_defaults: dict[str, Any]) -> None:
         "strategy_params": {},
         "num_selectors": 2,
         "app_config": {},
+        "reply_policy": "flower",
     }
     assert validate_run_config(None, tabular_defaults)["rounds"] == 5
+    assert validate_run_config({}, tabular_defaults, builtin=True)["reply_policy"] == "strict"
 
 
 def test_every_connected_client_trains_by_default_whatever_the_minimum(tabular_defaults: dict[str, Any]) -> None:
@@ -201,3 +203,28 @@ def test_builtin_apps_sample_exactly_clients_per_round(
     assert sampled(strategy, "evaluate") == 3
     # 0 keeps the fractions: every one of the 10 connected clients trains.
     assert sampled(strategy_module.make_strategy(task.DEFAULT_RUN_CONFIG), "train") == 10
+
+
+def test_the_reply_policy_is_flower_or_strict(tabular_defaults: dict[str, Any]) -> None:
+    assert validate_run_config({"reply_policy": "strict"}, tabular_defaults)["reply_policy"] == "strict"
+    assert validate_run_config({"reply_policy": "flower"}, tabular_defaults, builtin=True)["reply_policy"] == "flower"
+    assert (
+        "reply_policy must be one of flower, strict"
+        in errors_of({"reply_policy": "lenient"}, tabular_defaults)["reply_policy"][0]
+    )
+
+
+def test_a_setting_for_a_key_the_app_does_not_declare_is_refused_not_ignored() -> None:
+    small_app = {"lr": 0.1}
+    errors = errors_of({"rounds": 9, "strategy": "FedProx", "clients_per_round": 3}, small_app)
+    assert errors["rounds"] == [
+        "rounds sets the app's 'num-server-rounds', which this app does not declare in [tool.flwr.app.config]; "
+        "the app accepts: lr"
+    ]
+    assert "'strategy'" in errors["strategy"][0] and "'clients-per-round'" in errors["clients_per_round"][0]
+    # Left at their defaults they are simply not part of this app's run config.
+    config = validate_run_config({"rounds": 5, "strategy": "FedAvg"}, small_app)
+    assert "rounds" not in config and "strategy" not in config and "clients_per_round" not in config
+    assert app_overrides({"app_config": {"lr": 0.5}}, small_app) == {"lr": 0.5}
+    # The platform's own settings always apply: the coordinator uses them whatever the app declares.
+    assert config["round_timeout"] == 300 and config["min_clients"] == 2 and config["num_selectors"] == 2

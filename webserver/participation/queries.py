@@ -13,6 +13,7 @@ from webserver import permissions
 from webserver.participation import bundles
 from webserver.participation.models import Contribution, Participant, ParticipantStatus
 from webserver.problems.models import Problem, ProblemState
+from webserver.problems.queries import problem_reply_policy
 
 # Train before evaluate; any other kind after, alphabetically.
 _KIND_ORDER = {"train": 0, "evaluate": 1}
@@ -174,6 +175,7 @@ def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:
         if mine is not None and mine.status == ParticipantStatus.APPROVED:
             context["bundle_stale"] = bundle_is_stale(mine)
             context["node_config"] = participant_node_config(mine)
+            context["reply_policy"] = problem_reply_policy(problem)
             context["partition_outdated"] = bundle_partition_outdated(mine)
             context["bundle_filename"] = bundles.bundle_filename(problem)
             context["docker_run"] = bundles.docker_run_command(problem)

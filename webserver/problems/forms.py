@@ -62,54 +62,163 @@ class ProblemForm(forms.Form):
             field.initial = "keep"
 
 
+# The app keys the platform's own settings set: shown once, as the platform setting.
+_SET_BY_PLATFORM = {"min-available-nodes": "min_clients", "round-timeout": "round_timeout"}
+# App keys with a platform name in the run config document (and a form field of that name).
+_NAMED = {"num-server-rounds": "rounds", "strategy": "strategy", "clients-per-round": "clients_per_round"}
+APP_FIELD = "app:"
+PLATFORM_FIELDS = ("round_timeout", "min_clients", "num_selectors", "reply_policy")
+
+
 class RunConfigForm(forms.Form):
-    rounds = forms.IntegerField(initial=DEFAULTS["rounds"], help_text="Training rounds.")
-    clients_per_round = forms.IntegerField(
-        initial=DEFAULTS["clients_per_round"],
-        min_value=0,
-        help_text="Clients sampled each round; 0 = every connected client. A fixed number makes each round wait "
-        "until that many clients are connected.",
+    """The run config: the platform's settings, then the app's own `[tool.flwr.app.config]`.
+
+    Given the app's declared config (`app_config`: key -> default), the form has one input per
+    key, typed as Flower types it (bool, int, float, str) and filled with the app's default or
+    the problem's override; without it (a new problem, whose app is not chosen yet) the
+    overrides are typed as `key = value` lines and checked against the app on save.
+    """
+
+    round_timeout = forms.FloatField(
+        initial=DEFAULTS["round_timeout"],
+        help_text="Seconds a round waits for replies (the coordinator's limit; also the app's round-timeout "
+        "when it declares one).",
     )
     min_clients = forms.IntegerField(
-        initial=DEFAULTS["min_clients"], help_text="Clients that must be connected before a round starts."
-    )
-    round_timeout = forms.FloatField(
-        initial=DEFAULTS["round_timeout"], help_text="Seconds to wait for a round's replies."
-    )
-    strategy = forms.ChoiceField(choices=[(s, s) for s in STRATEGIES], initial=DEFAULTS["strategy"])
-    strategy_params = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}),
-        required=False,
-        help_text="One `key = value` a line, keys of the app's config, e.g. proximal-mu = 0.1",
+        initial=DEFAULTS["min_clients"],
+        help_text="Clients to wait for before the ServerApp starts (also the app's min-available-nodes when it "
+        "declares one).",
     )
     num_selectors = forms.IntegerField(initial=DEFAULTS["num_selectors"], help_text="Selectors (1–8).")
-    app_config = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4}),
+    reply_policy = forms.ChoiceField(
+        choices=[
+            ("", "the app's kind decides: strict for built-in apps, flower for uploaded ones"),
+            ("flower", "flower: the ServerApp gets every reply Flower's runtime would deliver"),
+            ("strict", "strict: the platform's checks too (the model's arrays, finite values, a weight)"),
+        ],
         required=False,
-        help_text="Other overrides of the app's [tool.flwr.app.config], one `key = value` a line.",
+        help_text="Default: strict for the built-in apps, flower for uploaded ones.",
     )
+
+    def __init__(self, *args: Any, app_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.declared = dict(app_config) if app_config is not None else None
+        self.app_keys: list[str] = []
+        given = self.initial.get("app_config")
+        overrides = dict(given) if isinstance(given, Mapping) else {}
+        if self.declared is None:
+            self._add_free_form()
+            if isinstance(given, Mapping):
+                self.initial["app_config"] = format_assignments(overrides)
+            return
+        for key, default in self.declared.items():
+            if key in _SET_BY_PLATFORM:
+                continue
+            name = _NAMED.get(key, APP_FIELD + key)
+            field = self.fields[name] = _app_field(key, default)
+            if name.startswith(APP_FIELD):
+                self.app_keys.append(key)
+                field.initial = overrides.get(key, default)
+            else:
+                field.initial = self.initial.get(name, default)
+
+    def _add_free_form(self) -> None:
+        self.fields["rounds"] = forms.IntegerField(
+            initial=DEFAULTS["rounds"], help_text="Training rounds (the app's num-server-rounds)."
+        )
+        self.fields["clients_per_round"] = forms.IntegerField(
+            initial=DEFAULTS["clients_per_round"],
+            min_value=0,
+            help_text="Clients sampled each round (the app's clients-per-round); 0 = every connected client.",
+        )
+        self.fields["strategy"] = forms.ChoiceField(
+            choices=[(s, s) for s in STRATEGIES], initial=DEFAULTS["strategy"], help_text="The app's strategy."
+        )
+        self.fields["app_config"] = forms.CharField(
+            widget=forms.Textarea(attrs={"rows": 4}),
+            required=False,
+            label="Overrides of the app's config",
+            help_text="One `key = value` a line, keys of the app's [tool.flwr.app.config]. After saving, this "
+            "form shows each key of the app with its default. Settings above that the app does not declare "
+            "are refused unless left at their defaults.",
+        )
+
+    @property
+    def platform_fields(self) -> list[Any]:
+        return [self[name] for name in PLATFORM_FIELDS]
+
+    @property
+    def app_fields(self) -> list[Any]:
+        return [self[name] for name in self.fields if name not in PLATFORM_FIELDS]
+
+    def _value(self, name: str) -> Any:
+        """The cleaned value, or what the form showed when the input was not posted at all."""
+        if self.add_prefix(name) not in self.data and not isinstance(self.fields[name], forms.BooleanField):
+            return self.get_initial_for_field(self.fields[name], name)
+        value = self.cleaned_data.get(name)
+        if value is None or (value == "" and isinstance(self.fields[name], forms.ChoiceField)):
+            # An emptied number or choice: what the form showed.
+            return self.get_initial_for_field(self.fields[name], name)
+        return value
 
     def document(self) -> dict[str, Any]:
         """The run config document (not yet checked against the app)."""
         data = self.cleaned_data
         timeout = data["round_timeout"]
-        return {
-            "rounds": data["rounds"],
-            "clients_per_round": data["clients_per_round"],
+        doc: dict[str, Any] = {
             "min_clients": data["min_clients"],
             "round_timeout": int(timeout) if timeout is not None and float(timeout).is_integer() else timeout,
-            "strategy": data["strategy"],
-            "strategy_params": parse_assignments(data.get("strategy_params") or "", field="strategy_params"),
             "num_selectors": data["num_selectors"],
-            "app_config": parse_assignments(data.get("app_config") or "", field="app_config"),
         }
+        if data.get("reply_policy"):
+            doc["reply_policy"] = data["reply_policy"]
+        for name in ("rounds", "clients_per_round", "strategy"):
+            if name in self.fields:
+                doc[name] = self._value(name)
+        if self.declared is None:
+            doc["app_config"] = parse_assignments(data.get("app_config") or "", field="app_config")
+            return doc
+        overrides: dict[str, Any] = {}
+        for key in self.app_keys:
+            name = APP_FIELD + key
+            posted_empty = self.add_prefix(name) in self.data and self.cleaned_data.get(name) is None
+            value = self.declared[key] if posted_empty else self._value(name)  # emptied: the app's default
+            if value != self.declared[key]:
+                overrides[key] = value
+        doc["app_config"] = overrides
+        return doc
 
     @staticmethod
     def initial_from(config: Mapping[str, Any]) -> dict[str, Any]:
         initial = {k: v for k, v in config.items() if k not in ("strategy_params", "app_config")}
-        initial["strategy_params"] = format_assignments(config.get("strategy_params") or {})
-        initial["app_config"] = format_assignments(config.get("app_config") or {})
+        initial["app_config"] = {**(config.get("strategy_params") or {}), **(config.get("app_config") or {})}
         return initial
+
+
+def _app_field(key: str, default: Any) -> forms.Field:
+    """An input for one key of the app's config, typed like its default (Flower's UserConfig types)."""
+    label = key
+    shown = "true" if default is True else "false" if default is False else repr(default)
+    help_text = f"The app's default: {shown}."
+    if key == "num-server-rounds":
+        return forms.IntegerField(label=label, required=False, help_text=help_text + " Training rounds.")
+    if key == "strategy":
+        choices = [(s, s) for s in STRATEGIES]
+        return forms.ChoiceField(label=label, required=False, choices=choices, help_text=help_text)
+    if key == "clients-per-round":
+        return forms.IntegerField(
+            label=label,
+            required=False,
+            min_value=0,
+            help_text=help_text + " 0 = every connected client trains each round.",
+        )
+    if isinstance(default, bool):
+        return forms.BooleanField(label=label, required=False, help_text=help_text)
+    if isinstance(default, int):
+        return forms.IntegerField(label=label, required=False, help_text=help_text)
+    if isinstance(default, float):
+        return forms.FloatField(label=label, required=False, help_text=help_text)
+    return forms.CharField(label=label, required=False, strip=False, empty_value="", help_text=help_text)
 
 
 class ContractForm(forms.Form):
@@ -280,7 +389,14 @@ class ProblemEditor:
         if contract_json is not None:
             ct_initial["contract_json"] = contract_json
         self.problem_form = ProblemForm(data, files, editing=editing, initial=problem_initial, prefix="p")
-        self.run_config_form = RunConfigForm(data, initial=rc_initial, prefix="rc")
+        app_config: dict[str, Any] | None = None
+        if problem is not None:
+            try:
+                app_config = fabs.app_summary(problem).default_config
+            except ApplicationError:
+                # A damaged app: the overrides are typed as lines, and saving needs a working app anyway.
+                self.notes.append("The problem's app cannot be read, so its settings are shown as text.")
+        self.run_config_form = RunConfigForm(data, initial=rc_initial, prefix="rc", app_config=app_config)
         self.contract_form = ContractForm(data, files, initial=ct_initial, prefix="ct")
         self.field_rows = FieldRowFormSet(data, initial=rows or None, prefix="fields")
         self.array_rows = ArrayRowFormSet(data, initial=arrays or None, prefix="arrays")

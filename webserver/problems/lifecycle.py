@@ -188,7 +188,7 @@ def build_run_spec(
             "the stored app of this run no longer matches the SHA-256 it was started with; start a new run"
         )
     doc = dict(run.config or {})
-    launch = validate_run_config(doc, app.default_config)
+    launch = validate_run_config(doc, app.default_config, builtin=bool(problem.app_template))
     num_selectors = int(launch["num_selectors"])
     # Fresh server certificates from the problem's CA: the selectors' for the host clients
     # dial, the coordinator's for the names its selectors dial.
@@ -205,6 +205,7 @@ def build_run_spec(
         num_selectors=num_selectors,
         round_timeout=float(launch["round_timeout"]),
         min_clients=int(launch["min_clients"]),
+        reply_policy=str(launch["reply_policy"]),
         report_url=f"{settings.FEDOTA_INTERNAL_URL}/internal/v1/runs/{run.pk}/",
         service_token=service_token,
         selector_token=selector_token,

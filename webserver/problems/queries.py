@@ -44,3 +44,11 @@ def problem_runs(*, problem: Problem) -> QuerySet[Run]:
 def problem_active_run(*, problem: Problem) -> Run | None:
     """The run that is queued, starting, running or stopping, if there is one."""
     return problem.runs.filter(status__in=ACTIVE_RUN_STATUSES).order_by("-number").first()
+
+
+def problem_reply_policy(problem: Problem) -> str:
+    """How the problem's runs judge replies: `flower` or `strict` (by kind of app when not chosen)."""
+    from webserver.problems.runconfig import REPLY_POLICIES, default_reply_policy
+
+    chosen = (problem.run_config or {}).get("reply_policy")
+    return chosen if chosen in REPLY_POLICIES else default_reply_policy(builtin=bool(problem.app_template))

@@ -1,9 +1,14 @@
 """A problem's run config: the platform's run settings as one validated document.
 
-The document is what the problem setter chooses (rounds, clients per round, strategy,
-...); `app_overrides` turns it into the overrides of the Flower app's own
-`[tool.flwr.app.config]`, which is what the coordinator and clients run with.
-Every problem is reported at once, each under the name of the setting at fault.
+The document is what the problem setter chooses: the platform's own settings (round
+timeout, clients to wait for, selectors, reply policy) and overrides of the Flower app's
+`[tool.flwr.app.config]` (`app_config`, plus `rounds`, `strategy` and
+`clients_per_round`, which name the app's `num-server-rounds`, `strategy` and
+`clients-per-round`). `app_overrides` turns it into the overrides the coordinator and
+clients run with. Nothing is silently ignored: a setting that names a key the app does
+not declare is refused (naming the keys it declares) unless it is left at its default,
+and then it is left out. Every problem is reported at once, each under the name of the
+setting at fault.
 """
 
 from __future__ import annotations
@@ -39,11 +44,27 @@ DEFAULTS: dict[str, Any] = {
     "strategy_params": {},
     "num_selectors": 2,
     "app_config": {},
+    # Filled in by kind of app (`default_reply_policy`).
+    "reply_policy": "",
 }
+
+# How replies are judged (fedota_common/replies.py): `flower` delivers to the ServerApp
+# every reply Flower's runtime would; `strict` adds the platform's value checks.
+REPLY_POLICIES = ("flower", "strict")
+
+
+def default_reply_policy(*, builtin: bool) -> str:
+    """`strict` for the built-in apps (written for it), `flower` for uploaded ones (as Flower would run them)."""
+    return "strict" if builtin else "flower"
+
 
 MAX_ROUNDS = 10_000
 MAX_ROUND_TIMEOUT = 86_400
 MAX_SELECTORS = 8
+
+# Settings that mean something only through the app key they set: an app without the
+# key cannot take them.
+APP_ONLY = ("rounds", "strategy", "clients_per_round")
 
 # Platform setting -> the app config key it sets (when the app declares that key).
 APP_KEYS = {
@@ -95,8 +116,13 @@ def _fits(default: Any, value: Any) -> bool:
     return isinstance(value, str)
 
 
-def validate_run_config(doc: Mapping[str, Any] | None, app_default_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The normalised run config (defaults filled in), or RunConfigError listing every problem."""
+def validate_run_config(
+    doc: Mapping[str, Any] | None, app_default_config: Mapping[str, Any], *, builtin: bool = False
+) -> dict[str, Any]:
+    """The normalised run config (defaults filled in), or RunConfigError listing every problem.
+
+    `builtin`: the app is one of the platform's (its reply policy defaults to `strict`).
+    """
     errors: dict[str, list[str]] = {}
 
     def fail(field: str, message: str) -> None:
@@ -146,6 +172,26 @@ def validate_run_config(doc: Mapping[str, Any] | None, app_default_config: Mappi
         strategy = DEFAULTS["strategy"]
     out["strategy"] = by_lower[strategy.strip().lower()]
 
+    policy = doc.get("reply_policy") or default_reply_policy(builtin=builtin)
+    if policy not in REPLY_POLICIES:
+        fail("reply_policy", f"reply_policy must be one of {', '.join(REPLY_POLICIES)}; got {policy!r}")
+        policy = default_reply_policy(builtin=builtin)
+    out["reply_policy"] = policy
+
+    declared = ", ".join(sorted(app_default_config)) or "(none)"
+    for setting in APP_ONLY:
+        key = APP_KEYS[setting]
+        if key in app_default_config:
+            continue
+        if setting in doc and setting not in errors and out[setting] != DEFAULTS[setting]:
+            fail(
+                setting,
+                f"{setting} sets the app's {key!r}, which this app does not declare in [tool.flwr.app.config]; "
+                f"the app accepts: {declared}",
+            )
+        # Left at its default it is simply not offered: the app has no such setting.
+        out.pop(setting, None)
+
     platform_keys = {APP_KEYS[k] for k in APP_KEYS}
     accepted = ", ".join(sorted(app_default_config)) or "(none)"
     for field in ("strategy_params", "app_config"):
@@ -185,7 +231,7 @@ def app_overrides(doc: Mapping[str, Any] | None, app_default_config: Mapping[str
     config = validate_run_config(doc, app_default_config)
     overrides: dict[str, Scalar] = {}
     for setting, key in APP_KEYS.items():
-        if key not in app_default_config:
+        if key not in app_default_config or setting not in config:
             continue
         value = config[setting]
         default = app_default_config[key]

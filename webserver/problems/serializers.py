@@ -32,6 +32,10 @@ class ProblemSerializer(serializers.ModelSerializer):
     description_html = serializers.SerializerMethodField(
         help_text="`description` (Markdown, as written) rendered to HTML and sanitised: safe to embed."
     )
+    app_config = serializers.SerializerMethodField(
+        help_text="The app's own [tool.flwr.app.config]: each key with its default (its type is the default's). "
+        "`run_config.app_config` overrides these; a key not listed is refused."
+    )
 
     class Meta:
         model = Problem
@@ -48,12 +52,23 @@ class ProblemSerializer(serializers.ModelSerializer):
             "fab_sha256",
             "app_version",
             "run_config",
+            "app_config",
+            "num_partitions",
             "join_policy",
             "active_run",
             "created_at",
             "updated_at",
         ]
         read_only_fields = fields
+
+    def get_app_config(self, problem: Problem) -> dict[str, bool | int | float | str]:
+        from webserver.errors import ApplicationError
+        from webserver.problems.fabs import app_summary
+
+        try:
+            return dict(app_summary(problem).default_config)
+        except ApplicationError:
+            return {}  # a damaged app: the problem page says why
 
     def get_description_html(self, problem: Problem) -> str:
         return _description_html(problem.description)
@@ -81,7 +96,11 @@ class ProblemWriteSerializer(serializers.Serializer):
     fab = serializers.FileField(required=False, help_text="A FAB made with `flwr build` (multipart upload).")
     run_config = JSONTextField(
         required=False,
-        help_text="rounds, clients_per_round, min_clients, round_timeout, strategy, strategy_params, num_selectors, app_config.",
+        help_text="The platform's settings (round_timeout, min_clients, num_selectors, reply_policy: flower or "
+        "strict, by default strict for built-in apps and flower for uploaded ones) and overrides of the app's "
+        "config: app_config (and strategy_params) keyed as the app declares them, plus rounds, strategy and "
+        "clients_per_round for its num-server-rounds, strategy and clients-per-round. A setting naming a key the "
+        "app does not declare is refused, naming the keys it does.",
     )
     join_policy = serializers.ChoiceField(choices=JoinPolicy.choices, required=False, default=JoinPolicy.APPROVAL)
 

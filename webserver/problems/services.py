@@ -148,7 +148,9 @@ def problem_create(
     description = _check_description(description)
     contract = validate_contract(_check_no_nul(contract, field="contract"))
     app, template, name = _resolve_app(app_template=app_template, fab_bytes=fab_bytes, fab_name=fab_name)
-    config = validate_run_config(_check_no_nul(run_config, field="run_config"), app.default_config)
+    config = validate_run_config(
+        _check_no_nul(run_config, field="run_config"), app.default_config, builtin=bool(template)
+    )
     problem = Problem(
         owner=owner,
         title=title,
@@ -192,6 +194,7 @@ def problem_update(*, problem: Problem, user: Any, **changes: Any) -> Problem:
         problem.join_policy = _check_join_policy(changes["join_policy"])
 
     new_app: App | None = None
+    was_builtin = bool(problem.app_template)
     if changes.get("app_template") or changes.get("fab_bytes") is not None:
         new_app, template, name = _resolve_app(
             app_template=changes.get("app_template"),
@@ -204,7 +207,10 @@ def problem_update(*, problem: Problem, user: Any, **changes: Any) -> Problem:
     app_config = new_app.default_config if new_app is not None else problem_app(problem).default_config
     if "run_config" in changes or new_app is not None:
         run_config = _check_no_nul(changes.get("run_config", problem.run_config), field="run_config")
-        problem.run_config = validate_run_config(run_config, app_config)
+        if "run_config" not in changes and was_builtin != bool(problem.app_template):
+            # Another kind of app: its own default reply policy, unless the setter says otherwise.
+            run_config = {k: v for k, v in (run_config or {}).items() if k != "reply_policy"}
+        problem.run_config = validate_run_config(run_config, app_config, builtin=bool(problem.app_template))
     if new_app is not None and problem.state != ProblemState.DRAFT:
         # Join bundles pin the app version: participants must fetch new ones.
         problem.app_version += 1
@@ -218,7 +224,7 @@ def _check_complete(problem: Problem) -> None:
     app = problem_app(problem)
     if app.sha256 != problem.fab_sha256:
         raise ApplicationError("the stored FAB does not match its recorded hash; upload the app again", field="fab")
-    validate_run_config(problem.run_config, app.default_config)
+    validate_run_config(problem.run_config, app.default_config, builtin=bool(problem.app_template))
 
 
 @transaction.atomic

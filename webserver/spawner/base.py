@@ -49,6 +49,8 @@ class RunSpec:
     coordinator_tls_key_pem: str = field(default="", repr=False)
     ca_cert_pem: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The coordinator's reply policy (`flower` | `strict`); "": its own default (`auto`).
+    reply_policy: str = ""
 
     def __post_init__(self) -> None:
         pems = (

@@ -338,6 +338,7 @@ class DockerSpawner:
             "FEDOTA_ROUND_TIMEOUT": str(spec.round_timeout),
             "FEDOTA_SELECTOR_TOKEN": spec.selector_token,
             "FEDOTA_WAIT_FOR_NODES": str(spec.min_clients),
+            **({"FEDOTA_REPLY_POLICY": spec.reply_policy} if spec.reply_policy else {}),
             "FEDOTA_REPORT_URL": container_url(spec.report_url),
             "FEDOTA_REPORT_TOKEN": spec.service_token,
             **spec.coordinator_tls_env(),

@@ -166,6 +166,7 @@ class ProcessSpawner:
             f"--run-config={json.dumps(spec.run_config)}",
             f"--round-timeout={spec.round_timeout}",
             f"--wait-for-nodes={spec.min_clients}",
+            *([f"--reply-policy={spec.reply_policy}"] if spec.reply_policy else []),
         ]
         coord = self._spawn(
             coord_cmd, {**env, **spec.coordinator_tls_env()}, logs / "coordinator.log", run_dir / "coordinator.exit"
