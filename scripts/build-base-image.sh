@@ -67,6 +67,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# python3-venv brings what `python3 -m venv` needs (pip's wheel for ensurepip); the
+# images never use Debian's own pip, and leaving python3-pip out spares the slowest part
+# of a build under emulation (byte-compiling pip and setuptools through QEMU).
+packages=python3,python3-venv,ca-certificates
 arch_args=()
 if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
   # The foreign packages' maintainer scripts run in the chroot through binfmt + QEMU.
@@ -81,7 +85,7 @@ rootfs="$work/rootfs"
 
 log "debootstrap bookworm ($ARCH) into $rootfs (about a minute; several under emulation)"
 debootstrap --variant=minbase "${arch_args[@]}" \
-  --include=python3,python3-venv,python3-pip,ca-certificates \
+  --include="$packages" \
   bookworm "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 || {
   tail -n 30 "$work/debootstrap.log" >&2
   exit 1

@@ -22,7 +22,8 @@
 # under QEMU user emulation (scripts/arm64-emulation.sh registers it with the kernel,
 # installing Debian's qemu-user-static and binfmt-support if needed) from
 # fedota/base:bookworm-arm64 (ARCH=arm64 scripts/build-base-image.sh),
-# build/wheelhouse-arm64 and requirements/client-arm64.txt. It is not in the default
+# build/wheelhouse-arm64 and requirements/client-arm64.txt (unpacked on this machine into
+# build/arm64-site, see build-wheelhouse.sh). It is not in the default
 # list: it changes the host (binfmt handlers) and takes several minutes the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,7 +89,7 @@ for name in "${images[@]}"; do
   if [ "${ARCH_OF[$name]:-}" = arm64 ]; then
     # The classic builder runs the RUN steps of an arm64 base through binfmt + QEMU, and
     # the image inherits the base's architecture.
-    arch_args=(--platform linux/arm64 --build-arg WHEELS=build/wheelhouse-arm64 --build-arg "LOCK=${LOCK_OF[$name]}")
+    arch_args=(--platform linux/arm64 --build-arg WHEELS=build/arm64-site --build-arg "LOCK=${LOCK_OF[$name]}")
     image_base=$base_arm64
   fi
   echo "== building $(ref_of "$name") (${DOCKERFILES[$name]}, network $network${arch_args:+, linux/arm64 under emulation})" >&2

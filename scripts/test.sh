@@ -83,8 +83,10 @@ fi
 # instead (FEDOTA_REQUIRE_DOCKER=1 turns every such skip into a failure).
 images() {
   mkdir -p build
-  if bash scripts/build-images.sh >build/images.log 2>&1; then
-    tail -n 8 build/images.log
+  # The default images, then the client for ARM data holders (under QEMU emulation).
+  if bash scripts/build-images.sh >build/images.log 2>&1 &&
+    bash scripts/build-images.sh client-arm64 >>build/images.log 2>&1; then
+    grep -A 20 '^IMAGE' build/images.log
     return 0
   fi
   tail -n 40 build/images.log >&2
