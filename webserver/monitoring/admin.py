@@ -27,6 +27,8 @@ class RoundRecordAdmin(_ReadOnly):
         "train_loss",
         "eval_loss",
         "eval_acc",
+        "results",
+        "no_results",
         "rejected",
         "seconds",
         "finished_at",

@@ -32,8 +32,20 @@ class RoundSerializer(serializers.Serializer[Any]):
     finished_at = serializers.DateTimeField(allow_null=True)
     rejected = serializers.IntegerField(
         min_value=0,
-        help_text="client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, …)",
+        help_text="client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, …) "
+        "or, under the strict reply policy, as breaking the platform's rules",
     )
+    rejected_reasons = serializers.DictField(
+        child=serializers.IntegerField(min_value=1),
+        help_text="why replies were rejected: reason -> how many, most common first (at most 10 reasons; "
+        "empty when none were rejected or the coordinator predates reasons)",
+    )
+    results = serializers.IntegerField(
+        min_value=0,
+        allow_null=True,
+        help_text="replies delivered to the ServerApp with content; null when the coordinator did not say",
+    )
+    no_results = serializers.BooleanField(help_text="replies were asked for and not one was accepted")
     metrics = serializers.JSONField()
     downloads = serializers.DictField(child=serializers.CharField(allow_null=True))
 
@@ -74,7 +86,10 @@ class ProblemDashboardApi(APIView):
         description="Everything the dashboard shows: the run, its services and clients, rounds with model "
         "downloads, participants with their last contribution, and the last 50 log lines. `rejected` counts "
         "the client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, …) over "
-        "the whole run: `replies`, and the `rounds` they were in; each round has its own `rejected`. `since` "
+        "the whole run: `replies`, and the `rounds` they were in; each round has its own `rejected`, "
+        "`rejected_reasons` (reason -> count), `results` and `no_results` (true when not one reply was accepted). "
+        "`run.reply_policy` is the reply policy in force: `name` (flower or strict) and `reported` (false until "
+        "the coordinator confirms it; the name is then the run's configured one). `since` "
         "in the response echoes the parameter (null when every round is included).",
     )
     def get(self, request: Request, problem_id: int) -> Response:

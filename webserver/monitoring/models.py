@@ -18,6 +18,12 @@ class RoundRecord(models.Model):
     metrics = models.JSONField(default=dict)
     # Client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, ...).
     rejected = models.PositiveIntegerField(default=0)
+    # Why, as the coordinator reported it: reason text -> count (its 10 most common reasons).
+    rejected_reasons = models.JSONField(default=dict, blank=True)
+    # Replies delivered to the ServerApp with content; None when an older coordinator did not say.
+    results = models.PositiveIntegerField(null=True, blank=True)
+    # Replies were asked for and none was accepted.
+    no_results = models.BooleanField(default=False)
     seconds = models.FloatField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -27,6 +33,14 @@ class RoundRecord(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "number"], name="round_unique")]
         # The dashboard sums a run's rejected replies on every poll: only rounds that had any are read.
         indexes = [models.Index(fields=["run"], name="round_rejected", condition=models.Q(rejected__gt=0))]
+
+
+class RunReport(models.Model):
+    """What the coordinator said about the run as a whole (rounds and log lines have their own rows)."""
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, primary_key=True, related_name="report")
+    # The reply policy the coordinator applies (flower | strict); "" until a coordinator says.
+    reply_policy = models.CharField(max_length=16, blank=True)
 
 
 class Checkpoint(models.Model):

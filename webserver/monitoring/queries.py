@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from webserver import permissions
 from webserver.errors import NotAllowed
-from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord
+from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord, RunReport
 from webserver.participation.models import Contribution, Participant, ParticipantStatus
 from webserver.problems.models import Problem, Run, ServiceHealth, ServiceRole
 from webserver.problems.queries import problem_get_visible
@@ -118,6 +118,10 @@ def round_json(record: RoundRecord, downloads: dict[int, dict[str, str | None]])
         "seconds": record.seconds,
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "rejected": record.rejected,
+        # Reason -> count, most common first; the coordinator sends at most 10 reasons.
+        "rejected_reasons": dict(sorted((record.rejected_reasons or {}).items(), key=lambda kv: (-kv[1], kv[0]))),
+        "results": record.results,
+        "no_results": record.no_results,
         "metrics": record.metrics,
         "downloads": links,
     }
@@ -182,6 +186,19 @@ def run_participants(*, run: Run) -> list[dict[str, Any]]:
     return sorted(sites.values(), key=lambda r: (-(r["last_round"] or 0), r["site"].lower()))
 
 
+def run_reply_policy(*, run: Run) -> dict[str, Any]:
+    """The reply policy in force: as the coordinator reported it, else as the run was configured.
+
+    `reported` is False for a run whose coordinator has not said (not started yet, or older
+    than the reply policy); the policy shown is then the one the website asked for, if any.
+    """
+    reported = RunReport.objects.filter(run=run).values_list("reply_policy", flat=True).first()
+    if reported:
+        return {"name": reported, "reported": True}
+    configured = (run.config or {}).get("reply_policy")
+    return {"name": configured if isinstance(configured, str) else "", "reported": False}
+
+
 def run_json(run: Run) -> dict[str, Any]:
     return {
         "id": run.pk,
@@ -194,6 +211,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "total_rounds": run.total_rounds,
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "reply_policy": run_reply_policy(run=run),
         "metrics_csv": reverse("metrics-csv", kwargs={"run_id": run.pk}),
     }
 

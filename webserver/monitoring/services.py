@@ -25,7 +25,7 @@ from django.utils import timezone
 from rest_framework import status
 
 from webserver.errors import ApplicationError
-from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord
+from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord, RunReport
 from webserver.participation.models import Contribution, Participant
 from webserver.problems.models import ACTIVE_RUN_STATUSES, Run, RunStatus, Service, ServiceRole
 
@@ -38,6 +38,10 @@ MAX_NODE_ID = (1 << 63) - 1
 # 9999-12-31 23:59:59 UTC, the last moment a datetime holds.
 LAST_TIMESTAMP = 253_402_300_799.0
 _SELECTOR_INDEX = re.compile(r"-s(\d+)$")
+REPLY_POLICIES = ("flower", "strict")
+# What the coordinator sends (coordinator/rounds.py): its 10 most common reasons, each cut to 300 characters.
+MAX_REASONS = 10
+MAX_REASON_LENGTH = 300
 
 
 class TooLarge(ApplicationError):
@@ -133,6 +137,35 @@ class _Field:
             raise self.fail(name, f"must be a whole number ≤ {maximum}")
         return value
 
+    def flag(self, name: str) -> bool | None:
+        value = self.event.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            raise self.fail(name, "must be true or false")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, max_length=100)
+        if value and value not in choices:
+            raise self.fail(name, f"must be one of {', '.join(choices)}")
+        return value
+
+    def reasons(self, name: str) -> dict[str, int]:
+        """Reason text -> how many replies it refused, bounded like the coordinator bounds it."""
+        value = self.mapping(name)
+        if len(value) > MAX_REASONS:
+            raise self.fail(name, f"must hold at most {MAX_REASONS} reasons")
+        out: dict[str, int] = {}
+        for reason, count in value.items():
+            # PostgreSQL's jsonb cannot hold NUL, so it is refused here rather than by the database.
+            if not reason or len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
+                raise self.fail(name, f"a reason must be 1 to {MAX_REASON_LENGTH} characters, without NUL")
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+                raise self.fail(f"{name}.{reason}", f"must be a whole number from 1 to {MAX_COUNT}")
+            out[reason] = count
+        return out
+
     def mapping(self, name: str) -> dict[str, Any]:
         value = self.event.get(name)
         if value is None:
@@ -216,6 +249,10 @@ def _run_started(run: Run, f: _Field) -> None:
     total = f.whole("total_rounds")
     f.text("app", max_length=200)
     f.text("fab_sha256", max_length=64)
+    # Absent from coordinators older than the reply policy: the last policy reported stands.
+    policy = f.choice("reply_policy", REPLY_POLICIES)
+    if policy:
+        RunReport.objects.update_or_create(run=run, defaults={"reply_policy": policy})
     locked = _locked(run)
     fields = []
     if total is not None and total != locked.total_rounds:
@@ -241,6 +278,16 @@ def _round_finished(run: Run, f: _Field) -> None:
     failures = f.whole("failures")
     # Absent from coordinators older than the count: none known, so 0.
     rejected = f.whole("rejected")
+    # Absent from coordinators older than the reply policy: no reasons, results unknown.
+    reasons = f.reasons("rejected_reasons")
+    results = f.whole("results")
+    no_results = f.flag("no_results")
+    if sum(reasons.values()) > (rejected or 0):
+        raise f.fail(
+            "rejected_reasons", f"counts {sum(reasons.values())} rejections, more than rejected ({rejected or 0})"
+        )
+    if no_results and results:
+        raise f.fail("no_results", f"cannot be true when results is {results}")
     values = {
         "phase": "done",
         "clients": len(trainers),
@@ -249,6 +296,9 @@ def _round_finished(run: Run, f: _Field) -> None:
         "eval_acc": f.number("eval_acc"),
         "metrics": {"train": train, "evaluate": evaluate, "failures": failures or 0},
         "rejected": rejected or 0,
+        "rejected_reasons": reasons,
+        "results": results,
+        "no_results": bool(no_results),
         "seconds": seconds,
         "started_at": started,
         "finished_at": finished,

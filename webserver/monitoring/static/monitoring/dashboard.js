@@ -26,6 +26,13 @@
   const RECHECK = 2; // rounds always asked for again
   const MODEL_WINDOW = 10; // how far back a round without a model yet is asked for again
   const REJECTED_WHY = "Client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, …)";
+  const NO_RESULTS_WHY = "Replies were asked for and not one was accepted: this round added nothing to the model.";
+  const COLUMNS = 9;
+  const POLICY_WHY = {
+    strict: "the platform's checks on top of Flower's: replies with arrays unlike the model's, NaN or Inf, " +
+      "or no weight from 1 to 10^12 are rejected",
+    flower: "the ServerApp gets every reply Flower's runtime would deliver",
+  };
 
   const state = {
     run: root.dataset.run || "",
@@ -102,6 +109,15 @@
     }
     const parts = [line];
     if (run.status_detail) parts.push(node("p", run.status_detail, run.status === "failed" ? "error" : "muted"));
+    const policy = run.reply_policy || { name: "", reported: false };
+    if (policy.name) {
+      const p = node("p");
+      p.id = "reply-policy";
+      const why = (POLICY_WHY[policy.name] || "") +
+        (policy.reported ? "" : "; as configured, not yet confirmed by the coordinator");
+      p.append("Reply policy: ", node("strong", policy.name), " ", node("span", `(${why})`, "muted"));
+      parts.push(p);
+    }
     const dl = node("p");
     dl.append(link(run.metrics_csv, "Metrics as CSV"));
     if (d.final_model.pt || d.final_model.npz) {
@@ -133,25 +149,50 @@
   function renderRounds() {
     const all = state.rounds || [];
     const shown = state.showAll ? all : all.slice(-TABLE_ROWS);
-    const rows = shown.slice().reverse().map((r) => {
-      const tr = node("tr");
+    const rows = shown.slice().reverse().flatMap((r) => {
+      const tr = node("tr", null, r.no_results ? "no-results" : "");
+      tr.dataset.round = String(r.round);
       cell(tr, r.round);
       cell(tr, r.clients);
+      const results = node("td");
+      if (r.no_results) {
+        const flag = node("span", "no results", "badge rejected");
+        flag.title = NO_RESULTS_WHY;
+        results.append(flag);
+      } else {
+        results.append(r.results === null || r.results === undefined ? "–" : String(r.results));
+      }
+      tr.appendChild(results);
       cell(tr, fmt(r.train_loss, 4));
       cell(tr, fmt(r.eval_loss, 4));
       cell(tr, fmt(r.eval_acc, 4));
       cell(tr, fmt(r.seconds, 1));
+      const reasons = reasonLines(r);
       cell(tr, r.rejected, r.rejected ? "rejected" : "muted");
-      if (r.rejected) tr.lastChild.title = `${REJECTED_WHY}; see the coordinator log.`;
+      if (r.rejected) tr.lastChild.title = reasons.length ? reasons.join("\n") : `${REJECTED_WHY}; see the coordinator log.`;
       const td = node("td");
       if (r.downloads.pt) td.append(link(r.downloads.pt, ".pt"));
       if (r.downloads.pt && r.downloads.npz) td.append(" · ");
       if (r.downloads.npz) td.append(link(r.downloads.npz, ".npz"));
       if (!r.downloads.pt && !r.downloads.npz) td.append(node("span", "–", "muted"));
       tr.appendChild(td);
-      return tr;
+      if (!reasons.length && !r.no_results) return [tr];
+      // The reasons in full under the round: a tooltip alone is out of reach on a touch screen.
+      const detail = node("tr", null, "round-detail");
+      detail.dataset.detailOf = String(r.round);
+      const dd = node("td");
+      dd.colSpan = COLUMNS;
+      if (r.no_results) dd.append(node("p", `Round ${r.round}: no results. ${NO_RESULTS_WHY}`, "error"));
+      if (reasons.length) {
+        dd.append(node("span", `Rejected in round ${r.round}:`, "muted"));
+        const list = node("ul", null, "reasons");
+        for (const line of reasons) list.append(node("li", line));
+        dd.append(list);
+      }
+      detail.appendChild(dd);
+      return [tr, detail];
     });
-    fill($("rounds-body"), rows, 8, "No round has finished yet.");
+    fill($("rounds-body"), rows, COLUMNS, "No round has finished yet.");
     const more = $("rounds-more");
     more.hidden = all.length <= TABLE_ROWS;
     if (more.hidden) return;
@@ -161,6 +202,15 @@
       : `The latest ${TABLE_ROWS} of ${all.length} rounds shown (the CSV has every round).`;
     toggle.textContent = state.showAll ? `Show the latest ${TABLE_ROWS} only` : `Show all ${all.length} rounds`;
     toggle.setAttribute("aria-expanded", String(state.showAll));
+  }
+
+  // "reason ×count", most common first, and what the coordinator left out (it sends its 10 most common reasons).
+  function reasonLines(r) {
+    const entries = Object.entries(r.rejected_reasons || {}).sort((a, b) => b[1] - a[1]);
+    const lines = entries.map(([reason, n]) => `${reason} ×${n}`);
+    const listed = entries.reduce((sum, [, n]) => sum + n, 0);
+    if (lines.length && r.rejected > listed) lines.push(`other reasons ×${r.rejected - listed}`);
+    return lines;
   }
 
   $("rounds-toggle").addEventListener("click", () => {
