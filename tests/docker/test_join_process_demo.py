@@ -38,9 +38,8 @@ def process_platform(
 
             # The platform's own stop for whatever still runs (the reconciler may not have got to it).
             spawner = ProcessSpawner(tmp / "var" / "problems")
-            for folder in (tmp / "var" / "problems").glob("*"):
-                if folder.name.isdigit():
-                    spawner.stop(int(folder.name))
+            for problem_id in spawner.problems():
+                spawner.stop(problem_id)
 
 
 def test_the_shown_line_joins_selectors_running_as_processes(process_platform: Platform, tmp_path: Path) -> None:
