@@ -7,10 +7,15 @@ several threads, must all open the same database.
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 _DB_DIR: list[str] = []
 
@@ -36,3 +41,34 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     for folder in _DB_DIR:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright; missing Chromium fails, never skips.
+
+    The flags keep it off the network (this machine's closed network refuses its
+    background connections) and runnable as root.
+    """
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM
+    # calls are still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    assert os.path.exists(CHROMIUM), "Chromium is missing: apt-get install chromium (scripts/system-deps.sh does)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
+        yield b
+        b.close()

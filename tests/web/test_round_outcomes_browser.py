@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +20,6 @@ from django.test import Client
 from webserver.problems.models import Run
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "round-outcomes-browser-token"
 NAN = "arrays hold NaN or Inf"
 DTYPE = "array 0 is float64, the model's is int64"
@@ -31,16 +28,10 @@ pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture
-def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Chromium is missing: apt-get install chromium (scripts/system-deps.sh does)")
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        context = browser.new_context(viewport={"width": 1280, "height": 1100})
-        yield context
-        browser.close()
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    yield context
+    context.close()
 
 
 def _event(kind: str, **data: Any) -> dict[str, Any]:
