@@ -8,11 +8,12 @@ address tried, what failed there, and what to check.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+
+from fedota_common.hosts import is_loopback
 
 REFUSED = "connection refused"
 TIMED_OUT = "timed out"
@@ -53,15 +54,6 @@ def _host(target: str) -> str:
     return host.strip("[]")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass
 class Attempts:
     """The last failure at each selector address, for the data holder's error message."""
@@ -91,7 +83,7 @@ class Attempts:
         kinds = {kind for kind, _ in self.failures.values()}
         hosts = {_host(t) for t in self.targets}
         hints: list[str] = []
-        if any(_loopback(h) for h in hosts) and in_container():
+        if any(is_loopback(h) for h in hosts) and in_container():
             hints.append(
                 "127.0.0.1 inside a container is the container itself, not the server: the server must announce "
                 "an address containers can reach (its operator sets FEDOTA_SELECTOR_HOST), then download a new "

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fedota_common.hosts import is_loopback
 from webserver.spawner import addresses
-from webserver.spawner.addresses import bridge_gateway, hosts_file_address, interface_ipv4, is_loopback
+from webserver.spawner.addresses import bridge_gateway, hosts_file_address, interface_ipv4
 
 
 def test_the_gateway_listed_by_ipam_wins() -> None:

@@ -5,8 +5,9 @@ client container: inside a container 127.0.0.1 is the container itself. So the a
 the join bundles carry is chosen in this order (see docs/joining.md):
 
 1. `FEDOTA_SELECTOR_HOST`, unless it is a loopback address (an operator's public name or IP);
-2. the host of `FEDOTA_PUBLIC_URL`, unless it is loopback: the name data holders already
-   reach the website at is this server's;
+2. the host of `FEDOTA_PUBLIC_URL` when `FEDOTA_SELECTOR_HOST` is unset, unless it is
+   loopback: the name data holders already reach the website at is this server's (a
+   loopback `FEDOTA_SELECTOR_HOST` means this machine only, so step 3);
 3. this machine only: the Docker host gateway (docker0's address, 172.17.0.1 by
    default), which both a client container on this host (its default route) and a
    client process on this host (a local address) reach;
@@ -33,20 +34,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fedota_common.hosts import is_loopback
+
 BRIDGE_INTERFACE = "docker0"
 HOST_GATEWAY_NAME = "host.docker.internal"
 _SIOCGIFADDR = 0x8915
-
-
-def is_loopback(host: str) -> bool:
-    """Is `host` this machine's loopback (127.0.0.0/8, ::1, localhost)?"""
-    host = host.strip().strip("[]").lower()
-    if host in ("localhost", "localhost.localdomain", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def interface_ipv4(name: str) -> str | None:
