@@ -1,7 +1,8 @@
 """Replies that must not reach an aggregate are refused with a clear reason, and cost no copy.
 
-`check_reply` is what the selector (before folding) and the coordinator (before the
-ServerApp sees a reply) run on every reply; the selector core and the coordinator's
+`check_reply` (protection, then the `strict` reply policy) is what the selector (before
+folding) and the coordinator (before the ServerApp sees a reply) run on every reply of a
+`strict` problem; the selector core and the coordinator's
 Hub and Grid are driven in memory here, the way their gRPC servicers drive them.
 """
 
