@@ -1,0 +1,1 @@
+"""Test fixture: Flower's differential-privacy building blocks, unedited."""
