@@ -1,0 +1,1 @@
+"""Test fixture: Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod), unedited."""

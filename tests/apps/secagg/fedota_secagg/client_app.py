@@ -1,0 +1,26 @@
+"""ClientApp: a NumPyClient behind Flower's secaggplus_mod."""
+
+from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Context, NDArrays, Scalar
+
+from fedota_secagg.task import eval_examples, num_examples, step
+
+
+class StepClient(NumPyClient):
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        new = [p + d for p, d in zip(parameters, step(self.partition), strict=True)]
+        return new, num_examples(self.partition), {"partition-id": self.partition}
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+        return float(self.partition + 1), eval_examples(self.partition), {}
+
+
+def client_fn(context: Context) -> Client:
+    return StepClient(int(context.node_config["partition-id"])).to_client()
+
+
+app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])

@@ -1,0 +1,64 @@
+"""ServerApp: FedAvg through Flower's DefaultWorkflow, with SecAggPlusWorkflow as its fit workflow.
+
+It writes the global model after every round (models.jsonl), each round's plaintext
+fit results (fit.jsonl) and the final model with the federated losses (final.json) into
+its working folder, which on Fedota is the coordinator's state folder.
+"""
+
+import json
+
+from flwr.common import Context, Metrics, NDArrays, Scalar, ndarrays_to_parameters
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+from fedota_secagg.task import initial_model
+
+app = ServerApp()
+
+latest: dict[str, object] = {}
+
+
+def record_model(server_round: int, parameters: NDArrays, config: dict[str, Scalar]) -> None:
+    """Centralised "evaluation": write down the global model after each round (0: the initial one)."""
+    doc = {"round": server_round, "arrays": [a.tolist() for a in parameters]}
+    latest.update(doc)
+    with open("models.jsonl", "a") as fh:
+        fh.write(json.dumps(doc) + "\n")
+
+
+def record_fit(metrics: list[tuple[int, Metrics]]) -> Metrics:
+    """Once per round: what SecAgg+ leaves in plaintext, each client's num_examples and metrics."""
+    with open("fit.jsonl", "a") as fh:
+        fh.write(json.dumps([{"examples": n, **m} for n, m in metrics]) + "\n")
+    return {}
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    clients = int(cfg["min-available-clients"])
+    strategy = FedAvg(
+        fraction_fit=float(cfg["fraction-fit"]),
+        fraction_evaluate=1.0,
+        min_fit_clients=2,
+        min_evaluate_clients=clients,
+        min_available_clients=clients,
+        initial_parameters=ndarrays_to_parameters(initial_model()),
+        evaluate_fn=record_model,
+        fit_metrics_aggregation_fn=record_fit,
+    )
+    legacy = LegacyContext(
+        context=context,
+        config=ServerConfig(num_rounds=int(cfg["num-server-rounds"])),
+        strategy=strategy,
+    )
+    workflow = DefaultWorkflow(
+        fit_workflow=SecAggPlusWorkflow(
+            num_shares=int(cfg["num-shares"]),
+            reconstruction_threshold=int(cfg["reconstruction-threshold"]),
+        )
+    )
+    workflow(grid, legacy)
+    with open("final.json", "w") as fh:
+        json.dump({"model": latest, "losses_distributed": legacy.history.losses_distributed}, fh)
