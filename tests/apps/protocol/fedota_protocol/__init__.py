@@ -1,0 +1,1 @@
+"""Test fixture: Flower's Message API driven straight on the Grid, every observation written down."""
