@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Protocol, cast
 from uuid import uuid4
 
@@ -27,6 +29,7 @@ from flwr.proto.message_pb2 import Metadata as ProtoMetadata
 from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 
+from coordinator.folding import Folding, folding_for
 from coordinator.hub import Batch, Hub, Instr, Result
 from fedota_common.aggregate import ModelSpec, model_spec
 from fedota_common.payload import (
@@ -59,7 +62,11 @@ class GridPolicy:
     round_timeout: float
     overselect: float
     min_result_fraction: float
-    aggregation: str  # "weighted-mean" | "individual"
+    # "auto": fold a round at the selectors when the ServerApp's own strategy
+    # is proven to take the weighted mean (coordinator/folding.py);
+    # "weighted-mean": fold every train and evaluate round (the built-in apps);
+    # "individual": never fold.
+    aggregation: str
     weight_key: str
     flush_grace: float = 30.0
 
@@ -73,6 +80,8 @@ class SelectorTierGrid(Grid):
         self.observer = observer
         self._run: Run | None = None
         self._rng = random.Random()
+        # The last folding decision logged per message type (logged again when it changes).
+        self._told: dict[str, str] = {}
 
     # ---- Grid API ----------------------------------------------------------------
 
@@ -99,7 +108,9 @@ class SelectorTierGrid(Grid):
         return self.hub.node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        batch = self._push(list(messages), extras=[])
+        msgs = list(messages)
+        folding = self._folding(msgs[0].metadata.message_type if msgs else "", None)
+        batch = self._push(msgs, extras=[], folding=folding)
         return list(batch.instrs)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -109,8 +120,9 @@ class SelectorTierGrid(Grid):
         originals = list(messages)
         if not originals:
             return []
-        extras = self._overselect(originals)
-        batch = self._push(originals, extras)
+        folding = self._folding(originals[0].metadata.message_type, sys._getframe(1))
+        extras = self._overselect(originals) if folding.fold else []
+        batch = self._push(originals, extras, folding)
         limit = self.policy.round_timeout if timeout is None else min(timeout, self.policy.round_timeout)
         deadline = time.monotonic() + limit
         self.hub.wait(batch, deadline, close_at_target=bool(extras))
@@ -129,7 +141,13 @@ class SelectorTierGrid(Grid):
     # ---- internals ---------------------------------------------------------------------
 
     def _overselect(self, originals: list[Message]) -> list[Message]:
-        """Ask extra clients (as Bonawitz et al.) so stragglers do not stall a round."""
+        """Ask extra clients (as Bonawitz et al.) so stragglers do not stall a round.
+
+        Only for folded rounds: a substitute's reply then disappears into a
+        weighted mean, as any reply does. Otherwise the strategy would get a
+        reply labelled with a node that never sent it, which Flower's runtime
+        never delivers (and SecAgg+ cannot survive).
+        """
         first = originals[0]
         # Only a batch that is a whole round qualifies: the compatibility
         # workflow sends one message per client from parallel threads.
@@ -156,17 +174,32 @@ class SelectorTierGrid(Grid):
             for node_id in chosen
         ]
 
-    def _aggregation(self, message_type: str) -> int:
-        if self.policy.aggregation == "weighted-mean" and message_type in AGGREGATABLE_TYPES:
-            return cpb.AGGREGATION_WEIGHTED_MEAN
-        return cpb.AGGREGATION_INDIVIDUAL
+    def _folding(self, message_type: str, caller: FrameType | None) -> Folding:
+        """Whether this round's replies may be folded at the selectors, and by which weight."""
+        setting = self.policy.aggregation
+        if setting == "individual":
+            return Folding(False, "", "aggregation is set to individual")
+        if setting == "weighted-mean":
+            fold = message_type in AGGREGATABLE_TYPES
+            return Folding(fold, self.policy.weight_key, "aggregation is set to weighted-mean")
+        # Push and pull: the app collects replies itself, whatever it does with them.
+        decision = folding_for(caller, message_type) if caller is not None else Folding(False, "", "pushed")
+        said = f"{decision.fold}:{decision.why}"
+        if self._told.get(message_type) != said:
+            self._told[message_type] = said
+            log.info(
+                "replies folded at the selectors" if decision.fold else "replies sent individually",
+                extra={"type": message_type, "reason": decision.why},
+            )
+        return decision
 
-    def _push(self, originals: list[Message], extras: list[Message]) -> Batch:
+    def _push(self, originals: list[Message], extras: list[Message], folding: Folding) -> Batch:
         batch_id = self.hub.new_batch_id()
         first = originals[0] if originals else extras[0]
         message_type = first.metadata.message_type
         group_id = round_of(first)
-        aggregation = self._aggregation(message_type)
+        aggregation = cpb.AGGREGATION_WEIGHTED_MEAN if folding.fold else cpb.AGGREGATION_INDIVIDUAL
+        weight_key = folding.weight_key or self.policy.weight_key
         contents: dict[str, WireContent] = {}
         models: dict[str, ModelSpec] = {}
         by_object: dict[int, tuple[str, str, int]] = {}
@@ -206,7 +239,7 @@ class SelectorTierGrid(Grid):
                 cpb.Instructions(
                     batch_id=batch_id,
                     aggregation=cast(cpb.Aggregation, aggregation),
-                    weight_key=self.policy.weight_key,
+                    weight_key=weight_key,
                     deadline_seconds=self.policy.round_timeout,
                 ),
             )
@@ -229,7 +262,7 @@ class SelectorTierGrid(Grid):
             instrs=instrs,
             contents=contents,
             models=models,
-            weight_key=self.policy.weight_key,
+            weight_key=weight_key,
             reply_limit=reply_size_limit(
                 max((len(c) for c in contents.values()), default=0),
                 message_type,
@@ -311,9 +344,15 @@ class SelectorTierGrid(Grid):
         return msg
 
 
-def choose_aggregation(setting: str, run_config: dict[str, object]) -> str:
-    """Resolve the `aggregation` setting ("auto" looks at the run config's strategy)."""
-    if setting in ("weighted-mean", "individual"):
+def choose_aggregation(setting: str, run_config: dict[str, object], builtin: bool) -> str:
+    """Resolve the `aggregation` setting for a run.
+
+    "auto" stays "auto" (decided round by round from the running ServerApp)
+    except for a built-in app: its strategies wrap Flower's with our own
+    aggregation code, written to fold, and its run config's `strategy` says
+    which one runs.
+    """
+    if setting in ("weighted-mean", "individual") or not builtin:
         return setting
     strategy = str(run_config.get("strategy", "")).lower()
     return "weighted-mean" if strategy in WEIGHTED_MEAN_STRATEGIES else "individual"

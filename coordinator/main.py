@@ -59,7 +59,13 @@ KEYS = [
         0.0,
         "a round with fewer results than this share of the sampled clients is abandoned",
     ),
-    Key("aggregation", str, "auto", "auto | weighted-mean | individual (partial aggregation at selectors)"),
+    Key(
+        "aggregation",
+        str,
+        "auto",
+        "partial aggregation at selectors: auto (when the ServerApp's strategy is one of Flower's weighted-mean "
+        "strategies, aggregating as Flower does) | weighted-mean (every train and evaluate round) | individual (never)",
+    ),
     Key("weight-key", str, "num-examples", "metric a reply is weighted by"),
     Key(
         "reply-policy",
@@ -206,10 +212,11 @@ def run(settings: Settings) -> int:
             early.run_finished(ok=False, detail=f"cannot load the app: {exc}")
             early.close(timeout=10.0)
         return 2
-    aggregation = choose_aggregation(settings.aggregation, config)
+    builtin = builtin_app_names(BUILTIN_APPS)
+    aggregation = choose_aggregation(settings.aggregation, config, builtin=app.name in builtin)
     policy_name = settings.reply_policy
     if policy_name == "auto":
-        policy_name = default_policy_name(app.name, builtin_app_names(BUILTIN_APPS))
+        policy_name = default_policy_name(app.name, builtin)
 
     hub = Hub(reply_policy(policy_name))
     server = make_server(settings.max_workers)

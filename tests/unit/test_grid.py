@@ -45,6 +45,10 @@ class FakeSelector:
 
     def _loop(self) -> None:
         while (msg := self.link.outbox.get()) is not None:
+            if msg.WhichOneof("msg") == "flush":
+                # Owes a partial aggregate (a folded round) but answers one by one: an empty one.
+                empty = Result("s1", payload_pb2.PayloadHeader(), b"", [], [], 0.0, True)
+                self.hub.add_result(empty, msg.flush.batch_id)
             if msg.WhichOneof("msg") != "instructions":
                 continue
             ins = msg.instructions
@@ -77,14 +81,19 @@ def _task_identity() -> Iterator[None]:
 
 
 def _grid(
-    hub: Hub, *, timeout: float = 30.0, overselect: float = 1.0, min_fraction: float = 0.0
+    hub: Hub,
+    *,
+    timeout: float = 30.0,
+    overselect: float = 1.0,
+    min_fraction: float = 0.0,
+    aggregation: str = "individual",
 ) -> tuple[SelectorTierGrid, Observer]:
     obs = Observer()
     policy = GridPolicy(
         round_timeout=timeout,
         overselect=overselect,
         min_result_fraction=min_fraction,
-        aggregation="individual",
+        aggregation=aggregation,
         weight_key="num-examples",
     )
     return SelectorTierGrid(hub, policy, obs), obs
@@ -100,7 +109,8 @@ def _train(nodes: list[int]) -> list[Message]:
 def test_overselection_fills_a_stragglers_slot_without_waiting_for_it() -> None:
     hub = Hub()
     FakeSelector(hub, [11, 12, 13, 14], delay={11: 0.0, 12: 0.0, 14: 0.1}, silent={13})
-    grid, obs = _grid(hub, timeout=60.0, overselect=1.34)
+    # Over-selection is for folded rounds only, where a substitute's reply joins a weighted mean.
+    grid, obs = _grid(hub, timeout=60.0, overselect=1.34, aggregation="weighted-mean")
     sent = _train([11, 12, 13])
     started = time.monotonic()
     replies = list(grid.send_and_receive(sent))
@@ -110,6 +120,17 @@ def test_overselection_fills_a_stragglers_slot_without_waiting_for_it() -> None:
     assert sorted(r.metadata.reply_to_message_id for r in replies) == sorted(m.metadata.message_id for m in sent)
     assert sorted(r.metadata.src_node_id for r in replies) == [11, 12, 13]
     assert obs.closed == [("1", [11, 12, 14])]
+
+
+def test_rounds_that_are_not_folded_are_never_overselected() -> None:
+    """A reply labelled with a node that did not send it is something Flower's runtime never delivers."""
+    hub = Hub()
+    FakeSelector(hub, [11, 12, 13, 14], delay={}, silent=set())
+    for aggregation in ("individual", "auto"):  # auto: this test is no Flower strategy
+        grid, obs = _grid(hub, timeout=60.0, overselect=2.0, aggregation=aggregation)
+        replies = list(grid.send_and_receive(_train([11, 12])))
+        assert sorted(r.metadata.src_node_id for r in replies) == [11, 12]
+        assert obs.closed[-1][1] == [11, 12]
 
 
 def test_a_silent_node_gets_an_error_reply_at_the_round_deadline() -> None:

@@ -25,6 +25,7 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common.recorddict_compat import fitins_to_recorddict, fitres_to_recorddict
 from flwr.supercore.task_identity import TaskIdentity
 
+from coordinator.folding import Folding
 from coordinator.grid import GridPolicy, SelectorTierGrid
 from coordinator.hub import Hub, Result
 from coordinator.rounds import RoundTracker
@@ -511,7 +512,7 @@ def test_the_coordinator_refuses_a_result_that_would_not_decode() -> None:
     model = _model()
     CheckingSelector(hub, {})
     grid = SelectorTierGrid(hub, GridPolicy(60.0, 1.0, 0.0, "individual", "num-examples"), Quiet())
-    batch = grid._push([Message(_instruction(model), 7, MessageType.TRAIN)], [])
+    batch = grid._push([Message(_instruction(model), 7, MessageType.TRAIN)], [], Folding(False, "", "test"))
     mid = next(iter(batch.instrs))
     garbage = Result("s1", payload_pb2.PayloadHeader(metadata=b"\xff\xff"), b"", [mid], [7], 0.0, False)
     assert "metadata is not a Flower Metadata" in hub.check_result(garbage, batch.batch_id)
