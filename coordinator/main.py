@@ -16,7 +16,7 @@ from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
 from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
 from coordinator.roster import RosterPoller
-from coordinator.rounds import RoundTracker
+from coordinator.rounds import RoundTracker, SecAggWatch
 from coordinator.servicer import CoordinatorServicer
 from fedota_common import tls as tlsconf
 from fedota_common.fab import FabError, extract, load_app
@@ -299,6 +299,7 @@ def run(settings: Settings) -> int:
         weight_key=settings.weight_key,
     )
     grid = SelectorTierGrid(hub, policy, tracker)
+    logging.getLogger("flwr").addHandler(SecAggWatch(tracker))
     run_info = Run.create_empty(settings.run_id)
     run_info.fab_hash = app.sha256
     run_info.override_config = settings.run_config

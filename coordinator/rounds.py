@@ -42,12 +42,12 @@ class MetricsSum:
     """Running weighted sums of reply metrics; a round may span several batches."""
 
     sums: dict[str, float] = field(default_factory=dict)
-    total: float = 0.0
+    # Per metric: the weight of the replies that carried it (a SecAgg+ stage's reply
+    # carries none and must not dilute the others').
+    weights: dict[str, float] = field(default_factory=dict)
 
     def mean(self) -> dict[str, float]:
-        if not self.total:
-            return {}
-        means = {k: v / self.total for k, v in self.sums.items()}
+        means = {k: v / self.weights[k] for k, v in self.sums.items() if self.weights.get(k)}
         return {k: v for k, v in means.items() if math.isfinite(v)}
 
 
@@ -70,6 +70,8 @@ class RoundRecord:
     train: MetricsSum = field(default_factory=MetricsSum)
     evaluate: MetricsSum = field(default_factory=MetricsSum)
     eval_participants: set[int] = field(default_factory=set)
+    # Flower's SecAgg+ workflow: "completed", or why it halted ("" if the round used none).
+    secure_aggregation: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -89,12 +91,13 @@ class RoundRecord:
             "eval_participants": len(self.eval_participants),
             # Node ids, so evaluate contributions can be credited like train ones.
             "eval_nodes": sorted(self.eval_participants),
+            **({"secure_aggregation": self.secure_aggregation} if self.secure_aggregation else {}),
         }
 
 
 def add_metrics(acc: MetricsSum, replies: list[Message], weight_key: str) -> None:
     """Add every numeric metric of the replies (both Flower styles), weighted by examples."""
-    sums, total = acc.sums, 0.0
+    sums, weights = acc.sums, acc.weights
     for reply in replies:
         if not reply.has_content():
             continue
@@ -118,8 +121,40 @@ def add_metrics(acc: MetricsSum, replies: list[Message], weight_key: str) -> Non
         for k, fv in values.items():
             if math.isfinite(fv):  # the flower reply policy delivers NaN; the dashboard wants numbers
                 sums[k] = sums.get(k, 0.0) + fv * w
-        total += w
-    acc.total += total
+                weights[k] = weights.get(k, 0.0) + w
+
+
+COMPLETED = "completed"
+# Where Flower's SecAgg+ workflow puts a stage's settings in the messages it sends.
+SECAGG_RECORD = "secaggplus_configs"
+
+
+class SecAggWatch(logging.Handler):
+    """Tells the tracker how each round of Flower's SecAgg+ workflow ended, from Flower's own log.
+
+    The workflow reports nothing else: a halted round just leaves the model as
+    it was. Its last warning or error before "Secure aggregation halted." says
+    why (too few nodes answered a stage, too few shares to unmask).
+    """
+
+    def __init__(self, tracker: RoundTracker) -> None:
+        super().__init__(logging.INFO)
+        self.tracker = tracker
+        self.last_problem = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            return
+        if text == "Secure aggregation commencing.":
+            self.last_problem = ""
+        elif text == "Secure aggregation completed.":
+            self.tracker.secure_aggregation(COMPLETED)
+        elif text == "Secure aggregation halted.":
+            self.tracker.secure_aggregation(self.last_problem or "no reason was logged")
+        elif record.levelno >= logging.WARNING:
+            self.last_problem = text.strip()
 
 
 def _first(metrics: dict[str, float], keys: tuple[str, ...]) -> float | None:
@@ -163,6 +198,11 @@ class RoundTracker:
         self.asked = collections.Counter[str]()
         self.results = collections.Counter[str]()
         self.rejections: collections.Counter[str] = collections.Counter()
+        # SecAgg+ rounds by outcome (True: completed), and the last reason one halted.
+        self.secagg: collections.Counter[bool] = collections.Counter()
+        self.secagg_halt = ""
+        # The last SecAgg+ stage pushed: (stage, nodes asked, replies with content).
+        self._stage: tuple[str, int, int] | None = None
         # Called from the writer thread once a round's .npz is complete on disk.
         self.on_checkpoint = on_checkpoint
         self.current: RoundRecord | None = None
@@ -184,6 +224,9 @@ class RoundTracker:
     def _on_push(self, message_type: str, group_id: str, messages: list[Message]) -> None:
         if not messages or not messages[0].has_content():
             return
+        secagg = messages[0].content.config_records.get(SECAGG_RECORD)
+        stage = secagg.get("stage") if secagg is not None else None
+        self._stage = (str(stage), len(messages), 0) if stage else None
         arrays = _only_arrays(messages[0].content)
         if message_type == MessageType.TRAIN:
             if self.current is not None and self.current.round != group_id:
@@ -215,6 +258,8 @@ class RoundTracker:
             self.rejections.update(reasons)
             rec.asked += len(replies)
             rec.results += len(ok)
+            if self._stage is not None:
+                self._stage = (self._stage[0], len(replies), len(ok))
             self.asked[message_type] += len(replies)
             self.results[message_type] += len(ok)
             if message_type == MessageType.TRAIN:
@@ -227,14 +272,33 @@ class RoundTracker:
                 add_metrics(rec.evaluate, ok, self.weight_key)
                 rec.eval_participants.update(participants)
 
+    def secure_aggregation(self, outcome: str) -> None:
+        """Flower's SecAgg+ workflow ended the current round: `COMPLETED` or why it halted."""
+        with self._lock:
+            if outcome != COMPLETED and self._stage is not None:
+                name, asked, answered = self._stage
+                outcome += f" (stage {name}: {answered} of {asked} nodes replied without an error)"
+            if self.current is not None:
+                self.current.secure_aggregation = outcome
+            self.secagg[outcome == COMPLETED] += 1
+            if outcome != COMPLETED:
+                self.secagg_halt = outcome
+
     def failure(self) -> str:
         """Why the run must count as failed ("" if it need not): nothing it asked for was accepted.
 
         A run that sent training instructions needs one accepted train reply; a
         run that only sent other messages needs one accepted reply of any kind.
-        A run that asked for nothing (no rounds) has nothing to judge.
+        A run that asked for nothing (no rounds) has nothing to judge. A run
+        whose rounds all used SecAgg+ needs one round whose secure aggregation
+        completed: a halted round's replies are keys and shares, not a model.
         """
         with self._lock:
+            if self.secagg[False] and not self.secagg[True]:
+                return (
+                    f"secure aggregation halted in all {self.secagg[False]} rounds that used it; "
+                    f"the last time: {self.secagg_halt}"
+                )
             kind = "train" if self.asked[MessageType.TRAIN] else "any"
             asked = self.asked[MessageType.TRAIN] if kind == "train" else sum(self.asked.values())
             got = self.results[MessageType.TRAIN] if kind == "train" else sum(self.results.values())
@@ -319,6 +383,11 @@ class RoundTracker:
             self.warn(
                 f"warning: round {rec.round}: {rec.rejected} {'reply' if rec.rejected == 1 else 'replies'} "
                 f"rejected: {reasons}" + (f"; and {more} other reasons" if more > 0 else "")
+            )
+        if rec.secure_aggregation not in ("", COMPLETED):
+            self.warn(
+                f"warning: round {rec.round}: secure aggregation halted, the model was not updated: "
+                f"{rec.secure_aggregation}"
             )
         if rec.asked and not rec.results:
             lost = rec.asked - rec.rejected

@@ -137,3 +137,35 @@ def test_secagg_plus_over_two_selectors_gives_the_plain_weighted_mean(tmp_path: 
 
     logs = "\n".join(p.read_text() for p in (res.out / "logs").glob("*.log"))
     assert "reply rejected" not in logs
+
+    # The round records say so, and their train metrics are the fit results' weighted mean:
+    # the stage replies, which carry no metrics, do not dilute them.
+    for rnd, fits in zip(res.rounds, rounds, strict=True):
+        assert rnd["secure_aggregation"] == "completed", rnd
+        weights = [task.num_examples(f["partition-id"]) for f in fits]
+        mean = sum(w * f["partition-id"] for w, f in zip(weights, fits, strict=True)) / sum(weights)
+        assert rnd["train_metrics"]["partition-id"] == pytest.approx(mean), rnd
+
+
+@pytest.mark.timeout(120)
+def test_a_run_whose_secure_aggregation_halts_every_round_fails_and_says_why(tmp_path: Path) -> None:
+    data = tmp_path / "clients"
+    for i in range(CLIENTS):
+        (data / f"site-{i}").mkdir(parents=True)
+    res = run_local(
+        tmp_path / "run",
+        *("--app", str(APP), "--data-dir", str(data), "--selectors", "2", "--insecure"),
+        *("--run-config", json.dumps({"fail-fit": True})),
+        timeout=100,
+    )
+    # On Flower's runtime this run "completes" with the initial model; here it fails, saying why.
+    assert res.code != 0, res.explain()
+    halted = [line for line in res.stdout.splitlines() if "secure aggregation halted" in line]
+    assert halted[:2] == [
+        "warning: round 1: secure aggregation halted, the model was not updated: "
+        "Insufficient available nodes. (stage collect_masked_vectors: 0 of 3 nodes replied without an error)",
+        "warning: round 2: secure aggregation halted, the model was not updated: "
+        "Insufficient available nodes. (stage collect_masked_vectors: 0 of 3 nodes replied without an error)",
+    ], res.stdout
+    assert "run failed: secure aggregation halted in all 2 rounds that used it" in res.stdout, res.stdout
+    assert all(r["secure_aggregation"].startswith("Insufficient available nodes.") for r in res.rounds), res.rounds

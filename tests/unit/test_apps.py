@@ -35,8 +35,9 @@ from flwr.app import (
 from flwr.cli.build import build_fab_from_disk
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 from PIL import Image
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = {
@@ -167,15 +168,6 @@ def run_federation(
 
 
 # ----------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Message construction reads the process's TaskIdentity: set, then restore."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 @pytest.fixture(autouse=True)

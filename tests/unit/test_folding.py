@@ -7,7 +7,7 @@ A Grid that only records `folding_for` of its caller is driven by Flower's own
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -16,15 +16,10 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.server import strategy as legacy
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
-from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator.folding import Folding, _compat_api, folding_for
 
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class RecordingGrid(Grid):

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator.grid import GridPolicy, SelectorTierGrid
 from coordinator.hub import Hub, Result
 from fedota_common.payload import decode_content, message_to_payload, payload_to_message
 from protos.payload.v1 import payload_pb2
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class Observer:
@@ -72,12 +72,6 @@ class FakeSelector:
             Result("s1", payload.header, payload.content, [item.message_id], [item.node_id], 10.0, False),  # type: ignore[attr-defined]
             batch_id,
         )
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
 
 
 def _grid(

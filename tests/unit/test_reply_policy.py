@@ -45,9 +45,10 @@ from tests.unit.test_update_validation import (
     _instruction,
     _model,
     _reply,
-    _task_identity,  # noqa: F401 - an autouse fixture: Flower Messages need a task identity
     _wire,
 )
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 KW: dict[str, Any] = {"message_type": MessageType.TRAIN, "weight_key": "num-examples"}
 

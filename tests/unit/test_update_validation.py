@@ -23,7 +23,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common.recorddict_compat import fitins_to_recorddict, fitres_to_recorddict
-from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator.folding import Folding
 from coordinator.grid import GridPolicy, SelectorTierGrid
@@ -51,13 +50,9 @@ from protos.selector.v1 import selector_pb2_grpc
 from selector.core import OpenAuthenticator, SelectorCore, SelectorError
 from selector.servicer import FabSource, SelectorServicer
 
+pytestmark = pytest.mark.usefixtures("task_identity")
+
 SHAPES = {"fc.weight": (30, 2), "fc.bias": (2,)}
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
 
 
 def _model(seed: int = 0) -> dict[str, np.ndarray]:

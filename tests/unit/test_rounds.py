@@ -1,0 +1,80 @@
+"""Round records: metric means and how SecAgg+ rounds end (coordinator/rounds.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+
+from coordinator.rounds import COMPLETED, MetricsSum, RoundTracker, SecAggWatch, add_metrics
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def _reply(content: RecordDict) -> Message:
+    sent = Message(RecordDict(), 1, MessageType.TRAIN)
+    return Message(content, reply_to=sent)
+
+
+def test_replies_without_a_metric_do_not_dilute_its_mean() -> None:
+    acc = MetricsSum()
+    replies = [
+        _reply(RecordDict({"m": MetricRecord({"num-examples": 10, "loss": 1.0})})),
+        _reply(RecordDict({"m": MetricRecord({"num-examples": 30, "loss": 3.0, "acc": 0.5})})),
+        # A SecAgg+ stage's reply: keys and shares, no metrics at all.
+        _reply(RecordDict({"secaggplus_configs": ConfigRecord({"stage": "share_keys"})})),
+    ]
+    add_metrics(acc, replies, "num-examples")
+    assert acc.mean() == {"loss": 2.5, "acc": 0.5}
+
+
+def _tracker(tmp_path: Path, lines: list[str]) -> RoundTracker:
+    return RoundTracker(tmp_path, weight_key="num-examples", total_rounds=2, keep_checkpoints=0, echo=lines.append)
+
+
+def _secagg_round(tracker: RoundTracker, round_: str, stage: str, ok: int) -> None:
+    sent = [
+        Message(RecordDict({"secaggplus_configs": ConfigRecord({"stage": stage})}), n, MessageType.TRAIN)
+        for n in (1, 2, 3)
+    ]
+    tracker.on_push(MessageType.TRAIN, round_, sent)
+    replies = [_reply(RecordDict({"x": ConfigRecord({"a": 1})})) for _ in range(ok)]
+    replies += [Message(Error(code=0, reason="the ClientApp raised"), reply_to=m) for m in sent[ok:]]
+    tracker.on_close(MessageType.TRAIN, round_, replies, [1, 2, 3][:ok])
+
+
+def test_secagg_rounds_that_halt_are_reported_and_fail_the_run(tmp_path: Path) -> None:
+    lines: list[str] = []
+    tracker = _tracker(tmp_path, lines)
+    flwr = logging.getLogger("test-flwr")
+    flwr.setLevel(logging.INFO)
+    flwr.addHandler(SecAggWatch(tracker))
+    for round_ in ("1", "2"):
+        flwr.info("Secure aggregation commencing.")
+        _secagg_round(tracker, round_, "collect_masked_vectors", 1)
+        flwr.error("Insufficient available nodes.")
+        flwr.info("Secure aggregation halted.")
+    tracker.finish(None)
+    assert [r["secure_aggregation"] for r in tracker.rounds] == [
+        "Insufficient available nodes. (stage collect_masked_vectors: 1 of 3 nodes replied without an error)"
+    ] * 2
+    assert sum("secure aggregation halted, the model was not updated" in line for line in lines) == 2
+    assert tracker.failure().startswith("secure aggregation halted in all 2 rounds that used it")
+
+
+def test_one_completed_secagg_round_is_enough(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path, [])
+    watch = SecAggWatch(tracker)
+    flwr = logging.getLogger("test-flwr-2")
+    flwr.setLevel(logging.INFO)
+    flwr.addHandler(watch)
+    _secagg_round(tracker, "1", "unmask", 3)
+    flwr.info("Secure aggregation completed.")
+    _secagg_round(tracker, "2", "share_keys", 0)
+    flwr.info("Secure aggregation halted.")
+    tracker.finish(None)
+    assert [r["secure_aggregation"] for r in tracker.rounds][0] == COMPLETED
+    assert tracker.rounds[1]["secure_aggregation"].startswith("no reason was logged")
+    assert tracker.failure() == ""
