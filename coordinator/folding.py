@@ -58,11 +58,16 @@ _LEGACY_EVALUATE_CALLER = default_workflows.default_evaluate_workflow.__code__
 
 @dataclass(frozen=True)
 class Folding:
-    """The decision for one round: fold (weighted by `weight_key`) or not, and why."""
+    """The decision for one round: fold (weighted by `weight_key`) or not, and why.
+
+    `strategy_round`: the messages are a Flower strategy's round (they send the
+    model and expect it back), the only replies a `strict` reply policy judges.
+    """
 
     fold: bool
     weight_key: str
     why: str
+    strategy_round: bool = True
 
 
 def _own(strategy: Any, name: str, allowed: frozenset[Any]) -> bool:
@@ -112,9 +117,9 @@ def _compat_api(strategy: Any, message_type: str) -> Folding:
 def folding_for(caller: FrameType | None, message_type: str) -> Folding:
     """Decide whether the replies that `caller` is about to receive may be folded at selectors."""
     if message_type not in (MessageType.TRAIN, MessageType.EVALUATE):
-        return Folding(False, "", f"{message_type} messages are never folded")
+        return Folding(False, "", f"{message_type} messages are never folded", strategy_round=False)
     if caller is None:
-        return Folding(False, "", "the caller is unknown")
+        return Folding(False, "", "pushed by the ServerApp itself", strategy_round=False)
     code = caller.f_code
     if code is _START:
         return _message_api(caller.f_locals.get("self"), message_type)
@@ -122,4 +127,4 @@ def folding_for(caller: FrameType | None, message_type: str) -> Folding:
         context = caller.f_locals.get("context")
         return _compat_api(getattr(context, "strategy", None), message_type)
     where = f"{code.co_name} ({caller.f_globals.get('__name__', '?')})"
-    return Folding(False, "", f"sent by {where}, not by a Flower strategy's round")
+    return Folding(False, "", f"sent by {where}, not by a Flower strategy's round", strategy_round=False)

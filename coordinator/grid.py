@@ -177,13 +177,14 @@ class SelectorTierGrid(Grid):
     def _folding(self, message_type: str, caller: FrameType | None) -> Folding:
         """Whether this round's replies may be folded at the selectors, and by which weight."""
         setting = self.policy.aggregation
+        # Push and pull (no caller): the app collects replies itself, whatever it does with them.
+        decision = folding_for(caller, message_type)
         if setting == "individual":
-            return Folding(False, "", "aggregation is set to individual")
+            return Folding(False, "", "aggregation is set to individual", decision.strategy_round)
         if setting == "weighted-mean":
+            # The built-in apps: every train and evaluate message is a round of theirs.
             fold = message_type in AGGREGATABLE_TYPES
-            return Folding(fold, self.policy.weight_key, "aggregation is set to weighted-mean")
-        # Push and pull: the app collects replies itself, whatever it does with them.
-        decision = folding_for(caller, message_type) if caller is not None else Folding(False, "", "pushed")
+            return Folding(fold, self.policy.weight_key, "aggregation is set to weighted-mean", fold)
         said = f"{decision.fold}:{decision.why}"
         if self._told.get(message_type) != said:
             self._told[message_type] = said
@@ -263,6 +264,7 @@ class SelectorTierGrid(Grid):
             contents=contents,
             models=models,
             weight_key=weight_key,
+            judged=folding.strategy_round,
             reply_limit=reply_size_limit(
                 max((len(c) for c in contents.values()), default=0),
                 message_type,

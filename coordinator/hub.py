@@ -97,6 +97,9 @@ class Batch:
     models: dict[str, ModelSpec] = field(default_factory=dict)
     weight_key: str = ""
     reply_limit: int = MAX_CONTENT_SIZE
+    # Whether the reply policy judges values: only a Flower strategy's rounds send the
+    # model and expect it back (SecAgg+ stages and a ServerApp's own messages do not).
+    judged: bool = True
 
     def count(self, state: str) -> int:
         return sum(1 for i in self.instrs.values() if i.state == state)
@@ -270,9 +273,9 @@ class Hub:
         Two layers. Protection always runs: the ServerApp decodes every stored
         result, so a header or content that does not parse (or a partial
         aggregate without weight) is refused here, where one client cannot end
-        the run with it. Then the reply policy judges the values: `strict`
-        refuses what `judge_reply` refuses, `flower` lets through whatever
-        Flower's runtime would deliver. A refused client reply fails its
+        the run with it. Then, in a Flower strategy's rounds, the reply policy
+        judges the values: `strict` refuses what `judge_reply` refuses, `flower`
+        lets through whatever Flower's runtime would deliver. A refused client reply fails its
         instructions at once (the round stops waiting for them) with a reason
         starting "reply rejected"; a refused partial aggregate no longer holds
         up the round's flush. Checked outside the lock: the scan is O(size).
@@ -284,7 +287,7 @@ class Hub:
             instr = batch.instrs.get(result.message_ids[0])
             model = batch.models.get(instr.content_id) if instr is not None else None
             exact = batch.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN
-            message_type, weight_key = batch.message_type, batch.weight_key
+            message_type, weight_key, judged = batch.message_type, batch.weight_key, batch.judged
         try:
             check_header(result.header.metadata, result.header.error)
             if result.aggregate and not (math.isfinite(result.weight) and result.weight > 0):
@@ -297,9 +300,15 @@ class Hub:
                 view = inspect_reply(wire, model)
                 # A partial aggregate's weight is a sum over clients: no per-site bound.
                 max_weight = math.inf if result.aggregate else MAX_WEIGHT
-                self.reply_policy.judge(
-                    view, model, message_type=message_type, weight_key=weight_key, exact=exact, max_weight=max_weight
-                )
+                if judged:
+                    self.reply_policy.judge(
+                        view,
+                        model,
+                        message_type=message_type,
+                        weight_key=weight_key,
+                        exact=exact,
+                        max_weight=max_weight,
+                    )
                 del view, wire
         except RejectedReply as exc:
             reason, problem = exc.reason, str(exc)

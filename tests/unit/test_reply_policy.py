@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
+from coordinator.folding import Folding
 from coordinator.grid import GridPolicy, SelectorTierGrid
 from coordinator.hub import Hub
 from coordinator.main import BUILTIN_APPS
@@ -165,7 +166,10 @@ def test_under_flower_a_selector_rejects_nothing_strict_would(case: str) -> None
 # ---- the coordinator ------------------------------------------------------------------------
 
 
-def _round(tmp_path: Path, hub: Hub, replies: dict[int, RecordDict]) -> tuple[list[Message], RoundTracker]:
+def _round(
+    tmp_path: Path, hub: Hub, replies: dict[int, RecordDict], *, strategy_round: bool = True
+) -> tuple[list[Message], RoundTracker]:
+    """One train round; as if sent by a Flower strategy (what `strict` judges) unless told otherwise."""
     model = _model()
     CheckingSelector(hub, replies)
     lines: list[str] = []
@@ -175,6 +179,9 @@ def _round(tmp_path: Path, hub: Hub, replies: dict[int, RecordDict]) -> tuple[li
         round_timeout=60.0, overselect=1.0, min_result_fraction=0.0, aggregation="individual", weight_key="num-examples"
     )
     grid = SelectorTierGrid(hub, policy, tracker)
+    # Only a Flower strategy's rounds are judged; this test is no strategy (see tests/unit/test_folding.py).
+    decision = Folding(False, "", "test", strategy_round=strategy_round)
+    grid._folding = lambda message_type, caller: decision  # type: ignore[method-assign]
     started = time.monotonic()
     sent = [Message(_instruction(model), n, MessageType.TRAIN) for n in replies]
     out = list(grid.send_and_receive(sent))
@@ -240,3 +247,12 @@ def test_the_run_started_event_says_which_reply_policy_applies() -> None:
     reporter = Reporter(Target("http://127.0.0.1:9/internal/v1/runs/1/", "t"))
     reporter.run_started(total_rounds=2, app="a", fab_sha256="x", reply_policy=FLOWER)
     assert reporter.events[-1]["kind"] == "run_started" and reporter.events[-1]["reply_policy"] == "flower"
+
+
+def test_strict_does_not_judge_messages_that_are_no_strategys_round(tmp_path: Path) -> None:
+    """A SecAgg+ stage's reply carries keys and shares, not the model it was sent: strict lets it through."""
+    stage = RecordDict({"secaggplus_configs": ConfigRecord({"stage": "share_keys", "public-key": b"k"})})
+    replies, tracker = _round(tmp_path, Hub(StrictPolicy()), {1: stage, 2: stage}, strategy_round=False)
+    assert not [r for r in replies if r.has_error()]
+    tracker.finish(None)
+    assert tracker.rounds[0]["rejected"] == 0
