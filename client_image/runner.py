@@ -295,12 +295,11 @@ class Node:
         try:
             reply = self.client_app(message=message, context=self.context)
         except Exception as exc:
-            # Report the failure to the server as Flower does; keep serving.
+            # Report the failure to the server as Flower's deployment runtime does, in its
+            # words ("<class 'ZeroDivisionError'>:<'division by zero'>"); keep serving.
             log.exception("ClientApp raised", extra={"task": task_id})
-            reply = Message(
-                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
-                reply_to=message,
-            )
+            reason = str(type(exc)) + ":<'" + str(exc) + "'>"
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
         app_seconds = time.monotonic() - received
         message_type, round_id = message.metadata.message_type, round_of(message)
         # The reply's segments reference its arrays, so the upload needs no copy;

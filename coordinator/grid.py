@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import secrets
 import sys
 import time
 from collections.abc import Iterable
@@ -21,11 +22,13 @@ from types import FrameType
 from typing import Protocol, cast
 from uuid import uuid4
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, Metadata, RecordDict
 from flwr.app.error import Error
-from flwr.common.constant import ErrorCode
+from flwr.app.message import make_message
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde_utils import metadata_to_proto
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
 from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 
@@ -109,12 +112,31 @@ class SelectorTierGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         msgs = list(messages)
-        folding = self._folding(msgs[0].metadata.message_type if msgs else "", None)
-        batch = self._push(msgs, extras=[], folding=folding)
-        return list(batch.instrs)
+        by_type: dict[str, list[Message]] = {}
+        for msg in msgs:
+            by_type.setdefault(msg.metadata.message_type, []).append(msg)
+        for message_type, group in by_type.items():
+            self._push(group, extras=[], folding=self._folding(message_type, None), pulled=True)
+        # `_push` stamped each message with its id, as a SuperLink does.
+        return [m.metadata.message_id for m in msgs]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [payload_to_message(res.header, res.content) for _, res in self.hub.take_results(message_ids)]
+        """The replies that came so far, each once; as Flower's SuperLink, "unavailable" for the rest.
+
+        A message whose node left (or whose reply was rejected) gets a
+        NODE_UNAVAILABLE error reply; an id unknown here or pulled before, a
+        MESSAGE_UNAVAILABLE one; a message still pending, nothing yet.
+        """
+        pulled = self.hub.take_results(message_ids)
+        replies = []
+        for _, res in pulled.results:
+            replies.append(_with_id(payload_to_message(res.header, res.content)))
+            res.content = b""
+        for batch, instr in pulled.failed:
+            replies.append(self._node_unavailable(batch, instr))
+        run_id = self._run.run_id if self._run is not None else 0
+        replies += [create_message_error_unavailable_ins_message(mid, run_id) for mid in pulled.unknown]
+        return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         originals = list(messages)
@@ -133,9 +155,11 @@ class SelectorTierGrid(Grid):
         else:
             reason = "not needed: the round had enough results"
         self.hub.close(batch, reason)
-        replies, participants = self._collect(batch, originals)
+        replies, late, participants = self._collect(batch, originals)
         self.hub.forget(batch)
-        self.observer.on_close(batch.message_type, batch.group_id, replies, participants)
+        # The round's record counts the late ones too; the ServerApp, as on Flower's runtime, gets
+        # no reply for them ("the method may not return replies for all sent messages").
+        self.observer.on_close(batch.message_type, batch.group_id, replies + late, participants)
         return replies
 
     # ---- internals ---------------------------------------------------------------------
@@ -194,7 +218,23 @@ class SelectorTierGrid(Grid):
             )
         return decision
 
-    def _push(self, originals: list[Message], extras: list[Message], folding: Folding) -> Batch:
+    def _node_unavailable(self, batch: Batch, instr: Instr) -> Message:
+        """The error reply to a pushed message whose node left or whose reply was refused."""
+        metadata = Metadata(
+            run_id=self._run.run_id if self._run is not None else 0,
+            message_id="",
+            src_node_id=instr.node_id,
+            dst_node_id=SUPERLINK_NODE_ID,
+            reply_to_message_id=instr.message_id,
+            group_id=batch.group_id,
+            created_at=time.time(),
+            ttl=0,
+            message_type=batch.message_type,
+        )
+        reason = instr.detail or "the node did not answer"
+        return _with_id(make_message(metadata=metadata, error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason)))
+
+    def _push(self, originals: list[Message], extras: list[Message], folding: Folding, pulled: bool = False) -> Batch:
         batch_id = self.hub.new_batch_id()
         first = originals[0] if originals else extras[0]
         message_type = first.metadata.message_type
@@ -265,6 +305,7 @@ class SelectorTierGrid(Grid):
             models=models,
             weight_key=weight_key,
             judged=folding.strategy_round,
+            pulled=pulled,
             reply_limit=reply_size_limit(
                 max((len(c) for c in contents.values()), default=0),
                 message_type,
@@ -286,12 +327,15 @@ class SelectorTierGrid(Grid):
         )
         return batch
 
-    def _collect(self, batch: Batch, originals: list[Message]) -> tuple[list[Message], list[int]]:
+    def _collect(self, batch: Batch, originals: list[Message]) -> tuple[list[Message], list[Message], list[int]]:
         """Turn a closed batch's results into replies to the messages the strategy sent.
 
         Each returned reply answers a distinct original message: a substitute (an
         over-selected client) takes the slot of an original that did not answer,
-        so both Flower styles see replies from the nodes they sampled.
+        so both Flower styles see replies from the nodes they sampled. Returns
+        the replies for the ServerApp, error replies for the messages that were
+        still pending at the deadline (for the round's record only), and the
+        participants.
         """
         by_id = {m.metadata.message_id: m for m in originals}
         free = [m.metadata.message_id for m in originals]
@@ -328,12 +372,14 @@ class SelectorTierGrid(Grid):
                 if mid in by_id:
                     used.add(mid)
             replies.append(self._as_reply(res, by_id[slot]))
+        late: list[Message] = []
         for mid in free:
             if mid not in used:
                 instr = batch.instrs[mid]
                 reason = instr.detail or "no reply before the round deadline"
-                replies.append(Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=by_id[mid]))
-        return replies, participants
+                error = _with_id(Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=by_id[mid]))
+                (late if instr.late else replies).append(error)
+        return replies, late, participants
 
     @staticmethod
     def _as_reply(res: Result, slot: Message) -> Message:
@@ -341,9 +387,17 @@ class SelectorTierGrid(Grid):
         md.src_node_id = slot.metadata.dst_node_id
         md.reply_to_message_id = slot.metadata.message_id
         md.run_id = slot.metadata.run_id
-        msg = payload_to_message(res.header, res.content, metadata=md)
+        msg = _with_id(payload_to_message(res.header, res.content, metadata=md))
         res.content = b""
         return msg
+
+
+def _with_id(reply: Message) -> Message:
+    """Give a reply its own message id, as a SuperLink does (Flower uses a hash of the message;
+    hashing a model-sized reply would cost a pass over it, so this is a random id of that length)."""
+    if not reply.metadata.message_id:
+        reply.metadata.__dict__["_message_id"] = secrets.token_hex(32)
+    return reply
 
 
 def choose_aggregation(setting: str, run_config: dict[str, object], builtin: bool) -> str:

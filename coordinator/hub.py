@@ -77,6 +77,17 @@ class Instr:
     state: str = "pending"  # pending | ok | failed
     detail: str = ""
     content_id: str = ""
+    # Still pending when its batch closed: on Flower's runtime such a message just gets no reply.
+    late: bool = False
+
+
+@dataclass
+class Pulled:
+    """What one pull_messages call gets: results, failed instructions, and ids answered "unavailable"."""
+
+    results: list[tuple[Batch, Result]] = field(default_factory=list)
+    failed: list[tuple[Batch, Instr]] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,7 +103,12 @@ class Batch:
     # Selectors that still owe a partial aggregate (or an empty one) for this batch.
     owing: set[str] = field(default_factory=set)
     closed: bool = False
+    # Message ids whose reply (or error) was handed to the ServerApp (pull_messages).
     taken: set[str] = field(default_factory=set)
+    # Each stored result by every message id it answers.
+    result_of: dict[str, Result] = field(default_factory=dict)
+    # Opened by push_messages: forgotten once every reply was pulled.
+    pulled: bool = False
     # What replies are checked against: each content's arrays, the weight key, the size bound.
     models: dict[str, ModelSpec] = field(default_factory=dict)
     weight_key: str = ""
@@ -358,6 +374,7 @@ class Hub:
                     if instr.state == "failed" and not result.aggregate:
                         return "instruction already failed"
                     instr.state = "ok" if not result.header.error else "failed"
+                    batch.result_of[mid] = result
                 batch.results.append(result)
             self.cond.notify_all()
             return ""
@@ -407,7 +424,7 @@ class Hub:
             leftovers: dict[str, list[str]] = {}
             for instr in batch.instrs.values():
                 if instr.state == "pending":
-                    instr.state, instr.detail = "failed", reason
+                    instr.state, instr.detail, instr.late = "failed", reason, True
                     leftovers.setdefault(instr.selector_id, []).append(instr.message_id)
             for selector_id, mids in leftovers.items():
                 link = self.selectors.get(selector_id)
@@ -415,25 +432,47 @@ class Hub:
                     link.outbox.put(cpb.CoordinatorMessage(cancel=cpb.Cancel(message_ids=mids, reason="round closed")))
             batch.contents.clear()
 
-    def take_results(self, message_ids: Iterable[str]) -> list[tuple[Batch, Result]]:
-        """Hand out (once) the results answering any of `message_ids` (pull_messages)."""
-        wanted = set(message_ids)
-        out: list[tuple[Batch, Result]] = []
+    def take_results(self, message_ids: Iterable[str]) -> Pulled:
+        """Hand out, once, what answers `message_ids` so far (pull_messages).
+
+        A stored result (one per message it answers), an instruction that failed
+        (its node left, its reply was rejected), or, for an id this coordinator
+        does not know or whose reply was handed out before, nothing but the id:
+        Flower's runtime answers those "message unavailable". An id still
+        pending gets nothing yet. A pushed batch is forgotten once every
+        instruction of it was handed out.
+        """
+        out = Pulled()
+        done: set[str] = set()
         with self.cond:
-            for bid in {self._msg_batch[m] for m in wanted if m in self._msg_batch}:
-                batch = self.batches[bid]
-                for res in batch.results:
-                    key = res.message_ids[0]
-                    if key in wanted and key not in batch.taken:
-                        batch.taken.add(key)
-                        out.append((batch, res))
+            for mid in dict.fromkeys(message_ids):
+                batch = self.batches.get(self._msg_batch.get(mid, ""))
+                if batch is None or mid in batch.taken:
+                    if mid not in done:
+                        out.unknown.append(mid)
+                    continue
+                result = batch.result_of.get(mid)
+                if result is not None:
+                    # A partial aggregate answers several messages: handed out once, for all of them.
+                    batch.taken.update(result.message_ids)
+                    done.update(result.message_ids)
+                    out.results.append((batch, result))
+                elif batch.instrs[mid].state == "failed":
+                    batch.taken.add(mid)
+                    out.failed.append((batch, batch.instrs[mid]))
+            for batch in {id(b): b for b, _ in out.results + out.failed}.values():
+                if batch.pulled and len(batch.taken) >= len(batch.instrs):
+                    self._forget(batch)
         return out
 
     def forget(self, batch: Batch) -> None:
         with self.cond:
-            self.batches.pop(batch.batch_id, None)
-            for mid in batch.instrs:
-                self._msg_batch.pop(mid, None)
+            self._forget(batch)
+
+    def _forget(self, batch: Batch) -> None:
+        self.batches.pop(batch.batch_id, None)
+        for mid in batch.instrs:
+            self._msg_batch.pop(mid, None)
 
     def set_participants(self, roster: cpb.Participants, *, resend: bool = False) -> bool:
         """Make `roster` the list every selector enforces; False if it did not change.

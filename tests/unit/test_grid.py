@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 
 from coordinator.grid import GridPolicy, SelectorTierGrid
 from coordinator.hub import Hub, Result
@@ -24,12 +25,14 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 class Observer:
     def __init__(self) -> None:
         self.closed: list[tuple[str, list[int]]] = []
+        self.replies: list[list[Message]] = []
 
     def on_push(self, message_type: str, group_id: str, messages: list[Message]) -> None:
         pass
 
     def on_close(self, message_type: str, group_id: str, replies: list[Message], participants: list[int]) -> None:
         self.closed.append((group_id, participants))
+        self.replies.append(replies)
 
 
 class FakeSelector:
@@ -127,18 +130,19 @@ def test_rounds_that_are_not_folded_are_never_overselected() -> None:
         assert obs.closed[-1][1] == [11, 12]
 
 
-def test_a_silent_node_gets_an_error_reply_at_the_round_deadline() -> None:
+def test_a_silent_node_gets_no_reply_at_the_round_deadline_and_the_round_record_counts_it() -> None:
+    """Flower's Grid: with a timeout, "the method may not return replies for all sent messages"."""
     hub = Hub()
     FakeSelector(hub, [21, 22], delay={}, silent={22})
-    grid, _ = _grid(hub, timeout=1.5)
+    grid, obs = _grid(hub, timeout=1.5)
     started = time.monotonic()
     replies = list(grid.send_and_receive(_train([21, 22])))
     assert time.monotonic() - started >= 1.4
-    ok = [r for r in replies if r.has_content()]
-    errors = [r for r in replies if r.has_error()]
-    assert len(ok) == 1 and len(errors) == 1
-    assert errors[0].metadata.src_node_id == 22
-    assert "deadline" in errors[0].error.reason
+    assert [r.metadata.src_node_id for r in replies] == [21] and replies[0].has_content()
+    assert all(len(r.metadata.message_id) == 64 for r in replies)
+    # The round's record still hears of it, with the reason.
+    [late] = [r for r in obs.replies[-1] if r.has_error()]
+    assert late.metadata.src_node_id == 22 and "deadline" in late.error.reason
 
 
 def test_a_node_that_leaves_fails_at_once() -> None:
@@ -170,3 +174,31 @@ def test_messages_to_unknown_nodes_fail_without_waiting() -> None:
     replies = list(grid.send_and_receive(_train([51, 999])))
     assert time.monotonic() - started < 30
     assert [r.has_content() for r in sorted(replies, key=lambda r: r.metadata.src_node_id)] == [True, False]
+
+
+def test_push_and_pull_as_a_superlink() -> None:
+    """Mixed message types in one push; each reply pulled once; then "message unavailable"."""
+    hub = Hub()
+    FakeSelector(hub, [41, 42, 43], delay={}, silent={43})
+    grid, _ = _grid(hub)
+    assert list(grid.push_messages([])) == []
+    train = _train([41])[0]
+    evaluate = Message(train.content, 42, MessageType.EVALUATE)
+    silent = _train([43])[0]
+    ids = list(grid.push_messages([train, evaluate, silent]))
+    assert ids == [train.metadata.message_id, evaluate.metadata.message_id, silent.metadata.message_id]
+    got: dict[str, Message] = {}
+    deadline = time.monotonic() + 20
+    while len(got) < 2 and time.monotonic() < deadline:
+        got.update({m.metadata.reply_to_message_id: m for m in grid.pull_messages(ids)})
+        time.sleep(0.05)
+    assert set(got) == set(ids[:2]) and all(m.has_content() for m in got.values())
+    assert {m.metadata.message_type for m in got.values()} == {MessageType.TRAIN, MessageType.EVALUATE}
+    hub.node_left(43, "stream closed")
+    again = {m.metadata.reply_to_message_id: m for m in grid.pull_messages(ids + ["never-sent"])}
+    assert again[ids[2]].error.code == ErrorCode.NODE_UNAVAILABLE and "stream closed" in again[ids[2]].error.reason
+    assert again[ids[2]].metadata.src_node_id == 43
+    for mid in ids[:2] + ["never-sent"]:
+        assert again[mid].error.code == ErrorCode.MESSAGE_UNAVAILABLE
+    # Every instruction handed out: the pushed batches are forgotten.
+    assert hub.batches == {}
