@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
-from coordinator.folding import Folding
 from coordinator.grid import GridPolicy, SelectorTierGrid
 from coordinator.hub import Hub
 from coordinator.main import BUILTIN_APPS
@@ -47,6 +46,7 @@ from tests.unit.test_update_validation import (
     _model,
     _reply,
     _wire,
+    as_strategy_round,
 )
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -178,10 +178,7 @@ def _round(
     policy = GridPolicy(
         round_timeout=60.0, overselect=1.0, min_result_fraction=0.0, aggregation="individual", weight_key="num-examples"
     )
-    grid = SelectorTierGrid(hub, policy, tracker)
-    # Only a Flower strategy's rounds are judged; this test is no strategy (see tests/unit/test_folding.py).
-    decision = Folding(False, "", "test", strategy_round=strategy_round)
-    grid._folding = lambda message_type, caller: decision  # type: ignore[method-assign]
+    grid = as_strategy_round(SelectorTierGrid(hub, policy, tracker), strategy_round)
     started = time.monotonic()
     sent = [Message(_instruction(model), n, MessageType.TRAIN) for n in replies]
     out = list(grid.send_and_receive(sent))

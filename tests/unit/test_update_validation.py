@@ -479,7 +479,7 @@ def test_the_coordinator_refuses_a_bad_individual_reply_and_the_round_goes_on(tm
     policy = GridPolicy(
         round_timeout=60.0, overselect=1.0, min_result_fraction=0.0, aggregation="individual", weight_key="num-examples"
     )
-    grid = SelectorTierGrid(hub, policy, tracker)
+    grid = as_strategy_round(SelectorTierGrid(hub, policy, tracker))
     sent = [Message(_instruction(model), n, MessageType.TRAIN) for n in (1, 2, 3)]
     started = time.monotonic()
     replies = list(grid.send_and_receive(sent))
@@ -492,6 +492,13 @@ def test_the_coordinator_refuses_a_bad_individual_reply_and_the_round_goes_on(tm
     assert hub.rejected == {"shape": 1}
     tracker.finish(None)
     assert tracker.rounds[0]["rejected"] == 1 and tracker.rounds[0]["failures"] == 1
+
+
+def as_strategy_round(grid: SelectorTierGrid, strategy_round: bool = True) -> SelectorTierGrid:
+    """Rounds sent from this test count as a Flower strategy's (the only ones `strict` judges)."""
+    decision = Folding(False, "", "test", strategy_round=strategy_round)
+    grid._folding = lambda message_type, caller: decision  # type: ignore[method-assign]
+    return grid
 
 
 class Quiet:
