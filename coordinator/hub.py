@@ -33,6 +33,12 @@ from protos.payload.v1 import payload_pb2
 
 log = logging.getLogger(__name__)
 
+_RUN_STATUS = {
+    "finished": cpb.RUN_STATUS_FINISHED,
+    "failed": cpb.RUN_STATUS_FAILED,
+    "stopped": cpb.RUN_STATUS_STOPPED,
+}
+
 
 @dataclass
 class SelectorLink:
@@ -134,6 +140,8 @@ class Hub:
         self._msg_batch: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.finished = False
+        # The RunFinished every selector gets, once the run is over (also on attaching later).
+        self.ended: cpb.CoordinatorMessage | None = None
         # Results refused by `check_result`, by reason (each also logged as "reply rejected").
         self.rejected: collections.Counter[str] = collections.Counter()
         # Who may join (coordinator/roster.py); None until the first list arrives.
@@ -490,10 +498,30 @@ class Hub:
                 link.outbox.put(cpb.CoordinatorMessage(participants=roster))
             return True
 
-    def finish(self, reason: str) -> None:
-        """Tell every selector the run is over."""
+    def finish(self, reason: str, status: str = "finished") -> bool:
+        """Tell every selector the run is over and how it ended: finished | failed | stopped.
+
+        Only the first call counts (a stop signal during the final upload must not
+        turn a finished run into a stopped one); returns whether this call did.
+        """
         with self.cond:
+            if self.ended is not None:
+                return False
+            self.ended = cpb.CoordinatorMessage(finished=cpb.RunFinished(reason=reason, status=_RUN_STATUS[status]))
             self.finished = True
             for link in self.selectors.values():
-                link.outbox.put(cpb.CoordinatorMessage(finished=cpb.RunFinished(reason=reason)))
+                link.outbox.put(self.ended)
             self.cond.notify_all()
+            return True
+
+    def wait_told(self, timeout: float) -> bool:
+        """Wait until every attached selector's stream took what was queued for it (the end of
+        the run, to pass on to its clients) or `timeout` passed; True if all did."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while any(not link.outbox.empty() for link in self.selectors.values()):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 0.05))
+            return True

@@ -6,11 +6,15 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
 from coordinator.hub import Hub
@@ -151,6 +155,33 @@ def _flower_env() -> None:
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
+# How long a run's end may wait for the selectors to take the news before the coordinator
+# exits (they pass it on to their clients at once); the website's stop grace is 10 s.
+TELL_SELECTORS_TIMEOUT = 3.0
+
+
+def _stop_on_signal(hub: Hub, server: grpc.Server) -> None:
+    """On SIGTERM or SIGINT (the website stopping the run), tell the selectors the run was
+    stopped, so clients exit instead of waiting for it, then exit with 128 + the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)  # a second signal ends it at once
+        # Nothing to tell if the run already ended (e.g. a stop during the final upload).
+        if hub.finish(f"the coordinator was stopped ({name})", "stopped"):
+            print(f"run stopped ({name}); telling the selectors", flush=True)
+            log.warning("run stopped", extra={"signal": name})
+            hub.wait_told(TELL_SELECTORS_TIMEOUT)
+        server.stop(grace=1.0).wait()
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
 def _start_reporter(settings: Settings, hub: Hub, state_dir: Path) -> Reporter | None:
     """Start reporting to the webserver when a report URL is configured."""
     if not settings.report_url:
@@ -230,6 +261,7 @@ def run(settings: Settings) -> int:
         return 2
     address, health_address = bound
     server.start()
+    _stop_on_signal(hub, server)
     (state_dir / "coordinator.json").write_text(
         json.dumps(
             {
@@ -347,7 +379,8 @@ def run(settings: Settings) -> int:
         detail = f"the run failed: {failure}"
     if final is not None:
         print(f"final model: {final} and {final.with_suffix('.pt')}", flush=True)
-    hub.finish("run finished" if code == 0 else "run failed")
+    # Clients exit (or, with --follow, wait for the next run) on what they hear here.
+    hub.finish(detail, "finished" if code == 0 else "failed")
     if reporter is not None:
         if final is not None:
             reporter.checkpoint(0, final, "npz")
@@ -357,6 +390,7 @@ def run(settings: Settings) -> int:
         # Give the webserver a last chance at what is buffered, but never hang the exit;
         # a big final model gets the time it needs at a modest 20 MB/s, up to 10 minutes.
         reporter.close(timeout=min(600.0, 10.0 + reporter.pending_upload_bytes() / 20e6))
+    hub.wait_told(TELL_SELECTORS_TIMEOUT)
     server.stop(grace=2.0).wait()
     return code
 

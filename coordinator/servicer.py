@@ -74,8 +74,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         reader.start()
         try:
             yield cpb.CoordinatorMessage(welcome=self.welcome)
-            if self.hub.finished:
-                yield cpb.CoordinatorMessage(finished=cpb.RunFinished(reason="run finished"))
+            ended = self.hub.ended
+            if ended is not None:
+                yield ended
             while context.is_active():
                 item = link.outbox.get()
                 if item is None:

@@ -13,9 +13,20 @@ class Aggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGGREGATION_UNSPECIFIED: _ClassVar[Aggregation]
     AGGREGATION_INDIVIDUAL: _ClassVar[Aggregation]
     AGGREGATION_WEIGHTED_MEAN: _ClassVar[Aggregation]
+
+class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
+    RUN_STATUS_FINISHED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+    RUN_STATUS_STOPPED: _ClassVar[RunStatus]
 AGGREGATION_UNSPECIFIED: Aggregation
 AGGREGATION_INDIVIDUAL: Aggregation
 AGGREGATION_WEIGHTED_MEAN: Aggregation
+RUN_STATUS_UNSPECIFIED: RunStatus
+RUN_STATUS_FINISHED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+RUN_STATUS_STOPPED: RunStatus
 
 class SelectorMessage(_message.Message):
     __slots__ = ("hello", "node_joined", "node_left", "progress", "heartbeat", "roster_request")
@@ -162,10 +173,12 @@ class Flush(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
 
 class RunFinished(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "status")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    status: RunStatus
+    def __init__(self, reason: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("message_ids", "reason")

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from protos.payload.v1 import payload_pb2 as protos_dot_payload_dot_v1_dot_payload__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/selector/v1/selector.proto\x12\x12protos.selector.v1\x1a\x1fprotos/payload/v1/payload.proto\"c\n\x0bJoinRequest\x12\x12\n\ncredential\x18\x01 \x01(\t\x12\x12\n\nfab_sha256\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_version\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\"y\n\x0cJoinResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12(\n\x03run\x18\x03 \x01(\x0b\x32\x1b.protos.selector.v1.RunInfo\x12\x1a\n\x12heartbeat_interval\x18\x04 \x01(\x01\"X\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x12\n\nfab_sha256\x18\x02 \x01(\t\x12\x17\n\x0frun_config_json\x18\x03 \x01(\t\x12\x10\n\x08\x66\x61\x62_size\x18\x04 \x01(\x04\"^\n\x0b\x43lientEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x32\n\theartbeat\x18\x02 \x01(\x0b\x32\x1d.protos.selector.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\"\x0b\n\tHeartbeat\"\xe5\x01\n\rSelectorEvent\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.protos.selector.v1.WelcomeH\x00\x12\x31\n\x04task\x18\x02 \x01(\x0b\x32!.protos.selector.v1.TaskAvailableH\x00\x12\x36\n\tcancelled\x18\x03 \x01(\x0b\x32!.protos.selector.v1.TaskCancelledH\x00\x12\x30\n\x08shutdown\x18\x04 \x01(\x0b\x32\x1c.protos.selector.v1.ShutdownH\x00\x42\x07\n\x05\x65vent\"\x1a\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"6\n\rTaskAvailable\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x02 \x01(\x04\"0\n\rTaskCancelled\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"6\n\x0fPullTaskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"q\n\x08TaskPart\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .protos.payload.v1.PayloadHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.protos.payload.v1.ChunkH\x00\x42\x06\n\x04part\"f\n\x0cResultHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x31\n\x07payload\x18\x03 \x01(\x0b\x32 .protos.payload.v1.PayloadHeader\"s\n\nResultPart\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .protos.selector.v1.ResultHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.protos.payload.v1.ChunkH\x00\x42\x06\n\x04part\"6\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"#\n\rGetFabRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"2\n\x0cLeaveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0f\n\rLeaveResponse2\xea\x03\n\x08Selector\x12I\n\x04Join\x12\x1f.protos.selector.v1.JoinRequest\x1a .protos.selector.v1.JoinResponse\x12S\n\tSubscribe\x12\x1f.protos.selector.v1.ClientEvent\x1a!.protos.selector.v1.SelectorEvent(\x01\x30\x01\x12O\n\x08PullTask\x12#.protos.selector.v1.PullTaskRequest\x1a\x1c.protos.selector.v1.TaskPart0\x01\x12V\n\nPushResult\x12\x1e.protos.selector.v1.ResultPart\x1a&.protos.selector.v1.PushResultResponse(\x01\x12G\n\x06GetFab\x12!.protos.selector.v1.GetFabRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x12L\n\x05Leave\x12 .protos.selector.v1.LeaveRequest\x1a!.protos.selector.v1.LeaveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/selector/v1/selector.proto\x12\x12protos.selector.v1\x1a\x1fprotos/payload/v1/payload.proto\"c\n\x0bJoinRequest\x12\x12\n\ncredential\x18\x01 \x01(\t\x12\x12\n\nfab_sha256\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_version\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\"y\n\x0cJoinResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12(\n\x03run\x18\x03 \x01(\x0b\x32\x1b.protos.selector.v1.RunInfo\x12\x1a\n\x12heartbeat_interval\x18\x04 \x01(\x01\"X\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x12\n\nfab_sha256\x18\x02 \x01(\t\x12\x17\n\x0frun_config_json\x18\x03 \x01(\t\x12\x10\n\x08\x66\x61\x62_size\x18\x04 \x01(\x04\"^\n\x0b\x43lientEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x32\n\theartbeat\x18\x02 \x01(\x0b\x32\x1d.protos.selector.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\"\x0b\n\tHeartbeat\"\xe5\x01\n\rSelectorEvent\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.protos.selector.v1.WelcomeH\x00\x12\x31\n\x04task\x18\x02 \x01(\x0b\x32!.protos.selector.v1.TaskAvailableH\x00\x12\x36\n\tcancelled\x18\x03 \x01(\x0b\x32!.protos.selector.v1.TaskCancelledH\x00\x12\x30\n\x08shutdown\x18\x04 \x01(\x0b\x32\x1c.protos.selector.v1.ShutdownH\x00\x42\x07\n\x05\x65vent\"\x1a\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"6\n\rTaskAvailable\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x02 \x01(\x04\"0\n\rTaskCancelled\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Y\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.protos.selector.v1.RunStatus\x12\x0e\n\x06rejoin\x18\x03 \x01(\x08\"6\n\x0fPullTaskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"q\n\x08TaskPart\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .protos.payload.v1.PayloadHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.protos.payload.v1.ChunkH\x00\x42\x06\n\x04part\"f\n\x0cResultHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x31\n\x07payload\x18\x03 \x01(\x0b\x32 .protos.payload.v1.PayloadHeader\"s\n\nResultPart\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .protos.selector.v1.ResultHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.protos.payload.v1.ChunkH\x00\x42\x06\n\x04part\"6\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"#\n\rGetFabRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"2\n\x0cLeaveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0f\n\rLeaveResponse*o\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x01\x12\x15\n\x11RUN_STATUS_FAILED\x10\x02\x12\x16\n\x12RUN_STATUS_STOPPED\x10\x03\x32\xea\x03\n\x08Selector\x12I\n\x04Join\x12\x1f.protos.selector.v1.JoinRequest\x1a .protos.selector.v1.JoinResponse\x12S\n\tSubscribe\x12\x1f.protos.selector.v1.ClientEvent\x1a!.protos.selector.v1.SelectorEvent(\x01\x30\x01\x12O\n\x08PullTask\x12#.protos.selector.v1.PullTaskRequest\x1a\x1c.protos.selector.v1.TaskPart0\x01\x12V\n\nPushResult\x12\x1e.protos.selector.v1.ResultPart\x1a&.protos.selector.v1.PushResultResponse(\x01\x12G\n\x06GetFab\x12!.protos.selector.v1.GetFabRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x12L\n\x05Leave\x12 .protos.selector.v1.LeaveRequest\x1a!.protos.selector.v1.LeaveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.selector.v1.selector_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RUNSTATUS']._serialized_start=1524
+  _globals['_RUNSTATUS']._serialized_end=1635
   _globals['_JOINREQUEST']._serialized_start=90
   _globals['_JOINREQUEST']._serialized_end=189
   _globals['_JOINRESPONSE']._serialized_start=191
@@ -51,23 +53,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKCANCELLED']._serialized_start=829
   _globals['_TASKCANCELLED']._serialized_end=877
   _globals['_SHUTDOWN']._serialized_start=879
-  _globals['_SHUTDOWN']._serialized_end=905
-  _globals['_PULLTASKREQUEST']._serialized_start=907
-  _globals['_PULLTASKREQUEST']._serialized_end=961
-  _globals['_TASKPART']._serialized_start=963
-  _globals['_TASKPART']._serialized_end=1076
-  _globals['_RESULTHEADER']._serialized_start=1078
-  _globals['_RESULTHEADER']._serialized_end=1180
-  _globals['_RESULTPART']._serialized_start=1182
-  _globals['_RESULTPART']._serialized_end=1297
-  _globals['_PUSHRESULTRESPONSE']._serialized_start=1299
-  _globals['_PUSHRESULTRESPONSE']._serialized_end=1353
-  _globals['_GETFABREQUEST']._serialized_start=1355
-  _globals['_GETFABREQUEST']._serialized_end=1390
-  _globals['_LEAVEREQUEST']._serialized_start=1392
-  _globals['_LEAVEREQUEST']._serialized_end=1442
-  _globals['_LEAVERESPONSE']._serialized_start=1444
-  _globals['_LEAVERESPONSE']._serialized_end=1459
-  _globals['_SELECTOR']._serialized_start=1462
-  _globals['_SELECTOR']._serialized_end=1952
+  _globals['_SHUTDOWN']._serialized_end=968
+  _globals['_PULLTASKREQUEST']._serialized_start=970
+  _globals['_PULLTASKREQUEST']._serialized_end=1024
+  _globals['_TASKPART']._serialized_start=1026
+  _globals['_TASKPART']._serialized_end=1139
+  _globals['_RESULTHEADER']._serialized_start=1141
+  _globals['_RESULTHEADER']._serialized_end=1243
+  _globals['_RESULTPART']._serialized_start=1245
+  _globals['_RESULTPART']._serialized_end=1360
+  _globals['_PUSHRESULTRESPONSE']._serialized_start=1362
+  _globals['_PUSHRESULTRESPONSE']._serialized_end=1416
+  _globals['_GETFABREQUEST']._serialized_start=1418
+  _globals['_GETFABREQUEST']._serialized_end=1453
+  _globals['_LEAVEREQUEST']._serialized_start=1455
+  _globals['_LEAVEREQUEST']._serialized_end=1505
+  _globals['_LEAVERESPONSE']._serialized_start=1507
+  _globals['_LEAVERESPONSE']._serialized_end=1522
+  _globals['_SELECTOR']._serialized_start=1638
+  _globals['_SELECTOR']._serialized_end=2128
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,22 @@
 from protos.payload.v1 import payload_pb2 as _payload_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
+    RUN_STATUS_FINISHED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+    RUN_STATUS_STOPPED: _ClassVar[RunStatus]
+RUN_STATUS_UNSPECIFIED: RunStatus
+RUN_STATUS_FINISHED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+RUN_STATUS_STOPPED: RunStatus
 
 class JoinRequest(_message.Message):
     __slots__ = ("credential", "fab_sha256", "client_version", "display_name")
@@ -89,10 +101,14 @@ class TaskCancelled(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Shutdown(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "status", "rejoin")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REJOIN_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    status: RunStatus
+    rejoin: bool
+    def __init__(self, reason: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., rejoin: _Optional[bool] = ...) -> None: ...
 
 class PullTaskRequest(_message.Message):
     __slots__ = ("session_id", "task_id")

@@ -72,6 +72,8 @@ class SelectorServicer:
 
     def Join(self, request, context):
         """Check in with a participant credential; returns the node id of this session.
+        Once the run is over it is refused with FAILED_PRECONDITION, and the trailing
+        metadata `fedota-run-status` says how the run ended (finished | failed | stopped).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
