@@ -272,6 +272,16 @@ FEDOTA_SELECTOR_PORT_BASE = env_int("FEDOTA_SELECTOR_PORT_BASE", 17000)
 # Niceness of coordinators and selectors started by the process backend (0-19): the
 # website stays responsive while a federation keeps the CPU busy.
 FEDOTA_SERVICE_NICE = env_int("FEDOTA_SERVICE_NICE", 10)
+# The reconciler restarts a running run's dead services (only those) at most
+# FEDOTA_RESTART_BUDGET times within any FEDOTA_RESTART_WINDOW seconds; one more fails the
+# run, naming the last failure. A window, not a run's whole life: a long run may lose a
+# service now and then and go on.
+FEDOTA_RESTART_BUDGET = env_int("FEDOTA_RESTART_BUDGET", 5)
+FEDOTA_RESTART_WINDOW = env_float("FEDOTA_RESTART_WINDOW", 600.0)
+if FEDOTA_RESTART_BUDGET < 0 or FEDOTA_RESTART_WINDOW <= 0:
+    raise ImproperlyConfigured(
+        "FEDOTA_RESTART_BUDGET must be 0 or more and FEDOTA_RESTART_WINDOW (seconds) more than 0"
+    )
 FEDOTA_CLIENT_IMAGE = env("FEDOTA_CLIENT_IMAGE") or "fedota/client:latest"
 # The docker backend (webserver/spawner/docker.py). Everything it creates is named
 # `<prefix>-p<problem id>...` and labelled fedota.install=<prefix>, so two installations

@@ -28,6 +28,8 @@ class FakeSpawner:
     stops: list[int] = field(default_factory=list)
     fail_with: Exception | None = None
     on_start: Any = None
+    restarted: list[tuple[int, str, int]] = field(default_factory=list)
+    restart_fails_with: Exception | None = None
 
     def coordinator_hosts(self, problem_id: int) -> list[str]:
         return [f"coordinator-{problem_id}.internal"]
@@ -49,6 +51,21 @@ class FakeSpawner:
 
     def status(self, problem_id: int) -> list[ServiceState]:
         return list(self.running.get(problem_id, []))
+
+    def restart(self, problem_id: int, role: str, index: int) -> ServiceState:
+        self.restarted.append((problem_id, role, index))
+        if self.restart_fails_with is not None:
+            raise self.restart_fails_with
+        states = self.running[problem_id]
+        for i, s in enumerate(states):
+            if (s.role, s.index) == (role, index):
+                # Same address (ports are kept); a new pid.
+                states[i] = replace(s, handle=f"{s.handle}r", health="healthy", detail="", exit_code=None)
+                return states[i]
+        raise SpawnError(f"no {role} {index}")
+
+    def remove(self, problem_id: int, role: str, index: int) -> None:
+        self.running[problem_id] = [s for s in self.running[problem_id] if (s.role, s.index) != (role, index)]
 
     def stop(self, problem_id: int, *, remove_data: bool = False) -> None:
         self.stops.append(problem_id)
@@ -97,8 +114,11 @@ def _problem(make_problem: Any, owner: Any, run_config: dict[str, Any]) -> Any:
     return problem
 
 
-def _started(users: dict[str, Any], make_problem: Any, fake: FakeSpawner) -> Run:
+def _started(users: dict[str, Any], make_problem: Any, fake: FakeSpawner, *, selectors: int = 0) -> Run:
     problem = make_problem(users["owner"])
+    if selectors:
+        problem.run_config = {**problem.run_config, "num_selectors": selectors}
+        problem.save(update_fields=["run_config"])
     run = lifecycle.run_start(problem=problem, user=users["owner"])
     lifecycle.run_launch(run_id=run.pk)
     run.refresh_from_db()
@@ -396,40 +416,157 @@ def test_teardown_does_not_overwrite_a_finished_run(
 # ---- reconcile ------------------------------------------------------------------------------
 
 
-def test_reconcile_restarts_a_crashed_selector_then_gives_up(
+def _platform_events(run: Run) -> list[str]:
+    from webserver.monitoring.models import LogLine
+
+    return list(
+        LogLine.objects.filter(run=run, source="platform").order_by("ts", "id").values_list("message", flat=True)
+    )
+
+
+def test_reconcile_restarts_only_the_dead_selector(
     users: dict[str, Any],
     make_problem: Any,
     fake: FakeSpawner,
     enqueued: list[Any],
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    run = _started(users, make_problem, fake)
+    run = _started(users, make_problem, fake, selectors=2)
     pid = run.problem_id
+    before = {(s.role, s.index): s for s in fake.status(pid)}
+    fake.crash(pid, "selector", 1)  # killed: no exit code
 
-    for attempt in range(1, lifecycle.MAX_RESTARTS + 1):
+    with django_capture_on_commit_callbacks(execute=True):
+        report = lifecycle.infrastructure_reconcile()
+
+    run.refresh_from_db()
+    assert report.restarted == [run.pk] and report.relaunched == [] and report.failed == []
+    assert fake.restarted == [(pid, "selector", 1)]
+    assert len(fake.specs) == 1 and enqueued == []  # the run was not launched again
+    assert run.status == RunStatus.RUNNING
+    after = {(s.role, s.index): s for s in fake.status(pid)}
+    assert after[("coordinator", 0)] == before[("coordinator", 0)]
+    assert after[("selector", 0)] == before[("selector", 0)]
+    assert after[("selector", 1)].address == before[("selector", 1)].address
+    row = run.services.get(role="selector", index=1)
+    assert (row.health, row.handle) == ("healthy", after[("selector", 1)].handle)
+    assert [(r["service"], r["reason"]) for r in run.restarts] == [("selector 1", "the process exited with code None")]
+    events = _platform_events(run)
+    assert events[0].startswith("restarting selector 1") and events[1].startswith("selector 1 restarted")
+
+    # Nothing more to do on the next pass.
+    assert lifecycle.infrastructure_reconcile().restarted == []
+
+
+def test_reconcile_restarts_a_crashed_coordinator_alone(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    run = _started(users, make_problem, fake)
+    fake.crash(run.problem_id, "coordinator", 0, exit_code=1)
+
+    report = lifecycle.infrastructure_reconcile()
+
+    run.refresh_from_db()
+    assert report.restarted == [run.pk]
+    assert fake.restarted == [(run.problem_id, "coordinator", 0)]
+    assert len(fake.specs) == 1 and enqueued == []
+    assert run.status == RunStatus.RUNNING
+    assert run.services.get(role="coordinator").health == "healthy"
+
+
+def test_a_run_its_coordinator_reported_failed_is_not_restarted(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
+) -> None:
+    """The ServerApp failed: the coordinator says so, then exits 1. That is the run's end, not a crash."""
+    import time
+
+    from webserver.monitoring.services import run_event_apply
+
+    run = _started(users, make_problem, fake)
+    event = {"kind": "run_finished", "event_id": "e1", "ts": time.time(), "ok": False, "detail": "the ServerApp failed"}
+    run_event_apply(run=run, event=event)
+    fake.crash(run.problem_id, "coordinator", 0, exit_code=1)
+
+    report = lifecycle.infrastructure_reconcile()
+
+    run.refresh_from_db()
+    assert fake.restarted == [] and report.restarted == [] and len(fake.specs) == 1
+    assert (run.status, run.status_detail) == (RunStatus.FAILED, "the ServerApp failed")
+
+
+def test_the_restart_budget_counts_a_window_not_a_runs_life(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], settings: Any
+) -> None:
+    from datetime import datetime, timedelta
+
+    settings.FEDOTA_RESTART_BUDGET = 3
+    settings.FEDOTA_RESTART_WINDOW = 600
+    run = _started(users, make_problem, fake, selectors=2)
+    pid = run.problem_id
+    for _ in range(3):
         fake.crash(pid, "selector", 0, exit_code=1)
-        with django_capture_on_commit_callbacks(execute=True):
-            report = lifecycle.infrastructure_reconcile()
-        run.refresh_from_db()
-        assert report.restarted == [run.pk]
-        assert run.status == RunStatus.STARTING
-        assert run.status_detail.startswith(f"restart {attempt} of {lifecycle.MAX_RESTARTS}: selector 0")
-        assert run.services.get(role="selector", index=0).health == "exited"
-        assert enqueued[-1] == ("problems.publish", (run.pk,))
-        lifecycle.run_launch(run_id=run.pk)  # what the enqueued task does
-        run.refresh_from_db()
-        assert run.status == RunStatus.RUNNING
-        assert run.services.get(role="selector", index=0).health == "healthy"
-    assert len(fake.specs) == 1 + lifecycle.MAX_RESTARTS
-    assert len({spec.service_token for spec in fake.specs}) == len(fake.specs)
+        assert lifecycle.infrastructure_reconcile().restarted == [run.pk]
 
-    fake.crash(pid, "selector", 0, exit_code=1)
+    # Those three were long ago: they no longer count, and the run goes on.
+    run.refresh_from_db()
+    run.restarts = [
+        {**r, "at": (datetime.fromisoformat(r["at"]) - timedelta(seconds=601)).isoformat()} for r in run.restarts
+    ]
+    run.save(update_fields=["restarts"])
+    for _ in range(3):
+        fake.crash(pid, "selector", 1, exit_code=1)
+        assert lifecycle.infrastructure_reconcile().restarted == [run.pk]
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and len(run.restarts) == 6
+
+    # A fourth within the window is one too many.
+    fake.crash(pid, "coordinator", 0, exit_code=1)
     report = lifecycle.infrastructure_reconcile()
     run.refresh_from_db()
-    assert report.failed == [run.pk]
+    assert report.failed == [run.pk] and report.restarted == []
     assert run.status == RunStatus.FAILED
-    assert run.status_detail.startswith(f"gave up after {lifecycle.MAX_RESTARTS} restarts")
+    assert run.status_detail.startswith("gave up: 3 restarts in the last 10 minutes")
+    assert "the budget is 3 per 10 minutes" in run.status_detail
+    assert run.status_detail.endswith("last failure: coordinator: the process exited with code 1")
     assert fake.problems() == set()
+    assert set(run.services.values_list("health", flat=True)) == {"removed"}
+    assert _platform_events(run)[-1].startswith("the run failed: gave up")
+
+
+def test_a_service_that_cannot_be_restarted_alone_relaunches_the_run(
+    users: dict[str, Any],
+    make_problem: Any,
+    fake: FakeSpawner,
+    enqueued: list[Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = _started(users, make_problem, fake, selectors=2)
+    pid = run.problem_id
+    fake.crash(pid, "selector", 0)
+    fake.restart_fails_with = SpawnError("the selector 0's container fedota-p1-selector-0 is gone")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = lifecycle.infrastructure_reconcile()
+
+    run.refresh_from_db()
+    assert report.relaunched == [run.pk]
+    assert run.status == RunStatus.STARTING
+    assert run.status_detail.startswith("launched again: selector 0 could not be restarted alone")
+    assert enqueued == [("problems.publish", (run.pk,))]
+    assert [r["service"] for r in run.restarts] == ["selector 0", "run"]
+    lifecycle.run_launch(run_id=run.pk)  # what the enqueued task does
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
+    assert len({spec.service_token for spec in fake.specs}) == len(fake.specs) == 2
+
+    # A selector the backend no longer has at all: the run is launched whole straight away.
+    fake.restart_fails_with = None
+    fake.remove(pid, "selector", 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = lifecycle.infrastructure_reconcile()
+    run.refresh_from_db()
+    assert report.relaunched == [run.pk] and run.status_detail == "launched again: selector 1 is gone"
+    assert fake.restarted == [(pid, "selector", 0)]
 
 
 def test_a_run_restarted_after_its_problem_changed_app_keeps_its_own_app(
@@ -460,9 +597,9 @@ def test_a_run_restarted_after_its_problem_changed_app_keeps_its_own_app(
     problem = services.problem_update(problem=problem, user=owner, fab_bytes=v2.getvalue(), fab_name="v2.fab")
     assert problem.fab_sha256 != run.fab_sha256
 
-    fake.crash(problem.pk, "coordinator", 0, exit_code=1)
+    fake.remove(problem.pk, "coordinator", 0)  # gone: the run is launched whole
     with django_capture_on_commit_callbacks(execute=True):
-        assert lifecycle.infrastructure_reconcile().restarted == [run.pk]
+        assert lifecycle.infrastructure_reconcile().relaunched == [run.pk]
     lifecycle.run_launch(run_id=run.pk)
 
     run.refresh_from_db()

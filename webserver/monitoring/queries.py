@@ -12,11 +12,12 @@ from webserver import permissions
 from webserver.errors import NotAllowed
 from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord, RunReport
 from webserver.participation.models import Contribution, Participant, ParticipantStatus
-from webserver.problems.models import Problem, Run, ServiceHealth, ServiceRole
+from webserver.problems.models import Problem, Run, RunStatus, ServiceHealth, ServiceRole
 from webserver.problems.queries import problem_get_visible
 
 RECENT_LOGS = 50
 MAX_COMPARED_RUNS = 10
+RECENT_RESTARTS = 20
 
 
 def problem_for_monitoring(*, user: Any, pk: Any) -> Problem:
@@ -213,6 +214,9 @@ def run_json(run: Run) -> dict[str, Any]:
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "reply_policy": run_reply_policy(run=run),
         "metrics_csv": reverse("metrics-csv", kwargs={"run_id": run.pk}),
+        # What the reconciler restarted: how often, and the latest (the events say each one too).
+        "restart_count": len(run.restarts or []),
+        "restarts": list(run.restarts or [])[-RECENT_RESTARTS:],
     }
 
 
@@ -238,7 +242,7 @@ def dashboard(
         "clients_connected": 0,
         "rejected": {"replies": 0, "rounds": 0},
         "rounds": [],
-        "final_model": {"npz": None, "pt": None},
+        "final_model": {"npz": None, "pt": None, "round": 0},
         "participants": [],
         "logs": [],
     }
@@ -255,11 +259,10 @@ def dashboard(
         }
         for s in run.services.exclude(health=ServiceHealth.REMOVED).order_by("role", "index")
     ]
+    rounds: list[dict[str, Any]] = []
     if with_rounds:
         downloads = run_checkpoints(run=run, since=since)
         rounds = [round_json(r, downloads) for r in run_rounds(run=run, since=since)]
-    else:
-        downloads, rounds = run_checkpoints(run=run, final_only=True), []
     doc.update(
         run=run_json(run),
         services=services,
@@ -270,7 +273,7 @@ def dashboard(
         ),
         rejected=run_rejected(run=run),
         rounds=rounds,
-        final_model=downloads.get(0, {"npz": None, "pt": None}),
+        final_model=run_final_model(run=run),
         participants=run_participants(run=run),
         logs=[log_json(line) for line in run_logs(run=run)],
     )
@@ -310,6 +313,51 @@ def metrics_table(*, run: Run) -> tuple[list[str], list[list[Any]]]:
         row += [metrics.get("evaluate", {}).get(k) for k in eval_keys]
         rows.append(["" if v is None else v for v in row])
     return header, rows
+
+
+# Runs that ended without their final model: what they completed is still theirs to download.
+ENDED_EARLY = (RunStatus.FAILED, RunStatus.STOPPED)
+
+
+def _last_completed(run: Run, kind: str = "npz") -> Checkpoint | None:
+    """The run's last round that has a stored `kind` file, if the run ended without a final model."""
+    if run.status not in ENDED_EARLY:
+        return None
+    stored = Checkpoint.objects.filter(run=run, round__gt=0).exclude(**{kind: ""}).order_by("-round")
+    return stored.only("pk", "round", "npz", "pt").first()
+
+
+def run_final_model(*, run: Run) -> dict[str, Any]:
+    """The model to download as the run's result: its final model, else (a failed or stopped run) its last round's.
+
+    `round` is 0 for the final model, the round's number otherwise; links are None for files not stored.
+    """
+    final = Checkpoint.objects.filter(run=run, round=0).order_by().first()
+    if final is not None and (final.npz or final.pt):
+        return {
+            "npz": _download(run, 0, "npz", bool(final.npz)),
+            "pt": _download(run, 0, "pt", bool(final.pt)),
+            "round": 0,
+        }
+    last = _last_completed(run)
+    if last is None:
+        return {"npz": None, "pt": None, "round": 0}
+    return {
+        "npz": _download(run, last.round, "npz", bool(last.npz)),
+        "pt": _download(run, last.round, "pt", bool(last.pt)),
+        "round": last.round,
+    }
+
+
+def model_file(*, run: Run, round: int, kind: str) -> tuple[Any, int]:
+    """The stored file of a round's model and that round; round 0 of a run that ended without
+    a final model gives its last completed round's. (None, round) when there is none."""
+    stored = checkpoint_file(run=run, round=round, kind=kind)
+    if stored is None and round == 0:
+        last = _last_completed(run, kind)
+        if last is not None:
+            return (last.npz if kind == "npz" else last.pt), last.round
+    return stored, round
 
 
 def checkpoint_file(*, run: Run, round: int, kind: str) -> Any:

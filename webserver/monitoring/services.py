@@ -14,6 +14,7 @@ import hmac
 import math
 import re
 import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Protocol
@@ -39,6 +40,8 @@ MAX_NODE_ID = (1 << 63) - 1
 LAST_TIMESTAMP = 253_402_300_799.0
 _SELECTOR_INDEX = re.compile(r"-s(\d+)$")
 REPLY_POLICIES = ("flower", "strict")
+# The source of log lines the website itself adds to a run's events (restarts, ...).
+PLATFORM_SOURCE = "platform"
 # What the coordinator sends (coordinator/rounds.py): its 10 most common reasons, each cut to 300 characters.
 MAX_REASONS = 10
 MAX_REASON_LENGTH = 300
@@ -374,6 +377,21 @@ def _run_finished(run: Run, f: _Field) -> None:
     locked.save(update_fields=["status", "phase", "status_detail", "finished_at"])
     # Selectors send their clients home when the run ends.
     Service.objects.filter(run=run).update(clients_connected=0)
+
+
+def run_platform_event(*, run: Run, message: str, level: str = "WARNING") -> LogLine:
+    """Record something the platform (not the coordinator) did to a run, e.g. a restart, among its events.
+
+    It shows in the dashboard's log with the source `platform`.
+    """
+    return LogLine.objects.create(
+        run=run,
+        event_id=f"platform-{uuid.uuid4().hex}",
+        ts=timezone.now(),
+        level=level,
+        source=PLATFORM_SOURCE,
+        message=message,
+    )
 
 
 # ---- checkpoints -------------------------------------------------------------------------------

@@ -74,23 +74,30 @@ def _run(request: HttpRequest, run_id: int) -> Any:
 
 
 def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse | FileResponse:
-    """A round's model (round 0 = the final model), streamed from storage."""
+    """A round's model (round 0 = the final model), streamed from storage.
+
+    Round 0 of a run that failed or was stopped before its final model is its last
+    completed round's model (the file name and `X-Fedota-Model-Round` say which).
+    """
     if (redirect := _login_or_token(request)) is not None:
         return redirect
     run = _run(request, run_id)
     what = "the final model" if round == 0 else f"round {round}"
     if kind not in ("npz", "pt"):
         return HttpResponseNotFound("Models are offered as .npz (NumPy) or .pt (PyTorch).", content_type="text/plain")
-    stored = queries.checkpoint_file(run=run, round=round, kind=kind)
+    stored, served = queries.model_file(run=run, round=round, kind=kind)
     if stored is None:
         return HttpResponseNotFound(
             f"Run {run.number} has no stored .{kind} file for {what}. The coordinator uploads each round's"
             " model after the round ends (only .npz for rounds, .npz and .pt for the final model).",
             content_type="text/plain; charset=utf-8",
         )
-    stem = "final" if round == 0 else f"round{round:04d}"
+    # A run that failed (or was stopped) before its final model: its last completed round's, named as such.
+    stem = "final" if served == 0 else f"round{served:04d}"
     name = f"{slugify(run.problem.title) or 'problem'}-run{run.number}-{stem}.{kind}"
-    return FileResponse(stored.open("rb"), as_attachment=True, filename=name)
+    response = FileResponse(stored.open("rb"), as_attachment=True, filename=name)
+    response["X-Fedota-Model-Round"] = str(served)
+    return response
 
 
 def metrics_csv(request: HttpRequest, run_id: int) -> HttpResponse:

@@ -15,18 +15,18 @@ length of a start.
 Credentials: each launch makes a fresh service token (the coordinator reports
 with it) and a fresh selector token, hands them to the spawned processes and
 stores only the service token's SHA-256 in `Run.service_token_hash`. Neither
-crosses the broker or touches the database in plaintext, and a restarted
-coordinator gets new ones.
+crosses the broker or touches the database in plaintext. A service restarted
+alone keeps the ones it had (the backend starts it exactly as before); a run
+launched whole gets new ones.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,10 @@ from webserver.spawner.addresses import selector_host
 
 log = logging.getLogger(__name__)
 
-# A run whose services keep dying is restarted this many times, then failed.
-MAX_RESTARTS = 3
 # A queued run whose publish task has not picked it up by then is enqueued again
 # (the broker may have lost the message; launching is idempotent).
 # Not shorter: with several workers, a copy and a late original could launch together.
 REQUEUE_AFTER = timedelta(minutes=10)
-_RESTART_RE = re.compile(r"^restart (\d+) of \d+")
 # Active runs that have not been told to stop.
 LAUNCHING_OR_RUNNING = (RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING)
 # A coordinator whose run has ended keeps running while it delivers its last reports
@@ -373,7 +370,10 @@ class ReconcileReport:
     """What one reconciliation did (run ids, problem ids), for logs and the infrastructure page."""
 
     checked: list[int] = field(default_factory=list)
+    # Runs some of whose services were restarted alone (the run went on).
     restarted: list[int] = field(default_factory=list)
+    # Runs launched whole again, because a service could not be restarted alone.
+    relaunched: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
     stopped: list[int] = field(default_factory=list)
@@ -381,34 +381,184 @@ class ReconcileReport:
 
     def summary(self) -> str:
         parts = [f"{len(self.checked)} running checked"]
-        for name in ("restarted", "failed", "requeued", "stopped", "orphans_removed"):
+        for name in ("restarted", "relaunched", "failed", "requeued", "stopped", "orphans_removed"):
             ids = getattr(self, name)
             if ids:
                 parts.append(f"{name.replace('_', ' ')}: {', '.join(map(str, ids))}")
         return "; ".join(parts)
 
 
-def _restarts_so_far(detail: str) -> int:
-    match = _RESTART_RE.match(detail or "")
-    return int(match.group(1)) if match else 0
+def _service_name(role: str, index: int) -> str:
+    return f"selector {index}" if role == "selector" else role
 
 
-def _why_restart(states: list[ServiceState]) -> str | None:
-    """Why a running run's services need starting again, or None if they need not."""
+@dataclass(frozen=True)
+class _Plan:
+    """What a running run needs: some services restarted alone, or a launch of the whole run."""
+
+    dead: list[ServiceState] = field(default_factory=list)
+    relaunch: str = ""  # why the run must be launched whole; "" if restarting `dead` will do
+
+    @property
+    def restarts(self) -> list[tuple[str, str]]:
+        """(service, reason) of each restart this plan makes."""
+        if self.relaunch:
+            return [("run", self.relaunch)]
+        return [
+            (_service_name(s.role, s.index), s.detail.splitlines()[0].rstrip(":") if s.detail else "it exited")
+            for s in self.dead
+        ]
+
+
+def _plan(run: Run, states: list[ServiceState]) -> _Plan | None:
+    """What a running run's services need, or None if nothing."""
     # ServiceState carries the backend's plain strings (the same values as ServiceRole / ServiceHealth).
     if not states:
-        return "none of its services is running any more"
+        return _Plan(relaunch="none of its services exists any more")
     coordinator = next((s for s in states if s.role == "coordinator"), None)
     if coordinator is None:
-        return "its coordinator is gone"
+        return _Plan(relaunch="its coordinator is gone")
     if coordinator.health == "exited" and coordinator.exit_code == 0:
         # The ServerApp completed: monitoring marks the run finished from the
-        # coordinator's final report, and its selectors are then orphans.
+        # coordinator's final report, and its selectors are then orphans. (A run the
+        # coordinator reported failed is not running any more either: it is never restarted.)
         return None
-    for state in states:
-        if state.health == "exited":
-            return f"{state.role} {state.index}: {state.detail}".strip()
-    return None
+    present = {(s.role, s.index) for s in states}
+    recorded = run.services.exclude(health=ServiceHealth.REMOVED).values_list("role", "index")
+    missing = sorted(index for role, index in recorded if role == "selector" and (role, index) not in present)
+    if missing:
+        return _Plan(relaunch=f"selector {missing[0]} is gone")
+    # The coordinator first: restarted selectors dial it.
+    dead = [s for s in states if s.health == "exited"]
+    return _Plan(dead=dead) if dead else None
+
+
+def _when(entry: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(entry["at"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _window_text(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 120 and seconds % 60 == 0 else f"{seconds:g} s"
+
+
+def _spend(run: Run, restarts: list[tuple[str, str]], now: datetime) -> str:
+    """Record `restarts` on the locked `run` if its budget allows them; else the reason it fails ("" if allowed)."""
+    budget: int = settings.FEDOTA_RESTART_BUDGET
+    window: float = settings.FEDOTA_RESTART_WINDOW
+    history = list(run.restarts or [])
+    since = now - timedelta(seconds=window)
+    recent = [e for e in history if (at := _when(e)) is not None and at > since]
+    if len(recent) + len(restarts) > budget:
+        service, reason = restarts[-1]
+        last = reason if service == "run" else f"{service}: {reason}"
+        return (
+            f"gave up: {len(recent)} restart{'s' if len(recent) != 1 else ''} in the last "
+            f"{_window_text(window)} and more were needed (the budget is {budget} per {_window_text(window)}); "
+            f"last failure: {last}"
+        )
+    history += [{"at": now.isoformat(), "service": service, "reason": reason} for service, reason in restarts]
+    run.restarts = history
+    run.save(update_fields=["restarts"])
+    return ""
+
+
+def _event(run: Run, message: str, level: str = "WARNING") -> None:
+    from webserver.monitoring.services import run_platform_event
+
+    run_platform_event(run=run, message=message, level=level)
+
+
+def _fail_locked(run: Run, reason: str, report: ReconcileReport) -> None:
+    run.status = RunStatus.FAILED
+    run.status_detail = reason
+    run.phase = "failed"
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "status_detail", "phase", "finished_at"])
+    _event(run, f"the run failed: {reason}", level="ERROR")
+    report.failed.append(run.pk)
+
+
+def _relaunch_locked(run: Run, reason: str, report: ReconcileReport) -> None:
+    from webserver.problems import tasks
+
+    log.warning("launching run %s whole again: %s", run.pk, reason)
+    run.status = RunStatus.STARTING
+    run.status_detail = f"launched again: {reason}"
+    run.save(update_fields=["status", "status_detail"])
+    _event(run, f"the run is launched again as a whole: {reason}")
+    tasks.publish.delay_on_commit(run.pk)
+    report.relaunched.append(run.pk)
+
+
+def _give_up(spawner: Spawner, run: Run) -> None:
+    try:
+        spawner.stop(run.problem_id)
+    except SpawnError as exc:
+        log.warning("could not remove the services of failed run %s: %s", run.pk, exc)
+    with transaction.atomic():
+        _mark_removed(run)
+
+
+def _reconcile_running(spawner: Spawner, run: Run, report: ReconcileReport) -> None:
+    observed = timezone.now()
+    states = spawner.status(run.problem_id)
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING).first()
+        if locked is None:
+            return
+        report.checked.append(run.pk)
+        _record_services(locked, states)
+        plan = _plan(locked, states)
+        if plan is None:
+            return
+        if any((at := _when(e)) is not None and at >= observed for e in locked.restarts or []):
+            return  # another reconciler acted on what we saw, after we looked
+        failure = _spend(locked, plan.restarts, timezone.now())
+        if failure:
+            _fail_locked(locked, failure, report)
+        elif plan.relaunch:
+            _relaunch_locked(locked, plan.relaunch, report)
+        else:
+            for service, reason in plan.restarts:
+                log.warning("restarting %s of run %s: %s", service, run.pk, reason)
+                _event(locked, f"restarting {service}: {reason}")
+    if failure:
+        _give_up(spawner, run)
+        return
+    if plan.relaunch:
+        return
+    report.restarted.append(run.pk)
+    for dead in plan.dead:
+        name = _service_name(dead.role, dead.index)
+        try:
+            state = spawner.restart(run.problem_id, dead.role, dead.index)
+        except SpawnError as exc:
+            log.warning("cannot restart %s of run %s: %s", name, run.pk, exc)
+            with transaction.atomic():
+                locked = Run.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING).first()
+                if locked is None:
+                    return
+                why = f"{name} could not be restarted alone: {exc}"
+                failure = _spend(locked, [("run", why)], timezone.now())
+                if failure:
+                    _fail_locked(locked, failure, report)
+                else:
+                    _relaunch_locked(locked, why, report)
+            if failure:
+                _give_up(spawner, run)
+            return
+        with transaction.atomic():
+            Service.objects.filter(run=run, role=dead.role, index=dead.index).update(
+                handle=state.handle,
+                address=state.address,
+                health=state.health,
+                detail=state.detail,
+                updated_at=timezone.now(),
+            )
+            _event(run, f"{name} restarted ({state.handle}, {state.address or 'no address'})", level="INFO")
 
 
 def _delivering_final_reports(spawner: Spawner, problem_id: int) -> bool:
@@ -435,47 +585,15 @@ def _remove_orphan(spawner: Spawner, problem_id: int) -> bool:
     return True
 
 
-def _reconcile_running(spawner: Spawner, run: Run, report: ReconcileReport) -> None:
-    from webserver.problems import tasks
-
-    states = spawner.status(run.problem_id)
-    reason = _why_restart(states)
-    give_up = False
-    with transaction.atomic():
-        locked = Run.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING).first()
-        if locked is None:
-            return
-        report.checked.append(run.pk)
-        _record_services(locked, states)
-        if reason is None:
-            return
-        attempt = _restarts_so_far(locked.status_detail) + 1
-        if attempt > MAX_RESTARTS:
-            locked.status = RunStatus.FAILED
-            locked.status_detail = f"gave up after {MAX_RESTARTS} restarts; last failure: {reason}"
-            locked.finished_at = timezone.now()
-            locked.save(update_fields=["status", "status_detail", "finished_at"])
-            report.failed.append(run.pk)
-            give_up = True
-        else:
-            log.warning("restarting run %s (%d of %d): %s", run.pk, attempt, MAX_RESTARTS, reason)
-            locked.status = RunStatus.STARTING
-            locked.status_detail = f"restart {attempt} of {MAX_RESTARTS}: {reason}"
-            locked.save(update_fields=["status", "status_detail"])
-            tasks.publish.delay_on_commit(run.pk)
-            report.restarted.append(run.pk)
-    if give_up:
-        spawner.stop(run.problem_id)
-        with transaction.atomic():
-            _mark_removed(run)
-
-
 def infrastructure_reconcile(*, spawner: Spawner | None = None) -> ReconcileReport:
     """Make what runs match what should run; safe to run at any time, and twice at once.
 
-    - a running run: record each service's health; if a service exited
-      unexpectedly, launch the run again (at most MAX_RESTARTS times, then fail it);
-      a coordinator that exited with code 0 finished its run and is left to monitoring;
+    - a running run: record each service's health; restart each service that exited
+      unexpectedly, alone, as it was (the others go on; a coordinator resumes from its
+      checkpoint); launch the run whole only when a service cannot be restarted alone
+      (it was removed); fail the run when more restarts than FEDOTA_RESTART_BUDGET
+      would fall within FEDOTA_RESTART_WINDOW. A coordinator that exited with code 0
+      finished its run and is left to monitoring, as is a run it reported failed;
     - a queued run nobody picked up: enqueue its launch again;
     - a stopping run: tear it down (in case its stop task was lost);
     - anything the backend runs for a problem with no active run (or no problem): remove it.
@@ -507,6 +625,6 @@ def infrastructure_reconcile(*, spawner: Spawner | None = None) -> ReconcileRepo
                 report.orphans_removed.append(problem_id)
         except SpawnError as exc:
             log.warning("cannot remove the orphaned services of problem %s: %s", problem_id, exc)
-    if report.restarted or report.failed or report.orphans_removed or report.requeued or report.stopped:
+    if len(report.summary().split("; ")) > 1:
         log.info("reconciled: %s", report.summary())
     return report

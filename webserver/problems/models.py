@@ -84,6 +84,10 @@ class Run(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Every restart the reconciler made, oldest first: {"at": ISO time, "service":
+    # "selector 1" | "coordinator" | "run" (launched whole), "reason": ...}. The restart
+    # budget counts the ones within its window (problems.lifecycle).
+    restarts = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["problem", "-number"]

@@ -1,6 +1,6 @@
 """The Spawner interface: start and stop one run's coordinator and selectors.
 
-Backends (`process` here, `docker` later) sit side by side behind this one
+Backends (`process`, `docker`) sit side by side behind this one
 interface and translate their library's errors into `SpawnError` at their edge.
 Callers (Celery tasks via problems.services) never know which backend runs.
 """
@@ -135,6 +135,17 @@ class Spawner(Protocol):
 
     def status(self, problem_id: int) -> list[ServiceState]:
         """The services of a problem that exist now, with their health."""
+        ...
+
+    def restart(self, problem_id: int, role: str, index: int) -> ServiceState:
+        """Start one dead service of the problem again, exactly as it was started; the others are not touched.
+
+        Same ports, volume or state folder, network, environment and TLS material (so the
+        selectors' certificate is still the one join bundles trust, and a coordinator finds its
+        checkpoints). A service that is running already is left alone. Raises SpawnError when
+        the service cannot be started as it was (it was removed, say): the run must then be
+        launched whole.
+        """
         ...
 
     def stop(self, problem_id: int, *, remove_data: bool = False) -> None:

@@ -21,9 +21,16 @@ orphan removal need no record of what was started.
 
 Containers run as the images' non-root user with every capability dropped,
 `no-new-privileges`, a read-only root filesystem (a tmpfs at /tmp), memory,
-CPU and pid limits, no Docker socket, and restart policy `on-failure` (the
-engine restarts a crash a few times; the reconciler relaunches the run when
-the engine gives up or someone kills a container).
+CPU and pid limits and no Docker socket.
+
+Restart policies differ by role (docs/containers.md). A selector has
+`on-failure` with a few retries: the engine brings a crashed selector back at
+once, on the same port with the same certificate. The coordinator has none:
+it exits non-zero when its run failed as well as when it crashed, and only the
+website knows which (a failed run was reported as failed first), so the
+reconciler decides. The engine never restarts a container someone killed or
+stopped; the reconciler restarts exactly that container (`restart`), and
+launches the run whole only when a container is gone.
 
 The checkpoints are streamed to the website as the coordinator writes them,
 so the volume is working state: it survives a relaunch of the same run and is
@@ -239,6 +246,31 @@ class DockerSpawner:
         out.sort(key=lambda s: (s.role != "coordinator", s.index))
         return out
 
+    def restart(self, problem_id: int, role: str, index: int) -> ServiceState:
+        """Start the exited container of one service again: same name, ports, volume, network, environment."""
+        name = self.container_name(problem_id, role, index)
+        what = f"{role} {index}" if role == "selector" else role
+        with _engine(f"restarting the {what} of problem {problem_id}"):
+            try:
+                container = self.client.containers.get(name)
+            except docker.errors.NotFound:
+                raise SpawnError(f"the {what}'s container {name} is gone; it cannot be restarted as it was") from None
+            labels = container.attrs["Config"].get("Labels") or {}
+            if labels.get(f"{LABEL}.install") != self.prefix or labels.get(f"{LABEL}.problem") != str(problem_id):
+                raise SpawnError(f"the container {name} is not this installation's {what} of problem {problem_id}")
+            state = container.attrs["State"]
+            if state["Status"] not in ("running", "restarting"):
+                try:
+                    container.start()
+                except docker.errors.APIError as exc:
+                    if "allocated" in str(exc) or "address already in use" in str(exc):
+                        raise SpawnError(
+                            f"the {what} cannot be published on its port again: another program is using it"
+                        ) from exc
+                    raise
+            container.reload()
+            return self._state(container)
+
     def stop(self, problem_id: int, *, remove_data: bool = False) -> None:
         """Remove the problem's containers, its network and its state volume (found by label).
 
@@ -306,7 +338,7 @@ class DockerSpawner:
             except docker.errors.NotFound:
                 return self.client.volumes.create(name, labels=self.labels(problem_id, **{f"{LABEL}.role": "state"}))
 
-    def _hardening(self, memory: str) -> dict[str, Any]:
+    def _hardening(self, memory: str, *, restart: bool) -> dict[str, Any]:
         return {
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
@@ -315,7 +347,9 @@ class DockerSpawner:
             "mem_limit": memory,
             "nano_cpus": int(self.cpus * 1e9),
             "pids_limit": self.pids_limit,
-            "restart_policy": {"Name": "on-failure", "MaximumRetryCount": self.restart_retries},
+            "restart_policy": (
+                {"Name": "on-failure", "MaximumRetryCount": self.restart_retries} if restart else {"Name": "no"}
+            ),
             "init": True,
             "log_config": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
         }
@@ -358,7 +392,8 @@ class DockerSpawner:
                 network=network.name,
                 volumes={volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
                 extra_hosts={HOST_GATEWAY: "host-gateway"},
-                **self._hardening(self.coordinator_memory),
+                # Not the engine's to restart: see the module docstring.
+                **self._hardening(self.coordinator_memory, restart=False),
             )
             # Into the volume (the root filesystem is read-only), before the first start.
             if not container.put_archive(STATE_MOUNT, _fab_archive(fab, fab_name)):
@@ -390,7 +425,7 @@ class DockerSpawner:
                 labels=labels,
                 network=network.name,
                 ports={f"{SELECTOR_PORT}/tcp": (self.publish_host, port)},
-                **self._hardening(self.selector_memory),
+                **self._hardening(self.selector_memory, restart=True),
             )
 
     def _wait_healthy(self, container: Any, role: str, index: int, deadline: float) -> None:

@@ -14,6 +14,13 @@ in its environment naming this installation (its state folder) and the
 problem; a process is only ever signalled after checking that tag, so a
 recycled pid, or another installation's problem with the same id, is never hit.
 
+How each service was started (its command line and environment) is kept in
+`<run folder>/<service>.launch.json`, readable by this user only (the
+environment holds the run's tokens and TLS keys), so `restart()` can start
+one dead service again exactly as it was: a selector on its port with its
+certificate, a coordinator on its port (its selectors dial it there) with its
+state folder and credentials.
+
 Each service runs under a one-line `sh` wrapper that writes the service's exit
 code to a file when it ends, so `status()` can tell a coordinator that
 finished its run (code 0) from one that crashed, even from another process
@@ -22,6 +29,7 @@ than the one that started it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -168,10 +176,11 @@ class ProcessSpawner:
             f"--wait-for-nodes={spec.min_clients}",
             *([f"--reply-policy={spec.reply_policy}"] if spec.reply_policy else []),
         ]
-        coord = self._spawn(
-            coord_cmd, {**env, **spec.coordinator_tls_env()}, logs / "coordinator.log", run_dir / "coordinator.exit"
-        )
+        coord_env = {**env, **spec.coordinator_tls_env()}
+        coord = self._spawn(coord_cmd, coord_env, logs / "coordinator.log", run_dir / "coordinator.exit")
         records.append(self._record("coordinator", 0, coord.pid, run_dir / "coordinator", logs / "coordinator.log"))
+        records[0]["state_file"] = str(coord_dir / "coordinator.json")
+        records[0]["launch"] = self._keep_launch(run_dir / "coordinator.launch.json", coord_cmd, coord_env)
         self._write(root, records)
         coord_state = self._wait_for_file(
             coord, coord_dir / "coordinator.json", logs / "coordinator.log", spec, deadline
@@ -194,8 +203,11 @@ class ProcessSpawner:
                 f"--state-file={state_file}",
             ]
             log_path = logs / f"selector_{i}.log"
-            proc = self._spawn(cmd, {**env, **spec.selector_tls_env()}, log_path, run_dir / f"selector_{i}.exit")
+            selector_env = {**env, **spec.selector_tls_env()}
+            proc = self._spawn(cmd, selector_env, log_path, run_dir / f"selector_{i}.exit")
             records.append(self._record("selector", i, proc.pid, run_dir / f"selector_{i}", log_path))
+            records[-1]["state_file"] = str(state_file)
+            records[-1]["launch"] = self._keep_launch(run_dir / f"selector_{i}.launch.json", cmd, selector_env)
             self._write(root, records)
             state = self._wait_for_file(proc, state_file, log_path, spec, deadline)
             listening = str(state["address"])
@@ -229,6 +241,67 @@ class ProcessSpawner:
                 ServiceState(str(rec["role"]), int(str(rec["index"])), str(pid), address, health, detail, exit_code)
             )
         return out
+
+    def restart(self, problem_id: int, role: str, index: int) -> ServiceState:
+        root = self._root(problem_id)
+        tag = self.tag(problem_id)
+        what = f"{role} {index}" if role == "selector" else role
+        root.mkdir(parents=True, exist_ok=True)
+        # Two reconcilers at once must not start the same service twice.
+        with open(root / "restart.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self._read(root)
+            rec = next((r for r in records if (r.get("role"), r.get("index")) == (role, index)), None)
+            if rec is None:
+                raise SpawnError(f"problem {problem_id} has no {what} on record; it cannot be restarted as it was")
+            if not _alive_with_tag(int(str(rec["pid"])), tag):
+                self._respawn(rec, what, tag)
+                self._write(root, records)
+        return next(s for s in self.status(problem_id) if (s.role, s.index) == (role, index))
+
+    def _respawn(self, rec: dict[str, object], what: str, tag: str) -> None:
+        """Start `rec`'s service again from its launch file, on the address it had; updates `rec`."""
+        try:
+            launch = json.loads(Path(str(rec.get("launch", ""))).read_text())
+            cmd, env = [str(a) for a in launch["cmd"]], {str(k): str(v) for k, v in launch["env"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SpawnError(f"how the {what} was started is not on record ({exc}); it cannot be restarted") from None
+        if env.get(TAG_VAR) != tag:
+            raise SpawnError(f"the {what}'s launch record belongs to another installation or problem")
+        address = str(rec.get("address", ""))
+        port = address.rsplit(":", 1)[1] if ":" in address else ""
+        if port:
+            # Its peers know it at this port: a selector's clients (join bundles), a coordinator's selectors.
+            cmd = [
+                f"{a.rsplit(':', 1)[0]}:{port}" if a.startswith("--listen=") and a.endswith(":0") else a for a in cmd
+            ]
+        listen = next((a.removeprefix("--listen=") for a in cmd if a.startswith("--listen=")), "")
+        host, _, listen_port = listen.rpartition(":")
+        if listen_port.isdigit() and int(listen_port) and not _port_free(host, int(listen_port)):
+            raise SpawnError(f"the {what} cannot listen on {listen} again: another program is using it")
+        state_file = Path(str(rec.get("state_file", "")))
+        state_file.unlink(missing_ok=True)
+        log_path = Path(str(rec.get("log", "")))
+        proc = self._spawn(cmd, env, log_path, Path(str(rec["exit_file"])))
+        rec.update(pid=proc.pid, probe="")
+        state = self._await_file(proc, state_file, time.monotonic() + START_TIMEOUT)
+        if state is None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise SpawnError(f"the restarted {what} did not come up (exit code {proc.returncode}):\n{_tail(log_path)}")
+        rec["probe"] = str(state.get("health") or state["address"])
+
+    @staticmethod
+    def _keep_launch(path: Path, cmd: list[str], env: dict[str, str]) -> str:
+        """Write how a service was started, for `restart`; only this user may read it (it holds secrets)."""
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"cmd": cmd, "env": env}, out)
+        tmp.replace(path)
+        return str(path)
 
     def stop(self, problem_id: int, *, remove_data: bool = False) -> None:
         root = self._root(problem_id)
@@ -331,9 +404,9 @@ class ProcessSpawner:
             except OSError as exc:
                 raise SpawnError(f"cannot start {cmd[2]}: {exc}") from exc
 
-    def _wait_for_file(
-        self, proc: subprocess.Popen[bytes], path: Path, log_path: Path, spec: RunSpec, deadline: float
-    ) -> dict[str, object]:
+    @staticmethod
+    def _await_file(proc: subprocess.Popen[bytes], path: Path, deadline: float) -> dict[str, object] | None:
+        """The state file `proc` writes once it listens; None if it exits or the deadline passes first."""
         while time.monotonic() < deadline:
             if path.exists():
                 try:
@@ -342,12 +415,21 @@ class ProcessSpawner:
                     data = None
                 if isinstance(data, dict) and data.get("address"):
                     return data
-            code = proc.poll()
-            if code is not None:
-                self.stop(spec.problem_id)
-                raise SpawnError(f"{log_path.stem} exited with code {code} while starting:\n{_tail(log_path)}")
+            if proc.poll() is not None:
+                return None
             time.sleep(0.1)
+        return None
+
+    def _wait_for_file(
+        self, proc: subprocess.Popen[bytes], path: Path, log_path: Path, spec: RunSpec, deadline: float
+    ) -> dict[str, object]:
+        data = self._await_file(proc, path, deadline)
+        if data is not None:
+            return data
+        code = proc.poll()
         self.stop(spec.problem_id)
+        if code is not None:
+            raise SpawnError(f"{log_path.stem} exited with code {code} while starting:\n{_tail(log_path)}")
         raise SpawnError(f"{log_path.stem} did not start within {START_TIMEOUT:.0f} s:\n{_tail(log_path)}")
 
     @staticmethod

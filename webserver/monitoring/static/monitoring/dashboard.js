@@ -109,6 +109,13 @@
     }
     const parts = [line];
     if (run.status_detail) parts.push(node("p", run.status_detail, run.status === "failed" ? "error" : "muted"));
+    if (run.restart_count) {
+      const last = run.restarts[run.restarts.length - 1];
+      const p = node("p", `${run.restart_count} restart${run.restart_count === 1 ? "" : "s"} of dead services; ` +
+        `the latest: ${last.service} (${last.reason}). Each is in the events below.`, "muted");
+      p.id = "restarts";
+      parts.push(p);
+    }
     const policy = run.reply_policy || { name: "", reported: false };
     if (policy.name) {
       const p = node("p");
@@ -121,7 +128,14 @@
     const dl = node("p");
     dl.append(link(run.metrics_csv, "Metrics as CSV"));
     if (d.final_model.pt || d.final_model.npz) {
-      dl.append(" · final model: ");
+      if (d.final_model.round) {
+        const what = node("span", `last completed model (round ${d.final_model.round}; ` +
+          `the run ${run.status_label.toLowerCase()} before its final model)`);
+        what.id = "last-model";
+        dl.append(" · ", what, ": ");
+      } else {
+        dl.append(" · final model: ");
+      }
       if (d.final_model.pt) dl.append(link(d.final_model.pt, "PyTorch .pt"));
       if (d.final_model.pt && d.final_model.npz) dl.append(" · ");
       if (d.final_model.npz) dl.append(link(d.final_model.npz, "NumPy .npz"));
