@@ -54,8 +54,26 @@ def _plain_weighted_mean(replies: list[Message], keys: Collection[str], weight_k
     return {k: (v / total).astype(np.float32) for k, v in sums.items()}
 
 
+def _keep_dtypes(arrays: ArrayRecord, replies: list[Message]) -> None:
+    """Cast the stepped arrays back to the model's dtypes (the replies').
+
+    The server optimisers compute in float64 (a NumPy float64 scalar learning
+    rate promotes float32 arrays), so the next round's model would be float64
+    while the clients' model is float32: the app's own `strict` reply policy then
+    refuses every reply after round 1.
+    """
+    for msg in replies:
+        if msg.has_error():
+            continue
+        for record in msg.content.array_records.values():
+            for key in list(arrays.keys()):
+                if key in record and arrays[key].dtype != record[key].dtype:
+                    arrays[key] = Array(arrays[key].numpy().astype(record[key].numpy().dtype))
+        return
+
+
 def with_plain_mean_for(cls: type[fl.FedAvg], keys: Collection[str]) -> type:
-    """Subclass ``cls`` so that arrays named in ``keys`` get the weighted mean.
+    """Subclass ``cls`` so that arrays named in ``keys`` get the weighted mean, and every array the model's dtype.
 
     Running statistics (the scaler's moments) are not trainable parameters: a
     server optimiser (momentum, Adam, ...) stepping them would overshoot and
@@ -74,6 +92,7 @@ def with_plain_mean_for(cls: type[fl.FedAvg], keys: Collection[str]) -> type:
             for key, value in plain.items():
                 if key in arrays:
                     arrays[key] = Array(value)
+            _keep_dtypes(arrays, replies)
         return arrays, metrics
 
     return type(cls.__name__, (cls,), {"aggregate_train": aggregate_train})
@@ -201,7 +220,7 @@ def make_strategy(run_config: Mapping[str, Any], statistics_keys: Collection[str
     elif name == "FedTrimmedAvg":
         extra["beta"] = cfg_float(run_config, "trim-beta")
     cls = STRATEGIES[name]
-    if name in SERVER_OPTIMISERS and statistics_keys:
+    if name in SERVER_OPTIMISERS:
         cls = with_plain_mean_for(cls, statistics_keys)
     cls = with_consistent_replies(cls)
     return cls(**common, **extra)
