@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,8 @@ def test_start_runs_the_problem_locked_down_on_its_own_network(
         assert "no-new-privileges:true" in host["SecurityOpt"]
         assert host["Privileged"] is False
         assert host["Memory"] > 0 and host["NanoCpus"] > 0 and host["PidsLimit"] > 0
-        assert host["RestartPolicy"]["Name"] == "on-failure"
+        # The engine restarts a crashed selector; a coordinator's exit is the reconciler's to judge.
+        assert host["RestartPolicy"]["Name"] == ("on-failure" if state.role == "selector" else "no")
         mounts = container.attrs["Mounts"]
         assert not any("docker.sock" in (m.get("Source") or "") for m in mounts)
         code, uid = exec_python(container, "-c", "import os; print(os.getuid())")
@@ -259,40 +261,121 @@ def platform(
     return {"owner": owner, "problem": problem, "enqueued": enqueued}
 
 
-def test_reconcile_relaunches_a_killed_selector_and_removes_orphans(
+def _started_at(client: Any, name: str) -> tuple[str, str]:
+    container = client.containers.get(name)
+    return container.id, container.attrs["State"]["StartedAt"]
+
+
+def _wait_healthy(spawner: DockerSpawner, problem_id: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = spawner.status(problem_id)
+        if all(s.health == "healthy" for s in states):
+            return
+        assert time.monotonic() < deadline, states
+        time.sleep(0.5)
+
+
+def test_reconcile_restarts_only_what_was_killed_and_removes_orphans(
     platform: dict[str, Any], spawner: DockerSpawner, docker_client: Any, docker_prefix: str, fab: tuple[Path, str]
 ) -> None:
     from webserver.problems import lifecycle
     from webserver.problems.models import RunStatus
 
     problem, owner = platform["problem"], platform["owner"]
+    problem.run_config = {"rounds": 3, "num_selectors": 2}
+    problem.save(update_fields=["run_config"])
+    name = f"{docker_prefix}-p{problem.pk}"
     run = lifecycle.run_start(problem=problem, user=owner)
     lifecycle.run_launch(run_id=run.pk)
     run.refresh_from_db()
     assert (run.status, run.backend) == (RunStatus.RUNNING, "docker"), run.status_detail
-    assert sorted(run.services.values_list("role", "health")) == [("coordinator", "healthy"), ("selector", "healthy")]
-    first = docker_client.containers.get(f"{docker_prefix}-p{problem.pk}-selector-0").id
+    platform["enqueued"].clear()  # the start's own publish
+    services = [f"{name}-coordinator", f"{name}-selector-0", f"{name}-selector-1"]
+    before = {n: _started_at(docker_client, n) for n in services}
+    port = docker_client.containers.get(f"{name}-selector-1").ports["9092/tcp"][0]["HostPort"]
 
     # Killed from outside: the engine's restart policy does not apply, the reconciler does.
-    subprocess.run(["docker", "kill", f"{docker_prefix}-p{problem.pk}-selector-0"], check=True, capture_output=True)
+    subprocess.run(["docker", "kill", f"{name}-selector-1"], check=True, capture_output=True)
     # Meanwhile something runs for a problem that does not exist: an orphan.
     spawner.start(_spec(fab, 99_999, selectors=1))
 
     report = lifecycle.infrastructure_reconcile(spawner=spawner)
-    assert report.restarted == [run.pk] and report.orphans_removed == [99_999]
+    assert report.restarted == [run.pk] and report.relaunched == [] and report.orphans_removed == [99_999]
     assert leftovers(docker_client, docker_prefix, 99_999) == []
+    assert platform["enqueued"] == []  # the run was not launched again
+    _wait_healthy(spawner, problem.pk)
+    after = {n: _started_at(docker_client, n) for n in services}
+    # Only selector 1 started again: the same container (its port, network, certificate), a new start.
+    assert after[f"{name}-coordinator"] == before[f"{name}-coordinator"]
+    assert after[f"{name}-selector-0"] == before[f"{name}-selector-0"]
+    assert after[f"{name}-selector-1"][0] == before[f"{name}-selector-1"][0]
+    assert after[f"{name}-selector-1"][1] != before[f"{name}-selector-1"][1]
+    assert docker_client.containers.get(f"{name}-selector-1").ports["9092/tcp"][0]["HostPort"] == port
     run.refresh_from_db()
-    assert run.status == RunStatus.STARTING and run.status_detail.startswith("restart 1 of 3: selector 0")
-    assert platform["enqueued"][-1] == ("problems.publish", (run.pk,))
+    assert run.status == RunStatus.RUNNING and [r["service"] for r in run.restarts] == ["selector 1"]
 
+    # The coordinator, likewise, alone and in place (its state volume holds its checkpoints).
+    subprocess.run(["docker", "kill", f"{name}-coordinator"], check=True, capture_output=True)
+    assert lifecycle.infrastructure_reconcile(spawner=spawner).restarted == [run.pk]
+    _wait_healthy(spawner, problem.pk)
+    again = {n: _started_at(docker_client, n) for n in services}
+    assert again[f"{name}-coordinator"][0] == before[f"{name}-coordinator"][0]
+    assert again[f"{name}-coordinator"][1] != before[f"{name}-coordinator"][1]
+    assert again[f"{name}-selector-0"] == before[f"{name}-selector-0"]
+    assert again[f"{name}-selector-1"] == after[f"{name}-selector-1"]
+
+    # A selector that is gone altogether cannot be restarted as it was: the run is launched whole.
+    docker_client.containers.get(f"{name}-selector-0").remove(force=True)
+    report = lifecycle.infrastructure_reconcile(spawner=spawner)
+    assert report.relaunched == [run.pk]
+    run.refresh_from_db()
+    assert run.status == RunStatus.STARTING and run.status_detail == "launched again: selector 0 is gone"
+    assert platform["enqueued"] == [("problems.publish", (run.pk,))]
     lifecycle.run_launch(run_id=run.pk)  # what the enqueued publish task does
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING
-    second = docker_client.containers.get(f"{docker_prefix}-p{problem.pk}-selector-0")
-    assert second.id != first and second.status == "running"
+    assert docker_client.containers.get(f"{name}-coordinator").id != before[f"{name}-coordinator"][0]
 
     lifecycle.run_stop(problem=problem, user=owner)
     lifecycle.run_teardown(problem_id=problem.pk)
     run.refresh_from_db()
     assert run.status == RunStatus.STOPPED
     assert leftovers(docker_client, docker_prefix, problem.pk) == []
+
+
+# Kills every process of the container but its init: the service dies on its own, as in a crash
+# (not `docker kill`, which the engine treats as a deliberate stop).
+CRASH = (
+    "import os\n"
+    "for p in os.listdir('/proc'):\n"
+    "    if p.isdigit() and int(p) not in (1, os.getpid()):\n"
+    "        try: os.kill(int(p), 9)\n"
+    "        except OSError: pass\n"
+)
+
+
+def test_the_engine_restarts_a_crashed_selector_but_never_a_coordinator(
+    spawner: DockerSpawner, docker_client: Any, docker_prefix: str, fab: tuple[Path, str]
+) -> None:
+    """A coordinator exits non-zero when its run failed too; restarting it would run the ServerApp again."""
+    spawner.start(_spec(fab, 701, selectors=1))
+    selector = docker_client.containers.get(f"{docker_prefix}-p701-selector-0")
+    coordinator = docker_client.containers.get(f"{docker_prefix}-p701-coordinator")
+    for container in (selector, coordinator):
+        container.exec_run(["python", "-c", CRASH])
+
+    deadline = time.monotonic() + 30
+    while True:
+        selector.reload()
+        coordinator.reload()
+        if selector.attrs["RestartCount"] >= 1 and selector.status == "running":
+            break
+        assert time.monotonic() < deadline, (selector.status, selector.attrs["RestartCount"])
+        time.sleep(0.5)
+    time.sleep(2)
+    coordinator.reload()
+    assert coordinator.status == "exited" and coordinator.attrs["RestartCount"] == 0
+    states = {s.role: s for s in spawner.status(701)}
+    assert states["coordinator"].health == "exited" and states["coordinator"].exit_code != 0
+    spawner.stop(701)
