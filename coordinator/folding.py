@@ -34,6 +34,7 @@ from flwr.server.workflow import default_workflows
 from flwr.serverapp import strategy as fl
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from coordinator.resume import OFFSET_OF
 from fedota_common.aggregate import LEGACY_WEIGHT_KEY
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,22 @@ class Folding:
 
 
 def _own(strategy: Any, name: str, allowed: frozenset[Any]) -> bool:
-    """Whether `strategy.<name>` is one of Flower's functions in `allowed` (not the app's, not patched)."""
-    if name in vars(strategy):
-        return False
+    """Whether `strategy.<name>` is one of Flower's functions in `allowed` (not the app's, not patched).
+
+    A resumed run's methods are wrapped to continue the round numbering
+    (coordinator/resume.py); what counts is the method they wrap.
+    """
+    patched = vars(strategy).get(name)
+    if patched is not None:
+        return getattr(patched, OFFSET_OF, None) in allowed
     return getattr(type(strategy), name, None) in allowed
+
+
+def strategy_of(caller: FrameType | None) -> Any:
+    """The Message-API strategy whose `start` is `caller`, or None."""
+    if caller is not None and caller.f_code is _START:
+        return caller.f_locals.get("self")
+    return None
 
 
 def _message_api(strategy: Any, message_type: str) -> Folding:

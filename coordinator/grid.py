@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Protocol, cast
 from uuid import uuid4
 
+import numpy as np
 from flwr.app import Message, MessageType, Metadata, RecordDict
 from flwr.app.error import Error
 from flwr.app.message import make_message
@@ -32,8 +33,9 @@ from flwr.server.superlink.linkstate.utils import create_message_error_unavailab
 from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 
-from coordinator.folding import Folding, folding_for
+from coordinator.folding import Folding, folding_for, strategy_of
 from coordinator.hub import Batch, Hub, Instr, Result
+from coordinator.resume import capture
 from fedota_common.aggregate import ModelSpec, model_spec
 from fedota_common.payload import (
     WireContent,
@@ -58,6 +60,9 @@ class RoundObserver(Protocol):
     def on_push(self, message_type: str, group_id: str, messages: list[Message]) -> None: ...
 
     def on_close(self, message_type: str, group_id: str, replies: list[Message], participants: list[int]) -> None: ...
+
+    def note_strategy_state(self, state: dict[str, np.ndarray]) -> None:
+        """The server optimiser's state as the next train round starts (saved with the last checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,13 @@ class SelectorTierGrid(Grid):
         originals = list(messages)
         if not originals:
             return []
-        folding = self._folding(originals[0].metadata.message_type, sys._getframe(1))
+        caller = sys._getframe(1)
+        message_type = originals[0].metadata.message_type
+        folding = self._folding(message_type, caller)
+        strategy = strategy_of(caller)
+        if strategy is not None and message_type == MessageType.TRAIN:
+            # Saved with the checkpoint of the round before: what a resumed run restores.
+            self.observer.note_strategy_state(capture(strategy))
         extras = self._overselect(originals) if folding.fold else []
         batch = self._push(originals, extras, folding)
         limit = self.policy.round_timeout if timeout is None else min(timeout, self.policy.round_timeout)

@@ -19,6 +19,7 @@ import grpc
 from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
 from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
+from coordinator.resume import begin_attempt, identity, resuming
 from coordinator.roster import RosterPoller
 from coordinator.rounds import RoundTracker, SecAggWatch
 from coordinator.servicer import CoordinatorServicer
@@ -30,6 +31,7 @@ from fedota_common.replies import builtin_app_names, default_policy_name, reply_
 from fedota_common.settings import (
     Key,
     SettingsError,
+    boolean,
     fraction,
     load,
     non_negative_int,
@@ -79,6 +81,13 @@ KEYS = [
         "not finite or with a bad weight are rejected; auto: strict for a built-in app (apps/), flower otherwise",
     ),
     Key("keep-checkpoints", non_negative_int, 5, "model checkpoints kept (0 = all)"),
+    Key(
+        "resume",
+        boolean,
+        True,
+        "a restart on the same state folder resumes the run after its last checkpoint "
+        "(Flower strategies' start(); see coordinator/resume.py); off: every attempt starts at round 1",
+    ),
     SELECTOR_TOKEN,
     Key("wait-for-nodes", non_negative_int, 0, "start the ServerApp once this many clients have checked in"),
     Key("wait-timeout", positive_float, 600.0, "seconds to wait for --wait-for-nodes before starting anyway"),
@@ -107,6 +116,7 @@ class Settings:
     weight_key: str
     reply_policy: str
     keep_checkpoints: int
+    resume: bool
     selector_token: str
     wait_for_nodes: int
     wait_timeout: float
@@ -311,8 +321,21 @@ def run(settings: Settings) -> int:
         if reporter is not None:
             reporter.log_line("WARNING", line, source="rounds")
 
+    attempt, plan = begin_attempt(
+        state_dir, identity(settings.run_id, app.sha256, settings.run_config), resume=settings.resume
+    )
+    if attempt > 1:
+        echo(
+            f"attempt {attempt} of this run"
+            + (
+                f": resuming after round {plan.round}"
+                if plan
+                else ": no checkpoint to resume from, starting at round 1"
+            )
+        )
     tracker = RoundTracker(
         state_dir,
+        attempt=attempt,
         weight_key=settings.weight_key,
         total_rounds=total_rounds,
         keep_checkpoints=settings.keep_checkpoints,
@@ -359,7 +382,8 @@ def run(settings: Settings) -> int:
         if not isinstance(server_app, ServerApp):
             raise LoadServerAppError(f"{app.serverapp} is not a flwr ServerApp")
         os.chdir(state_dir)
-        server_app(grid=grid, context=context)
+        with resuming(plan, echo):
+            server_app(grid=grid, context=context)
         log.info("ServerApp finished")
     except Exception as exc:
         log.exception("ServerApp failed", extra={"error": str(exc)})

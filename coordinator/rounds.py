@@ -183,9 +183,12 @@ class RoundTracker:
         on_round: Callable[[dict[str, Any]], None] | None = None,
         on_checkpoint: Callable[[int, Path], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        attempt: int = 1,
     ) -> None:
         self.dir = state_dir
-        self.ckpt_dir = state_dir / "checkpoints"
+        # Attempt K > 1 writes its own checkpoints: a restart never overwrites an earlier attempt's.
+        self.attempt = attempt
+        self.ckpt_dir = state_dir / "checkpoints" / (f"attempt-{attempt}" if attempt > 1 else "")
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.weight_key = weight_key
         self.total_rounds = total_rounds
@@ -208,9 +211,12 @@ class RoundTracker:
         self.current: RoundRecord | None = None
         self.rounds: list[dict[str, Any]] = []
         self._model_after: dict[str, ArrayRecord] = {}
+        # Server-optimiser state as a train round starts, and per finished round (see resume.py).
+        self._pending_state: dict[str, np.ndarray] | None = None
+        self._state_after: dict[str, dict[str, np.ndarray]] = {}
         self._latest: ArrayRecord | None = None
         self._lock = threading.Lock()
-        self._writes: queue.Queue[tuple[Path, ArrayRecord] | None] = queue.Queue(maxsize=2)
+        self._writes: queue.Queue[tuple[Path, ArrayRecord | dict[str, np.ndarray]] | None] = queue.Queue(maxsize=3)
         self._writer = threading.Thread(target=self._write_loop, name="checkpoint-writer", daemon=True)
         self._writer.start()
 
@@ -220,6 +226,10 @@ class RoundTracker:
         # The compatibility workflow pushes one message per client from parallel threads.
         with self._lock:
             self._on_push(message_type, group_id, messages)
+
+    def note_strategy_state(self, state: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._pending_state = state or None
 
     def _on_push(self, message_type: str, group_id: str, messages: list[Message]) -> None:
         if not messages or not messages[0].has_content():
@@ -233,7 +243,10 @@ class RoundTracker:
                 if arrays is not None and group_id.isdigit():
                     # The model sent for round r+1 is the aggregate of round r.
                     self._model_after.setdefault(str(int(group_id) - 1), arrays)
+                    if self._pending_state is not None:
+                        self._state_after[str(int(group_id) - 1)] = self._pending_state
                 self._finish_round()
+            self._pending_state = None
             if self.current is None:
                 self.current = RoundRecord(group_id)
         elif message_type == MessageType.EVALUATE and arrays is not None:
@@ -356,18 +369,27 @@ class RoundTracker:
         arrays = self._model_after.get(rec.round)
         if arrays is not None:
             self._latest = arrays
+        state = self._state_after.pop(rec.round, None) if arrays is not None else None
         # Hold no model older than this round: a long run must not grow in memory.
         if rec.round.isdigit():
             for key in [k for k in self._model_after if not k.isdigit() or int(k) <= int(rec.round)]:
                 del self._model_after[key]
-        stem = f"round_{int(rec.round):04d}" if rec.round.isdigit() else f"round_{rec.round}"
-        doc["checkpoint"] = f"checkpoints/{stem}.npz" if arrays is not None else None
+            for key in [k for k in self._state_after if not k.isdigit() or int(k) <= int(rec.round)]:
+                del self._state_after[key]
+        number = f"{int(rec.round):04d}" if rec.round.isdigit() else rec.round
+        model_path, state_path = self.ckpt_dir / f"round_{number}.npz", self.ckpt_dir / f"strategy_{number}.npz"
+        doc["attempt"] = self.attempt
+        doc["checkpoint"] = str(model_path.relative_to(self.dir)) if arrays is not None else None
+        doc["strategy_state"] = str(state_path.relative_to(self.dir)) if state else None
         self.rounds.append(doc)
-        (self.ckpt_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2))
+        (self.ckpt_dir / f"round_{number}.json").write_text(json.dumps(doc, indent=2))
         with (self.dir / "rounds.jsonl").open("a") as fh:
             fh.write(json.dumps(doc) + "\n")
         if arrays is not None:
-            self._writes.put((self.ckpt_dir / f"{stem}.npz", arrays))
+            # The state first: a model on disk then always has its state beside it.
+            if state:
+                self._writes.put((state_path, state))
+            self._writes.put((model_path, arrays))
         loss = _first(rec.train.mean(), TRAIN_LOSS_KEYS)
         acc = _first(rec.evaluate.mean(), EVAL_ACC_KEYS)
         total = f"/{self.total_rounds}" if self.total_rounds else ""
@@ -406,16 +428,18 @@ class RoundTracker:
                 number = _round_of(path)
                 if self.on_checkpoint is not None and number is not None:
                     self.on_checkpoint(number, path)
-                self._prune()
+                if number is not None:
+                    self._prune()
             except Exception:  # a failed checkpoint must not stop training
                 log.exception("checkpoint write failed", extra={"path": str(path)})
 
     def _prune(self) -> None:
         if self.keep <= 0:
             return
-        files = sorted(self.ckpt_dir.glob("round_*.npz"))
-        for old in files[: -self.keep]:
-            old.unlink(missing_ok=True)
+        for pattern in ("round_*.npz", "strategy_*.npz"):
+            files = sorted(self.ckpt_dir.glob(pattern))
+            for old in files[: -self.keep]:
+                old.unlink(missing_ok=True)
 
 
 def _round_of(path: Path) -> int | None:
@@ -424,8 +448,9 @@ def _round_of(path: Path) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def _save_npz(path: Path, arrays: ArrayRecord) -> None:
+def _save_npz(path: Path, arrays: ArrayRecord | dict[str, np.ndarray]) -> None:
     tmp = path.with_suffix(".tmp.npz")
+    plain = arrays if isinstance(arrays, dict) else {k: v.numpy() for k, v in arrays.items()}
     with tmp.open("wb") as fh:
-        np.savez(fh, **{k: v.numpy() for k, v in arrays.items()})  # type: ignore[arg-type]
+        np.savez(fh, **plain)  # type: ignore[arg-type]
     tmp.replace(path)
