@@ -101,8 +101,9 @@ def test_worker_publishes_restarts_and_stops_a_run(
         assert not check_health(coordinator.address, timeout=2), "plaintext reached the coordinator"
         assert coordinator.health == "healthy"  # asked on its plaintext loopback health port
 
-        # A selector dies: the reconciler (run by the worker) starts the run again on the same ports.
+        # A selector dies: the reconciler (run by the worker) restarts it alone, on its port.
         first_handle = run.services.get(role="selector", index=1).handle
+        others = {(s.role, s.index): s.handle for s in run.services.exclude(role="selector", index=1)}
         os.killpg(int(first_handle), signal.SIGKILL)
         from webserver.problems import tasks
 
@@ -114,7 +115,8 @@ def test_worker_publishes_restarts_and_stops_a_run(
             )
 
         _wait_for("the run to be restarted", restarted)
-        assert run.status_detail.startswith("restart 1 of 3: selector 1")
+        assert [r["service"] for r in run.restarts] == ["selector 1"]
+        assert {(s.role, s.index): s.handle for s in run.services.exclude(role="selector", index=1)} == others
         assert all(_serving_tls(address, ca) for address in endpoints)
 
         # Stop: the worker tears everything down.
