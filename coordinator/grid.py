@@ -16,7 +16,7 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol, cast
@@ -31,6 +31,7 @@ from flwr.common.serde_utils import metadata_to_proto
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
 from flwr.serverapp.grid import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore.run import Run
 
 from coordinator.folding import Folding, folding_for, strategy_of
@@ -50,6 +51,8 @@ from protos.coordinator.v1 import coordinator_pb2 as cpb
 
 log = logging.getLogger(__name__)
 
+# Flower's Message-API strategies wait for their minimum of clients in this function's loop.
+_SAMPLE_NODES = sample_nodes.__code__
 WEIGHTED_MEAN_STRATEGIES = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"})
 AGGREGATABLE_TYPES = frozenset({MessageType.TRAIN, MessageType.EVALUATE})
 
@@ -65,6 +68,10 @@ class RoundObserver(Protocol):
         """The server optimiser's state as the next train round starts (saved with the last checkpoint)."""
 
 
+class NotEnoughClients(RuntimeError):
+    """A strategy waited longer than allowed for its minimum number of connected clients."""
+
+
 @dataclass(frozen=True)
 class GridPolicy:
     round_timeout: float
@@ -77,15 +84,24 @@ class GridPolicy:
     aggregation: str
     weight_key: str
     flush_grace: float = 30.0
+    # How long a Flower strategy may wait for its minimum of connected clients (0: round_timeout).
+    node_wait: float = 0.0
 
 
 class SelectorTierGrid(Grid):
     """A Flower Grid whose nodes are the clients checked in at our selectors."""
 
-    def __init__(self, hub: Hub, policy: GridPolicy, observer: RoundObserver) -> None:
+    def __init__(
+        self, hub: Hub, policy: GridPolicy, observer: RoundObserver, say: Callable[[str], None] | None = None
+    ) -> None:
         self.hub = hub
         self.policy = policy
         self.observer = observer
+        # Where waiting for clients is reported (the run's warnings: terminal and dashboard).
+        self.say = say or (lambda line: log.warning(line))
+        # A Flower strategy waiting for its minimum of clients: since when, last count said, when.
+        self._wait_since: float | None = None
+        self._wait_said = (-1, 0.0)
         self._run: Run | None = None
         self._rng = random.Random()
         # The last folding decision logged per message type (logged again when it changes).
@@ -113,7 +129,43 @@ class SelectorTierGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self.hub.node_ids()
+        nodes = self.hub.node_ids()
+        caller = sys._getframe(1)
+        if caller.f_code is _SAMPLE_NODES:
+            # Flower's strategies poll here, once a second, until enough clients are connected.
+            needed = caller.f_locals.get("min_available_nodes")
+            if isinstance(needed, int):
+                self._waiting(len(nodes), needed)
+        return nodes
+
+    def _waiting(self, connected: int, needed: int) -> None:
+        """Say, live, that a round waits for clients, and end the wait after `node_wait` seconds."""
+        now = time.monotonic()
+        if connected >= needed:
+            if self._wait_since is not None:
+                self.say(
+                    f"clients: {connected} of {needed} connected after waiting {now - self._wait_since:.0f} s; "
+                    "the round goes on"
+                )
+            self._wait_since, self._wait_said = None, (-1, 0.0)
+            return
+        limit = self.policy.node_wait or self.policy.round_timeout
+        if self._wait_since is None:
+            self._wait_since = now
+        waited = now - self._wait_since
+        if waited > limit:
+            self._wait_since = None
+            raise NotEnoughClients(
+                f"waited {waited:.0f} s for clients: {connected} of {needed} connected "
+                f"(the strategy needs {needed}; the limit is {limit:g} s)"
+            )
+        said_count, said_at = self._wait_said
+        if connected != said_count or now - said_at >= 30:
+            self._wait_said = (connected, now)
+            self.say(
+                f"waiting: {connected} of {needed} clients connected ({waited:.0f} s so far; "
+                f"the run fails if they are not there within {limit:g} s)"
+            )
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         msgs = list(messages)

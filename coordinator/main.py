@@ -34,6 +34,7 @@ from fedota_common.settings import (
     boolean,
     fraction,
     load,
+    non_negative_float,
     non_negative_int,
     positive_float,
     run_config,
@@ -91,6 +92,13 @@ KEYS = [
     SELECTOR_TOKEN,
     Key("wait-for-nodes", non_negative_int, 0, "start the ServerApp once this many clients have checked in"),
     Key("wait-timeout", positive_float, 600.0, "seconds to wait for --wait-for-nodes before starting anyway"),
+    Key(
+        "max-wait-for-clients",
+        non_negative_float,
+        0.0,
+        "seconds a Flower strategy may wait for its minimum of connected clients before the run fails "
+        "(0: the round timeout)",
+    ),
     Key("max-workers", int, 64, "gRPC worker threads"),
     Key("report-url", str, "", "webserver internal API base for this run, ending in /runs/<id>/ (empty: no reports)"),
     Key("report-token", str, "", "the run's service token the webserver expects with each report"),
@@ -120,6 +128,7 @@ class Settings:
     selector_token: str
     wait_for_nodes: int
     wait_timeout: float
+    max_wait_for_clients: float
     max_workers: int
     report_url: str
     report_token: str
@@ -352,8 +361,9 @@ def run(settings: Settings) -> int:
         min_result_fraction=settings.min_result_fraction,
         aggregation=aggregation,
         weight_key=settings.weight_key,
+        node_wait=settings.max_wait_for_clients,
     )
-    grid = SelectorTierGrid(hub, policy, tracker)
+    grid = SelectorTierGrid(hub, policy, tracker, say=warn)
     logging.getLogger("flwr").addHandler(SecAggWatch(tracker))
     run_info = Run.create_empty(settings.run_id)
     run_info.fab_hash = app.sha256

@@ -202,3 +202,30 @@ def test_push_and_pull_as_a_superlink() -> None:
         assert again[mid].error.code == ErrorCode.MESSAGE_UNAVAILABLE
     # Every instruction handed out: the pushed batches are forgotten.
     assert hub.batches == {}
+
+
+def test_a_strategy_waiting_for_clients_is_told_live_and_fails_after_the_limit() -> None:
+    from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+    from coordinator.grid import NotEnoughClients
+
+    hub = Hub()
+    FakeSelector(hub, [51, 52], delay={}, silent=set())
+    said: list[str] = []
+    policy = GridPolicy(
+        round_timeout=60.0,
+        overselect=1.0,
+        min_result_fraction=0.0,
+        aggregation="individual",
+        weight_key="num-examples",
+        node_wait=2.5,
+    )
+    grid = SelectorTierGrid(hub, policy, Observer(), say=said.append)
+    started = time.monotonic()
+    with pytest.raises(NotEnoughClients, match=r"waited 3 s for clients: 2 of 3 connected"):
+        sample_nodes(grid, 3, 3)  # Flower's own wait loop
+    assert 2.5 <= time.monotonic() - started < 10
+    assert said[0].startswith("waiting: 2 of 3 clients connected (0 s so far; the run fails if they are not there")
+    # Enough clients: no wait, nothing said.
+    said.clear()
+    assert sorted(sample_nodes(grid, 2, 2)[0]) == [51, 52] and said == []
