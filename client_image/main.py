@@ -16,14 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client_image import exits
 from client_image.contract import ContractSpecError, DataContractError, check_or_raise
-from client_image.runner import ACCESS_WITHDRAWN, ClientError, Node, NodeSetup
+from client_image.runner import WITHDRAWN, ClientError, FederationLost, Node, NodeSetup
 from fedota_common.settings import Key, boolean, load, non_negative_int, positive_float, service_main
 
 log = logging.getLogger("client")
 
-EXIT_DATA = 3
-EXIT_REFUSED = 4
+EXIT_DATA = exits.DATA
+EXIT_REFUSED = exits.REFUSED
+EXIT_RUN_FAILED = exits.RUN_FAILED
+EXIT_LOST = exits.LOST
 
 KEYS = [
     Key(
@@ -55,7 +58,21 @@ KEYS = [
     ),
     Key("cache-dir", Path, Path.home() / ".cache" / "fedota-client", "where the app is unpacked"),
     Key("name", str, "", "site name shown to the problem setter"),
-    Key("max-join-wait", positive_float, 120.0, "seconds to keep trying to reach a selector"),
+    Key("max-join-wait", positive_float, 120.0, "seconds to keep trying to reach a selector at the start"),
+    Key(
+        "max-reconnect-wait",
+        positive_float,
+        300.0,
+        f"once joined, seconds to keep looking for a selector after losing the session before giving up "
+        f"(exit code {exits.LOST})",
+    ),
+    Key(
+        "follow",
+        boolean,
+        False,
+        "when a run ends, keep waiting for the problem's next run (and never give up looking for a selector) "
+        "instead of exiting",
+    ),
     Key("check-only", boolean, False, "only check the data, then exit"),
     Key("ca-cert", Path, None, "the problem's CA certificate (PEM); overrides the bundle's"),
     Key("insecure", boolean, False, "connect over plaintext gRPC, without TLS (local development only)"),
@@ -77,6 +94,8 @@ class Settings:
     cache_dir: Path
     name: str
     max_join_wait: float
+    max_reconnect_wait: float
+    follow: bool
     check_only: bool
     ca_cert: Path | None
     insecure: bool
@@ -219,14 +238,27 @@ def run(settings: Settings) -> int:
             root_certificates=root_certificates,
             selectors_local_only=not settings.selector and bundle.get("selectors_local_only") is True,
             extra_node_config=node_config,
+            max_reconnect_wait=settings.max_reconnect_wait,
+            follow=settings.follow,
         )
         node = Node(setup)
-        reason = node.serve()
-        log.info("run over", extra={"reason": reason, "tasks": node.tasks_done})
-        if reason.startswith(ACCESS_WITHDRAWN):
-            print(f"error: the selector ended this client's session: {reason}", file=sys.stderr)
+        end = node.serve()
+        log.info("run over", extra={"status": end.status, "reason": end.reason, "tasks": node.tasks_done})
+        if end.status == WITHDRAWN:
+            print(f"error: the selector ended this client's session: {end.reason}", file=sys.stderr)
             return EXIT_REFUSED
-        return 0
+        code = EXIT_RUN_FAILED if end.status == "failed" else 0
+        told = f"no run of this problem is going on: {end.describe()}" if end.late else end.describe()
+        print(
+            f"{'error: ' if code else ''}{told}. This client is done ({node.tasks_done} tasks served), "
+            f"exit code {code}; with --follow it would wait for the problem's next run.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return code
+    except FederationLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_LOST
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED

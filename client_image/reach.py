@@ -69,9 +69,10 @@ class Attempts:
         self.failures[target] = (kind, details)
         return kind, new
 
-    def report(self, waited: float) -> str:
+    def report(self, waited: float, headline: str = "") -> str:
         """Which addresses were tried, what failed at each, and what to check."""
-        lines = [f"could not reach a selector within {waited:.0f} s. Addresses tried (from the join bundle):"]
+        first = headline or f"could not reach a selector within {waited:.0f} s"
+        lines = [f"{first}. Addresses tried (from the join bundle):"]
         for target in self.targets:
             kind, details = self.failures.get(target, ("not tried", ""))
             lines.append(f"  {target}: {kind}" + (f" ({details})" if details else ""))

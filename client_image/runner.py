@@ -14,14 +14,14 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from client_image.reach import Attempts
+from client_image.reach import Attempts, classify
 from fedota_common.fab import App, FabError, extract, parse_fab
 from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
 from fedota_common.payload import (
@@ -49,10 +49,72 @@ _FINAL_AT_JOIN = (
 
 # How a selector's shutdown reason begins when it withdrew this site's access (revoked).
 ACCESS_WITHDRAWN = "access withdrawn"
+# RunEnd.status when the selector withdrew this site's access rather than ending the run.
+WITHDRAWN = "withdrawn"
+
+# Trailing metadata of a Join refused because the run is over (selector/servicer.py).
+RUN_STATUS_METADATA = "fedota-run-status"
+RUN_REASON_METADATA = "fedota-run-reason-bin"
+
+_RUN_STATUS = {spb.RUN_STATUS_FINISHED: "finished", spb.RUN_STATUS_FAILED: "failed", spb.RUN_STATUS_STOPPED: "stopped"}
+
+# While waiting without a bound (--follow), the client says so this often (seconds).
+SAY_EVERY = 60.0
 
 
 class ClientError(Exception):
     """A problem the data holder must fix; the message says what and how."""
+
+
+class FederationLost(Exception):
+    """After this client had joined, no selector answered for `max_reconnect_wait` seconds."""
+
+
+class _Dropped(Exception):
+    """The session ended but the run did not: join again (another selector, or the same later)."""
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How the run ended for this client: finished | failed | stopped, or withdrawn (access)."""
+
+    status: str
+    reason: str = ""
+    # Learnt when joining: the run was already over (this client was not in it at the end).
+    late: bool = False
+
+    def describe(self) -> str:
+        """The end in words, e.g. "the run was stopped: the coordinator received SIGTERM"."""
+        what = {
+            "finished": "the run finished",
+            "failed": "the run failed",
+            "stopped": "the run was stopped",
+            WITHDRAWN: "this site's access was withdrawn",
+        }.get(self.status, f"the run ended ({self.status})")
+        if self.reason.startswith(what):
+            return self.reason
+        reason = "" if self.reason in ("", "run finished", f"run {self.status}") else self.reason
+        return what + (f": {reason}" if reason else "")
+
+
+def _end_of(shutdown: spb.Shutdown) -> RunEnd:
+    status = _RUN_STATUS.get(shutdown.status)
+    if status is None:
+        # No status: access withdrawn, or an older selector whose shutdown meant "run over".
+        status = WITHDRAWN if shutdown.reason.startswith(ACCESS_WITHDRAWN) else "finished"
+    return RunEnd(status, shutdown.reason)
+
+
+def _end_of_refusal(exc: grpc.RpcError) -> RunEnd | None:
+    """The run's end when a Join was refused because the run is over; None for other refusals."""
+    metadata = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    found = dict(metadata or ())
+    status = found.get(RUN_STATUS_METADATA)
+    if not isinstance(status, str) or not status:
+        return None
+    reason = found.get(RUN_REASON_METADATA, b"")
+    text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+    return RunEnd(status, text, late=True)
 
 
 @dataclass(frozen=True)
@@ -73,6 +135,10 @@ class NodeSetup:
     selectors_local_only: bool = False
     # Further `context.node_config` entries (`--node-config`, as a Flower SuperNode takes them).
     extra_node_config: dict[str, Any] = field(default_factory=dict)
+    # After a session was lost, how long to look for a selector before giving up (FederationLost).
+    max_reconnect_wait: float = 300.0
+    # Keep going after a run ends (waiting for the problem's next run) and never give up looking.
+    follow: bool = False
 
 
 class Node:
@@ -85,50 +151,117 @@ class Node:
         self.context: Any = None
         self.run_id: int | None = None
         self.tasks_done = 0
+        # Whether the current attempt got a session (its loss starts the reconnect bound).
+        self._held = False
+        # Replaceable in tests.
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
 
-    def serve(self) -> str:
-        """Serve until the run finishes; returns why it stopped. Reconnects on failures.
+    def serve(self) -> RunEnd:
+        """Serve until the run ends; returns how it ended. Reconnects on failures.
 
         Every selector address is tried in turn (from a random start, to spread
         clients) until one answers; the first failure of each kind at an address is
-        printed at once, and when none answers within `max_join_wait` the error lists
-        every address tried, what failed there and what to check.
+        printed at once. Before the first session, when none answers within
+        `max_join_wait`, the error lists every address tried, what failed there and
+        what to check. Once a session was held and lost, the search goes on for
+        `max_reconnect_wait` (then FederationLost). With `follow`, no bound applies,
+        and after a run ends the client waits for the problem's next run, saying so
+        every minute; only a withdrawn access ends it.
         """
-        deadline = time.monotonic() + self.setup.max_join_wait
-        backoff = 0.5
-        attempts = Attempts(list(self.setup.selectors), local_only=self.setup.selectors_local_only)
-        order = list(self.setup.selectors)
+        setup = self.setup
+        attempts = Attempts(list(setup.selectors), local_only=setup.selectors_local_only)
+        order = list(setup.selectors)
         start = random.randrange(len(order))
         order = order[start:] + order[:start]
         turn = 0
+        backoff = 0.5
+        # join: no session yet; lost: a session ended, the run did not; next: a run ended (--follow).
+        phase = "join"
+        since = said = self.clock()
         while True:
             target = order[turn % len(order)]
             turn += 1
             try:
-                return self._session(target)
-            except grpc.RpcError as exc:
+                end = self._session(target)
+            except (grpc.RpcError, _Dropped) as exc:
                 # Only a refusal at Join is final; anything later (a restarted
                 # selector forgetting the session, a cut link) means join again.
-                code = exc.code()
-                kind, new = attempts.record(target, code, exc.details() or "")
-                if self.run_id is None and new:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+                now = self.clock()
+                if self._held:
+                    self._held = False
+                    attempts.failures.clear()
+                    phase, since, said, backoff = "lost", now, now, 0.5
+                    bound = "" if setup.follow else f" for up to {setup.max_reconnect_wait:.0f} s"
                     print(
-                        f"warning: cannot reach the selector at {target}: {kind}; retrying for up to "
-                        f"{self.setup.max_join_wait:.0f} s",
+                        f"warning: the session with the selector at {target} ended "
+                        f"({details or classify(code, details)}); joining again{bound}",
                         file=sys.stderr,
                         flush=True,
                     )
-                if time.monotonic() > deadline and self.run_id is None:
-                    raise ClientError(attempts.report(self.setup.max_join_wait)) from exc
+                kind, new = attempts.record(target, code, details)
+                if new and phase != "next":
+                    bound = (
+                        " (--follow: until one answers)"
+                        if setup.follow
+                        else f" for up to {setup.max_join_wait if phase == 'join' else setup.max_reconnect_wait:.0f} s"
+                    )
+                    print(
+                        f"warning: cannot reach the selector at {target}: {kind}; retrying{bound}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                waited = now - since
+                if not setup.follow and phase == "join" and waited > setup.max_join_wait:
+                    raise ClientError(attempts.report(setup.max_join_wait)) from exc
+                if not setup.follow and phase == "lost" and waited > setup.max_reconnect_wait:
+                    raise FederationLost(
+                        attempts.report(
+                            setup.max_reconnect_wait,
+                            headline=f"lost the federation: no selector answered for {waited:.0f} s after the "
+                            "session ended (the run's servers were stopped, or this machine lost its way to them)",
+                        )
+                    ) from exc
                 log.info(
                     "selector unavailable; retrying",
-                    extra={"target": target, "code": str(code), "kind": kind, "detail": exc.details()},
+                    extra={"target": target, "code": str(code), "kind": kind, "detail": details},
                 )
+            else:
+                self._held = False
+                if not setup.follow or end.status == WITHDRAWN:
+                    return end
+                if not (phase == "next" and end.late):
+                    # A run ended (or was found over): the next one starts afresh, with a new Context.
+                    print(
+                        f"{end.describe()}; --follow: waiting for the problem's next run",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self.context = None
+                    attempts.failures.clear()
+                    phase = "next"
+                    since = said = self.clock()
+                    backoff = 0.5
+            now = self.clock()
+            if now - said >= SAY_EVERY:
+                said = now
+                print(self._waiting_line(phase, now - since, attempts), file=sys.stderr, flush=True)
             if turn % len(order) == 0:
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                self.sleep(backoff)
+                backoff = min(backoff * 2, 15.0 if setup.follow else 5.0)
 
-    def _session(self, target: str) -> str:
+    def _waiting_line(self, phase: str, waited: float, attempts: Attempts) -> str:
+        seen = "; ".join(f"{t}: {kind}" for t, (kind, _) in attempts.failures.items()) or "no answer yet"
+        if phase == "next":
+            return f"waiting for the problem's next run ({waited / 60:.0f} min so far); retrying with a backoff"
+        if self.setup.follow:
+            return f"still no selector answers after {waited:.0f} s ({seen}); --follow: retrying until one does"
+        limit = self.setup.max_join_wait if phase == "join" else self.setup.max_reconnect_wait
+        return f"still no selector answers after {waited:.0f} s ({seen}); giving up in {max(0.0, limit - waited):.0f} s"
+
+    def _session(self, target: str) -> RunEnd:
         with channel(target, self.setup.root_certificates) as ch:
             stub = selector_pb2_grpc.SelectorStub(ch)
             try:
@@ -142,9 +275,13 @@ class Node:
                     timeout=UNARY_DEADLINE,
                 )
             except grpc.RpcError as exc:
+                ended = _end_of_refusal(exc)
+                if ended is not None:
+                    return ended
                 if exc.code() in _FINAL_AT_JOIN:
                     raise ClientError(f"selector {target} refused this client: {exc.details()}") from exc
                 raise
+            self._held = True
             session = joined.session_id
             log.info("joined", extra={"selector": target, "node_id": joined.node_id, "run_id": joined.run.run_id})
             self._prepare(stub, session, joined)
@@ -203,7 +340,7 @@ class Node:
             )
             self.run_id = run.run_id
 
-    def _work(self, stub: selector_pb2_grpc.SelectorStub, session: str, joined: spb.JoinResponse) -> str:
+    def _work(self, stub: selector_pb2_grpc.SelectorStub, session: str, joined: spb.JoinResponse) -> RunEnd:
         stop = threading.Event()
         interval = joined.heartbeat_interval or 5.0
 
@@ -235,7 +372,8 @@ class Node:
 
         worker = threading.Thread(target=work, name="task-worker", daemon=True)
         worker.start()
-        reason = "stream ended"
+        end: RunEnd | None = None
+        dropped = "the selector ended the session"
         try:
             for event in events:
                 kind = event.WhichOneof("event")
@@ -248,7 +386,10 @@ class Node:
                         extra={"task": event.cancelled.task_id, "reason": event.cancelled.reason},
                     )
                 elif kind == "shutdown":
-                    reason = event.shutdown.reason or "shutdown"
+                    if event.shutdown.rejoin:
+                        dropped = event.shutdown.reason or "the selector is going away"
+                    else:
+                        end = _end_of(event.shutdown)
                     break
                 elif kind == "welcome":
                     log.info("checked in; waiting for work", extra={"node_id": event.welcome.node_id})
@@ -264,11 +405,13 @@ class Node:
         worker.join()
         if worker_error:
             raise worker_error[0]
+        if end is None:
+            raise _Dropped(dropped)
         try:
-            stub.Leave(spb.LeaveRequest(session_id=session, reason=reason), timeout=5.0)
+            stub.Leave(spb.LeaveRequest(session_id=session, reason=end.describe()), timeout=5.0)
         except grpc.RpcError:
             pass
-        return reason
+        return end
 
     def _run_task(self, stub: selector_pb2_grpc.SelectorStub, session: str, node_id: int, task_id: str) -> None:
         from flwr.app import Message

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from client_image import exits
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -280,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             clients.append((folder.name, fleet.start(f"client-{folder.name}", "client_image", cargs)))
         # Wait for the coordinator; stop early if every client has given up.
         while coord.poll() is None:
-            # Clients exit 0 when told the run is over; only failures mean trouble.
-            if all(p.poll() not in (None, 0) for _, p in clients):
+            # Clients exit 0 when told the run is over (RUN_FAILED when it failed); only other codes mean trouble.
+            if all(p.poll() not in (None, exits.OK, exits.RUN_FAILED) for _, p in clients):
                 failed = [f"{n} (exit {p.returncode})" for n, p in clients if p.returncode]
                 print(
                     "error: every client has stopped before the run finished"

@@ -106,11 +106,33 @@ def participant_of(credential: str) -> str:
 
 
 class SelectorError(Exception):
-    """A client request that cannot be served; `code` names the gRPC status."""
+    """A client request that cannot be served; `code` names the gRPC status.
 
-    def __init__(self, code: str, message: str) -> None:
+    `run_status` (and `run_reason`) are set when the refusal is because the run is
+    over: how it ended (finished | failed | stopped), which the client needs to decide
+    its exit.
+    """
+
+    def __init__(self, code: str, message: str, *, run_status: str = "", run_reason: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.run_status = run_status
+        self.run_reason = run_reason
+
+
+# How the coordinator's RunFinished says a run ended, and what clients are told.
+# An older coordinator sends no status: its runs ended as "finished".
+RUN_STATUS_NAMES = {
+    cpb.RUN_STATUS_UNSPECIFIED: "finished",
+    cpb.RUN_STATUS_FINISHED: "finished",
+    cpb.RUN_STATUS_FAILED: "failed",
+    cpb.RUN_STATUS_STOPPED: "stopped",
+}
+_CLIENT_RUN_STATUS = {
+    "finished": spb.RUN_STATUS_FINISHED,
+    "failed": spb.RUN_STATUS_FAILED,
+    "stopped": spb.RUN_STATUS_STOPPED,
+}
 
 
 @dataclass
@@ -241,6 +263,10 @@ class SelectorCore:
         self.upstream: Upstream | None = None
         self.run: RunInfo | None = None
         self.finished = False
+        # How the run ended and why (status, reason), once the coordinator said so.
+        self.ended: tuple[str, str] | None = None
+        # Set once the coordinator said the run is over (a stopping selector waits for it).
+        self.ended_event = threading.Event()
         self.fab: bytes | None = None
         self._lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
@@ -266,6 +292,8 @@ class SelectorCore:
                 self.fab = None
             self.run = RunInfo(welcome.run_id, welcome.fab_sha256, welcome.fab_size, welcome.run_config_json)
             self.finished = False
+            self.ended = None
+            self.ended_event.clear()
         log.info("run info received", extra={"run_id": welcome.run_id, "fab_sha256": welcome.fab_sha256})
 
     def hello_nodes(self) -> list[cpb.NodeJoined]:
@@ -367,12 +395,29 @@ class SelectorCore:
                     session.outbox.put(spb.SelectorEvent(cancelled=spb.TaskCancelled(task_id=mid, reason=reason)))
             self._gc()
 
-    def on_run_finished(self, reason: str) -> None:
+    def on_run_finished(self, reason: str, status: str = "finished") -> None:
+        """The run is over (finished | failed | stopped): tell every client how and why."""
         with self._lock:
             self.finished = True
+            self.ended = (status, reason)
+            event = spb.SelectorEvent(shutdown=spb.Shutdown(reason=reason, status=_CLIENT_RUN_STATUS[status]))
             for session in self.sessions.values():
-                session.outbox.put(spb.SelectorEvent(shutdown=spb.Shutdown(reason=reason)))
-        log.info("run finished; clients told to stop", extra={"reason": reason})
+                session.outbox.put(event)
+        self.ended_event.set()
+        log.info("run over; clients told", extra={"status": status, "reason": reason})
+
+    def going_away(self, reason: str) -> int:
+        """This selector stops while the run may go on: its clients are told to join another
+        selector (a run that is over was already announced). Returns how many were told."""
+        with self._lock:
+            if self.finished:
+                return 0
+            sessions = list(self.sessions.values())
+            for session in sessions:
+                session.outbox.put(spb.SelectorEvent(shutdown=spb.Shutdown(reason=reason, rejoin=True)))
+                session.outbox.put(None)  # then end the stream
+        log.info("stopping; clients told to join another selector", extra={"clients": len(sessions)})
+        return len(sessions)
 
     def on_participants(self, roster: cpb.Participants) -> None:
         """Enforce a new participant list: sessions of participants it withdrew are closed."""
@@ -407,7 +452,13 @@ class SelectorCore:
         with self._lock:
             run = self.run
             if self.finished:
-                raise SelectorError("FAILED_PRECONDITION", "the run has finished; no new work will be given out")
+                status, reason = self.ended or ("finished", "")
+                raise SelectorError(
+                    "FAILED_PRECONDITION",
+                    f"the run is over ({status}{': ' + reason if reason else ''}); no new work will be given out",
+                    run_status=status,
+                    run_reason=reason,
+                )
             if run is None:
                 raise SelectorError(
                     "UNAVAILABLE", "the selector is not yet connected to its coordinator; retry shortly"

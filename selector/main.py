@@ -26,6 +26,9 @@ from selector.upstream import CoordinatorLink
 
 log = logging.getLogger("selector")
 
+# Seconds a stopping selector waits for its coordinator to say the run is over.
+STOP_WAIT = 2.0
+
 SELECTOR_TOKEN = Key("selector-token", str, "", "the run's token presented to the coordinator")
 COORDINATOR_CA = Key(
     "coordinator-ca",
@@ -167,6 +170,12 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
             signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(settings.heartbeat_interval):
         core.expire_idle(settings.heartbeat_interval * 4)
+    # The website stops a run's coordinator and selectors together: when the coordinator says
+    # the run was stopped, clients exit instead of looking for another selector.
+    if link.connected.is_set() and not core.finished:
+        core.ended_event.wait(STOP_WAIT)
+    # Delivered while server.stop()'s grace lets the clients' streams run.
+    core.going_away("this selector is shutting down; the run may go on at another selector")
     link.stop()
     server.stop(grace=1.0).wait()
     log.info("selector stopped")

@@ -21,7 +21,17 @@ from selector.core import SelectorCore, SelectorError
 log = logging.getLogger(__name__)
 
 
+# Trailing metadata of a Join refused because the run is over: how it ended, and why
+# (UTF-8 bytes: a ServerApp's error may be any text).
+RUN_STATUS_METADATA = "fedota-run-status"
+RUN_REASON_METADATA = "fedota-run-reason-bin"
+
+
 def _abort(context: grpc.ServicerContext, err: SelectorError) -> NoReturn:
+    if err.run_status:
+        context.set_trailing_metadata(
+            ((RUN_STATUS_METADATA, err.run_status), (RUN_REASON_METADATA, err.run_reason.encode()))
+        )
     abort(context, getattr(grpc.StatusCode, err.code), str(err))
 
 

@@ -19,7 +19,7 @@ from fedota_common.payload import Content, Segments, WireContent, assemble, iter
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.coordinator.v1 import coordinator_pb2_grpc
 from protos.payload.v1 import payload_pb2
-from selector.core import SelectorCore
+from selector.core import RUN_STATUS_NAMES, SelectorCore
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,8 @@ class CoordinatorLink:
                 elif kind == "cancel":
                     self.core.on_cancel(msg.cancel.message_ids, msg.cancel.reason)
                 elif kind == "finished":
-                    self.core.on_run_finished(msg.finished.reason)
+                    status = RUN_STATUS_NAMES.get(msg.finished.status, "finished")
+                    self.core.on_run_finished(msg.finished.reason or f"run {status}", status)
                 elif kind == "participants":
                     self.core.on_participants(msg.participants)
         finally:

@@ -362,7 +362,8 @@ def test_changing_the_app_needs_a_new_review_bundle_and_run(
     logs = {name: tmp_path / f"{name}.log" for name in ("v1", "v1-again", "v2")}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(v1_client := _client(v1_path, hospital, logs["v1"]))
+        # --follow: when run 1 ends, this client waits for the problem's next run.
+        procs.append(v1_client := _client(v1_path, hospital, logs["v1"], "--follow"))
         _wait(lambda: rounds(1) >= 1, 90, "run 1 to train with bundle v1")
 
         # 2. The setter uploads a changed app: a new version, new files, stale bundles.
@@ -416,9 +417,13 @@ def test_changing_the_app_needs_a_new_review_bundle_and_run(
         work_off_queue()
 
         # 4. Bundle v1 pins code the new run does not run: refused, with what to do.
-        # The client connected during run 1 comes back to run 2 and is refused ...
+        # The client connected during run 1 (following the problem) comes back to run 2 and is refused ...
         v1_client.wait(timeout=60)
         assert v1_client.returncode == 4, logs["v1"].read_text()[-2000:]
+        assert (
+            "the run was stopped" in logs["v1"].read_text()
+            and "waiting for the problem's next run" in logs["v1"].read_text()
+        )
         # ... and so is one started afresh with bundle v1.
         procs.append(again := _client(v1_path, hospital, logs["v1-again"]))
         again.wait(timeout=60)
