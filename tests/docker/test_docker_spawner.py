@@ -378,4 +378,6 @@ def test_the_engine_restarts_a_crashed_selector_but_never_a_coordinator(
     assert coordinator.status == "exited" and coordinator.attrs["RestartCount"] == 0
     states = {s.role: s for s in spawner.status(701)}
     assert states["coordinator"].health == "exited" and states["coordinator"].exit_code != 0
+    # What the reconciler counts against the run's restart budget.
+    assert states["selector"].restarts == selector.attrs["RestartCount"] >= 1
     spawner.stop(701)

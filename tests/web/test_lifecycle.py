@@ -59,10 +59,16 @@ class FakeSpawner:
         states = self.running[problem_id]
         for i, s in enumerate(states):
             if (s.role, s.index) == (role, index):
-                # Same address (ports are kept); a new pid.
-                states[i] = replace(s, handle=f"{s.handle}r", health="healthy", detail="", exit_code=None)
+                # Same address (ports are kept); a new pid; the engine's count starts again, as Docker's does.
+                states[i] = replace(s, handle=f"{s.handle}r", health="healthy", detail="", exit_code=None, restarts=0)
                 return states[i]
         raise SpawnError(f"no {role} {index}")
+
+    def engine_restarted(self, problem_id: int, role: str, index: int, count: int) -> None:
+        """The backend restarted the service by itself `count` times so far (Docker's RestartCount)."""
+        self.running[problem_id] = [
+            replace(s, restarts=count) if (s.role, s.index) == (role, index) else s for s in self.running[problem_id]
+        ]
 
     def remove(self, problem_id: int, role: str, index: int) -> None:
         self.running[problem_id] = [s for s in self.running[problem_id] if (s.role, s.index) != (role, index)]
@@ -531,6 +537,47 @@ def test_the_restart_budget_counts_a_window_not_a_runs_life(
     assert fake.problems() == set()
     assert set(run.services.values_list("health", flat=True)) == {"removed"}
     assert _platform_events(run)[-1].startswith("the run failed: gave up")
+
+
+def test_restarts_the_engine_made_by_itself_are_shown_and_count(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], settings: Any
+) -> None:
+    settings.FEDOTA_RESTART_BUDGET = 5
+    run = _started(users, make_problem, fake, selectors=2)
+    pid = run.problem_id
+    fake.engine_restarted(pid, "selector", 0, 2)
+    assert lifecycle.infrastructure_reconcile().restarted == []  # nothing for the reconciler to do
+    fake.engine_restarted(pid, "selector", 0, 3)
+    lifecycle.infrastructure_reconcile()
+    lifecycle.infrastructure_reconcile()
+
+    run.refresh_from_db()
+    assert [(r["service"], r.get("by"), r.get("count")) for r in run.restarts] == [
+        ("selector 0", "engine", 1),
+        ("selector 0", "engine", 2),
+        ("selector 0", "engine", 3),
+    ]
+    assert _platform_events(run) == ["selector 0 crashed and the engine restarted it"] * 3
+    assert fake.restarted == []
+
+    # The engine gave up; the reconciler starts it, and the engine's count starts again.
+    fake.crash(pid, "selector", 0, exit_code=1)
+    assert lifecycle.infrastructure_reconcile().restarted == [run.pk]
+    fake.engine_restarted(pid, "selector", 0, 1)
+    lifecycle.infrastructure_reconcile()
+    run.refresh_from_db()
+    assert [(r["service"], r.get("by", "reconciler")) for r in run.restarts[3:]] == [
+        ("selector 0", "reconciler"),
+        ("selector 0", "engine"),
+    ]
+    assert run.status == RunStatus.RUNNING
+
+    # The sixth within the window is one too many, whoever made it.
+    fake.engine_restarted(pid, "selector", 0, 2)
+    assert lifecycle.infrastructure_reconcile().failed == [run.pk]
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.status_detail.endswith("last failure: selector 0: it crashed and the engine restarted it")
 
 
 def test_a_service_that_cannot_be_restarted_alone_relaunches_the_run(

@@ -400,12 +400,15 @@ class _Plan:
     relaunch: str = ""  # why the run must be launched whole; "" if restarting `dead` will do
 
     @property
-    def restarts(self) -> list[tuple[str, str]]:
-        """(service, reason) of each restart this plan makes."""
+    def restarts(self) -> list[dict[str, Any]]:
+        """The restarts this plan makes, as `Run.restarts` records them (without their time)."""
         if self.relaunch:
-            return [("run", self.relaunch)]
+            return [{"service": "run", "reason": self.relaunch}]
         return [
-            (_service_name(s.role, s.index), s.detail.splitlines()[0].rstrip(":") if s.detail else "it exited")
+            {
+                "service": _service_name(s.role, s.index),
+                "reason": s.detail.splitlines()[0].rstrip(":") if s.detail else "it exited",
+            }
             for s in self.dead
         ]
 
@@ -444,7 +447,28 @@ def _window_text(seconds: float) -> str:
     return f"{seconds / 60:g} minutes" if seconds >= 120 and seconds % 60 == 0 else f"{seconds:g} s"
 
 
-def _spend(run: Run, restarts: list[tuple[str, str]], now: datetime) -> str:
+def _engine_restarts(run: Run, states: list[ServiceState]) -> list[dict[str, Any]]:
+    """Restarts the backend made by itself (Docker's restart policy) since the reconciler last looked.
+
+    The engine's count for a container starts again when the reconciler starts it, so it is
+    compared with the count the last record of the same container noted.
+    """
+    out: list[dict[str, Any]] = []
+    for state in states:
+        if not state.restarts:
+            continue
+        name = _service_name(state.role, state.index)
+        same = [e for e in run.restarts or [] if e.get("service") == name and e.get("handle") == state.handle]
+        seen = int(same[-1].get("count") or 0) if same else 0
+        reason = "it crashed and the engine restarted it"
+        out += [
+            {"service": name, "reason": reason, "by": "engine", "handle": state.handle, "count": n}
+            for n in range(seen + 1, state.restarts + 1)
+        ]
+    return out
+
+
+def _spend(run: Run, restarts: list[dict[str, Any]], now: datetime) -> str:
     """Record `restarts` on the locked `run` if its budget allows them; else the reason it fails ("" if allowed)."""
     budget: int = settings.FEDOTA_RESTART_BUDGET
     window: float = settings.FEDOTA_RESTART_WINDOW
@@ -452,14 +476,14 @@ def _spend(run: Run, restarts: list[tuple[str, str]], now: datetime) -> str:
     since = now - timedelta(seconds=window)
     recent = [e for e in history if (at := _when(e)) is not None and at > since]
     if len(recent) + len(restarts) > budget:
-        service, reason = restarts[-1]
+        service, reason = restarts[-1]["service"], restarts[-1]["reason"]
         last = reason if service == "run" else f"{service}: {reason}"
         return (
             f"gave up: {len(recent)} restart{'s' if len(recent) != 1 else ''} in the last "
             f"{_window_text(window)} and more were needed (the budget is {budget} per {_window_text(window)}); "
             f"last failure: {last}"
         )
-    history += [{"at": now.isoformat(), "service": service, "reason": reason} for service, reason in restarts]
+    history += [{"at": now.isoformat(), **entry} for entry in restarts]
     run.restarts = history
     run.save(update_fields=["restarts"])
     return ""
@@ -512,23 +536,27 @@ def _reconcile_running(spawner: Spawner, run: Run, report: ReconcileReport) -> N
         report.checked.append(run.pk)
         _record_services(locked, states)
         plan = _plan(locked, states)
-        if plan is None:
+        engine = _engine_restarts(locked, states)
+        if plan is None and not engine:
             return
         if any((at := _when(e)) is not None and at >= observed for e in locked.restarts or []):
             return  # another reconciler acted on what we saw, after we looked
-        failure = _spend(locked, plan.restarts, timezone.now())
+        failure = _spend(locked, engine + (plan.restarts if plan else []), timezone.now())
         if failure:
             _fail_locked(locked, failure, report)
-        elif plan.relaunch:
-            _relaunch_locked(locked, plan.relaunch, report)
         else:
-            for service, reason in plan.restarts:
-                log.warning("restarting %s of run %s: %s", service, run.pk, reason)
-                _event(locked, f"restarting {service}: {reason}")
+            for entry in engine:
+                _event(locked, f"{entry['service']} crashed and the engine restarted it")
+            if plan is not None and plan.relaunch:
+                _relaunch_locked(locked, plan.relaunch, report)
+            elif plan is not None:
+                for entry in plan.restarts:
+                    log.warning("restarting %s of run %s: %s", entry["service"], run.pk, entry["reason"])
+                    _event(locked, f"restarting {entry['service']}: {entry['reason']}")
     if failure:
         _give_up(spawner, run)
         return
-    if plan.relaunch:
+    if plan is None or plan.relaunch:
         return
     report.restarted.append(run.pk)
     for dead in plan.dead:
@@ -542,7 +570,7 @@ def _reconcile_running(spawner: Spawner, run: Run, report: ReconcileReport) -> N
                 if locked is None:
                     return
                 why = f"{name} could not be restarted alone: {exc}"
-                failure = _spend(locked, [("run", why)], timezone.now())
+                failure = _spend(locked, [{"service": "run", "reason": why}], timezone.now())
                 if failure:
                     _fail_locked(locked, failure, report)
                 else:
@@ -551,6 +579,13 @@ def _reconcile_running(spawner: Spawner, run: Run, report: ReconcileReport) -> N
                 _give_up(spawner, run)
             return
         with transaction.atomic():
+            locked = Run.objects.select_for_update().get(pk=run.pk)
+            for entry in reversed(locked.restarts or []):
+                if entry.get("service") == name:
+                    # Where the engine's own restart count of this container stands now (see _engine_restarts).
+                    entry.update(handle=state.handle, count=state.restarts)
+                    break
+            locked.save(update_fields=["restarts"])
             Service.objects.filter(run=run, role=dead.role, index=dead.index).update(
                 handle=state.handle,
                 address=state.address,

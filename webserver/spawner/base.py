@@ -103,6 +103,9 @@ class ServiceState:
     # How an exited service ended, when the backend knows: 0 means it finished
     # on its own (a coordinator whose ServerApp completed), anything else a crash.
     exit_code: int | None = None
+    # How often the backend itself restarted this service after a crash (Docker's restart
+    # policy) since it was last started; backends that never do say 0.
+    restarts: int = 0
 
 
 # Each problem owns a block of this many consecutive selector ports.

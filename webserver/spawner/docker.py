@@ -483,7 +483,8 @@ class DockerSpawner:
             address = f"{self.selector_host}:{host_port}" if host_port else ""
         else:
             address = f"{attrs['Name'].lstrip('/')}:{COORDINATOR_PORT}"
-        return ServiceState(role, index, container.id[:12], address, health, detail, exit_code)
+        restarts = int(attrs.get("RestartCount") or 0)
+        return ServiceState(role, index, container.id[:12], address, health, detail, exit_code, restarts)
 
     @staticmethod
     def _listening(container: Any) -> bool:

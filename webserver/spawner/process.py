@@ -51,6 +51,8 @@ TAG_VAR = "FEDOTA_SPAWN_TAG"
 # comfortably inside the publish task's time limit.
 START_TIMEOUT = 120.0
 STOP_GRACE = 10.0
+# A restart of one service runs inside the reconciler (Celery soft limit 120 s), among other runs'.
+RESTART_TIMEOUT = 60.0
 # `sh -c SCRIPT EXIT_FILE CMD...`: run CMD, then record its exit code. Not `exec`:
 # the shell must outlive the service to write the file.
 WRAPPER = '"$@"; code=$?; echo $code > "$0"; exit $code'
@@ -284,7 +286,7 @@ class ProcessSpawner:
         log_path = Path(str(rec.get("log", "")))
         proc = self._spawn(cmd, env, log_path, Path(str(rec["exit_file"])))
         rec.update(pid=proc.pid, probe="")
-        state = self._await_file(proc, state_file, time.monotonic() + START_TIMEOUT)
+        state = self._await_file(proc, state_file, time.monotonic() + RESTART_TIMEOUT)
         if state is None:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
