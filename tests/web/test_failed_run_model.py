@@ -93,3 +93,47 @@ def test_restarts_are_shown(client: Client, users: dict[str, Any], make_problem:
     assert data["run"]["restarts"][-1]["service"] == "coordinator"
     page = client.get(f"/monitoring/problems/{run.problem_id}/").content.decode()
     assert "2 restarts of dead services; the latest: coordinator (the container was killed)" in page
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_live_dashboard_shows_restarts_and_a_failed_runs_last_model(
+    live_server: Any, browser: Any, users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    """What dashboard.js draws on each poll, in headless Chromium (not only the first render)."""
+    from urllib.parse import urlsplit
+
+    from django.conf import settings
+
+    from webserver.monitoring.models import RoundRecord
+
+    run = _run(make_problem, users["owner"], "failed", rounds=3)
+    for rnd in (1, 2, 3):
+        RoundRecord.objects.create(run=run, number=rnd, phase="done", clients=2, eval_acc=0.5 + rnd / 10)
+    Run.objects.filter(pk=run.pk).update(
+        status_detail=WHY,
+        restarts=[{"at": "2026-12-06T15:00:00+00:00", "service": "selector 0", "reason": "the container was killed"}],
+    )
+    client = Client()
+    client.force_login(users["owner"])
+    context = browser.new_context()
+    try:
+        context.add_cookies(
+            [{"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+              "domain": urlsplit(live_server.url).hostname, "path": "/"}]
+        )  # fmt: skip
+        tab = context.new_page()
+        errors: list[str] = []
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.goto(f"{live_server.url}/monitoring/problems/{run.problem_id}/")
+        tab.wait_for_selector("#rounds-body tr[data-round='3']")  # drawn by dashboard.js from the API
+
+        status = tab.locator("#run-status").inner_text()
+        assert WHY in status
+        assert "1 restart of dead services; the latest: selector 0 (the container was killed)" in status
+        assert "last completed model (round 3; the run failed before its final model)" in status
+        href = tab.locator("#run-status a", has_text="NumPy .npz").get_attribute("href")
+        assert href == f"/monitoring/runs/{run.pk}/checkpoints/3.npz"
+        assert errors == []
+    finally:
+        context.close()

@@ -539,6 +539,32 @@ def test_the_restart_budget_counts_a_window_not_a_runs_life(
     assert _platform_events(run)[-1].startswith("the run failed: gave up")
 
 
+def test_two_reconcilers_at_once_restart_a_service_once(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _started(users, make_problem, fake, selectors=2)
+    fake.crash(run.problem_id, "selector", 1)
+    status = fake.status
+    others: list[lifecycle.ReconcileReport] = []
+    calls: list[int] = []
+
+    def slow_status(problem_id: int) -> list[ServiceState]:
+        seen = status(problem_id)  # selector 1 exited ...
+        calls.append(problem_id)
+        if len(calls) == 1:
+            # ... and before this reconciler gets to act on it, another one does.
+            others.append(lifecycle.infrastructure_reconcile())
+        return seen
+
+    monkeypatch.setattr(fake, "status", slow_status)
+    report = lifecycle.infrastructure_reconcile()
+
+    assert others[0].restarted == [run.pk] and report.restarted == []
+    assert fake.restarted == [(run.problem_id, "selector", 1)]
+    run.refresh_from_db()
+    assert len(run.restarts) == 1
+
+
 def test_restarts_the_engine_made_by_itself_are_shown_and_count(
     users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], settings: Any
 ) -> None:
