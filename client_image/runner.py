@@ -402,7 +402,10 @@ class Node:
         finally:
             stop.set()
         tasks.put(None)
-        worker.join()
+        # The run is over: a task still in the ClientApp has no one to answer to; do not wait for it.
+        worker.join(timeout=None if end is None else 2.0)
+        if worker.is_alive():
+            log.info("the run ended during a task; leaving it unfinished")
         if worker_error:
             raise worker_error[0]
         if end is None:
