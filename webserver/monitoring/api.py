@@ -89,7 +89,10 @@ class ProblemDashboardApi(APIView):
         "the whole run: `replies`, and the `rounds` they were in; each round has its own `rejected`, "
         "`rejected_reasons` (reason -> count), `results` and `no_results` (true when not one reply was accepted). "
         "`run.reply_policy` is the reply policy in force: `name` (flower or strict) and `reported` (false until "
-        "the coordinator confirms it; the name is then the run's configured one). `since` "
+        "the coordinator confirms it; the name is then the run's configured one). `final_model` links the run's "
+        "result: its final model (`round` 0) or, for a run that failed or was stopped before one, its last "
+        "completed round's model (`round` N). `run.restart_count` and `run.restarts` (the latest 20: `at`, "
+        "`service`, `reason`, `by`) say what the platform restarted and why. `since` "
         "in the response echoes the parameter (null when every round is included).",
     )
     def get(self, request: Request, problem_id: int) -> Response:
