@@ -62,3 +62,11 @@ def test_postgres_urls_and_bad_schemes(tmp_path: Path) -> None:
     assert "postgresql" in ok.stdout and " fedota " in f" {ok.stdout.split()[3]} "
     bad = _settings(tmp_path, DATABASE_URL="mysql://x@y/z")
     assert bad.returncode != 0 and "use sqlite:/// or postgres://" in bad.stderr
+
+
+def test_the_restart_budget_is_read_and_checked(tmp_path: Path) -> None:
+    assert _settings(tmp_path, FEDOTA_RESTART_BUDGET="8", FEDOTA_RESTART_WINDOW="1800").returncode == 0
+    bad = _settings(tmp_path, FEDOTA_RESTART_WINDOW="0")
+    assert bad.returncode != 0 and "FEDOTA_RESTART_WINDOW (seconds) more than 0" in bad.stderr
+    bad = _settings(tmp_path, FEDOTA_RESTART_BUDGET="five")
+    assert bad.returncode != 0 and "FEDOTA_RESTART_BUDGET='five' must be an integer" in bad.stderr
