@@ -816,6 +816,11 @@ def test_infrastructure_page_is_for_site_admins(
     assert "127.0.0.1:40000" in page and "Healthy" in page
     assert "Reconcile now" in page
 
+    fake.crash(run.problem_id, "coordinator", 0)
+    lifecycle.infrastructure_reconcile()
+    page = client.get(url).content.decode()
+    assert "1 restart;" in page and "coordinator (the process exited with code None)" in page
+
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(url, follow=True)
     assert response.status_code == 200
