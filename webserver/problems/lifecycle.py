@@ -71,6 +71,8 @@ LAUNCHING_OR_RUNNING = (RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING)
 # A coordinator whose run has ended keeps running while it delivers its last reports
 # (the final model); the reconciler leaves it that long before removing it as an orphan.
 FINAL_REPORTS_GRACE = timedelta(minutes=10)
+# How many restart records a run keeps (Run.restarts), the latest.
+KEPT_RESTARTS = 500
 
 
 def _hash_token(token: str) -> str:
@@ -484,7 +486,8 @@ def _spend(run: Run, restarts: list[dict[str, Any]], now: datetime) -> str:
             f"last failure: {last}"
         )
     history += [{"at": now.isoformat(), **entry} for entry in restarts]
-    run.restarts = history
+    # The budget keeps this short in practice; a run that lives for months keeps its latest.
+    run.restarts = history[-max(KEPT_RESTARTS, budget + len(restarts)) :]
     run.save(update_fields=["restarts"])
     return ""
 
