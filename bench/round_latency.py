@@ -2,16 +2,26 @@
 
     python bench/round_latency.py [--clients 10] [--selectors 2] [--rounds 20] [--sizes 1,100]
     python bench/round_latency.py --model-mb 1024 --clients 2 --selectors 1 --rounds 2   # a 1 GB model
+    python bench/round_latency.py --app distinct --aggregation individual               # an uploaded app, unfolded
 
-For each model size it runs `coordinator.local` with the echo app (each client
-returns the arrays it received), then reports:
+For each model size it runs `coordinator.local` with a no-training app and
+Flower's FedAvg:
+- `echo` (tests/apps/echo): each client returns the arrays it received;
+- `distinct` (tests/apps/distinct): written like a third party's app (no
+  `strategy` run-config key): each client returns its own arrays (received +
+  a constant of its partition) and its own `num-examples`;
+- or the path of another app folder that reads `model-size-mb` and
+  `min-available-nodes` from its run config.
+It then reports:
 - median round time (coordinator's round records),
 - platform overhead per round: round time minus the slowest client's ClientApp
   time in that round (from the clients' "task done" log lines),
 - peak resident memory (VmHWM) of the coordinator, the busiest selector and
   the busiest client, sampled from /proc while they run, in MiB and as a
   multiple of the model size (the interpreter, gRPC and Flower alone take
-  about 130 MiB in a selector and 210 MiB in the coordinator).
+  about 130 MiB in a selector and 210 MiB in the coordinator),
+- whether the coordinator folded train replies at the selectors, and why
+  (its "replies folded" / "replies sent individually" log line).
 Figures vary by machine; record them in bench/README.md with the machine.
 """
 
@@ -53,9 +63,37 @@ def _sample_peaks(out: Path, stop: threading.Event, peaks: dict[str, int]) -> No
         stop.wait(0.2)
 
 
+APPS = {"echo": REPO / "tests" / "apps" / "echo", "distinct": REPO / "tests" / "apps" / "distinct"}
+
+
+def _app_path(app: str) -> Path:
+    return APPS[app] if app in APPS else Path(app).resolve()
+
+
+def _train_folding(out: Path, stdout: str, aggregation: str) -> str:
+    """The coordinator's decision for train rounds, as it logged it (it logs each change once)."""
+    if aggregation != "auto":
+        # Forced either way: the coordinator does not look at the app, nor log a decision.
+        return f"{'individual' if aggregation == 'individual' else 'folded'} (--aggregation {aggregation})"
+    log = out / "logs" / "coordinator.log"
+    lines = stdout.splitlines() + (log.read_text(errors="replace").splitlines() if log.exists() else [])
+    said = []
+    for line in lines:
+        if "replies folded at the selectors" not in line and "replies sent individually" not in line:
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if doc.get("type") == "train":
+            folded = "folded" if "folded" in str(doc.get("message", doc.get("msg", line))) else "individual"
+            said.append(f"{folded} ({doc.get('reason', '?')})")
+    return "; ".join(dict.fromkeys(said)) or "not logged"
+
+
 def run_once(
-    size_mb: float, clients: int, selectors: int, rounds: int, aggregation: str, work: Path
-) -> dict[str, float]:
+    size_mb: float, clients: int, selectors: int, rounds: int, aggregation: str, app: str, work: Path
+) -> dict[str, float | str]:
     data = work / f"data-{size_mb}"
     for i in range(clients):
         (data / f"client_{i:02d}").mkdir(parents=True, exist_ok=True)
@@ -71,7 +109,7 @@ def run_once(
             "-m",
             "coordinator.local",
             "--app",
-            str(REPO / "tests" / "apps" / "echo"),
+            str(_app_path(app)),
             "--data-dir",
             str(data),
             "--selectors",
@@ -118,6 +156,7 @@ def run_once(
         "selector_peak_mib": max((v for k, v in peaks.items() if k.startswith("selector")), default=0) / 1024,
         "client_peak_mib": max((v for k, v in peaks.items() if k.startswith("client")), default=0) / 1024,
         "wall_s": wall,
+        "train_folding": _train_folding(out, proc.stdout, aggregation),
     }
 
 
@@ -130,12 +169,21 @@ def main() -> int:
     p.add_argument("--model-mb", type=float, default=None, help="one model size in MB (overrides --sizes)")
     p.add_argument(
         "--aggregation",
-        default="weighted-mean",
-        choices=["weighted-mean", "individual"],
-        help="weighted-mean: selectors pre-aggregate (FedAvg and relatives); individual: every reply is forwarded",
+        default="auto",
+        choices=["auto", "weighted-mean", "individual"],
+        help="auto (the coordinator's default): selectors pre-aggregate when the ServerApp's strategy is Flower's "
+        "own weighted mean; weighted-mean: always; individual: every reply is forwarded",
+    )
+    p.add_argument(
+        "--app",
+        default="echo",
+        help="echo (clients return what they received), distinct (each client returns its own arrays, "
+        "no strategy key: an uploaded app), or an app folder",
     )
     args = p.parse_args()
-    print(f"{args.clients} clients, {args.selectors} selectors, {args.rounds} rounds, echo app, {args.aggregation}")
+    print(
+        f"{args.clients} clients, {args.selectors} selectors, {args.rounds} rounds, {args.app} app, {args.aggregation}"
+    )
     print(
         f"{'model':>8} {'median round':>13} {'overhead/round':>15} {'coordinator peak':>17} {'selector peak':>14}"
         f" {'client peak':>12} {'wall':>7}"
@@ -143,19 +191,20 @@ def main() -> int:
     sizes = [args.model_mb] if args.model_mb else [float(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="fedota-bench-") as tmp:
         for size in sizes:
-            r = run_once(size, args.clients, args.selectors, args.rounds, args.aggregation, Path(tmp))
+            r = run_once(size, args.clients, args.selectors, args.rounds, args.aggregation, args.app, Path(tmp))
             print(
                 f"{r['model_mb']:>6.0f}MB {r['median_round_s']:>12.3f}s {r['median_overhead_s']:>14.3f}s "
                 f"{r['coordinator_peak_mib']:>15.0f}MiB {r['selector_peak_mib']:>12.0f}MiB "
                 f"{r['client_peak_mib']:>10.0f}MiB {r['wall_s']:>6.0f}s",
                 flush=True,
             )
-            # The echo app's model of `size` "MB" is `size` MiB (one float32 array).
+            # The bench apps' model of `size` "MB" is `size` MiB (one float32 array).
             print(
                 f"{'':>8} peak / model size: coordinator {r['coordinator_peak_mib'] / size:.2f}x, "
                 f"selector {r['selector_peak_mib'] / size:.2f}x, client {r['client_peak_mib'] / size:.2f}x",
                 flush=True,
             )
+            print(f"{'':>8} train replies: {r['train_folding']}", flush=True)
     return 0
 
 

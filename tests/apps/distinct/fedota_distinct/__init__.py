@@ -1,0 +1,1 @@
+"""No-training Message-API app whose clients each return their own arrays (benchmark fixture)."""
