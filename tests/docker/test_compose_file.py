@@ -1,8 +1,9 @@
 """The structure of docker-compose.yml (the platform itself), read without starting it.
 
-Parsed with PyYAML (which drf-spectacular brings in): health checks on every
-long-running service, start order through health (`depends_on` conditions),
-the Docker socket in the Celery worker only, and no secret written into the
+Parsed with PyYAML (which drf-spectacular brings in): health checks and restart
+policies on every long-running service, the watchdog that restarts what `docker
+kill` or a hang stopped, start order through health (`depends_on` conditions),
+the Docker socket in the Celery worker and the watchdog only, and no secret written into the
 file. When a compose tool is installed, `config` also checks that it accepts
 the file and refuses to run without the secrets. Needs no Docker engine.
 """
@@ -67,10 +68,10 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_the_platform_services_are_all_there(compose: dict[str, Any]) -> None:
     services = _services(compose)
-    assert {"postgres", "redis", "migrate", "web", "worker", "beat"} <= set(services)
+    assert {"postgres", "redis", "migrate", "web", "worker", "beat", "watchdog"} <= set(services)
     assert services["postgres"]["image"].startswith("fedota/postgres:")
     assert services["redis"]["image"].startswith("fedota/redis:")
-    for name in ("migrate", "web", "worker", "beat"):
+    for name in ("migrate", "web", "worker", "beat", "watchdog"):
         assert services[name]["image"].startswith("fedota/web:"), name
     assert "version" not in compose, "no version key: the compose specification (docker-compose 1.29 and v2)"
 
@@ -86,6 +87,42 @@ def test_every_long_running_service_has_a_health_check(compose: dict[str, Any]) 
         assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck test {test!r}"
         assert check.get("interval") and check.get("timeout"), f"{name}: set interval and timeout"
         assert str(service.get("restart")) in ("always", "unless-stopped", "on-failure"), name
+
+
+PLATFORM = ("postgres", "redis", "web", "worker", "beat")
+
+
+def test_the_platform_restarts_what_dies(compose: dict[str, Any]) -> None:
+    """Docker restarts a service whose process died; the watchdog one that was `docker kill`ed or hangs."""
+    services = _services(compose)
+    for name in (*PLATFORM, "watchdog"):
+        assert services[name].get("restart") in ("always", "unless-stopped"), f"{name}: restart policy"
+        assert services[name].get("healthcheck", {}).get("test"), f"{name}: healthcheck"
+    env = _environment(services["watchdog"])
+    assert set(env["FEDOTA_WATCHDOG_DEAD"].split()) == set(PLATFORM)
+    # Not the database or the broker on a failed check: a restart would not cure an overloaded one.
+    assert set(env["FEDOTA_WATCHDOG_UNHEALTHY"].split()) == {"web", "worker", "beat"}
+    script = services["watchdog"]["command"][-1]
+    assert "$" not in script, "compose would interpolate it"
+    compile(script, "watchdog", "exec")
+
+
+def test_the_health_checks_probe_what_each_service_needs(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+
+    def probe(name: str) -> str:
+        test = services[name]["healthcheck"]["test"]
+        return " ".join(str(part) for part in test[1:])
+
+    # The web check wants 200 from /healthz, which runs a query on the database.
+    assert "/healthz" in probe("web") and "status == 200" in probe("web")
+    # The worker answers a ping through the broker, addressed to its own node.
+    assert "inspect ping" in probe("worker") and "celery@$$HOSTNAME" in probe("worker")
+    assert "pg_isready" in probe("postgres")
+    assert "redis-cli ping" in probe("redis")
+    assert "beat" in probe("beat") and "CELERY_BROKER_URL" in probe("beat")
+    # A broker round trip costs a second of CPU: not more often than every 30 s.
+    assert services["worker"]["healthcheck"]["interval"] == "30s"
 
 
 def test_start_order_waits_for_health(compose: dict[str, Any]) -> None:
@@ -108,11 +145,20 @@ def test_start_order_waits_for_health(compose: dict[str, Any]) -> None:
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
 
 
-def test_only_the_worker_talks_to_the_docker_engine(compose: dict[str, Any]) -> None:
+def test_only_the_worker_and_the_watchdog_talk_to_the_docker_engine(compose: dict[str, Any]) -> None:
     with_socket = [
         name for name, service in _services(compose).items() if any(SOCKET in src for src, _ in _mounts(service))
     ]
-    assert with_socket == ["worker"]
+    assert with_socket == ["worker", "watchdog"]
+    # The watchdog holds the socket and nothing else: no network, no settings, no data.
+    watchdog = _services(compose)["watchdog"]
+    assert watchdog["network_mode"] == "none"
+    assert watchdog.get("read_only") is True
+    assert not watchdog.get("ports") and not watchdog.get("depends_on")
+    assert set(_environment(watchdog)) == {"FEDOTA_WATCHDOG_DEAD", "FEDOTA_WATCHDOG_UNHEALTHY"}
+    assert [dst for _, dst in _mounts(watchdog)] == [SOCKET]
+    assert str(watchdog.get("user", "")) not in ("root", "0", "0:0")
+    assert any(REQUIRED.search(str(gid)) for gid in watchdog.get("group_add", [])), "group_add: ${DOCKER_GID:?...}"
     worker = _services(compose)["worker"]
     # Least privilege: the image's unprivileged user plus the socket's group, not root.
     assert str(worker.get("user", "")) not in ("root", "0", "0:0")
@@ -136,7 +182,7 @@ def test_web_and_worker_share_the_media_volume(compose: dict[str, Any]) -> None:
     )
     ports = services["web"]["ports"]
     assert ports == ["${FEDOTA_WEB_PORT:-8000}:8000"], "published on every address: coordinators use the host gateway"
-    for name in ("postgres", "redis", "worker", "beat", "migrate"):
+    for name in ("postgres", "redis", "worker", "beat", "migrate", "watchdog"):
         assert not services[name].get("ports"), f"{name} must not be published"
 
 
