@@ -534,12 +534,14 @@ class DockerSpawner:
                     if exc.status_code != 409 or "in progress" not in str(exc):
                         raise
 
-        # Selectors first, so clients are not handed to a coordinator that is going away.
+        # The coordinator first: on SIGTERM it tells its selectors the run was stopped and they
+        # tell their clients, which then exit instead of looking for a selector for minutes.
+        # Stopped after it, the selectors have passed that on.
         def is_coordinator(c: Any) -> bool:
             return (c.attrs["Config"].get("Labels") or {}).get(f"{LABEL}.role") == "coordinator"
 
-        _each(remove, [c for c in containers if not is_coordinator(c)])
         _each(remove, [c for c in containers if is_coordinator(c)])
+        _each(remove, [c for c in containers if not is_coordinator(c)])
 
 
 def _each(func: Callable[[Any], None], items: list[Any]) -> None:
