@@ -220,15 +220,11 @@ class DockerSpawner:
                 coordinator.start()
             for i, container in enumerate(selectors):
                 with _engine(f"starting selector {i}"):
-                    try:
-                        container.start()
-                    except docker.errors.APIError as exc:
-                        if "allocated" in str(exc) or "address already in use" in str(exc):
-                            raise SpawnError(
-                                f"selector {i} cannot be published on port {ports[i]}: another program is using "
-                                "it (set FEDOTA_SELECTOR_PORT_BASE to move this installation's selector ports)"
-                            ) from exc
-                        raise
+                    _start_published(
+                        container,
+                        f"selector {i} cannot be published on port {ports[i]}: another program is using "
+                        "it (set FEDOTA_SELECTOR_PORT_BASE to move this installation's selector ports)",
+                    )
             # Probe all at once: the selectors retry their coordinator by themselves.
             waits = [lambda: self._wait_healthy(coordinator, "coordinator", 0, deadline)] + [
                 lambda c=c, i=i: self._wait_healthy(c, "selector", i, deadline) for i, c in enumerate(selectors)
@@ -260,14 +256,9 @@ class DockerSpawner:
                 raise SpawnError(f"the container {name} is not this installation's {what} of problem {problem_id}")
             state = container.attrs["State"]
             if state["Status"] not in ("running", "restarting"):
-                try:
-                    container.start()
-                except docker.errors.APIError as exc:
-                    if "allocated" in str(exc) or "address already in use" in str(exc):
-                        raise SpawnError(
-                            f"the {what} cannot be published on its port again: another program is using it"
-                        ) from exc
-                    raise
+                _start_published(
+                    container, f"the {what} cannot be published on its port again: another program is using it"
+                )
             container.reload()
             return self._state(container)
 
@@ -542,6 +533,16 @@ class DockerSpawner:
 
         _each(remove, [c for c in containers if is_coordinator(c)])
         _each(remove, [c for c in containers if not is_coordinator(c)])
+
+
+def _start_published(container: Any, taken: str) -> None:
+    """Start a container; SpawnError(`taken`) if its published port belongs to another program."""
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        if "allocated" in str(exc) or "address already in use" in str(exc):
+            raise SpawnError(taken) from exc
+        raise
 
 
 def _each(func: Callable[[Any], None], items: list[Any]) -> None:
