@@ -51,6 +51,8 @@ TAG_VAR = "FEDOTA_SPAWN_TAG"
 # comfortably inside the publish task's time limit.
 START_TIMEOUT = 120.0
 STOP_GRACE = 10.0
+# A stopped coordinator announces the stop (up to 3 s) before its selectors are stopped.
+COORDINATOR_GRACE = 5.0
 # A restart of one service runs inside the reconciler (Celery soft limit 120 s), among other runs'.
 RESTART_TIMEOUT = 60.0
 # `sh -c SCRIPT EXIT_FILE CMD...`: run CMD, then record its exit code. Not `exec`:
@@ -308,14 +310,24 @@ class ProcessSpawner:
     def stop(self, problem_id: int, *, remove_data: bool = False) -> None:
         root = self._root(problem_id)
         tag = self.tag(problem_id)
-        recorded = [int(str(rec["pid"])) for rec in self._read(root)]
-        # Selectors first, so clients are not handed to a coordinator that is going away.
-        for pid in reversed(recorded):
-            if _alive_with_tag(pid, tag):
-                try:
-                    os.killpg(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        records = self._read(root)
+        recorded = [int(str(rec["pid"])) for rec in records]
+        # The coordinator first: on SIGTERM it tells its selectors the run was stopped and they
+        # tell their clients (which then exit instead of looking for a selector). The selectors
+        # go once it has exited, or after COORDINATOR_GRACE.
+        first = [int(str(r["pid"])) for r in records if r.get("role") == "coordinator"]
+        for group in (first, [pid for pid in recorded if pid not in first]):
+            for pid in group:
+                if _alive_with_tag(pid, tag):
+                    try:
+                        os.killpg(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            if group is first:
+                until = time.monotonic() + COORDINATOR_GRACE
+                while time.monotonic() < until and any(_alive_with_tag(pid, tag) for pid in first):
+                    self._reap(first)
+                    time.sleep(0.1)
         # Anything else with the tag (a service whose wrapper died first, a fork) goes too.
         self._signal_all(tag, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
