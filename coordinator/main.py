@@ -19,7 +19,7 @@ import grpc
 from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
 from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
-from coordinator.resume import begin_attempt, identity, resuming
+from coordinator.resume import begin_attempt, identity, running
 from coordinator.roster import RosterPoller
 from coordinator.rounds import RoundTracker, SecAggWatch
 from coordinator.servicer import CoordinatorServicer
@@ -392,7 +392,7 @@ def run(settings: Settings) -> int:
         if not isinstance(server_app, ServerApp):
             raise LoadServerAppError(f"{app.serverapp} is not a flwr ServerApp")
         os.chdir(state_dir)
-        with resuming(plan, echo):
+        with running(plan, echo, tracker.strategy_result):
             server_app(grid=grid, context=context)
         log.info("ServerApp finished")
     except Exception as exc:

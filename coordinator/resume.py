@@ -171,39 +171,44 @@ def _continue_numbering(strategy: object, offset: int) -> None:
 
 
 @contextlib.contextmanager
-def resuming(plan: Plan | None, echo: Callable[[str], None]) -> Iterator[None]:
-    """While the ServerApp runs: its first `Strategy.start` picks up where `plan` left off."""
-    if plan is None:
-        yield
-        return
+def running(plan: Plan | None, echo: Callable[[str], None], on_result: Callable[[ArrayRecord], None]) -> Iterator[None]:
+    """While the ServerApp runs, Flower's `Strategy.start` is watched.
+
+    Its first call picks up where `plan` left off (if there is one), and every
+    call hands the model it returns to `on_result`: the last round's model,
+    which the coordinator would not otherwise see unless it is sent out again.
+    """
     original = fl.Strategy.start
     signature = inspect.signature(original)
-    pending = [plan]
+    pending = [plan] if plan is not None else []
 
     def start(self: fl.Strategy, *args: Any, **kwargs: Any) -> Any:
-        if not pending:
-            return original(self, *args, **kwargs)
-        taken = pending.pop()
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
-        total = int(bound.arguments["num_rounds"])
-        _restore(self, taken.state)
-        _continue_numbering(self, taken.round)
-        bound.arguments["initial_arrays"] = taken.arrays
-        bound.arguments["num_rounds"] = max(0, total - taken.round)
-        what = "with its server-optimiser state" if taken.state else "(no server-optimiser state to restore)"
-        echo(
-            f"attempt {taken.attempt}: resuming after round {taken.round} of {total} from its checkpoint, "
-            f"{type(self).__name__} {what}"
-        )
-        return original(*bound.args, **bound.kwargs)
+        if pending:
+            taken = pending.pop()
+            total = int(bound.arguments["num_rounds"])
+            _restore(self, taken.state)
+            _continue_numbering(self, taken.round)
+            bound.arguments["initial_arrays"] = taken.arrays
+            bound.arguments["num_rounds"] = max(0, total - taken.round)
+            what = "with its server-optimiser state" if taken.state else "(no server-optimiser state to restore)"
+            echo(
+                f"attempt {taken.attempt}: resuming after round {taken.round} of {total} from its checkpoint, "
+                f"{type(self).__name__} {what}"
+            )
+        result = original(*bound.args, **bound.kwargs)
+        arrays = getattr(result, "arrays", None)
+        if isinstance(arrays, ArrayRecord):
+            on_result(arrays)
+        return result
 
     fl.Strategy.start = start  # type: ignore[method-assign]
     try:
         yield
     finally:
         fl.Strategy.start = original  # type: ignore[method-assign]
-        if pending:
+        if pending and plan is not None:
             echo(
                 f"attempt {plan.attempt}: could not resume after round {plan.round}: the ServerApp does not run "
                 "a Flower strategy's start(); it started again at round 1"

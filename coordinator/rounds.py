@@ -330,6 +330,17 @@ class RoundTracker:
 
     # ---- end of run ----------------------------------------------------------------------
 
+    def strategy_result(self, arrays: ArrayRecord) -> None:
+        """A Flower strategy's `start()` returned: `arrays` is the model its last round produced.
+
+        Without this, an app that never evaluates after its last round left that
+        round without a checkpoint and the final model one round behind: the
+        coordinator only sees the models it sends out.
+        """
+        with self._lock:
+            if self.current is not None and len(arrays) > 0:
+                self._model_after[self.current.round] = arrays
+
     def finish(self, final_state: RecordDict | None) -> Path | None:
         """Close the last round and write the final model; returns its .npz path."""
         with self._lock:
