@@ -1,6 +1,6 @@
 """Pre-aggregation for an uploaded app: folded only where Flower would compute the same thing.
 
-The app (tests/apps/weighted) runs each of Flower's weighted-mean strategies in
+The app (tests/apps/weighted, built into a FAB) runs each of Flower's weighted-mean strategies in
 turn, from the Message API and from the compatibility API, plus a FedAvg
 subclass that overrides `aggregate_train`; every data holder returns its own
 arrays and metrics. The same app runs twice, 4 clients over 2 selectors: with
@@ -30,14 +30,19 @@ FOLDED = ["FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad", "l
 
 
 def _both(tmp_path: Path) -> dict[str, RunResult]:
+    from flwr.cli.build import build_fab_from_disk
+
     data = tmp_path / "clients"
     for name in "abcd":
         (data / name).mkdir(parents=True)
+    # Uploaded as a problem setter uploads it: a FAB built by Flower.
+    fab = tmp_path / "weighted.fab"
+    fab.write_bytes(build_fab_from_disk(Path(APP)))
     procs = {
         mode: (
             tmp_path / mode,
             start_local(
-                tmp_path / mode, "--app", APP, "--data-dir", str(data), "--selectors", "2", "--aggregation", mode
+                tmp_path / mode, "--app", str(fab), "--data-dir", str(data), "--selectors", "2", "--aggregation", mode
             ),
         )
         for mode in ("auto", "individual")
