@@ -141,6 +141,7 @@ class SelectorTierGrid(Grid):
     def _waiting(self, connected: int, needed: int) -> None:
         """Say, live, that a round waits for clients, and end the wait after `node_wait` seconds."""
         now = time.monotonic()
+        self.hub.waiting_for = 0 if connected >= needed else needed
         if connected >= needed:
             if self._wait_since is not None:
                 self.say(
@@ -154,7 +155,7 @@ class SelectorTierGrid(Grid):
             self._wait_since = now
         waited = now - self._wait_since
         if waited > limit:
-            self._wait_since = None
+            self._wait_since, self.hub.waiting_for = None, 0
             raise NotEnoughClients(
                 f"waited {waited:.0f} s for clients: {connected} of {needed} connected "
                 f"(the strategy needs {needed}; the limit is {limit:g} s)"

@@ -140,6 +140,8 @@ class Hub:
         self._msg_batch: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.finished = False
+        # How many clients a Flower strategy is waiting for right now (0: not waiting); see the Grid.
+        self.waiting_for = 0
         # The RunFinished every selector gets, once the run is over (also on attaching later).
         self.ended: cpb.CoordinatorMessage | None = None
         # Results refused by `check_result`, by reason (each also logged as "reply rejected").

@@ -222,6 +222,7 @@ def _start_reporter(settings: Settings, hub: Hub, state_dir: Path) -> Reporter |
         Target(settings.report_url, settings.report_token),
         nodes=nodes,
         selectors=selectors,
+        waiting=lambda: hub.waiting_for,
         spool_dir=spool,
     )
     reporter.start()

@@ -128,6 +128,7 @@ class Reporter:
         *,
         nodes: Callable[[], list[NodeInfo]] | None = None,
         selectors: Callable[[], list[str]] | None = None,
+        waiting: Callable[[], int] | None = None,
         spool_dir: Path | None = None,
         max_events: int = MAX_EVENTS,
         backoff_cap: float = BACKOFF_CAP,
@@ -137,6 +138,8 @@ class Reporter:
         self.target = target
         self._nodes = nodes
         self._selectors = selectors
+        # How many clients a round waits for (0: none), sent with the pool snapshots.
+        self._waiting = waiting
         self.spool_dir = spool_dir
         self.max_events = max_events
         self.backoff_cap = backoff_cap
@@ -280,10 +283,12 @@ class Reporter:
             return
         for n in current:
             counts[n.selector_id] = counts.get(n.selector_id, 0) + 1
+        waiting = {"waiting_for": self._waiting()} if self._waiting is not None else {}
+        snapshot = {**counts, **{f" {k}": v for k, v in waiting.items()}}
         now = time.monotonic()
-        if counts != self._last_pool or now - self._last_pool_at >= self.pool_interval:
-            self._last_pool, self._last_pool_at = counts, now
-            self.emit("pool", selectors=counts, clients=sum(counts.values()))
+        if snapshot != self._last_pool or now - self._last_pool_at >= self.pool_interval:
+            self._last_pool, self._last_pool_at = snapshot, now
+            self.emit("pool", selectors=counts, clients=sum(counts.values()), **waiting)
 
     # ---- delivery -----------------------------------------------------------------------
 

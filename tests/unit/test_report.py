@@ -375,3 +375,19 @@ def test_the_reporter_is_off_unless_configured_and_needs_a_token() -> None:
         Settings.from_env({"FEDOTA_APP": "a", "FEDOTA_REPORT_URL": "http://web:8000/internal/v1/runs/1/"}, [])
     with pytest.raises(SettingsError, match="FEDOTA_REPORT_URL"):
         Settings.from_env({"FEDOTA_APP": "a", "FEDOTA_REPORT_URL": "web:8000", "FEDOTA_REPORT_TOKEN": "t"}, [])
+
+
+def test_pool_snapshots_say_how_many_clients_a_round_waits_for(webserver: tuple[Recorder, str]) -> None:
+    rec, url = webserver
+    waiting = [3]
+    nodes = [NodeInfo(11, "s0", "", "a"), NodeInfo(12, "s0", "", "b")]
+    reporter = Reporter(
+        Target(url, TOKEN), nodes=lambda: nodes, selectors=lambda: ["s0"], waiting=lambda: waiting[0], pool_interval=60
+    )
+    reporter.start()
+    assert _until(lambda: any(e.get("waiting_for") == 3 for e in rec.events))
+    waiting[0] = 0  # the third client came: a new snapshot, although the counts did not change
+    assert _until(lambda: any(e.get("waiting_for") == 0 for e in rec.events))
+    assert reporter.close(timeout=10.0)
+    first = next(e for e in rec.events if e["kind"] == "pool")
+    assert (first["clients"], first["waiting_for"]) == (2, 3)

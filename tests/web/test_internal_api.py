@@ -152,6 +152,22 @@ def test_a_run_without_a_token_accepts_nothing(client: Client, run: Run) -> None
 # ---- events -----------------------------------------------------------------------------------
 
 
+def test_a_round_waiting_for_clients_shows_in_the_runs_phase(client: Client, run: Run) -> None:
+    def pool(waiting_for: int, clients: int) -> int:
+        event = _event("pool", selectors={"p1-r1-s0": clients}, clients=clients, waiting_for=waiting_for)
+        status: int = _post(client, run.pk, [event]).status_code
+        run.refresh_from_db()
+        return status
+
+    assert pool(3, 2) == 200 and run.phase == "waiting: 2 of 3 clients"
+    assert pool(3, 1) == 200 and run.phase == "waiting: 1 of 3 clients"
+    assert pool(0, 3) == 200 and run.phase == "training"
+    # Snapshots without the field (older coordinators) leave the phase alone.
+    assert _post(client, run.pk, [_event("pool", selectors={"p1-r1-s0": 3}, clients=3)]).status_code == 200
+    run.refresh_from_db()
+    assert run.phase == "training"
+
+
 def test_a_whole_run_is_recorded(client: Client, run: Run, hospital: Participant) -> None:
     events = [
         _event("run_started", total_rounds=2, app="fedota-tabular", fab_sha256="ab" * 32),
@@ -250,6 +266,7 @@ def test_a_participant_of_another_problem_is_not_credited(
         (_event("run_started", total_rounds=2**31), "total_rounds"),
         (_event("pool", selectors={"p1-r1-s0": 2**31}), "selectors.p1-r1-s0"),
         (_event("pool", clients=2**31), "clients"),
+        (_event("pool", clients=2, waiting_for=-1), "waiting_for"),
         ({**_event("log", message="x"), "ts": 1e300}, "ts"),
         ({**_event("log", message="x"), "ts": -5}, "ts"),
         ({**_event("log", message="x"), "ts": 10**400}, "ts"),

@@ -340,6 +340,19 @@ def _pool(run: Run, f: _Field) -> None:
         if match:
             parsed[int(match.group(1))] = count
     total = f.whole("clients")
+    # A round waiting for its minimum of clients (0: no longer waiting); absent from older coordinators.
+    waiting_for = f.whole("waiting_for")
+    if waiting_for is not None:
+        locked = _locked(run)
+        if locked.status in ACTIVE_RUN_STATUSES:
+            connected = total if total is not None else sum(parsed.values())
+            if waiting_for:
+                phase = f"waiting: {connected} of {waiting_for} clients"[:32]
+            else:
+                phase = "training" if locked.phase.startswith("waiting: ") else locked.phase
+            if phase != locked.phase:
+                locked.phase = phase
+                locked.save(update_fields=["phase"])
     for index, count in parsed.items():
         Service.objects.filter(run=run, role=ServiceRole.SELECTOR, index=index).update(clients_connected=count)
     Service.objects.filter(run=run, role=ServiceRole.COORDINATOR).update(
