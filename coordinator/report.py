@@ -202,6 +202,7 @@ class Reporter:
         self.emit(
             "round_finished",
             round=doc.get("round"),
+            attempt=doc.get("attempt", 1),
             started=doc.get("started"),
             finished=doc.get("finished"),
             seconds=doc.get("seconds"),

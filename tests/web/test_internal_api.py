@@ -152,6 +152,23 @@ def test_a_run_without_a_token_accepts_nothing(client: Client, run: Run) -> None
 # ---- events -----------------------------------------------------------------------------------
 
 
+def test_rounds_of_a_later_attempt_never_overwrite_an_earlier_ones(client: Client, run: Run) -> None:
+    from webserver.monitoring import queries
+
+    # Attempt 2 could not resume (an app without Strategy.start): it counts from round 1 again.
+    events = [_round(1, []), _round(2, [])]
+    events += [{**_round(1, []), "attempt": 2, "train_loss": 0.9}]
+    assert _post(client, run.pk, events).status_code == 200
+    rows = list(RoundRecord.objects.filter(run=run).order_by("attempt", "number").values_list("attempt", "number"))
+    assert rows == [(1, 1), (1, 2), (2, 1)]
+    assert RoundRecord.objects.get(run=run, attempt=1, number=1).train_loss == 0.61
+    assert queries.run_json(run)["attempts"] == [{"attempt": 1, "first_round": 1}, {"attempt": 2, "first_round": 1}]
+    assert [r["attempt"] for r in map(lambda r: queries.round_json(r, {}), queries.run_rounds(run=run))] == [1, 1, 2]
+    # Retried delivery of the same round of the same attempt updates it in place.
+    assert _post(client, run.pk, [{**_round(1, []), "attempt": 2, "train_loss": 0.8}]).status_code == 200
+    assert RoundRecord.objects.get(run=run, attempt=2, number=1).train_loss == 0.8
+
+
 def test_a_round_waiting_for_clients_shows_in_the_runs_phase(client: Client, run: Run) -> None:
     def pool(waiting_for: int, clients: int) -> int:
         event = _event("pool", selectors={"p1-r1-s0": clients}, clients=clients, waiting_for=waiting_for)
@@ -267,6 +284,7 @@ def test_a_participant_of_another_problem_is_not_credited(
         (_event("pool", selectors={"p1-r1-s0": 2**31}), "selectors.p1-r1-s0"),
         (_event("pool", clients=2**31), "clients"),
         (_event("pool", clients=2, waiting_for=-1), "waiting_for"),
+        ({**_round(1, []), "attempt": 0}, "attempt"),
         ({**_event("log", message="x"), "ts": 1e300}, "ts"),
         ({**_event("log", message="x"), "ts": -5}, "ts"),
         ({**_event("log", message="x"), "ts": 10**400}, "ts"),

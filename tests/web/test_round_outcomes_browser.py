@@ -110,3 +110,42 @@ def test_the_rounds_table_shows_reasons_and_rounds_without_results(
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     tab.screenshot(path=str(artifacts / "dashboard-round-outcomes.png"), full_page=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rounds_table_marks_where_a_restarted_coordinator_resumed(
+    live_server: Any, page: Any, users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    problem = make_problem(users["owner"])
+    run = Run.objects.create(
+        problem=problem,
+        number=1,
+        fab_sha256=problem.fab_sha256,
+        status="running",
+        service_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
+    )
+    events = [_event("run_started", total_rounds=5)]
+    events += [_round(n, attempt=1, results=1) for n in (1, 2, 3)]
+    # The coordinator was killed during round 4 and resumed after round 3 as attempt 2.
+    events += [_event("run_started", total_rounds=5)] + [_round(n, attempt=2, results=1) for n in (4, 5)]
+    client = Client()
+    resp = client.post(
+        f"/internal/v1/runs/{run.pk}/events",
+        data=json.dumps(events),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {TOKEN}",
+    )
+    assert resp.status_code == 200
+    client.force_login(users["owner"])
+    host = urlsplit(live_server.url).hostname
+    page.add_cookies(
+        [{"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+          "domain": host, "path": "/"}]
+    )  # fmt: skip
+    tab = page.new_page()
+    tab.goto(f"{live_server.url}/monitoring/problems/{problem.pk}/")
+    tab.wait_for_selector("#rounds-body tr[data-round='5']")
+    marked = tab.locator("#rounds-body tr[data-attempt]")
+    assert marked.count() == 1 and marked.get_attribute("data-round") == "4"
+    flag = marked.locator(".badge.resumed")
+    assert flag.inner_text() == "resumed (attempt 2)" and "after round 3" in (flag.get_attribute("title") or "")

@@ -23,6 +23,11 @@ _ERRORS = {
 
 class RoundSerializer(serializers.Serializer[Any]):
     round = serializers.IntegerField()
+    attempt = serializers.IntegerField(
+        min_value=1,
+        help_text="which start of the run's coordinator ran the round (1, then 2 after a restart, ...); "
+        "a resumed attempt continues the numbering, one that could not resume counts from 1 again",
+    )
     phase = serializers.CharField()
     clients = serializers.IntegerField()
     train_loss = serializers.FloatField(allow_null=True)
@@ -92,7 +97,9 @@ class ProblemDashboardApi(APIView):
         "the coordinator confirms it; the name is then the run's configured one). `final_model` links the run's "
         "result: its final model (`round` 0) or, for a run that failed or was stopped before one, its last "
         "completed round's model (`round` N). `run.restart_count` and `run.restarts` (the latest 20: `at`, "
-        "`service`, `reason`, `by`) say what the platform restarted and why. `since` "
+        "`service`, `reason`, `by`) say what the platform restarted and why; `run.attempts` lists each start "
+        "of the coordinator (`attempt`, `first_round`: where it resumed, or 1 when it could not), and each "
+        "round says its `attempt`. `since` "
         "in the response echoes the parameter (null when every round is included).",
     )
     def get(self, request: Request, problem_id: int) -> Response:

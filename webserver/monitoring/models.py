@@ -9,6 +9,9 @@ from webserver.problems.models import Run
 
 class RoundRecord(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="rounds")
+    # Each (re)start of the run's coordinator is an attempt; a round of a later attempt never
+    # overwrites an earlier one's (a run that could not resume counts rounds from 1 again).
+    attempt = models.PositiveIntegerField(default=1)
     number = models.PositiveIntegerField()
     phase = models.CharField(max_length=32, blank=True)  # train | evaluate | done
     clients = models.PositiveIntegerField(default=0)
@@ -29,8 +32,8 @@ class RoundRecord(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["run", "number"]
-        constraints = [models.UniqueConstraint(fields=["run", "number"], name="round_unique")]
+        ordering = ["run", "attempt", "number"]
+        constraints = [models.UniqueConstraint(fields=["run", "attempt", "number"], name="round_unique_per_attempt")]
         # The dashboard sums a run's rejected replies on every poll: only rounds that had any are read.
         indexes = [models.Index(fields=["run"], name="round_rejected", condition=models.Q(rejected__gt=0))]
 

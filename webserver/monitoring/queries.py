@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, Max, QuerySet, Sum
+from django.db.models import Count, Max, Min, QuerySet, Sum
 from django.http import Http404
 from django.urls import reverse
 
@@ -84,7 +84,13 @@ def run_rounds(*, run: Run, since: int | None = None) -> QuerySet[RoundRecord]:
     rounds = RoundRecord.objects.filter(run=run)
     if since is not None:
         rounds = rounds.filter(number__gt=since)
-    return rounds.order_by("number")
+    return rounds.order_by("attempt", "number")
+
+
+def run_attempts(*, run: Run) -> list[dict[str, int]]:
+    """Each attempt of the run's coordinator with the first round it reported, in order."""
+    first = RoundRecord.objects.filter(run=run).order_by().values("attempt").annotate(first_round=Min("number"))
+    return [{"attempt": row["attempt"], "first_round": row["first_round"]} for row in first.order_by("attempt")]
 
 
 def run_rejected(*, run: Run) -> dict[str, int]:
@@ -111,6 +117,8 @@ def round_json(record: RoundRecord, downloads: dict[int, dict[str, str | None]])
     links = downloads.get(record.number, {"npz": None, "pt": None})
     return {
         "round": record.number,
+        # Which (re)start of the coordinator ran it; see `resumed_rounds` for where each began.
+        "attempt": record.attempt,
         "phase": record.phase,
         "clients": record.clients,
         "train_loss": record.train_loss,
@@ -215,6 +223,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "reply_policy": run_reply_policy(run=run),
         "metrics_csv": reverse("metrics-csv", kwargs={"run_id": run.pk}),
         # What the reconciler restarted: how often, and the latest (the events say each one too).
+        # Where each later attempt of the coordinator took over: its first round (resumed or from 1).
+        "attempts": run_attempts(run=run),
         "restart_count": len(run.restarts or []),
         "restarts": list(run.restarts or [])[-RECENT_RESTARTS:],
     }

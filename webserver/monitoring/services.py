@@ -272,6 +272,8 @@ def _run_started(run: Run, f: _Field) -> None:
 def _round_finished(run: Run, f: _Field) -> None:
     number = f.whole("round", required=True, minimum=1)
     assert number is not None
+    # Absent from coordinators older than attempts: the first.
+    attempt = f.whole("attempt", minimum=1) or 1
     train = f.metrics("train_metrics")
     evaluate = f.metrics("eval_metrics")
     trainers = f.sites("participants")
@@ -306,7 +308,7 @@ def _round_finished(run: Run, f: _Field) -> None:
         "started_at": started,
         "finished_at": finished,
     }
-    RoundRecord.objects.update_or_create(run=run, number=number, defaults=values)
+    RoundRecord.objects.update_or_create(run=run, attempt=attempt, number=number, defaults=values)
     known = {
         str(p.pk): p
         for p in Participant.objects.filter(

@@ -41,6 +41,7 @@
     compared: [],
     rounds: null, // every round of state.runNumber we have, in order
     runNumber: null,
+    attempts: [], // each start of the coordinator: {attempt, first_round}
     showAll: false,
   };
   const $ = (id) => document.getElementById(id);
@@ -167,6 +168,17 @@
       const tr = node("tr", null, r.no_results ? "no-results" : "");
       tr.dataset.round = String(r.round);
       cell(tr, r.round);
+      const began = state.attempts.find((a) => a.attempt === r.attempt && a.attempt > 1);
+      if (began && began.first_round === r.round) {
+        // Where a restarted coordinator took over: resumed from its checkpoint, or from round 1.
+        const resumed = r.round > 1;
+        const flag = node("span", resumed ? `resumed (attempt ${r.attempt})` : `restarted (attempt ${r.attempt})`, "badge resumed");
+        flag.title = resumed
+          ? `The coordinator was restarted and resumed after round ${r.round - 1} from its checkpoint.`
+          : "The coordinator was restarted and its app could not resume: training began again at round 1.";
+        tr.lastChild.append(" ", flag);
+        tr.dataset.attempt = String(r.attempt);
+      }
       cell(tr, r.clients);
       const results = node("td");
       if (r.no_results) {
@@ -376,6 +388,7 @@
   // Merges the answer into state.rounds; true when the rounds shown changed.
   function mergeRounds(d, since) {
     state.runNumber = d.run ? d.run.number : null;
+    state.attempts = d.run && d.run.attempts ? d.run.attempts : [];
     if (since === null) {
       state.rounds = d.rounds;
       return true;
@@ -389,6 +402,8 @@
   // A partial answer that cannot be merged: another run (a new one started), or fewer rounds than we hold.
   function needsReload(d) {
     if (!d.run || d.run.number !== state.runNumber) return true;
+    // A new attempt that counts from round 1 again has rounds numbered below `since`.
+    if ((d.run.attempts || []).length !== state.attempts.length) return true;
     const held = state.rounds.length ? state.rounds[state.rounds.length - 1].round : 0;
     return d.run.current_round < held;
   }
