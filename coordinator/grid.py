@@ -10,13 +10,14 @@ partial aggregates and substitutes back onto the messages the strategy sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol, cast
@@ -29,6 +30,7 @@ from flwr.app.message import make_message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde_utils import metadata_to_proto
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
+from flwr.server.client_manager import SimpleClientManager
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
 from flwr.serverapp.grid import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -137,6 +139,31 @@ class SelectorTierGrid(Grid):
             if isinstance(needed, int):
                 self._waiting(len(nodes), needed)
         return nodes
+
+    @contextlib.contextmanager
+    def bounding_client_managers(self) -> Iterator[None]:
+        """While the ServerApp runs, the compatibility API's waits for clients are said and bounded too.
+
+        Its `SimpleClientManager.wait_for` blocks (up to a day) on clients the
+        workflow registers from `get_node_ids`; here it waits a second at a
+        time and reports each second as `sample_nodes` does.
+        """
+        original = SimpleClientManager.wait_for
+
+        def wait_for(manager: SimpleClientManager, num_clients: int, timeout: int = 86400) -> bool:
+            end = time.monotonic() + timeout
+            while not original(manager, num_clients, timeout=min(1, max(0.0, end - time.monotonic()))):  # type: ignore[arg-type]
+                self._waiting(len(manager), num_clients)
+                if time.monotonic() >= end:
+                    return False
+            self._waiting(len(manager), num_clients)
+            return True
+
+        SimpleClientManager.wait_for = wait_for  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            SimpleClientManager.wait_for = original  # type: ignore[method-assign]
 
     def _waiting(self, connected: int, needed: int) -> None:
         """Say, live, that a round waits for clients, and end the wait after `node_wait` seconds."""

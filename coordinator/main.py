@@ -393,7 +393,7 @@ def run(settings: Settings) -> int:
         if not isinstance(server_app, ServerApp):
             raise LoadServerAppError(f"{app.serverapp} is not a flwr ServerApp")
         os.chdir(state_dir)
-        with running(plan, echo, tracker.strategy_result):
+        with running(plan, echo, tracker.strategy_result), grid.bounding_client_managers():
             server_app(grid=grid, context=context)
         log.info("ServerApp finished")
     except Exception as exc:
