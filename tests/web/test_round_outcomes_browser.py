@@ -50,11 +50,11 @@ def _round(number: int, **extra: Any) -> dict[str, Any]:
     )
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_rounds_table_shows_reasons_and_rounds_without_results(
-    live_server: Any, page: Any, users: dict[str, Any], make_problem: Callable[..., Any]
-) -> None:
-    problem = make_problem(users["owner"])
+def _dashboard(
+    live_server: Any, page: Any, owner: Any, make_problem: Callable[..., Any], events: list[dict[str, Any]]
+) -> Any:
+    """A running run that reported `events` through the internal API; its dashboard open in a tab."""
+    problem = make_problem(owner)
     run = Run.objects.create(
         problem=problem,
         number=1,
@@ -62,14 +62,6 @@ def test_the_rounds_table_shows_reasons_and_rounds_without_results(
         status="running",
         service_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
     )
-    events = [
-        _event("run_started", total_rounds=3, reply_policy="strict"),
-        _round(1, rejected=0, results=2, no_results=False),
-        _round(2, rejected=3, rejected_reasons={NAN: 1, DTYPE: 1}, results=1, no_results=False),
-        _round(3, rejected=2, rejected_reasons={NAN: 2}, results=0, no_results=True),
-        _event("log", level="WARNING", message=f"warning: round 3: 2 replies rejected: {NAN} (x2)", source="rounds"),
-        _event("run_finished", ok=False, detail="no round got a single accepted training reply", dropped_events=0),
-    ]
     client = Client()
     resp = client.post(
         f"/internal/v1/runs/{run.pk}/events",
@@ -78,7 +70,7 @@ def test_the_rounds_table_shows_reasons_and_rounds_without_results(
         HTTP_AUTHORIZATION=f"Bearer {TOKEN}",
     )
     assert resp.status_code == 200
-    client.force_login(users["owner"])
+    client.force_login(owner)
     host = urlsplit(live_server.url).hostname
     page.add_cookies(
         [{"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
@@ -86,6 +78,22 @@ def test_the_rounds_table_shows_reasons_and_rounds_without_results(
     )  # fmt: skip
     tab = page.new_page()
     tab.goto(f"{live_server.url}/monitoring/problems/{problem.pk}/")
+    return tab
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rounds_table_shows_reasons_and_rounds_without_results(
+    live_server: Any, page: Any, users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    events = [
+        _event("run_started", total_rounds=3, reply_policy="strict"),
+        _round(1, rejected=0, results=2, no_results=False),
+        _round(2, rejected=3, rejected_reasons={NAN: 1, DTYPE: 1}, results=1, no_results=False),
+        _round(3, rejected=2, rejected_reasons={NAN: 2}, results=0, no_results=True),
+        _event("log", level="WARNING", message=f"warning: round 3: 2 replies rejected: {NAN} (x2)", source="rounds"),
+        _event("run_finished", ok=False, detail="no round got a single accepted training reply", dropped_events=0),
+    ]
+    tab = _dashboard(live_server, page, users["owner"], make_problem, events)
     tab.wait_for_selector("#rounds-body tr[data-round='3']")
 
     row = tab.locator("#rounds-body tr[data-round='3']")
@@ -116,34 +124,11 @@ def test_the_rounds_table_shows_reasons_and_rounds_without_results(
 def test_the_rounds_table_marks_where_a_restarted_coordinator_resumed(
     live_server: Any, page: Any, users: dict[str, Any], make_problem: Callable[..., Any]
 ) -> None:
-    problem = make_problem(users["owner"])
-    run = Run.objects.create(
-        problem=problem,
-        number=1,
-        fab_sha256=problem.fab_sha256,
-        status="running",
-        service_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
-    )
     events = [_event("run_started", total_rounds=5)]
     events += [_round(n, attempt=1, results=1) for n in (1, 2, 3)]
     # The coordinator was killed during round 4 and resumed after round 3 as attempt 2.
     events += [_event("run_started", total_rounds=5)] + [_round(n, attempt=2, results=1) for n in (4, 5)]
-    client = Client()
-    resp = client.post(
-        f"/internal/v1/runs/{run.pk}/events",
-        data=json.dumps(events),
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {TOKEN}",
-    )
-    assert resp.status_code == 200
-    client.force_login(users["owner"])
-    host = urlsplit(live_server.url).hostname
-    page.add_cookies(
-        [{"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
-          "domain": host, "path": "/"}]
-    )  # fmt: skip
-    tab = page.new_page()
-    tab.goto(f"{live_server.url}/monitoring/problems/{problem.pk}/")
+    tab = _dashboard(live_server, page, users["owner"], make_problem, events)
     tab.wait_for_selector("#rounds-body tr[data-round='5']")
     marked = tab.locator("#rounds-body tr[data-attempt]")
     assert marked.count() == 1 and marked.get_attribute("data-round") == "4"
