@@ -33,6 +33,7 @@ from fedota_common.payload import (
     release_cycles,
     round_of,
 )
+from fedota_common.runstatus import from_proto
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -55,8 +56,6 @@ WITHDRAWN = "withdrawn"
 # Trailing metadata of a Join refused because the run is over (selector/servicer.py).
 RUN_STATUS_METADATA = "fedota-run-status"
 RUN_REASON_METADATA = "fedota-run-reason-bin"
-
-_RUN_STATUS = {spb.RUN_STATUS_FINISHED: "finished", spb.RUN_STATUS_FAILED: "failed", spb.RUN_STATUS_STOPPED: "stopped"}
 
 # While waiting without a bound (--follow), the client says so this often (seconds).
 SAY_EVERY = 60.0
@@ -98,7 +97,7 @@ class RunEnd:
 
 
 def _end_of(shutdown: spb.Shutdown) -> RunEnd:
-    status = _RUN_STATUS.get(shutdown.status)
+    status = from_proto(spb.RunStatus, shutdown.status)
     if status is None:
         # No status: access withdrawn, or an older selector whose shutdown meant "run over".
         status = WITHDRAWN if shutdown.reason.startswith(ACCESS_WITHDRAWN) else "finished"

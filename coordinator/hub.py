@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from fedota_common.aggregate import MAX_WEIGHT, REJECTED, ModelSpec, inspect_reply
 from fedota_common.payload import (
@@ -28,16 +29,11 @@ from fedota_common.payload import (
     parse_content,
 )
 from fedota_common.replies import ReplyPolicy, StrictPolicy
+from fedota_common.runstatus import to_proto
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 
 log = logging.getLogger(__name__)
-
-_RUN_STATUS = {
-    "finished": cpb.RUN_STATUS_FINISHED,
-    "failed": cpb.RUN_STATUS_FAILED,
-    "stopped": cpb.RUN_STATUS_STOPPED,
-}
 
 
 @dataclass
@@ -509,7 +505,9 @@ class Hub:
         with self.cond:
             if self.ended is not None:
                 return False
-            self.ended = cpb.CoordinatorMessage(finished=cpb.RunFinished(reason=reason, status=_RUN_STATUS[status]))
+            self.ended = cpb.CoordinatorMessage(
+                finished=cpb.RunFinished(reason=reason, status=cast(cpb.RunStatus, to_proto(cpb.RunStatus, status)))
+            )
             self.finished = True
             for link in self.selectors.values():
                 link.outbox.put(self.ended)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
 
@@ -45,6 +45,7 @@ from fedota_common.payload import (
     reply_size_limit,
 )
 from fedota_common.replies import ReplyPolicy, StrictPolicy
+from fedota_common.runstatus import to_proto
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
@@ -118,21 +119,6 @@ class SelectorError(Exception):
         self.code = code
         self.run_status = run_status
         self.run_reason = run_reason
-
-
-# How the coordinator's RunFinished says a run ended, and what clients are told.
-# An older coordinator sends no status: its runs ended as "finished".
-RUN_STATUS_NAMES = {
-    cpb.RUN_STATUS_UNSPECIFIED: "finished",
-    cpb.RUN_STATUS_FINISHED: "finished",
-    cpb.RUN_STATUS_FAILED: "failed",
-    cpb.RUN_STATUS_STOPPED: "stopped",
-}
-_CLIENT_RUN_STATUS = {
-    "finished": spb.RUN_STATUS_FINISHED,
-    "failed": spb.RUN_STATUS_FAILED,
-    "stopped": spb.RUN_STATUS_STOPPED,
-}
 
 
 @dataclass
@@ -400,7 +386,9 @@ class SelectorCore:
         with self._lock:
             self.finished = True
             self.ended = (status, reason)
-            event = spb.SelectorEvent(shutdown=spb.Shutdown(reason=reason, status=_CLIENT_RUN_STATUS[status]))
+            event = spb.SelectorEvent(
+                shutdown=spb.Shutdown(reason=reason, status=cast(spb.RunStatus, to_proto(spb.RunStatus, status)))
+            )
             for session in self.sessions.values():
                 session.outbox.put(event)
         self.ended_event.set()

@@ -16,10 +16,11 @@ import grpc
 
 from fedota_common.grpcutil import TRANSFER_DEADLINE, channel
 from fedota_common.payload import Content, Segments, WireContent, assemble, iter_chunks
+from fedota_common.runstatus import from_proto
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.coordinator.v1 import coordinator_pb2_grpc
 from protos.payload.v1 import payload_pb2
-from selector.core import RUN_STATUS_NAMES, SelectorCore
+from selector.core import SelectorCore
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,9 @@ class CoordinatorLink:
                 elif kind == "cancel":
                     self.core.on_cancel(msg.cancel.message_ids, msg.cancel.reason)
                 elif kind == "finished":
-                    status = RUN_STATUS_NAMES.get(msg.finished.status, "finished")
+                    status = (
+                        from_proto(cpb.RunStatus, msg.finished.status) or "finished"
+                    )  # older coordinators: no status
                     self.core.on_run_finished(msg.finished.reason or f"run {status}", status)
                 elif kind == "participants":
                     self.core.on_participants(msg.participants)
