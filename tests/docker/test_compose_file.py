@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml  # in the locks (requirements/dev.txt): a missing module must fail, not skip
 
 from tests.docker.conftest import unavailable
-
-yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
