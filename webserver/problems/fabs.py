@@ -25,6 +25,7 @@ from pygments.util import ClassNotFound
 
 from fedota_common.fab import UNPACK_ERRORS, App, FabError, load_app, parse_fab
 from webserver.errors import ApplicationError
+from webserver.problems.resumability import Resumability, analyse_fab
 
 APPS_DIR = Path(settings.BASE_DIR) / "apps"
 # A file bigger than this is listed but not shown (nobody reviews a 5 MB blob in a browser).
@@ -269,3 +270,19 @@ def app_summary(problem: Any) -> AppSummary:
             _SUMMARIES.clear()
         _SUMMARIES[problem.fab_sha256] = summary
     return summary
+
+
+# FAB hash -> what a coordinator restart does to the app: read once per app version, for
+# problems stored before this was read as well as new ones (no column to fill in).
+_RESUMABILITY: dict[str, Resumability] = {}
+
+
+def app_resumability(problem: Any) -> Resumability:
+    """Whether a coordinator restart resumes the problem's app, read from its source (cached per FAB hash)."""
+    result = _RESUMABILITY.get(problem.fab_sha256)
+    if result is None:
+        result = analyse_fab(fab_bytes(problem), app_summary(problem).serverapp)
+        if len(_RESUMABILITY) > 64:
+            _RESUMABILITY.clear()
+        _RESUMABILITY[problem.fab_sha256] = result
+    return result

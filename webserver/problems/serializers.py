@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webserver.problems.models import JoinPolicy, Problem, Run
@@ -26,6 +27,12 @@ class JSONTextField(serializers.JSONField):
             raise serializers.ValidationError("the JSON nests too deeply") from None
 
 
+class ResumabilitySerializer(serializers.Serializer):
+    resumes = serializers.BooleanField(allow_null=True)
+    reason = serializers.CharField()
+    sentence = serializers.CharField()
+
+
 class ProblemSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     active_run = serializers.SerializerMethodField()
@@ -35,6 +42,12 @@ class ProblemSerializer(serializers.ModelSerializer):
     app_config = serializers.SerializerMethodField(
         help_text="The app's own [tool.flwr.app.config]: each key with its default (its type is the default's). "
         "`run_config.app_config` overrides these; a key not listed is refused."
+    )
+    resumability = serializers.SerializerMethodField(
+        help_text="What a coordinator restart does to a run of this app, read from the app's source: `resumes` "
+        "is true (it resumes from its last checkpoint), false (it starts again at round 1 as a new attempt) or "
+        "null (Fedota cannot tell); `reason` says why and `sentence` is what the problem page says "
+        '(docs/architecture.md, "Which apps resume after a restart"). Null when the app cannot be read.'
     )
 
     class Meta:
@@ -53,6 +66,7 @@ class ProblemSerializer(serializers.ModelSerializer):
             "app_version",
             "run_config",
             "app_config",
+            "resumability",
             "num_partitions",
             "join_policy",
             "active_run",
@@ -69,6 +83,17 @@ class ProblemSerializer(serializers.ModelSerializer):
             return dict(app_summary(problem).default_config)
         except ApplicationError:
             return {}  # a damaged app: the problem page says why
+
+    @extend_schema_field(ResumabilitySerializer(allow_null=True))
+    def get_resumability(self, problem: Problem) -> dict[str, Any] | None:
+        from webserver.errors import ApplicationError
+        from webserver.problems.fabs import app_resumability
+
+        try:
+            result = app_resumability(problem)
+        except ApplicationError:
+            return None  # a damaged app: the problem page says why
+        return {"resumes": result.resumes, "reason": result.reason, "sentence": result.sentence}
 
     def get_description_html(self, problem: Problem) -> str:
         return _description_html(problem.description)

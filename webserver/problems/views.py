@@ -17,6 +17,7 @@ from webserver.problems import contracts, fabs, queries, services
 from webserver.problems.forms import ProblemEditor, editor_importing_contract, editor_with_more_rows
 from webserver.problems.models import Problem, ProblemState
 from webserver.problems.queries import problem_reply_policy
+from webserver.problems.resumability import Resumability
 from webserver.problems.runconfig import app_overrides
 
 
@@ -112,10 +113,12 @@ def problem_detail(request: HttpRequest, pk: int) -> HttpResponse:
     files: list[fabs.FabFile] = []
     files_error = ""
     app: fabs.AppSummary | None = None
+    resumability: Resumability | None = None
     overrides: dict[str, Any] = {}
     try:
         files = fabs.fab_files(problem)
         app = fabs.app_summary(problem)
+        resumability = fabs.app_resumability(problem)
         overrides = app_overrides(problem.run_config, app.default_config)
     except ApplicationError as exc:  # a damaged app must not take the page down
         files_error = f"The app cannot be read: {exc.message}"
@@ -129,6 +132,7 @@ def problem_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "contract_rows": contracts.contract_rows(problem.contract),
         "files": files,
         "app": app,
+        "resumability": resumability,
         "app_config": sorted(overrides.items()),
         "files_error": files_error,
         "runs": runs,
