@@ -52,7 +52,12 @@ class RoundSerializer(serializers.Serializer[Any]):
     )
     no_results = serializers.BooleanField(help_text="replies were asked for and not one was accepted")
     metrics = serializers.JSONField()
-    downloads = serializers.DictField(child=serializers.CharField(allow_null=True))
+    downloads = serializers.DictField(
+        child=serializers.CharField(allow_null=True),
+        help_text="links to this round's model of this attempt (`npz`, `pt`; null when not stored). Where "
+        "another attempt has a round of the same number, the link carries `?attempt=K`; the bare link of a "
+        "round means its latest attempt's model",
+    )
 
 
 class LogLineSerializer(serializers.Serializer[Any]):
@@ -96,10 +101,11 @@ class ProblemDashboardApi(APIView):
         "`run.reply_policy` is the reply policy in force: `name` (flower or strict) and `reported` (false until "
         "the coordinator confirms it; the name is then the run's configured one). `final_model` links the run's "
         "result: its final model (`round` 0) or, for a run that failed or was stopped before one, its last "
-        "completed round's model (`round` N). `run.restart_count` and `run.restarts` (the latest 20: `at`, "
+        "completed round's model (`round` N), the latest attempt's. `run.restart_count` and `run.restarts` (the latest 20: `at`, "
         "`service`, `reason`, `by`) say what the platform restarted and why; `run.attempts` lists each start "
         "of the coordinator (`attempt`, `first_round`: where it resumed, or 1 when it could not), and each "
-        "round says its `attempt`. `since` "
+        "round says its `attempt`; no attempt's model overwrites another's, and a round number that several "
+        "attempts have links each attempt's model with `?attempt=K`. `since` "
         "in the response echoes the parameter (null when every round is included).",
     )
     def get(self, request: Request, problem_id: int) -> Response:

@@ -57,7 +57,11 @@ def run_events(request: HttpRequest, run_id: int) -> JsonResponse:
 @csrf_exempt
 @require_http_methods(["PUT", "POST"])
 def run_checkpoint(request: HttpRequest, run_id: int, round: int, kind: str) -> JsonResponse:
-    """Store a round's model file (round 0 = the final model) from the raw request body."""
+    """Store a round's model file (round 0 = the final model) from the raw request body.
+
+    `?attempt=K` says which start of the coordinator sent it; a coordinator older than
+    attempts sends none, and its files are attempt 1's.
+    """
     try:
         run = services.run_authenticate(run_id=run_id, authorization=request.headers.get("Authorization", ""))
         length = request.headers.get("Content-Length")
@@ -65,10 +69,18 @@ def run_checkpoint(request: HttpRequest, run_id: int, round: int, kind: str) -> 
             size = int(length) if length else None
         except ValueError:
             raise ApplicationError("Content-Length: must be a whole number", field="Content-Length") from None
-        services.checkpoint_store(run=run, round=round, kind=kind, stream=request, size=size)
+        attempt = _whole(request.GET.get("attempt", "1"), "attempt")
+        services.checkpoint_store(run=run, attempt=attempt, round=round, kind=kind, stream=request, size=size)
     except ApplicationError as exc:
         return _error(exc)
-    return JsonResponse({"stored": f"round {round} {kind}"}, status=201)
+    return JsonResponse({"stored": f"attempt {attempt} round {round} {kind}"}, status=201)
+
+
+def _whole(raw: str, name: str) -> int:
+    # Digits only: int() would also take " 2", "+2" and "٢".
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10:
+        raise ApplicationError(f"{name}: must be a whole number", field=name)
+    return int(raw)
 
 
 @require_http_methods(["GET"])

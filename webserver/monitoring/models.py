@@ -48,14 +48,21 @@ class RunReport(models.Model):
 
 class Checkpoint(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    # The coordinator's attempt that uploaded it, as for rounds: an attempt that could not resume
+    # counts rounds from 1 again and has a final model of its own, and neither overwrites another's.
+    attempt = models.PositiveIntegerField(default=1)
     round = models.PositiveIntegerField()  # 0 = final model
     npz = models.FileField(upload_to="checkpoints/", blank=True)
     pt = models.FileField(upload_to="checkpoints/", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["run", "round"]
-        constraints = [models.UniqueConstraint(fields=["run", "round"], name="checkpoint_unique")]
+        ordering = ["run", "attempt", "round"]
+        # Round before attempt: the dashboard reads a run's rounds after n (and round 0) as index
+        # ranges, and a download without an attempt takes a round's latest attempt from the same index.
+        constraints = [
+            models.UniqueConstraint(fields=["run", "round", "attempt"], name="checkpoint_unique_per_attempt")
+        ]
 
 
 class LogLine(models.Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from django.db.models import Count, Max, Min, QuerySet, Sum
@@ -52,19 +53,34 @@ def run_selected(*, problem: Problem, number: Any = None) -> Run | None:
         raise Http404(f"this problem has no run {number}") from None
 
 
-def _download(run: Run, round: int, kind: str, present: bool) -> str | None:
+# Download links of the run's stored models: (attempt, round) -> {"npz": url | None, "pt": url | None}.
+Downloads = dict[tuple[int, int], dict[str, str | None]]
+
+
+def _download(run: Run, round: int, kind: str, present: bool, attempt: int | None = None) -> str | None:
     if not present:
         return None
-    return reverse("checkpoint-download", kwargs={"run_id": run.pk, "round": round, "kind": kind})
+    url = reverse("checkpoint-download", kwargs={"run_id": run.pk, "round": round, "kind": kind})
+    return url if attempt is None else f"{url}?attempt={attempt}"
 
 
-def run_checkpoints(
-    *, run: Run, since: int | None = None, final_only: bool = False
-) -> dict[int, dict[str, str | None]]:
-    """Download links per round (0 = final model), only for files actually stored.
+def _links(run: Run, checkpoint: Checkpoint, *, named: bool) -> dict[str, str | None]:
+    attempt = checkpoint.attempt if named else None
+    return {
+        "npz": _download(run, checkpoint.round, "npz", bool(checkpoint.npz), attempt),
+        "pt": _download(run, checkpoint.round, "pt", bool(checkpoint.pt), attempt),
+    }
 
-    With `since`, only the final model and the rounds after `since` (the dashboard's poll);
-    with `final_only`, only the final model.
+
+def run_checkpoints(*, run: Run, since: int | None = None, final_only: bool = False) -> Downloads:
+    """Download links per (attempt, round) (round 0 = that attempt's final model), only for files stored.
+
+    A round number that one attempt alone has is linked by the number, as before attempts
+    (a resumed run's rounds all are); one that several attempts have (an attempt that could
+    not resume counts from round 1 again) is linked with `?attempt=K` for each of them, so
+    every attempt's file stays reachable and the bare number means the latest attempt's.
+    With `since`, only final models and the rounds after `since` (the dashboard's poll);
+    with `final_only`, only final models.
     """
     # No ordering: the model's default (by run) joins the run and the problem for nothing.
     checkpoints = Checkpoint.objects.filter(run=run).order_by()
@@ -73,10 +89,10 @@ def run_checkpoints(
     elif since is not None:
         # Two index range reads in one statement; `round = 0 OR round > n` reads every row of the run.
         checkpoints = checkpoints.filter(round=0).union(checkpoints.filter(round__gt=since), all=True)
-    return {
-        c.round: {"npz": _download(run, c.round, "npz", bool(c.npz)), "pt": _download(run, c.round, "pt", bool(c.pt))}
-        for c in checkpoints
-    }
+    # Both filters keep every attempt of a round they keep, so the count per round is whole.
+    stored = list(checkpoints)
+    attempts = Counter(c.round for c in stored)
+    return {(c.attempt, c.round): _links(run, c, named=attempts[c.round] > 1) for c in stored}
 
 
 def run_rounds(*, run: Run, since: int | None = None) -> QuerySet[RoundRecord]:
@@ -113,8 +129,8 @@ def run_logs(*, run: Run, limit: int = RECENT_LOGS) -> list[LogLine]:
     return rows
 
 
-def round_json(record: RoundRecord, downloads: dict[int, dict[str, str | None]]) -> dict[str, Any]:
-    links = downloads.get(record.number, {"npz": None, "pt": None})
+def round_json(record: RoundRecord, downloads: Downloads) -> dict[str, Any]:
+    links = downloads.get((record.attempt, record.number), {"npz": None, "pt": None})
     return {
         "round": record.number,
         # Which (re)start of the coordinator ran it; see `resumed_rounds` for where each began.
@@ -329,54 +345,62 @@ def metrics_table(*, run: Run) -> tuple[list[str], list[list[Any]]]:
 ENDED_EARLY = (RunStatus.FAILED, RunStatus.STOPPED)
 
 
-def _last_completed(run: Run, kind: str = "npz") -> Checkpoint | None:
-    """The run's last round that has a stored `kind` file, if the run ended without a final model."""
+def _last_completed(run: Run, kind: str = "npz", attempt: int | None = None) -> Checkpoint | None:
+    """The last round with a stored `kind` file, if the run ended without a final model.
+
+    Of the latest attempt that stored one (or of `attempt`): what the run had reached when
+    it ended, even where an earlier attempt that could not be resumed had got further.
+    """
     if run.status not in ENDED_EARLY:
         return None
-    stored = Checkpoint.objects.filter(run=run, round__gt=0).exclude(**{kind: ""}).order_by("-round")
-    return stored.only("pk", "round", "npz", "pt").first()
+    stored = Checkpoint.objects.filter(run=run, round__gt=0).exclude(**{kind: ""})
+    if attempt is not None:
+        stored = stored.filter(attempt=attempt)
+    return stored.order_by("-attempt", "-round").only("pk", "attempt", "round", "npz", "pt").first()
 
 
 def run_final_model(*, run: Run) -> dict[str, Any]:
     """The model to download as the run's result: its final model, else (a failed or stopped run) its last round's.
 
-    `round` is 0 for the final model, the round's number otherwise; links are None for files not stored.
+    The final model is the latest attempt's that uploaded one. `round` is 0 for the final
+    model, the round's number otherwise; links are None for files not stored, and carry
+    `?attempt=K` where another attempt has a file of the same round.
     """
-    final = Checkpoint.objects.filter(run=run, round=0).order_by().first()
-    if final is not None and (final.npz or final.pt):
-        return {
-            "npz": _download(run, 0, "npz", bool(final.npz)),
-            "pt": _download(run, 0, "pt", bool(final.pt)),
-            "round": 0,
-        }
+    finals = run_checkpoints(run=run, final_only=True)
+    stored = [key for key, links in finals.items() if links["npz"] or links["pt"]]
+    if stored:
+        return {**finals[max(stored)], "round": 0}
     last = _last_completed(run)
     if last is None:
         return {"npz": None, "pt": None, "round": 0}
-    return {
-        "npz": _download(run, last.round, "npz", bool(last.npz)),
-        "pt": _download(run, last.round, "pt", bool(last.pt)),
-        "round": last.round,
-    }
+    named = Checkpoint.objects.filter(run=run, round=last.round).exclude(attempt=last.attempt).exists()
+    return {**_links(run, last, named=named), "round": last.round}
 
 
-def model_file(*, run: Run, round: int, kind: str) -> tuple[Any, int]:
-    """The stored file of a round's model and that round; round 0 of a run that ended without
-    a final model gives its last completed round's. (None, round) when there is none."""
-    stored = checkpoint_file(run=run, round=round, kind=kind)
-    if stored is None and round == 0:
-        last = _last_completed(run, kind)
+def model_file(*, run: Run, round: int, kind: str, attempt: int | None = None) -> tuple[Any, int, int | None]:
+    """The stored file of a round's model, with the round and the attempt it is from.
+
+    Without `attempt`, the latest attempt that has the round. Round 0 of a run that ended
+    without a final model gives its last completed round's (of `attempt`, when given).
+    (None, round, attempt) when there is none.
+    """
+    checkpoint = _checkpoint(run, round, attempt)
+    field = None if checkpoint is None else (checkpoint.npz if kind == "npz" else checkpoint.pt)
+    if checkpoint is not None and field:
+        return field, round, checkpoint.attempt
+    if round == 0:
+        last = _last_completed(run, kind, attempt)
         if last is not None:
-            return (last.npz if kind == "npz" else last.pt), last.round
-    return stored, round
+            return (last.npz if kind == "npz" else last.pt), last.round, last.attempt
+    return None, round, attempt
 
 
-def checkpoint_file(*, run: Run, round: int, kind: str) -> Any:
-    """The stored FieldFile of a round's model, or None when that round has none."""
-    checkpoint = Checkpoint.objects.filter(run=run, round=round).first()
-    if checkpoint is None:
-        return None
-    field = checkpoint.npz if kind == "npz" else checkpoint.pt
-    return field if field else None
+def _checkpoint(run: Run, round: int, attempt: int | None) -> Checkpoint | None:
+    """The round's checkpoint of `attempt`, or of the latest attempt that has the round."""
+    checkpoints = Checkpoint.objects.filter(run=run, round=round)
+    if attempt is not None:
+        return checkpoints.filter(attempt=attempt).first()
+    return checkpoints.order_by("-attempt").first()
 
 
 def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Writes for monitoring: what a run's coordinator reports.
 
 The coordinator retries until the webserver answers, so every write here is
-idempotent: log lines dedupe by `event_id`, rounds by (run, round number),
-contributions by (run, site, round, kind), and a checkpoint re-upload replaces
-the file. An event is validated whole before anything is written, so a
+idempotent: log lines dedupe by `event_id`, rounds by (run, attempt, round
+number), contributions by (run, site, round, kind), and a checkpoint re-upload
+replaces the file of the same (run, attempt, round, kind), never another
+attempt's. An event is validated whole before anything is written, so a
 malformed one changes nothing.
 """
 
@@ -412,17 +413,23 @@ def run_platform_event(*, run: Run, message: str, level: str = "WARNING") -> Log
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
-def checkpoint_store(*, run: Run, round: int, kind: str, stream: Readable, size: int | None) -> Checkpoint:
-    """Store one model file of a round (0 = the final model), replacing an earlier upload.
+def checkpoint_store(
+    *, run: Run, round: int, kind: str, stream: Readable, size: int | None, attempt: int = 1
+) -> Checkpoint:
+    """Store one model file of a round (0 = the final model) of one attempt of the run's coordinator.
 
-    The body is copied in chunks to a temporary file first, so memory stays
-    bounded and a broken or oversize upload never replaces a good file.
+    A re-upload of the same attempt, round and kind (a retry) replaces the file; another
+    attempt's file of the same round is never touched. The body is copied in chunks to a
+    temporary file first, so memory stays bounded and a broken or oversize upload never
+    replaces a good file.
     """
     limit: int = settings.FEDOTA_MAX_CHECKPOINT_BYTES
     if kind not in CHECKPOINT_KINDS:
         raise ApplicationError(f"kind: must be one of {', '.join(CHECKPOINT_KINDS)}", field="kind")
     if not 0 <= round <= MAX_COUNT:
         raise ApplicationError(f"round: must be a whole number from 0 to {MAX_COUNT}", field="round")
+    if not 1 <= attempt <= MAX_COUNT:
+        raise ApplicationError(f"attempt: must be a whole number from 1 to {MAX_COUNT}", field="attempt")
     if size is not None and size > limit:
         raise TooLarge(f"the checkpoint is {size} bytes; this server accepts at most {limit}")
     with tempfile.TemporaryFile() as tmp:
@@ -431,14 +438,16 @@ def checkpoint_store(*, run: Run, round: int, kind: str, stream: Readable, size:
             raise ApplicationError(f"body: received {written} of {size} bytes", field="body")
         tmp.seek(0)
         with transaction.atomic():
-            checkpoint, _ = Checkpoint.objects.select_for_update().get_or_create(run=run, round=round)
+            checkpoint, _ = Checkpoint.objects.select_for_update().get_or_create(run=run, attempt=attempt, round=round)
             field = checkpoint.npz if kind == "npz" else checkpoint.pt
             if field.name:
-                # A re-upload (a retry, or a resumed run) replaces the file under the same name;
-                # the upload is complete in `tmp` already, so only a storage error can lose it.
+                # A retry replaces the file under the same name; the upload is complete
+                # in `tmp` already, so only a storage error can lose it.
                 field.storage.delete(field.name)
             stem = f"round_{round:04d}" if round else "final_model"
-            field.save(f"p{run.problem_id}/run{run.number}/{stem}.{kind}", File(tmp), save=False)
+            # Attempt 1 keeps the names it always had; a later attempt's files sit apart from them.
+            folder = f"p{run.problem_id}/run{run.number}" + (f"/attempt-{attempt}" if attempt > 1 else "")
+            field.save(f"{folder}/{stem}.{kind}", File(tmp), save=False)
             checkpoint.save()
     return checkpoint
 

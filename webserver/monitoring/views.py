@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseNotFound
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseNotFound
 from django.shortcuts import render
 from django.utils.text import slugify
 from rest_framework import exceptions
@@ -76,27 +76,38 @@ def _run(request: HttpRequest, run_id: int) -> Any:
 def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse | FileResponse:
     """A round's model (round 0 = the final model), streamed from storage.
 
-    Round 0 of a run that failed or was stopped before its final model is its last
-    completed round's model (the file name and `X-Fedota-Model-Round` say which).
+    `?attempt=K` picks the attempt of the run's coordinator; without it, the latest attempt
+    that has the round (an attempt that could not resume counts rounds from 1 again, so a
+    round number can belong to several). Round 0 of a run that failed or was stopped before
+    its final model is its last completed round's model. The file name and the
+    `X-Fedota-Model-Round` and `X-Fedota-Model-Attempt` headers say which was served.
     """
     if (redirect := _login_or_token(request)) is not None:
         return redirect
     run = _run(request, run_id)
-    what = "the final model" if round == 0 else f"round {round}"
     if kind not in ("npz", "pt"):
         return HttpResponseNotFound("Models are offered as .npz (NumPy) or .pt (PyTorch).", content_type="text/plain")
-    stored, served = queries.model_file(run=run, round=round, kind=kind)
+    raw = request.GET.get("attempt")
+    if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) > 0):
+        return HttpResponseBadRequest("attempt: must be a whole number ≥ 1.", content_type="text/plain; charset=utf-8")
+    attempt = None if raw is None else int(raw)
+    stored, served, of_attempt = queries.model_file(run=run, round=round, kind=kind, attempt=attempt)
     if stored is None:
+        what = "the final model" if round == 0 else f"round {round}"
+        whose = "" if attempt is None else f" of attempt {attempt}"
         return HttpResponseNotFound(
-            f"Run {run.number} has no stored .{kind} file for {what}. The coordinator uploads each round's"
+            f"Run {run.number} has no stored .{kind} file for {what}{whose}. The coordinator uploads each round's"
             " model after the round ends (only .npz for rounds, .npz and .pt for the final model).",
             content_type="text/plain; charset=utf-8",
         )
     # A run that failed (or was stopped) before its final model: its last completed round's, named as such.
     stem = "final" if served == 0 else f"round{served:04d}"
+    if of_attempt is not None and of_attempt > 1:
+        stem = f"attempt{of_attempt}-{stem}"
     name = f"{slugify(run.problem.title) or 'problem'}-run{run.number}-{stem}.{kind}"
     response = FileResponse(stored.open("rb"), as_attachment=True, filename=name)
     response["X-Fedota-Model-Round"] = str(served)
+    response["X-Fedota-Model-Attempt"] = str(of_attempt)
     return response
 
 
