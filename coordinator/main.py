@@ -355,7 +355,9 @@ def run(settings: Settings) -> int:
         on_checkpoint=reporter.checkpoint if reporter is not None else None,
     )
     if reporter is not None:
-        reporter.run_started(total_rounds=total_rounds, app=app.name, fab_sha256=app.sha256, reply_policy=policy_name)
+        reporter.run_started(
+            total_rounds=total_rounds, app=app.name, fab_sha256=app.sha256, reply_policy=policy_name, attempt=attempt
+        )
     policy = GridPolicy(
         round_timeout=settings.round_timeout,
         overselect=settings.overselect,

@@ -4,7 +4,8 @@ The coordinator must keep training whether or not the webserver answers, so
 nothing here blocks the caller: events go into a bounded in-memory buffer that a
 background thread posts to `<report-url>events` as JSON lists, and checkpoint
 files go to a second thread that streams them with `http.client` to
-`<report-url>checkpoints/<round>/<npz|pt>` (a 1 GB model never sits in memory).
+`<report-url>checkpoints/<round>/<npz|pt>?attempt=<K>` (a 1 GB model never sits in
+memory; see `checkpoint_path`).
 Both retry with exponential backoff while the webserver is away. A 4xx answer
 other than 408/429 means retrying cannot help: the item is dropped and logged.
 
@@ -103,6 +104,17 @@ class Target:
         raise RetryLater(f"HTTP {resp.status}: {text.strip()[:200]}")
 
 
+def checkpoint_path(round: int, kind: str, attempt: int = 1) -> str:
+    """Where a model file of `round` (0 = the final model) of an attempt goes, below the report URL.
+
+    The webserver keeps each attempt's files apart, so an attempt that restarted at round 1
+    never overwrites an earlier one's. Attempt 1 is what a website takes when none is said,
+    so its address is the one coordinators older than attempts used.
+    """
+    path = f"checkpoints/{round}/{kind}"
+    return path if attempt == 1 else f"{path}?attempt={attempt}"
+
+
 @dataclass
 class Upload:
     round: int
@@ -112,6 +124,8 @@ class Upload:
     owned: bool
     # Build the .pt from the .npz at `path` just before sending it.
     convert: bool = False
+    # The coordinator's attempt when the file was queued.
+    attempt: int = 1
 
 
 class Reporter:
@@ -145,6 +159,8 @@ class Reporter:
         self.backoff_cap = backoff_cap
         self.pool_interval = pool_interval
         self.round_pt_max_bytes = round_pt_max_bytes
+        # Which start of the run's coordinator this is; `run_started` says, and uploads carry it.
+        self.attempt = 1
         self.cond = threading.Condition()
         self.events: collections.deque[dict[str, Any]] = collections.deque()
         self.uploads: collections.deque[Upload] = collections.deque()
@@ -189,10 +205,18 @@ class Reporter:
             del self.events[pools[0] if pools else 0]
         self.dropped += 1
 
-    def run_started(self, *, total_rounds: int | None, app: str, fab_sha256: str, reply_policy: str = "") -> None:
-        """Report that the ServerApp is about to start (and under which reply policy, `flower` or `strict`)."""
+    def run_started(
+        self, *, total_rounds: int | None, app: str, fab_sha256: str, reply_policy: str = "", attempt: int = 1
+    ) -> None:
+        """Report that the ServerApp is about to start (and under which reply policy, `flower` or `strict`).
+
+        `attempt` is this start's number on the run (`resume.begin_attempt`); the model files
+        queued from now on are uploaded as that attempt's.
+        """
         policy = {"reply_policy": reply_policy} if reply_policy else {}
-        self.emit("run_started", total_rounds=total_rounds, app=app, fab_sha256=fab_sha256, **policy)
+        with self.cond:
+            self.attempt = attempt
+        self.emit("run_started", total_rounds=total_rounds, app=app, fab_sha256=fab_sha256, attempt=attempt, **policy)
 
     def round_finished(self, doc: dict[str, Any]) -> None:
         """`RoundTracker.on_round`: report a finished round with its participants resolved."""
@@ -254,8 +278,8 @@ class Reporter:
         with self.cond:
             if kind == "npz" and round > 0 and _size(pinned) <= self.round_pt_max_bytes:
                 # Before the .npz upload, which removes the pinned file once sent.
-                self.uploads.append(Upload(round, "pt", pinned, False, convert=True))
-            self.uploads.append(Upload(round, kind, pinned, owned))
+                self.uploads.append(Upload(round, "pt", pinned, False, convert=True, attempt=self.attempt))
+            self.uploads.append(Upload(round, kind, pinned, owned, attempt=self.attempt))
             self.cond.notify_all()
 
     # ---- pool ----------------------------------------------------------------------------
@@ -393,18 +417,18 @@ class Reporter:
             if pt is None:
                 return
             try:
-                self._send_file(item.round, item.kind, pt)
+                self._send_file(item, pt)
             finally:
                 pt.unlink(missing_ok=True)
             return
-        self._send_file(item.round, item.kind, item.path)
+        self._send_file(item, item.path)
 
-    def _send_file(self, round: int, kind: str, path: Path) -> None:
+    def _send_file(self, item: Upload, path: Path) -> None:
         size = path.stat().st_size
         with path.open("rb") as fh:
             self.target.send(
                 "PUT",
-                f"checkpoints/{round}/{kind}",
+                checkpoint_path(item.round, item.kind, item.attempt),
                 fh,
                 {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             )

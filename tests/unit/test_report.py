@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from coordinator.hub import Hub
-from coordinator.report import NodeInfo, Reporter, Target
+from coordinator.report import NodeInfo, Reporter, Target, checkpoint_path
 from coordinator.rounds import RoundRecord
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from selector.core import OpenAuthenticator, SelectorCore
@@ -391,3 +391,28 @@ def test_pool_snapshots_say_how_many_clients_a_round_waits_for(webserver: tuple[
     assert reporter.close(timeout=10.0)
     first = next(e for e in rec.events if e["kind"] == "pool")
     assert (first["clients"], first["waiting_for"]) == (2, 3)
+
+
+def test_a_checkpoint_goes_to_its_attempts_address() -> None:
+    # Attempt 1's address is the one coordinators older than attempts used: a website takes it as attempt 1.
+    assert checkpoint_path(4, "npz") == checkpoint_path(4, "npz", 1) == "checkpoints/4/npz"
+    assert checkpoint_path(0, "pt", 3) == "checkpoints/0/pt?attempt=3"
+
+
+def test_a_restarted_coordinators_models_are_uploaded_as_its_attempt(
+    webserver: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    rec, url = webserver
+    model = tmp_path / "round_0001.npz"
+    model.write_bytes(b"not a zip, so no .pt")
+    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool")
+    reporter.run_started(total_rounds=2, app="a", fab_sha256="x", attempt=2)
+    reporter.checkpoint(1, model, "npz")
+    reporter.checkpoint(0, model, "npz")
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    assert set(rec.uploads) == {
+        "/internal/v1/runs/7/checkpoints/1/npz?attempt=2",
+        "/internal/v1/runs/7/checkpoints/0/npz?attempt=2",
+    }
+    assert next(e for e in rec.events if e["kind"] == "run_started")["attempt"] == 2

@@ -181,3 +181,23 @@ def test_a_bad_attempt_is_refused(client: Client, owner: Client, run: Run, attem
     assert resp.status_code == 400 and resp.json()["field"] == "attempt"
     assert not Checkpoint.objects.filter(run=run).exists()
     assert owner.get(f"/monitoring/runs/{run.pk}/checkpoints/1.npz?attempt={attempt}").status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_coordinator_reporter_uploads_as_its_attempt(live_server: Any, run: Run, tmp_path: Any) -> None:
+    from coordinator.report import Reporter, Target
+
+    Checkpoint.objects.create(run=run, attempt=1, round=1, npz="checkpoints/attempt-1-round-1.npz")
+    model = tmp_path / "round_0001.npz"
+    model.write_bytes(b"attempt 2's weights" * 100)
+    reporter = Reporter(Target(f"{live_server.url}/internal/v1/runs/{run.pk}/", TOKEN), spool_dir=tmp_path / "spool")
+    reporter.start()
+    reporter.run_started(total_rounds=2, app="fedota-tabular", fab_sha256=run.fab_sha256, attempt=2)
+    reporter.checkpoint(1, model, "npz")
+    reporter.checkpoint(0, model, "npz")
+    assert reporter.close(timeout=20.0) and reporter.refused == 0
+
+    stored = {(c.attempt, c.round): c for c in Checkpoint.objects.filter(run=run)}
+    assert set(stored) == {(1, 1), (2, 1), (2, 0)}
+    assert stored[(1, 1)].npz.name == "checkpoints/attempt-1-round-1.npz"  # untouched
+    assert stored[(2, 1)].npz.read() == model.read_bytes() and stored[(2, 0)].npz.read() == model.read_bytes()
