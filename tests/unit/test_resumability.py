@@ -16,7 +16,7 @@ from flwr.serverapp import strategy as flower_strategies
 
 from fedota_common.fab import load_app
 from tests.unit.hostile_fabs import HOSTILE_FABS
-from webserver.problems.resumability import NOT_RESTORED, RESTORED, Resumability, analyse_fab
+from webserver.problems.resumability import MAX_SOURCE_BYTES, NOT_RESTORED, RESTORED, Resumability, analyse_fab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -360,3 +360,16 @@ def main(grid, context):
 """
     result = of(source)
     assert result.resumes is None and "keeps state of its own" in result.reason
+
+
+def test_a_server_app_made_in_one_module_with_its_main_in_another_is_followed() -> None:
+    core = "from flwr.serverapp import ServerApp\nserver = ServerApp()\n"
+    source = MESSAGE_API.format(cls="FedAvg").replace("app = ServerApp()", "from .core import server as app")
+    assert of(source, core=core).resumes is True
+
+
+def test_more_source_than_is_read_is_unknown_not_slow() -> None:
+    big = "x = 1\n" * (MAX_SOURCE_BYTES // 6 + 1)
+    source = "from .big import x\n" + MESSAGE_API.format(cls="FedAvg")
+    result = of(source, big=big)
+    assert result.resumes is None and "KiB of source" in result.reason and "mine/big.py" in result.reason

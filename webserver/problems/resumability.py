@@ -79,8 +79,9 @@ _MUTATORS = frozenset(
 )
 # Marks a base class the reading cannot name.
 _UNNAMED = "?"
-# A source file bigger than this is not read (no hand-written ServerApp is).
-MAX_SOURCE_BYTES = 2 << 20
+# The most Python source read for one app, all modules together: the built-in apps' ServerApp
+# code is 30 KB; parsing takes time and memory (4 MB: 8 s and 800 MB here), on a page view.
+MAX_SOURCE_BYTES = 256 << 10
 DOCS = "docs/architecture.md, “Which apps resume after a restart”"
 
 
@@ -131,12 +132,10 @@ class _Sources:
             if parts and all(p.isidentifier() for p in parts):
                 self._paths[".".join(parts)] = info.filename
         self._parsed: dict[str, _Module] = {}
+        self._left = MAX_SOURCE_BYTES
 
     def has(self, name: str) -> bool:
         return name in self._paths
-
-    def path(self, name: str) -> str:
-        return self._paths[name]
 
     def is_package(self, name: str) -> bool:
         return self._paths.get(name, "").endswith("__init__.py")
@@ -145,8 +144,12 @@ class _Sources:
         if name not in self._parsed:
             path = self._paths[name]
             info = self._zip.getinfo(path)
-            if info.file_size > MAX_SOURCE_BYTES:
-                raise _Unknown(f"{path} is {info.file_size} bytes, more than Fedota reads to decide")
+            self._left -= info.file_size
+            if self._left < 0:
+                raise _Unknown(
+                    f"the ServerApp's modules are more than {MAX_SOURCE_BYTES >> 10} KiB of source (with {path}), "
+                    "more than Fedota reads to decide"
+                )
             source = self._zip.read(info)
             try:
                 tree = ast.parse(source, filename=path)
@@ -255,7 +258,7 @@ def _analyse(sources: _Sources, serverapp: str) -> Resumability:
     module_name, _, attr = serverapp.partition(":")
     if not module_name or not attr.isidentifier():
         raise _Unknown(f"the app's serverapp {serverapp!r} is not of the form module:attribute")
-    module, call = _server_app(sources, module_name, attr)
+    module, made_as, call = _server_app(sources, module_name, attr)
     compat = [kw.arg for kw in call.keywords if kw.arg in _COMPAT_ARGUMENTS]
     if call.args or compat:
         shown = ", ".join(f"{k}=..." for k in compat) or "..."
@@ -263,17 +266,19 @@ def _analyse(sources: _Sources, serverapp: str) -> Resumability:
             False,
             f"it uses the compatibility API (ServerApp({shown})), which Fedota cannot resume. See {DOCS}",
         )
-    main = _main_function(module, attr)
-    if main is None:
-        raise _Unknown(f"{module.path} makes {attr} = ServerApp() but no function there is decorated @{attr}.main()")
+    modules = [sources.module(name) for name in _reachable(sources, module_name)]
+    if not any(_is_main(m, f"{module.name}.{made_as}") for m in modules):
+        raise _Unknown(
+            f"{module.path} makes {made_as} = ServerApp() but no function Fedota can see is decorated @{made_as}.main()"
+        )
     facts = _Facts()
-    for name in _reachable(sources, module.name):
-        _collect(sources.module(name), facts)
+    for each in modules:
+        _collect(each, facts)
     return _decide(facts)
 
 
-def _server_app(sources: _Sources, module_name: str, attr: str) -> tuple[_Module, ast.Call]:
-    """The module that makes the ServerApp `attr` and the `ServerApp(...)` call (following re-exports)."""
+def _server_app(sources: _Sources, module_name: str, attr: str) -> tuple[_Module, str, ast.Call]:
+    """The module that makes the ServerApp `attr`, its name there and the `ServerApp(...)` call (through re-exports)."""
     seen: set[str] = set()
     while True:
         if not sources.has(module_name):
@@ -290,7 +295,7 @@ def _server_app(sources: _Sources, module_name: str, attr: str) -> tuple[_Module
             elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.target.id == attr:
                 value = stmt.value
         if isinstance(value, ast.Call) and (module.dotted(value.func) or "").endswith(".ServerApp"):
-            return module, value
+            return module, attr, value
         if value is None and attr in module.imports:
             target_module, _, target_attr = module.imports[attr].rpartition(".")
             if sources.has(target_module):
@@ -299,20 +304,20 @@ def _server_app(sources: _Sources, module_name: str, attr: str) -> tuple[_Module
         raise _Unknown(f"{module.path} does not make {attr} by calling Flower's ServerApp(...) where Fedota can see it")
 
 
-def _main_function(module: _Module, attr: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-    for stmt in ast.walk(module.tree):
-        if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+def _is_main(module: _Module, server_app: str) -> bool:
+    """Whether `module` has a function decorated `@<server_app>.main()` (`server_app`: its dotted name)."""
+    for node in ast.walk(module.tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        for deco in stmt.decorator_list:
+        for deco in node.decorator_list:
             target = deco.func if isinstance(deco, ast.Call) else deco
             if (
                 isinstance(target, ast.Attribute)
                 and target.attr == "main"
-                and isinstance(target.value, ast.Name)
-                and target.value.id == attr
+                and module.dotted(target.value) == server_app
             ):
-                return stmt
-    return None
+                return True
+    return False
 
 
 def _reachable(sources: _Sources, start: str) -> list[str]:
