@@ -373,3 +373,22 @@ def test_more_source_than_is_read_is_unknown_not_slow() -> None:
     source = "from .big import x\n" + MESSAGE_API.format(cls="FedAvg")
     result = of(source, big=big)
     assert result.resumes is None and "KiB of source" in result.reason and "mine/big.py" in result.reason
+
+
+def test_a_start_of_a_subclass_that_calls_flowers_resumes() -> None:
+    cls = """class Mine(FedAvg):
+    def start(self, *args, **kwargs):
+        print("starting")
+        return super().start(*args, **kwargs)
+"""
+    result = of(CUSTOM.format(cls=cls))
+    assert result.resumes is True and "Mine overrides start" in result.reason
+
+
+def test_a_start_of_a_subclass_that_never_calls_flowers_starts_again_at_round_1() -> None:
+    cls = """class Mine(FedAvg):
+    def start(self, *args, **kwargs):
+        return None
+"""
+    result = of(CUSTOM.format(cls=cls))
+    assert result.resumes is False and "Mine defines its own start()" in result.reason

@@ -233,7 +233,10 @@ class _StrategyClass:
     overrides: list[str]
     # Methods (other than __init__) that change the object or module globals.
     keeps_state: list[str]
-    defines_start: bool
+    # Its own start(): "" none, "delegates" (it calls a start() within, as super().start(...)), "own".
+    start: str
+    # Its start() takes a `grid` (how a class not derived from Flower's is taken for a strategy).
+    start_takes_grid: bool
     # Made by a call, or in a function: used wherever the code around it runs.
     made_at_run_time: bool
 
@@ -420,11 +423,16 @@ def _dynamic_class(module: _Module, node: ast.Call, facts: _Facts) -> None:
     bases = [module.dotted(b) or _UNNAMED + ast.unparse(b) for b in getattr(bases_arg, "elts", [])]
     functions = _functions_in_scope(module, node)
     overrides, keeps = [], []
+    start, takes_grid = "", False
     for key, value in zip(body.keys, body.values, strict=True):
         if not isinstance(key, ast.Constant) or not isinstance(key.value, str):
             continue
         overrides.append(key.value)
         fn = functions.get(value.id) if isinstance(value, ast.Name) else value
+        if key.value == "start":
+            # A start() this reading cannot see is taken for one of the app's own.
+            start = _start_kind(fn) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) else "own"
+            takes_grid = True
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and key.value != "__init__":
             if _changes_state(fn):
                 keeps.append(key.value)
@@ -435,7 +443,8 @@ def _dynamic_class(module: _Module, node: ast.Call, facts: _Facts) -> None:
         bases=bases,
         overrides=overrides,
         keeps_state=keeps,
-        defines_start="start" in overrides,
+        start=start,
+        start_takes_grid=takes_grid,
         made_at_run_time=True,
     )
 
@@ -469,9 +478,18 @@ def _class(module: _Module, node: ast.ClassDef, facts: _Facts) -> None:
         bases=[module.dotted(b) or _UNNAMED + ast.unparse(b) for b in node.bases],
         overrides=names,
         keeps_state=keeps,
-        defines_start=start is not None and any(a.arg == "grid" for a in [*start.args.args, *start.args.kwonlyargs]),
+        start=_start_kind(start) if start is not None else "",
+        start_takes_grid=start is not None and any(a.arg == "grid" for a in [*start.args.args, *start.args.kwonlyargs]),
         made_at_run_time=nested,
     )
+
+
+def _start_kind(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    """ "delegates" when `fn` calls a start() (`super().start(...)`: Flower's, which the coordinator watches), else "own"."""
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "start":
+            return "delegates"
+    return "own"
 
 
 def _ancestors(module: _Module, node: ast.AST) -> Iterator[ast.AST]:
@@ -583,14 +601,14 @@ def _decide(facts: _Facts) -> Resumability:
             None,
             "its code calls no strategy's start(grid=..., ...) and does not use the Grid itself that Fedota can see",
         )
-    own_start = sorted({u.cls.name for u in strategies if any(c.defines_start for c in u.chain)})
-    own_start += sorted(
-        c.name for c in facts.classes.values() if c.defines_start and c.name not in own_start and not c.made_at_run_time
-    )
-    if own_start:
+    # A strategy's start() that never calls Flower's is one the coordinator does not watch; so is the
+    # start(grid, ...) of a class that is not derived from Flower's at all.
+    own = {c.name for u in strategies for c in u.chain if c.start == "own"}
+    own |= {c.name for c in facts.classes.values() if c.start == "own" and c.start_takes_grid}
+    if own:
         return Resumability(
             False,
-            f"{', '.join(own_start)} defines its own start(), and Fedota resumes only through Flower's "
+            f"{', '.join(sorted(own))} defines its own start(), and Fedota resumes only through Flower's "
             f"Strategy.start. See {DOCS}",
         )
     if facts.compat:
