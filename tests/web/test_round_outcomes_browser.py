@@ -17,6 +17,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
+from webserver.monitoring.models import Checkpoint
 from webserver.problems.models import Run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,15 +39,38 @@ def _event(kind: str, **data: Any) -> dict[str, Any]:
     return {"event_id": uuid.uuid4().hex, "ts": time.time(), "kind": kind, **data}
 
 
-def _round(number: int, **extra: Any) -> dict[str, Any]:
+def _round(number: int, train_loss: float = 0.3, **extra: Any) -> dict[str, Any]:
     return _event(
         "round_finished",
         round=number,
         seconds=2.0,
         failures=0,
         participants=[{"node_id": 7, "participant": "", "site": "site 7"}],
-        train_loss=0.3,
+        train_loss=train_loss,
         **extra,
+    )
+
+
+def _chart(tab: Any, chart: str) -> dict[str, Any]:
+    """What the chart drew: its markers, and each series' path starts and points (faded ones apart)."""
+    return dict(
+        tab.evaluate(
+            """(id) => {
+              const root = document.getElementById(id);
+              const series = [...root.querySelectorAll("g.fchart-series")].map((g) => ({
+                faded: g.classList.contains("faded"),
+                moves: (g.querySelector("path").getAttribute("d").match(/M/g) || []).length,
+                xs: [...g.querySelectorAll("circle")].map((c) => Number(c.getAttribute("cx"))),
+              }));
+              return {
+                markers: [...root.querySelectorAll(".fchart-marker-label")].map((t) => t.textContent),
+                marker_xs: [...root.querySelectorAll("line.fchart-marker")].map((l) => Number(l.getAttribute("x1"))),
+                series: series.filter((s) => s.xs.length),
+                legend: [...root.querySelectorAll(".fchart-legend li")].map((li) => li.textContent),
+              };
+            }""",
+            chart,
+        )
     )
 
 
@@ -134,3 +158,71 @@ def test_the_rounds_table_marks_where_a_restarted_coordinator_resumed(
     assert marked.count() == 1 and marked.get_attribute("data-round") == "4"
     flag = marked.locator(".badge.resumed")
     assert flag.inner_text() == "resumed (attempt 2)" and "after round 3" in (flag.get_attribute("title") or "")
+
+    # The chart marks it too, at round 4, and the run stays one curve: rounds 1 to 5 in one stroke.
+    tab.wait_for_selector("#chart-loss .fchart-marker-label")
+    chart = _chart(tab, "chart-loss")
+    assert chart["markers"] == ["resumed, attempt 2"]
+    [train] = chart["series"]
+    assert not train["faded"] and train["moves"] == 1 and len(train["xs"]) == 5
+    assert chart["marker_xs"] == [train["xs"][3]]
+    assert _chart(tab, "chart-acc")["markers"] == ["resumed, attempt 2"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_chart_draws_an_attempt_that_restarted_at_round_1_apart_from_the_earlier_one(
+    live_server: Any, page: Any, users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    events = [_event("run_started", total_rounds=5)]
+    events += [_round(n, attempt=1, train_loss=1.0 - n / 10) for n in (1, 2, 3)]
+    # Killed during round 4; its app could not resume, so attempt 2 began again at round 1.
+    events += [_event("run_started", total_rounds=5)]
+    events += [_round(n, attempt=2, train_loss=0.5 - n / 10) for n in (1, 2)]
+    tab = _dashboard(live_server, page, users["owner"], make_problem, events)
+    tab.wait_for_selector("#chart-loss .fchart-marker-label")
+
+    chart = _chart(tab, "chart-loss")
+    assert chart["markers"] == ["restarted, attempt 2"]
+    latest = [s for s in chart["series"] if not s["faded"]]
+    earlier = [s for s in chart["series"] if s["faded"]]
+    # The latest attempt is the curve, never zig-zagging back to round 1; attempt 1 is a lighter line beside it.
+    assert len(latest) == 1 and latest[0]["moves"] == 1 and len(latest[0]["xs"]) == 2
+    assert latest[0]["xs"] == sorted(latest[0]["xs"])
+    assert len(earlier) == 1 and earlier[0]["moves"] == 1 and len(earlier[0]["xs"]) == 3
+    assert chart["marker_xs"] == [latest[0]["xs"][0]] == [earlier[0]["xs"][0]]
+    assert "train loss, earlier attempts" in chart["legend"]
+    assert tab.locator("#rounds-body tr[data-attempt='2']").locator(".badge.resumed").inner_text() == (
+        "restarted (attempt 2)"
+    )
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    tab.locator("#chart-loss").screenshot(path=str(artifacts / "dashboard-restarted-attempt.png"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_keeps_the_rounds_of_a_restarted_attempt_in_order(
+    live_server: Any, page: Any, users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    events = [_round(n, attempt=1) for n in range(1, 11)] + [_round(n, attempt=2) for n in range(1, 7)]
+    tab = _dashboard(live_server, page, users["owner"], make_problem, events)
+    tab.wait_for_selector("#rounds-body tr[data-attempt='2']")
+    run = Run.objects.get(problem__owner=users["owner"])
+    # With every round's model stored, the next poll asks only for the rounds after 4 (6 - 2),
+    # which attempt 1 has too (5 to 10).
+    Checkpoint.objects.bulk_create(
+        Checkpoint(run=run, attempt=a, round=n, npz=f"checkpoints/a{a}r{n}.npz")
+        for a, last in ((1, 10), (2, 6))
+        for n in range(1, last + 1)
+    )
+    tab.wait_for_selector("#rounds-body tr[data-round='10'] a")
+    resp = Client().post(
+        f"/internal/v1/runs/{run.pk}/events",
+        data=json.dumps([_round(7, attempt=2)]),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {TOKEN}",
+    )
+    assert resp.status_code == 200
+    tab.wait_for_function("document.querySelectorAll('#rounds-body tr[data-round]').length === 17")
+    shown = tab.eval_on_selector_all("#rounds-body tr[data-round]", "rows => rows.map((r) => Number(r.dataset.round))")
+    # Newest first: attempt 2's rounds, then attempt 1's.
+    assert shown == [7, 6, 5, 4, 3, 2, 1, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]

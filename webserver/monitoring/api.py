@@ -167,7 +167,8 @@ class RunsMetricsApi(APIView):
         operation_id="problem_runs_metrics",
         parameters=[OpenApiParameter("runs", str, description="comma-separated run numbers, e.g. 1,2 (at most 10)")],
         responses={200: RunMetricsSerializer(many=True), **_ERRORS},
-        description="Per-round loss and accuracy of several runs of a problem, to compare them.",
+        description="Per-round loss and accuracy of several runs of a problem, to compare them; each round "
+        "says its `attempt` (which start of the run's coordinator ran it).",
     )
     def get(self, request: Request, problem_id: int) -> Response:
         problem = queries.problem_for_monitoring(user=request.user, pk=problem_id)

@@ -316,7 +316,13 @@ def runs_metrics(*, problem: Problem, numbers: list[int]) -> list[dict[str, Any]
                 "number": run.number,
                 "status": run.status,
                 "rounds": [
-                    {"round": r.number, "train_loss": r.train_loss, "eval_loss": r.eval_loss, "eval_acc": r.eval_acc}
+                    {
+                        "round": r.number,
+                        "attempt": r.attempt,
+                        "train_loss": r.train_loss,
+                        "eval_loss": r.eval_loss,
+                        "eval_acc": r.eval_acc,
+                    }
                     for r in run_rounds(run=run)
                 ],
             }

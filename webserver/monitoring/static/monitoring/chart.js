@@ -5,7 +5,9 @@
  *     xLabel: "round", yLabel: "loss",
  *     yDomain: [0, 1],            // optional; otherwise fitted to the data
  *     yClamp: [0, 1],             // optional; a fitted domain never goes beyond it
- *     series: [{name: "eval loss", points: [[1, 0.7], [2, 0.5]], color: "#...", dashed: false}],
+ *     series: [{name: "eval loss", points: [[1, 0.7], [2, 0.5]], color: "#...", dashed: false,
+ *               faded: false}],   // faded: drawn lighter, behind the others (e.g. superseded data)
+ *     markers: [{x: 4, label: "resumed, attempt 2"}],  // optional vertical lines with a label
  *   });
  *   chart.update({...same options...});
  *
@@ -101,7 +103,8 @@
       const height = o.height || 260;
       const w = width - MARGIN.left - MARGIN.right;
       const h = height - MARGIN.top - MARGIN.bottom;
-      const xs = series.flatMap((s) => s.points.map((p) => p[0]));
+      const markers = (o.markers || []).filter((m) => m && isFinite(m.x));
+      const xs = series.flatMap((s) => s.points.map((p) => p[0])).concat(markers.map((m) => m.x));
       const ys = series.flatMap((s) => s.points.map((p) => p[1]).filter((y) => y !== null && isFinite(y)));
       const x0 = xs.length ? Math.min(...xs) : 0;
       let x1 = xs.length ? Math.max(...xs) : 1;
@@ -146,8 +149,10 @@
           .textContent = o.empty || "no data yet";
       }
 
-      for (const s of series) {
-        const g = el("g", { class: "fchart-series" }, svg);
+      // Faded series first, so the others are drawn over them.
+      const order = series.filter((s) => s.faded).concat(series.filter((s) => !s.faded));
+      for (const s of order) {
+        const g = el("g", { class: "fchart-series" + (s.faded ? " faded" : "") }, svg);
         let d = "";
         let pen = false;
         for (const [x, y] of s.points) {
@@ -166,6 +171,20 @@
         }
       }
 
+      // Markers over the series: a vertical line, its label at the top (stacked where several share an x).
+      const layer = el("g", { class: "fchart-markers" }, svg);
+      markers.forEach((m, i) => {
+        const x = sx(m.x);
+        el("line", { x1: x, x2: x, y1: MARGIN.top, y2: MARGIN.top + h, class: "fchart-marker" }, layer);
+        const stacked = markers.slice(0, i).filter((other) => other.x === m.x).length;
+        const right = x > MARGIN.left + w * 0.65; // near the right edge the label reads leftwards
+        const label = el("text", {
+          x: right ? x - 4 : x + 4, y: MARGIN.top + 10 + stacked * 14,
+          "text-anchor": right ? "end" : "start", class: "fchart-marker-label",
+        }, layer);
+        label.textContent = String(m.label || "");
+      });
+
       // Hover read-out: every series' value at the x nearest the pointer.
       const guide = el("line", { y1: MARGIN.top, y2: MARGIN.top + h, class: "fchart-guide", visibility: "hidden" }, svg);
       const allX = [...new Set(xs)].sort((a, b) => a - b);
@@ -180,8 +199,8 @@
         guide.setAttribute("visibility", "visible");
         const rows = [`${o.xLabel || "x"} ${best}`];
         for (const s of series) {
-          const hit = s.points.find((p) => p[0] === best);
-          if (hit && hit[1] !== null) rows.push(`${s.name}: ${format(hit[1])}`);
+          const hit = s.points.find((p) => p[0] === best && p[1] !== null && isFinite(p[1]));
+          if (hit) rows.push(`${s.name}: ${format(hit[1])}`);
         }
         this.tip.replaceChildren(...rows.map((r, i) => {
           const line = document.createElement(i ? "div" : "strong");
@@ -204,7 +223,7 @@
       this.legend.replaceChildren(...series.map((s) => {
         const item = document.createElement("li");
         const swatch = document.createElement("span");
-        swatch.className = "fchart-swatch" + (s.dashed ? " dashed" : "");
+        swatch.className = "fchart-swatch" + (s.dashed ? " dashed" : "") + (s.faded ? " faded" : "");
         swatch.style.borderColor = s.color;
         item.append(swatch, document.createTextNode(s.name));
         return item;

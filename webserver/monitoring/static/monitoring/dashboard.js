@@ -312,6 +312,38 @@
     return downsample(rounds, CHART_POINTS).map((r) => [r.round, r[key]]);
   }
 
+  // How a run's attempts are drawn. A resumed attempt continues the line where the one before
+  // stopped (round numbers go on), so a resumed run is one curve; an attempt that could not resume
+  // counts from round 1 again and starts the line anew. Either way the rounds an attempt did again
+  // leave the line, which is always the latest attempt's view of the run. They are drawn as one
+  // lighter "earlier attempts" series, broken between attempts, so the chart never zig-zags back to
+  // round 1 and nothing reported is hidden. Each attempt after the first gets a marker where it began.
+  function attemptLines(rounds) {
+    const byAttempt = new Map();
+    for (const r of rounds) {
+      const a = r.attempt || 1;
+      if (!byAttempt.has(a)) byAttempt.set(a, []);
+      byAttempt.get(a).push(r);
+    }
+    let line = [];
+    const earlier = []; // segments of rounds a later attempt did again
+    const markers = [];
+    for (const [attempt, own] of [...byAttempt.entries()].sort((a, b) => a[0] - b[0])) {
+      own.sort((a, b) => a.round - b.round);
+      const first = own[0].round;
+      const redone = line.filter((r) => r.round >= first);
+      if (redone.length) earlier.push(redone);
+      line = line.filter((r) => r.round < first).concat(own);
+      if (attempt > 1) markers.push({ x: first, label: `${first > 1 ? "resumed" : "restarted"}, attempt ${attempt}` });
+    }
+    return { line, earlier, markers };
+  }
+
+  // The earlier attempts' segments as one series, with a gap (a null point) between segments.
+  function segmentPoints(segments, key) {
+    return segments.flatMap((seg, i) => (i ? [[seg[0].round, null]] : []).concat(points(seg, key)));
+  }
+
   const palette = window.FedotaChart.palette;
   let lossChart = null;
   let accChart = null;
@@ -325,15 +357,26 @@
     const label = (r, what) => (runs.length > 1 ? `run ${r.number} ${what}` : what);
     const loss = [];
     const acc = [];
+    let markers = [];
     runs.forEach((r, i) => {
       const color = palette[i % palette.length];
-      loss.push({ name: label(r, "train loss"), points: points(r.rounds, "train_loss"), color });
-      loss.push({ name: label(r, "eval loss"), points: points(r.rounds, "eval_loss"), color, dashed: true });
-      acc.push({ name: label(r, "eval accuracy"), points: points(r.rounds, "eval_acc"), color });
+      const { line, earlier, markers: began } = attemptLines(r.rounds);
+      // Where the shown run's coordinator was restarted; compared runs' restarts would crowd the chart.
+      if (r.current) markers = began;
+      loss.push({ name: label(r, "train loss"), points: points(line, "train_loss"), color });
+      loss.push({ name: label(r, "eval loss"), points: points(line, "eval_loss"), color, dashed: true });
+      acc.push({ name: label(r, "eval accuracy"), points: points(line, "eval_acc"), color });
+      if (!earlier.length) return;
+      const before = (what) => label(r, `${what}, earlier attempts`);
+      loss.push({ name: before("train loss"), points: segmentPoints(earlier, "train_loss"), color, faded: true });
+      loss.push({
+        name: before("eval loss"), points: segmentPoints(earlier, "eval_loss"), color, dashed: true, faded: true,
+      });
+      acc.push({ name: before("eval accuracy"), points: segmentPoints(earlier, "eval_acc"), color, faded: true });
     });
-    const lossOpts = { xLabel: "round", yLabel: "loss", series: loss };
+    const lossOpts = { xLabel: "round", yLabel: "loss", series: loss, markers };
     // Fitted to the data (small gains stay visible), but never beyond the [0, 1] an accuracy lives in.
-    const accOpts = { xLabel: "round", yLabel: "accuracy", series: acc, yClamp: [0, 1] };
+    const accOpts = { xLabel: "round", yLabel: "accuracy", series: acc, yClamp: [0, 1], markers };
     if (!lossChart) lossChart = window.FedotaChart.line($("chart-loss"), lossOpts); else lossChart.update(lossOpts);
     if (!accChart) accChart = window.FedotaChart.line($("chart-acc"), accOpts); else accChart.update(accOpts);
   }
@@ -394,8 +437,10 @@
       return true;
     }
     const kept = state.rounds.filter((r) => r.round <= since);
-    const replaced = state.rounds.slice(kept.length);
-    state.rounds = kept.concat(d.rounds);
+    const replaced = state.rounds.filter((r) => r.round > since);
+    // In the API's order, by attempt and then round: an attempt that restarted at round 1 has
+    // rounds on both sides of `since`, so the answer does not simply go after what we keep.
+    state.rounds = kept.concat(d.rounds).sort((a, b) => (a.attempt || 1) - (b.attempt || 1) || a.round - b.round);
     return JSON.stringify(replaced) !== JSON.stringify(d.rounds);
   }
 
