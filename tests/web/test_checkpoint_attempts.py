@@ -3,7 +3,9 @@ or that made a final model of its own, never overwrites an earlier attempt's dow
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import time
 import uuid
@@ -106,6 +108,13 @@ def test_an_attempt_that_restarted_at_round_1_keeps_the_earlier_attempts_models(
     }
     for url in links.values():
         assert _get(owner, url)[0] == 200
+    # The metrics export tells the two round 1s apart.
+    rows = list(csv.reader(io.StringIO(owner.get(f"/monitoring/runs/{run.pk}/metrics.csv").content.decode())))
+    assert [(row["attempt"], row["round"]) for row in (dict(zip(rows[0], r, strict=True)) for r in rows[1:])] == [
+        ("1", "1"),
+        ("1", "2"),
+        ("2", "1"),
+    ]
     # The dashboard's poll for the rounds after 1 links the same.
     polled = owner.get(f"/api/v1/problems/{run.problem_id}/dashboard/?since=1").json()["rounds"]
     assert [(r["attempt"], r["round"], r["downloads"]["npz"]) for r in polled] == [(1, 2, f"{base}/2.npz")]
@@ -201,3 +210,15 @@ def test_the_coordinator_reporter_uploads_as_its_attempt(live_server: Any, run: 
     assert set(stored) == {(1, 1), (2, 1), (2, 0)}
     assert stored[(1, 1)].npz.name == "checkpoints/attempt-1-round-1.npz"  # untouched
     assert stored[(2, 1)].npz.read() == model.read_bytes() and stored[(2, 0)].npz.read() == model.read_bytes()
+
+
+def test_the_problem_page_shows_the_latest_attempts_accuracy(
+    client: Client, owner: Client, run: Run, users: dict[str, Any]
+) -> None:
+    from webserver.monitoring.models import RoundRecord
+    from webserver.monitoring.queries import problem_panel
+
+    RoundRecord.objects.create(run=run, attempt=1, number=5, eval_acc=0.9)
+    RoundRecord.objects.create(run=run, attempt=2, number=2, eval_acc=0.7)  # restarted at round 1
+    last = problem_panel(problem=run.problem, user=users["owner"])["last_round"]
+    assert (last.attempt, last.number, last.eval_acc) == (2, 2, 0.7)

@@ -22,6 +22,7 @@ class _ReadOnly(admin.ModelAdmin):
 class RoundRecordAdmin(_ReadOnly):
     list_display = (
         "run",
+        "attempt",
         "number",
         "clients",
         "train_loss",
@@ -38,7 +39,7 @@ class RoundRecordAdmin(_ReadOnly):
 
 @admin.register(Checkpoint)
 class CheckpointAdmin(_ReadOnly):
-    list_display = ("run", "round", "npz", "pt", "created_at")
+    list_display = ("run", "attempt", "round", "npz", "pt", "created_at")
 
 
 @admin.register(LogLine)

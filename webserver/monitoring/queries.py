@@ -335,12 +335,13 @@ def metrics_table(*, run: Run) -> tuple[list[str], list[list[Any]]]:
     records = list(run_rounds(run=run))
     train_keys = sorted({k for r in records for k in (r.metrics or {}).get("train", {})})
     eval_keys = sorted({k for r in records for k in (r.metrics or {}).get("evaluate", {})})
-    header = ["round", "clients", "train_loss", "eval_loss", "eval_acc", "seconds", "rejected"]
+    # `attempt` tells apart the rounds of an attempt that counted from round 1 again.
+    header = ["round", "clients", "train_loss", "eval_loss", "eval_acc", "seconds", "rejected", "attempt"]
     header += [f"train.{k}" for k in train_keys] + [f"evaluate.{k}" for k in eval_keys]
     rows = []
     for r in records:
         metrics = r.metrics or {}
-        row: list[Any] = [r.number, r.clients, r.train_loss, r.eval_loss, r.eval_acc, r.seconds, r.rejected]
+        row: list[Any] = [r.number, r.clients, r.train_loss, r.eval_loss, r.eval_acc, r.seconds, r.rejected, r.attempt]
         row += [metrics.get("train", {}).get(k) for k in train_keys]
         row += [metrics.get("evaluate", {}).get(k) for k in eval_keys]
         rows.append(["" if v is None else v for v in row])
@@ -415,5 +416,7 @@ def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:
     can_watch = permissions.owns_problem(user, problem)
     last = None
     if run is not None and can_watch:
-        last = RoundRecord.objects.filter(run=run, eval_acc__isnull=False).order_by("-number").first()
+        # The latest attempt's: one that restarted at round 1 has fewer rounds than the one before it.
+        evaluated = RoundRecord.objects.filter(run=run, eval_acc__isnull=False)
+        last = evaluated.order_by("-attempt", "-number").first()
     return {"run": run, "can_watch": can_watch, "last_round": last}
