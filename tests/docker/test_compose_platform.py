@@ -26,194 +26,26 @@ three minutes). Needs docker-compose (scripts/docker-engine.sh installs it).
 from __future__ import annotations
 
 import json
-import os
-import random
-import secrets
 import shlex
-import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from tests.docker.conftest import leftovers, unavailable
+from tests.docker.compose import PASSWORD, SETTER, Stack, compose_stack, health, wait
+from tests.docker.conftest import leftovers
 from tests.docker.probes import exec_python, ip_on, reach
-from tests.ports import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = REPO / "docker-compose.yml"
-PASSWORD = "a long and unusual passphrase 7"
-SETTER = "compose-setter"
-COORDINATOR_PORT = 9091
-MAX_SELECTORS = 8  # webserver.spawner.base.MAX_SELECTORS
-LONG_RUNNING = ("postgres", "redis", "web", "worker", "beat", "watchdog")
-IMAGES = ("fedota/web:latest", "fedota/postgres:15", "fedota/redis:7")
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
-
-T = TypeVar("T")
-
-
-def _compose_command() -> list[str] | None:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    return None
-
-
-def _wait(
-    what: str, check: Callable[[], T | None], timeout: float, explain: Callable[[], str], interval: float = 1.0
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{explain()}")
-        time.sleep(interval)
-
-
-def _free_on_loopback(ports: range) -> bool:
-    for port in ports:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                return False
-    return True
-
-
-@dataclass
-class Stack:
-    compose: list[str]
-    project: str
-    url: str
-    docker: Any
-    environ: dict[str, str]
-
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.compose, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=self.environ
-        )
-
-    def containers(self) -> dict[str, Any]:
-        """The platform's containers by compose service name."""
-        found = self.docker.containers.list(
-            all=True, filters={"label": [f"com.docker.compose.project={self.project}"]}, ignore_removed=True
-        )
-        return {c.labels["com.docker.compose.service"]: c for c in found}
-
-    def logs(self) -> str:
-        done = self.run("logs", "--no-color", "--tail", "30", timeout=120)
-        return done.stdout[-12000:] + done.stderr[-2000:]
-
-    def api(self, method: str, path: str, token: str | None = None, body: Any = None, expect: int = 200) -> Any:
-        import requests
-
-        headers = {"Authorization": f"Token {token}"} if token else {}
-        resp = requests.request(method, self.url + path, json=body, headers=headers, timeout=60)
-        assert resp.status_code == expect, f"{method} {path} answered {resp.status_code}: {resp.text[:2000]}"
-        return resp.json() if resp.content else None
 
 
 @pytest.fixture(scope="module")
 def stack(docker_client: Any, docker_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    compose = _compose_command()
-    if compose is None:
-        unavailable("no docker-compose or `docker compose` here (scripts/docker-engine.sh installs it)")
-    import docker.errors
-
-    missing = []
-    for image in IMAGES:
-        try:
-            docker_client.images.get(image)
-        except docker.errors.ImageNotFound:
-            missing.append(image)
-    if missing:
-        unavailable(f"images missing: {', '.join(missing)}")
-
-    tmp = tmp_path_factory.mktemp("compose")
-    port = free_port()
-    for _ in range(50):
-        port_base = random.randrange(40000, 48000, MAX_SELECTORS)
-        if _free_on_loopback(range(port_base + MAX_SELECTORS, port_base + 2 * MAX_SELECTORS)):
-            break
-    else:
-        pytest.fail("no free block of selector ports")
-    env_file = tmp / ".env"
-    env_file.write_text(
-        "\n".join(
-            [
-                f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}",
-                f"POSTGRES_PASSWORD={secrets.token_hex(16)}",
-                f"DOCKER_GID={os.stat('/var/run/docker.sock').st_gid}",
-                f"FEDOTA_WEB_PORT={port}",
-                f"FEDOTA_PUBLIC_URL=http://127.0.0.1:{port}",
-                # Everything the worker starts carries this session's label: the conftest's
-                # final check finds whatever is left behind.
-                f"FEDOTA_DOCKER_PREFIX={docker_prefix}",
-                f"FEDOTA_SELECTOR_PORT_BASE={port_base}",
-                "FEDOTA_DOCKER_COORDINATOR_MEMORY=2g",
-                "FEDOTA_DOCKER_SELECTOR_MEMORY=1g",
-                "WEB_CONCURRENCY=2",
-                "",
-            ]
-        )
-    )
-    project = f"{docker_prefix}compose"
-    # Only PATH and HOME: a variable of the caller's environment would win over the env file.
-    environ = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
-    base = [*compose, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "-p", project]
-    made = Stack(base, project, f"http://127.0.0.1:{port}", docker_client, environ)
-    try:
-        up = made.run("up", "-d", timeout=600)
-        assert up.returncode == 0, f"docker-compose up failed:\n{up.stdout}\n{up.stderr}"
-
-        def all_healthy() -> bool:
-            found = made.containers()
-            migrate = found.get("migrate")
-            if migrate is not None:
-                migrate.reload()
-                state = migrate.attrs["State"]
-                assert state["Status"] != "exited" or state["ExitCode"] == 0, f"migrate failed:\n{made.logs()}"
-            healthy = [
-                (found[name].attrs["State"].get("Health") or {}).get("Status") == "healthy"
-                for name in LONG_RUNNING
-                if name in found
-            ]
-            return len(healthy) == len(LONG_RUNNING) and all(healthy)
-
-        _wait("every compose service to be healthy", all_healthy, 300, made.logs, interval=3.0)
-        web = made.containers()["web"]
-        code, out = exec_python(
-            web,
-            "manage.py",
-            "shell",
-            "-c",
-            "from django.contrib.auth import get_user_model\n"
-            "from webserver.accounts.models import Profile\n"
-            f"u = get_user_model().objects.create_user(username={SETTER!r}, email='s@example.org', "
-            f"password={PASSWORD!r})\n"
-            "Profile.objects.create(user=u, role='setter', organisation='Oncology Lab', email_verified=True)\n",
-        )
-        assert code == 0, out
+    with compose_stack(docker_client, docker_prefix, tmp_path_factory.mktemp("compose")) as made:
         yield made
-    finally:
-        from webserver.spawner.docker import DockerSpawner
-
-        # Whatever the worker left (a failed test), then the platform and its volumes.
-        spawner = DockerSpawner(client=docker_client, prefix=docker_prefix)
-        for problem_id in spawner.problems():
-            spawner.stop(problem_id)
-        down = made.run("down", "-v", "--remove-orphans", "-t", "10", timeout=300)
-        assert down.returncode == 0, down.stderr
 
 
 def test_problem_containers_cannot_reach_the_platforms_database_redis_or_services(
@@ -222,7 +54,7 @@ def test_problem_containers_cannot_reach_the_platforms_database_redis_or_service
     from scripts.make_demo_data import make_breast_cancer
 
     contract = json.loads((make_breast_cancer(tmp_path / "demo", 1, seed=0) / "contract.json").read_text())
-    token = stack.api("POST", "/api/v1/auth/token/", body={"username": SETTER, "password": PASSWORD})["token"]
+    token = stack.token(SETTER)
     problem = stack.api(
         "POST",
         "/api/v1/problems/",
@@ -246,7 +78,7 @@ def test_problem_containers_cannot_reach_the_platforms_database_redis_or_service
         assert status not in ("failed", "stopped", "finished"), f"the run is {status}: {runs[0]['status_detail']}"
         return status == "running"
 
-    _wait("the worker to start the problem's containers", running, 240, stack.logs, interval=2.0)
+    wait("the worker to start the problem's containers", running, 240, stack.logs, interval=2.0)
     network = f"{docker_prefix}-p{problem_id}"
     coordinator = docker_client.containers.get(f"{network}-coordinator")
     selector = docker_client.containers.get(f"{network}-selector-0")
@@ -283,7 +115,7 @@ def test_problem_containers_cannot_reach_the_platforms_database_redis_or_service
     assert names == [f"{network}-coordinator", f"{network}-selector-0"], names
 
     stack.api("POST", f"/api/v1/problems/{problem_id}/stop/", token, expect=202)
-    _wait(
+    wait(
         "the stopped problem's containers, network and volume to be removed",
         lambda: leftovers(docker_client, docker_prefix, problem_id) == [],
         120,
@@ -299,22 +131,11 @@ def test_a_data_holder_joins_with_the_line_the_website_shows(
     from tests.docker.joining import filled_in, login, readable, shown_docker_run
 
     holder = "compose-hospital"
-    code, out = exec_python(
-        stack.containers()["web"],
-        "manage.py",
-        "shell",
-        "-c",
-        "from django.contrib.auth import get_user_model\n"
-        "from webserver.accounts.models import Profile\n"
-        f"u = get_user_model().objects.create_user(username={holder!r}, email='h@example.org', "
-        f"password={PASSWORD!r})\n"
-        "Profile.objects.create(user=u, role='holder', organisation='Hospital', email_verified=True)\n",
-    )
-    assert code == 0, out
+    stack.make_user(holder, "holder", "Hospital")
     demo = make_breast_cancer(tmp_path / "demo", 1, seed=0)
     readable(tmp_path)
     contract = json.loads((demo / "contract.json").read_text())
-    setter = stack.api("POST", "/api/v1/auth/token/", body={"username": SETTER, "password": PASSWORD})["token"]
+    setter = stack.token(SETTER)
     problem = stack.api(
         "POST",
         "/api/v1/problems/",
@@ -338,9 +159,9 @@ def test_a_data_holder_joins_with_the_line_the_website_shows(
         assert status not in ("failed", "stopped"), f"the run is {status}: {runs[0]['status_detail']}"
         return status
 
-    _wait("the problem's run to be running", lambda: run_status() == "running", 240, stack.logs, interval=2.0)
+    wait("the problem's run to be running", lambda: run_status() == "running", 240, stack.logs, interval=2.0)
 
-    token = stack.api("POST", "/api/v1/auth/token/", body={"username": holder, "password": PASSWORD})["token"]
+    token = stack.token(holder)
     joined = stack.api(
         "POST", f"/api/v1/problems/{problem_id}/participants/", token, {"site_name": "Compose Hospital"}, expect=201
     )
@@ -362,15 +183,10 @@ def test_a_data_holder_joins_with_the_line_the_website_shows(
         except Exception:  # noqa: BLE001 - gone already (--rm): nothing to clean
             pass
     assert done.returncode == 0, f"{shlex.join(line)} exited with {done.returncode}:\n{done.stderr[-4000:]}"
-    _wait("the run to finish", lambda: run_status() == "finished", 120, stack.logs, interval=2.0)
+    wait("the run to finish", lambda: run_status() == "finished", 120, stack.logs, interval=2.0)
     dash = stack.api("GET", f"/api/v1/problems/{problem_id}/dashboard/", setter)
     assert [r["round"] for r in dash["rounds"]] == [1, 2], dash["rounds"]
     assert {p["site"]: p["rounds"] for p in dash["participants"]} == {"Compose Hospital": 2}
-
-
-def _health(container: Any) -> str:
-    container.reload()
-    return str((container.attrs["State"].get("Health") or {}).get("Status"))
 
 
 # Run in the worker container: SIGKILL to the process docker-init started (celery), as a
@@ -391,7 +207,7 @@ def test_a_killed_worker_comes_back_healthy_and_runs_a_task(stack: Stack) -> Non
 
     platform = stack.containers()
     web, worker = platform["web"], platform["worker"]
-    assert _health(web) == "healthy", stack.logs()
+    assert health(web) == "healthy", stack.logs()
     probe = requests.get(stack.url + "/healthz", timeout=10)
     assert (probe.status_code, probe.text) == (200, "ok\n")
 
@@ -413,7 +229,7 @@ def test_a_killed_worker_comes_back_healthy_and_runs_a_task(stack: Stack) -> Non
         worker.reload()
         return bool(worker.attrs["State"]["Running"]) and int(worker.attrs["RestartCount"]) > restarts
 
-    _wait("Docker to restart the crashed worker", restarted_by_docker, 60, stack.logs, interval=0.5)
+    wait("Docker to restart the crashed worker", restarted_by_docker, 60, stack.logs, interval=0.5)
 
     # `docker kill`: a manual stop for the engine, whatever the policy; the watchdog starts it.
     started = worker.attrs["State"]["StartedAt"]
@@ -424,9 +240,9 @@ def test_a_killed_worker_comes_back_healthy_and_runs_a_task(stack: Stack) -> Non
         worker.reload()
         return bool(worker.attrs["State"]["Running"]) and worker.attrs["State"]["StartedAt"] != started
 
-    _wait("the killed worker to run again", running_again, 30, stack.logs, interval=0.5)
+    wait("the killed worker to run again", running_again, 30, stack.logs, interval=0.5)
     back = time.monotonic() - killed
-    _wait("the worker to be healthy", lambda: _health(worker) == "healthy", WORKER_BACK_WITHIN, stack.logs, 1.0)
+    wait("the worker to be healthy", lambda: health(worker) == "healthy", WORKER_BACK_WITHIN, stack.logs, 1.0)
     healthy = time.monotonic() - killed
     watchdog = platform["watchdog"].logs().decode(errors="replace")
     assert "started worker again" in watchdog, watchdog
@@ -445,6 +261,6 @@ def test_a_killed_worker_comes_back_healthy_and_runs_a_task(stack: Stack) -> Non
     def task_ran() -> bool:
         return f"[{task_id}] succeeded" in worker.logs(tail=200).decode(errors="replace")
 
-    _wait("the restarted worker to run a task", task_ran, 60, stack.logs, interval=1.0)
+    wait("the restarted worker to run a task", task_ran, 60, stack.logs, interval=1.0)
     print(f"[compose] killed worker: running after {back:.1f} s, healthy after {healthy:.1f} s")
-    assert _health(web) == "healthy"
+    assert health(web) == "healthy"
