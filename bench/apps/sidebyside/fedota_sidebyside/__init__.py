@@ -1,0 +1,1 @@
+"""Side-by-side benchmark app: Flower's FedAvg, distinct replies, one timestamp per round."""
