@@ -36,11 +36,70 @@ def pytest_configure(config: pytest.Config) -> None:
     if str(db["ENGINE"]).endswith("sqlite3") and not test.get("NAME"):  # type: ignore[union-attr]
         _DB_DIR.append(tempfile.mkdtemp(prefix="fedota-test-db-"))
         test["NAME"] = str(Path(_DB_DIR[0]) / "test.sqlite3")  # type: ignore[index]
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        _own_var_dir(worker)
+
+
+def _own_var_dir(worker: str) -> None:
+    """Give this pytest-xdist worker (gw0, gw1, ...) a FEDOTA_VAR_DIR of its own.
+
+    Workers run tests at the same time. Shared, the file cache would mix their log-in
+    rate-limit counts (and every web test clears it), and their tasks would meet in one
+    embedded Celery broker file. The settings were read from the environment before
+    any conftest loads, so the ones made from the shared folder are moved here; the
+    environment is changed for the subprocesses tests start. (The test database is
+    already apart: its own temporary folder per process, and pytest-django suffixes
+    the PostgreSQL test database's name with the worker id.)
+    """
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    shared = str(settings.VAR_DIR)
+    own = Path(shared) / f"xdist-{worker}"
+    own.mkdir(exist_ok=True)
+    os.environ["FEDOTA_VAR_DIR"] = str(own)
+
+    def moved(value: Any) -> Any:
+        return type(value)(str(value).replace(shared, str(own), 1)) if shared in str(value) else value
+
+    caches = {name: {**cache, "LOCATION": moved(cache.get("LOCATION", ""))} for name, cache in settings.CACHES.items()}
+    # override_settings tells Django (setting_changed) to drop caches and storages made from the old values.
+    override_settings(
+        VAR_DIR=own,
+        CACHES=caches,
+        CELERY_BROKER_URL=moved(settings.CELERY_BROKER_URL),
+        MEDIA_ROOT=moved(settings.MEDIA_ROOT),
+        FEDOTA_STATE_DIR=moved(settings.FEDOTA_STATE_DIR),
+    ).enable()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     for folder in _DB_DIR:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `--dist loadfile`, hand out tests/e2e's files first.
+
+    They are the long ones (whole federations; test_federation.py alone takes minutes),
+    but pytest-django moves tests without a database behind the rest, so in collection
+    order they came last and the run ended with one worker still training. Started
+    first, the many short files fill the other workers around them.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class E2eFirst(LoadFileScheduling):  # type: ignore[misc]
+        def schedule(self) -> None:
+            if self.collection is None:  # the first call: order what every worker collected alike
+                for node, ids in self.registered_collections.items():
+                    self.registered_collections[node] = sorted(ids, key=lambda i: not i.startswith("tests/e2e/"))
+            super().schedule()
+
+    return E2eFirst(config, log)
 
 
 @pytest.fixture

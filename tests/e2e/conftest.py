@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.ports import selector_port_base
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {
@@ -37,7 +38,7 @@ def process_site(settings: Any, live_server: Any, tmp_path: Path) -> Iterator[st
     settings.FEDOTA_PUBLIC_URL = live_server.url
     settings.FEDOTA_INTERNAL_URL = live_server.url
     settings.FEDOTA_SPAWNER = "process"
-    settings.FEDOTA_SELECTOR_PORT_BASE = random.randrange(21000, 29000, 8)
+    settings.FEDOTA_SELECTOR_PORT_BASE = selector_port_base()
     yield live_server.url
     from webserver.problems.models import Problem
     from webserver.spawner import get_spawner

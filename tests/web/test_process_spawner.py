@@ -20,9 +20,13 @@ from webserver.spawner.process import TAG_VAR, ProcessSpawner
 PROBLEM = 4242
 
 
-def _processes_of(problem_id: int) -> list[int]:
-    """Every process on the machine whose spawn tag names this problem (what /proc says, not the backend)."""
-    suffix = f"-problem-{problem_id}".encode()
+def _processes_of(spawner: ProcessSpawner, problem_id: int) -> list[int]:
+    """Every process on the machine tagged with this spawner's problem (what /proc says, not the backend).
+
+    The tag names the installation too: tests running at the same time (pytest-xdist
+    workers, another checkout's test run) start their own problem 4242.
+    """
+    tag = f"{TAG_VAR}={spawner.tag(problem_id)}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -32,7 +36,7 @@ def _processes_of(problem_id: int) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
-        if state != "Z" and any(v.startswith(f"{TAG_VAR}=".encode()) and v.endswith(suffix) for v in environ):
+        if state != "Z" and tag in environ:
             found.append(int(entry.name))
     return found
 
@@ -76,11 +80,11 @@ def test_services_come_up_on_the_problems_ports_and_stop_leaves_nothing(spawner:
     assert selectors == [f"127.0.0.1:{port}" for port in spec.selector_ports]
     assert all(check_health(address) for address in selectors)
     assert spawner.problems() == {PROBLEM}
-    assert _processes_of(PROBLEM)
+    assert _processes_of(spawner, PROBLEM)
 
     spawner.stop(PROBLEM)
 
-    assert _processes_of(PROBLEM) == []
+    assert _processes_of(spawner, PROBLEM) == []
     assert spawner.status(PROBLEM) == []
     assert spawner.problems() == set()
     assert not any(check_health(address, timeout=0.5) for address in selectors)
@@ -121,7 +125,7 @@ def test_a_broken_fab_fails_with_the_coordinators_error(spawner: ProcessSpawner,
     message = str(caught.value)
     assert "coordinator exited with code 2" in message
     assert "not a valid zip file" in message
-    assert _processes_of(PROBLEM) == []
+    assert _processes_of(spawner, PROBLEM) == []
 
 
 def test_a_selector_port_in_use_is_named(spawner: ProcessSpawner, spec: RunSpec) -> None:
@@ -131,7 +135,7 @@ def test_a_selector_port_in_use_is_named(spawner: ProcessSpawner, spec: RunSpec)
         squatter.listen()
         with pytest.raises(SpawnError, match=f"port {port}"):
             spawner.start(spec)
-    assert _processes_of(PROBLEM) == []
+    assert _processes_of(spawner, PROBLEM) == []
 
 
 def test_selector_ports_are_fixed_per_problem() -> None:
@@ -185,6 +189,6 @@ def test_both_links_speak_tls_with_the_problems_ca_and_secrets_stay_off_command_
     while "run info received" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "run info received" in log.read_text(), "the selector did not attach to its coordinator over TLS"
-    for pid in _processes_of(PROBLEM):
+    for pid in _processes_of(spawner, PROBLEM):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert spec.selector_token.encode() not in cmdline and b"PRIVATE KEY" not in cmdline

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.ports import selector_port_base
 from webserver.problems import lifecycle
 from webserver.problems.models import RunStatus
 from webserver.spawner import ServiceState
@@ -39,7 +39,7 @@ def test_a_killed_selector_then_the_coordinator_are_restarted_alone(
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.FEDOTA_STATE_DIR = tmp_path / "problems"
     settings.FEDOTA_INTERNAL_URL = "http://127.0.0.1:9"  # nobody: the coordinator buffers its reports
-    settings.FEDOTA_SELECTOR_PORT_BASE = random.randrange(21000, 29000, 8)
+    settings.FEDOTA_SELECTOR_PORT_BASE = selector_port_base()
     spawner = ProcessSpawner(settings.FEDOTA_STATE_DIR)
     problem = make_problem(users["owner"])
     problem.run_config = {"rounds": 50, "num_selectors": 2}
