@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # the phase functions are only called through `phase`
 # Everything CI checks, as phases: install, locks match pyproject.toml, generated-code
-# drift, lint, types, the Docker engine and images, all tests (SQLite), then the web
-# tests again on a throwaway PostgreSQL server. Every phase runs even when an earlier
-# one failed (only a failed install stops the rest: nothing else could run); the end is
-# one summary of all phases, and the exit status is non-zero if any failed.
-# With arguments, only `pytest ARGS` runs after the checks (e.g. tests/unit).
+# drift, lint, types, the Docker engine and images, all tests on SQLite (on parallel
+# workers; tests/docker alone after the rest), then the web tests again on a throwaway
+# PostgreSQL server. Every phase runs even when an earlier one failed (only a failed
+# install stops the rest: nothing else could run); the end is one summary of all phases,
+# and the exit status is non-zero if any failed.
+# With arguments, only `pytest ARGS` runs after the checks (e.g. tests/unit; add -n 3 to
+# spread them over three workers as the full run does).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -115,12 +117,24 @@ else
   export FEDOTA_REQUIRE_DOCKER=0
 fi
 
-phase "pytest (SQLite)" python -m pytest -q
+# Most of the tests' time is waiting (round deadlines, federations of processes, a
+# browser), not CPU, so they run on PYTEST_WORKERS pytest-xdist workers (3 by default).
+# A file's tests stay together on one worker (its module fixtures start once). tests/e2e's
+# long federations are handed out first (tests/conftest.py), the many short files after
+# them fill the gaps (--no-loadscope-reorder keeps that order: xdist's default puts the
+# files with most tests first, and so the e2e files last). Each worker has its own test
+# database and var folder (tests/conftest.py).
+# tests/docker runs alone afterwards: its tests share one engine, and the session ends
+# by checking that nothing labelled with its prefix is left.
+xdist=(-n "${PYTEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder)
+phase "pytest (SQLite, ${PYTEST_WORKERS:-3} workers; all but tests/docker)" \
+  python -m pytest -q "${xdist[@]}" --ignore=tests/docker
+phase "pytest tests/docker (SQLite, serial)" python -m pytest -q tests/docker
 
 postgres() {
   local rc
   eval "$(bash scripts/pg.sh start)" || return 1
-  python -m pytest -q tests/web
+  python -m pytest -q "${xdist[@]}" tests/web
   rc=$?
   bash scripts/pg.sh stop "$FEDOTA_PG_DIR"
   unset DATABASE_URL FEDOTA_PG_DIR
