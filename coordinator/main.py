@@ -425,8 +425,10 @@ def run(settings: Settings) -> int:
                 reporter.checkpoint(0, final.with_suffix(".pt"), "pt")
         reporter.run_finished(ok=code == 0, detail=detail)
         # Give the webserver a last chance at what is buffered, but never hang the exit;
-        # a big final model gets the time it needs at a modest 20 MB/s, up to 10 minutes.
-        reporter.close(timeout=min(600.0, 10.0 + reporter.pending_upload_bytes() / 20e6))
+        # a big final model gets the time it needs at a modest 20 MB/s, and rounds that ran
+        # faster than their uploads a quarter of a second a file, up to 10 minutes.
+        backlog = reporter.pending_upload_bytes() / 20e6 + 0.25 * reporter.pending_uploads()
+        reporter.close(timeout=min(600.0, 10.0 + backlog))
     hub.wait_told(TELL_SELECTORS_TIMEOUT)
     server.stop(grace=2.0).wait()
     return code

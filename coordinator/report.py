@@ -164,6 +164,8 @@ class Reporter:
         self.cond = threading.Condition()
         self.events: collections.deque[dict[str, Any]] = collections.deque()
         self.uploads: collections.deque[Upload] = collections.deque()
+        # The upload in flight (still first in `uploads` until it is done).
+        self._sending: Upload | None = None
         self.dropped = 0  # events lost to the buffer bound
         self.refused = 0  # events or uploads the webserver refused for good
         self.delivered = 0
@@ -276,7 +278,16 @@ class Reporter:
                     log.warning("cannot pin checkpoint for upload", extra={"path": str(path), "error": str(exc)})
                     pinned = path
         with self.cond:
-            if kind == "npz" and round > 0 and _size(pinned) <= self.round_pt_max_bytes:
+            if round == 0:
+                # The final model goes ahead of every round's file still waiting (behind the one
+                # being sent): when rounds outpace the uploads, the run's result must not be what
+                # the exit's deadline cuts off.
+                at = 0 if self._sending is None else 1
+                finals = [u for u in self.uploads if u.round == 0 and u is not self._sending]
+                self.uploads.insert(at + len(finals), Upload(round, kind, pinned, owned, attempt=self.attempt))
+                self.cond.notify_all()
+                return
+            if kind == "npz" and _size(pinned) <= self.round_pt_max_bytes:
                 # Before the .npz upload, which removes the pinned file once sent.
                 self.uploads.append(Upload(round, "pt", pinned, False, convert=True, attempt=self.attempt))
             self.uploads.append(Upload(round, kind, pinned, owned, attempt=self.attempt))
@@ -381,7 +392,7 @@ class Reporter:
                     self.cond.wait(timeout=1.0)
                 if self._abandoned or not self.uploads:
                     return
-                item = self.uploads[0]
+                item = self._sending = self.uploads[0]
             try:
                 self._upload(item)
             except RetryLater as exc:
@@ -404,7 +415,9 @@ class Reporter:
             if item.owned:
                 item.path.unlink(missing_ok=True)
             with self.cond:
-                self.uploads.popleft()
+                # By identity: a final model may have been queued just behind it meanwhile.
+                self.uploads = collections.deque(u for u in self.uploads if u is not item)
+                self._sending = None
                 self.cond.notify_all()
 
     def _upload(self, item: Upload) -> None:
@@ -454,6 +467,11 @@ class Reporter:
         """Bytes of checkpoint files still waiting to be sent."""
         with self.cond:
             return sum(_size(u.path) for u in self.uploads)
+
+    def pending_uploads(self) -> int:
+        """How many checkpoint files are still waiting to be sent."""
+        with self.cond:
+            return len(self.uploads)
 
     def close(self, timeout: float = 10.0) -> bool:
         """Deliver what is buffered for up to `timeout` seconds; True if all was sent."""

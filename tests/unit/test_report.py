@@ -416,3 +416,45 @@ def test_a_restarted_coordinators_models_are_uploaded_as_its_attempt(
         "/internal/v1/runs/7/checkpoints/0/npz?attempt=2",
     }
     assert next(e for e in rec.events if e["kind"] == "run_started")["attempt"] == 2
+
+
+def test_the_final_model_goes_ahead_of_round_checkpoints_still_waiting(
+    webserver: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    """Rounds faster than their uploads: the run's result is sent next, not after the backlog."""
+    rec, url = webserver
+    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool", round_pt_max_bytes=0)
+    for number in range(1, 6):
+        model = tmp_path / f"round_{number:04d}.npz"
+        model.write_bytes(b"round %d" % number)
+        reporter.checkpoint(number, model, "npz")
+    final = tmp_path / "final_model.npz"
+    final.write_bytes(b"final")
+    reporter.checkpoint(0, final, "npz")
+    assert reporter.pending_uploads() == 6
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    sent = [path.rsplit("/checkpoints/", 1)[1] for path in rec.uploads]
+    assert sent == ["0/npz", "1/npz", "2/npz", "3/npz", "4/npz", "5/npz"], sent
+
+
+def test_a_final_model_queued_during_an_upload_waits_only_for_that_one(
+    webserver: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    rec, url = webserver
+    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool", round_pt_max_bytes=0)
+    for number in range(1, 4):
+        model = tmp_path / f"round_{number:04d}.npz"
+        model.write_bytes(b"round %d" % number)
+        reporter.checkpoint(number, model, "npz")
+    # As the upload loop does when it takes the first file.
+    reporter._sending = reporter.uploads[0]
+    final = tmp_path / "final_model.npz"
+    final.write_bytes(b"final")
+    reporter.checkpoint(0, final, "npz")
+    reporter.checkpoint(0, final, "pt")
+    assert [(u.round, u.kind) for u in reporter.uploads] == [(1, "npz"), (0, "npz"), (0, "pt"), (2, "npz"), (3, "npz")]
+    reporter._sending = None
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    assert len(rec.uploads) == 5
