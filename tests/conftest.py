@@ -93,11 +93,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadFileScheduling
 
     class E2eFirst(LoadFileScheduling):  # type: ignore[misc]
-        def schedule(self) -> None:
-            if self.collection is None:  # the first call: order what every worker collected alike
-                for node, ids in self.registered_collections.items():
-                    self.registered_collections[node] = sorted(ids, key=lambda i: not i.startswith("tests/e2e/"))
-            super().schedule()
+        # Only the queue of files is reordered: workers are sent indexes into the
+        # collection, which must stay as every worker collected it.
+        def _assign_work_unit(self, node: Any) -> None:
+            for scope in reversed([s for s in self.workqueue if s.startswith("tests/e2e/")]):
+                self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return E2eFirst(config, log)
 
