@@ -31,6 +31,22 @@ OPTIONS = [
     ("grpc.http2.lookahead_bytes", 4 << 20),
 ]
 
+# A long-lived channel between the platform's own services (a selector's to its
+# coordinator) and its reconnecting, for a peer that went away and comes back. gRPC's
+# defaults wait up to 2 minutes between attempts, give each attempt 20 s (a killed
+# container's address answers nothing: the attempt hangs that long) and look the name up
+# again at most every 30 s (a restarted container can get another address): a selector
+# then took up to 60 s to see its restarted coordinator. On the platform's own network a
+# connection takes milliseconds, so 5 s an attempt is plenty. Clients keep gRPC's
+# defaults: they open a new channel for every attempt, and a slow link needs the time.
+INTERNAL_CHANNEL_OPTIONS = [
+    *OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.min_reconnect_backoff_ms", 5_000),  # gRPC's name for the shortest time given to one attempt
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
+]
+
 # Deadlines for calls that are not long-lived streams.
 UNARY_DEADLINE = 30.0
 # Transfers scale with payload size; this bounds a 1 GB transfer on a slow link.
@@ -91,11 +107,15 @@ def add_health(server: grpc.Server, *services: str) -> health.HealthServicer:
     return servicer
 
 
-def channel(target: str, root_certificates: bytes | None = None) -> grpc.Channel:
-    """A channel with our options: TLS trusting only `root_certificates` when given, else plaintext."""
+def channel(target: str, root_certificates: bytes | None = None, *, internal: bool = False) -> grpc.Channel:
+    """A channel with our options: TLS trusting only `root_certificates` when given, else plaintext.
+
+    `internal`: a long-lived channel between the platform's services, which reconnects briskly.
+    """
+    options = INTERNAL_CHANNEL_OPTIONS if internal else OPTIONS
     if root_certificates is None:
-        return grpc.insecure_channel(target, options=OPTIONS)
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options=OPTIONS)
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options=options)
 
 
 def check_health(target: str, timeout: float = 2.0) -> bool:

@@ -47,7 +47,8 @@ class CoordinatorLink:
         self.target = target
         self.token = token
         self.tls = root_certificates is not None
-        self.channel = channel(target, root_certificates)
+        # Long-lived: reconnects within seconds when a restarted coordinator is back.
+        self.channel = channel(target, root_certificates, internal=True)
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
         self._outbox: queue.Queue[cpb.SelectorMessage | None] | None = None
         self._stop = threading.Event()
