@@ -144,7 +144,9 @@ def service_main(
     argv: Sequence[str] | None,
 ) -> int:
     """The one place a service reads its environment: settings, logging, then run."""
-    from fedota_common import logs
+    from fedota_common import astlock, logs
+
+    astlock.install()
 
     try:
         settings = from_env(os.environ, argv)
