@@ -415,8 +415,8 @@ class Reporter:
             if item.owned:
                 item.path.unlink(missing_ok=True)
             with self.cond:
-                # By identity: a final model may have been queued just behind it meanwhile.
-                self.uploads = collections.deque(u for u in self.uploads if u is not item)
+                # Still first: a final model queued meanwhile went in behind it.
+                self.uploads.popleft()
                 self._sending = None
                 self.cond.notify_all()
 

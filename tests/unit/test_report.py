@@ -418,16 +418,22 @@ def test_a_restarted_coordinators_models_are_uploaded_as_its_attempt(
     assert next(e for e in rec.events if e["kind"] == "run_started")["attempt"] == 2
 
 
+def _with_rounds_queued(url: str, tmp_path: Path, rounds: int) -> Reporter:
+    """A reporter (not started) with rounds 1..`rounds` queued as .npz only."""
+    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool", round_pt_max_bytes=0)
+    for number in range(1, rounds + 1):
+        model = tmp_path / f"round_{number:04d}.npz"
+        model.write_bytes(b"round %d" % number)
+        reporter.checkpoint(number, model, "npz")
+    return reporter
+
+
 def test_the_final_model_goes_ahead_of_round_checkpoints_still_waiting(
     webserver: tuple[Recorder, str], tmp_path: Path
 ) -> None:
     """Rounds faster than their uploads: the run's result is sent next, not after the backlog."""
     rec, url = webserver
-    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool", round_pt_max_bytes=0)
-    for number in range(1, 6):
-        model = tmp_path / f"round_{number:04d}.npz"
-        model.write_bytes(b"round %d" % number)
-        reporter.checkpoint(number, model, "npz")
+    reporter = _with_rounds_queued(url, tmp_path, 5)
     final = tmp_path / "final_model.npz"
     final.write_bytes(b"final")
     reporter.checkpoint(0, final, "npz")
@@ -442,11 +448,7 @@ def test_a_final_model_queued_during_an_upload_waits_only_for_that_one(
     webserver: tuple[Recorder, str], tmp_path: Path
 ) -> None:
     rec, url = webserver
-    reporter = Reporter(Target(url, TOKEN), spool_dir=tmp_path / "spool", round_pt_max_bytes=0)
-    for number in range(1, 4):
-        model = tmp_path / f"round_{number:04d}.npz"
-        model.write_bytes(b"round %d" % number)
-        reporter.checkpoint(number, model, "npz")
+    reporter = _with_rounds_queued(url, tmp_path, 3)
     # As the upload loop does when it takes the first file.
     reporter._sending = reporter.uploads[0]
     final = tmp_path / "final_model.npz"
