@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.docker.conftest import unavailable
+from tests.docker.conftest import require_images, unavailable
 from tests.docker.probes import exec_python
 from tests.ports import free_port
 
@@ -153,16 +153,7 @@ def compose_stack(docker_client: Any, docker_prefix: str, tmp: Path) -> Iterator
     compose = _compose_command()
     if compose is None:
         unavailable("no docker-compose or `docker compose` here (scripts/docker-engine.sh installs it)")
-    import docker.errors
-
-    missing = []
-    for image in IMAGES:
-        try:
-            docker_client.images.get(image)
-        except docker.errors.ImageNotFound:
-            missing.append(image)
-    if missing:
-        unavailable(f"images missing: {', '.join(missing)}")
+    require_images(docker_client, IMAGES)
 
     port = free_port()
     for _ in range(50):

@@ -45,18 +45,25 @@ def docker_client() -> Iterator[Any]:
         client.ping()
     except Exception as exc:  # noqa: BLE001 - whatever the reason, there is no engine to test against
         unavailable(f"no Docker engine answers ({exc})")
+    require_images(client, IMAGES)
+    yield client
+    leftovers = _labelled(client, {"label": [f"fedota.install={PREFIX}"]})
+    client.close()
+    assert not leftovers, f"the docker tests left these behind: {leftovers}"
+
+
+def require_images(client: Any, images: tuple[str, ...]) -> None:
+    """Every one of `images` is on the engine, or the test is unavailable naming those missing."""
+    import docker.errors
+
     missing = []
-    for image in IMAGES:
+    for image in images:
         try:
             client.images.get(image)
         except docker.errors.ImageNotFound:
             missing.append(image)
     if missing:
         unavailable(f"images missing: {', '.join(missing)}")
-    yield client
-    leftovers = _labelled(client, {"label": [f"fedota.install={PREFIX}"]})
-    client.close()
-    assert not leftovers, f"the docker tests left these behind: {leftovers}"
 
 
 def _labelled(client: Any, filters: dict[str, list[str]]) -> list[str]:

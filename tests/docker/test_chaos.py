@@ -85,7 +85,6 @@ class Client:
     line: list[str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
-    exits: list[int] = field(default_factory=list)
 
     def start(self) -> None:
         out = self.log.open("ab")
@@ -94,9 +93,7 @@ class Client:
 
     def ended(self, timeout: float) -> int:
         assert self.proc is not None
-        code = self.proc.wait(timeout=timeout)
-        self.exits.append(code)
-        return code
+        return self.proc.wait(timeout=timeout)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no output)"
@@ -208,8 +205,7 @@ class Containers:
     network: str
 
     def _get(self, name: str) -> Any:
-        container = self.docker.containers.get(f"{self.network}-{name}")
-        return container
+        return self.docker.containers.get(f"{self.network}-{name}")
 
     def kill(self, name: str) -> None:
         self._get(name).kill()
