@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.rounds import EVAL_ACC_KEYS, EVAL_LOSS_KEYS, TRAIN_LOSS_KEYS
+from coordinator.rounds import EVAL_ACC_KEYS, EVAL_LOSS_KEYS, NO_TORCH, TRAIN_LOSS_KEYS, npz_to_pt
 
 log = logging.getLogger(__name__)
 
@@ -526,17 +526,16 @@ def _size(path: Path) -> int:
 
 
 def _npz_to_pt(npz: Path) -> Path | None:
-    """Write the .npz's arrays as a PyTorch state_dict beside it; None without torch."""
-    try:
-        import numpy as np
-        import torch
-    except ImportError:
-        return None
+    """Write the .npz's arrays as a PyTorch state_dict beside it; None without torch.
+
+    Converted in a child process (`npz_to_pt`): torch is never imported here.
+    """
     pt = npz.with_name(npz.name + ".pt")
-    with np.load(npz, allow_pickle=False) as arrays:
-        # Same keys and order as the final model's `to_torch_state_dict()`.
-        state = collections.OrderedDict((k, torch.from_numpy(arrays[k])) for k in arrays.files)
-    torch.save(state, pt)
+    problem = npz_to_pt(npz, pt)
+    if problem == NO_TORCH:
+        return None
+    if problem:
+        raise RuntimeError(problem)
     return pt
 
 

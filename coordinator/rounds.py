@@ -16,17 +16,21 @@ import json
 import logging
 import math
 import queue
+import subprocess
+import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 
 from fedota_common.aggregate import LEGACY_WEIGHT_KEY, REJECTED, NotAggregatable, reply_weight
+from fedota_common.payload import NUMPY_STYPE, PayloadError, WireArray, npy_view
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,8 @@ EVAL_ACC_KEYS = ("eval_acc", "eval-acc", "eval_accuracy", "accuracy", "acc")
 EVAL_LOSS_KEYS = ("eval_loss", "eval-loss", "loss")
 # Distinct rejection reasons a round record keeps (the most frequent).
 MAX_REASONS = 10
+# Checkpoints are written from the model's bytes in slices of this size.
+_WRITE_SLICE = 16 * 1024 * 1024
 
 
 @dataclass
@@ -358,12 +364,9 @@ class RoundTracker:
             return None
         npz = self.dir / "final_model.npz"
         _save_npz(npz, arrays)
-        try:
-            import torch
-
-            torch.save(arrays.to_torch_state_dict(), self.dir / "final_model.pt")
-        except (ImportError, OSError, RuntimeError, TypeError) as exc:  # torch is optional here
-            log.warning("could not write final_model.pt", extra={"error": str(exc)})
+        problem = npz_to_pt(npz, self.dir / "final_model.pt")
+        if problem:
+            log.warning("could not write final_model.pt", extra={"error": problem})
         (self.dir / "summary.json").write_text(json.dumps({"rounds": self.rounds}, indent=2))
         return npz
 
@@ -453,6 +456,51 @@ class RoundTracker:
                 old.unlink(missing_ok=True)
 
 
+# Run by `npz_to_pt` in a child process. Same keys and order as Flower's
+# `ArrayRecord.to_torch_state_dict()`: the .npz holds the arrays in the record's order.
+_TO_PT = """
+import collections, os, sys
+import numpy as np
+try:
+    import torch
+except ImportError:
+    sys.exit(3)
+npz, pt = sys.argv[1], sys.argv[2]
+with np.load(npz, allow_pickle=False) as arrays:
+    state = collections.OrderedDict((k, torch.from_numpy(arrays[k])) for k in arrays.files)
+torch.save(state, pt + ".tmp")
+os.replace(pt + ".tmp", pt)
+"""
+TO_PT_TIMEOUT = 1800.0
+NO_TORCH = "torch is not installed"
+
+
+def npz_to_pt(npz: Path, pt: Path) -> str:
+    """Write the arrays of `npz` as a PyTorch state_dict at `pt`; "" if written, else why not.
+
+    In a child process: importing torch costs the coordinator about 175 MiB for
+    the rest of its life, and converting holds the model once more; both are
+    the child's and end with it. Without torch there is no .pt (it is optional).
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _TO_PT, str(npz), str(pt)],
+            capture_output=True,
+            text=True,
+            timeout=TO_PT_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if proc.returncode == 3:
+        return NO_TORCH
+    if proc.returncode != 0:
+        pt.with_name(pt.name + ".tmp").unlink(missing_ok=True)
+        lines = proc.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit code {proc.returncode}"
+    return ""
+
+
 def _round_of(path: Path) -> int | None:
     """The round number in `round_NNNN.npz`; None for a round named otherwise."""
     digits = path.stem.removeprefix("round_")
@@ -460,8 +508,37 @@ def _round_of(path: Path) -> int | None:
 
 
 def _save_npz(path: Path, arrays: ArrayRecord | dict[str, np.ndarray]) -> None:
+    """Write `arrays` as `np.savez` does (one stored `<name>.npy` per array), via a temporary file.
+
+    A numpy `Array`'s data already is a `.npy` file (Flower fills it with
+    `np.save`), so it is written as it lies: decoding it first (`Array.numpy()`)
+    made the checkpoint writer hold one more copy of the model.
+    """
     tmp = path.with_suffix(".tmp.npz")
-    plain = arrays if isinstance(arrays, dict) else {k: v.numpy() for k, v in arrays.items()}
-    with tmp.open("wb") as fh:
-        np.savez(fh, **plain)  # type: ignore[arg-type]
+    try:
+        with tmp.open("wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                # Forced as np.savez forces it (numpy gh-10776): the size is not known before writing.
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    if isinstance(value, Array):
+                        _write_npy(member, value)
+                    else:
+                        np.lib.format.write_array(member, np.asanyarray(value))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
+
+
+def _write_npy(out: IO[bytes], array: Array) -> None:
+    """Write a numpy `Array`'s `.npy` bytes, checked as `np.load(allow_pickle=False)` would read them."""
+    if array.stype != NUMPY_STYPE:
+        np.lib.format.write_array(out, array.numpy(), allow_pickle=False)  # numpy() says what it cannot read
+        return
+    data = memoryview(array.data).cast("B")
+    try:
+        npy_view(WireArray(array.dtype, tuple(array.shape), array.stype, data))
+    except PayloadError as exc:
+        raise ValueError(f"array is not a plain numeric .npy buffer: {exc}") from exc
+    for start in range(0, len(data), _WRITE_SLICE):
+        out.write(data[start : start + _WRITE_SLICE])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
-from coordinator.rounds import COMPLETED, MetricsSum, RoundTracker, SecAggWatch, add_metrics
+from coordinator.rounds import COMPLETED, MetricsSum, RoundTracker, SecAggWatch, _save_npz, add_metrics
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -78,3 +80,56 @@ def test_one_completed_secagg_round_is_enough(tmp_path: Path) -> None:
     assert [r["secure_aggregation"] for r in tracker.rounds][0] == COMPLETED
     assert tracker.rounds[1]["secure_aggregation"].startswith("no reason was logged")
     assert tracker.failure() == ""
+
+
+def _model() -> ArrayRecord:
+    rng = np.random.default_rng(1)
+    return ArrayRecord(
+        {
+            "conv.weight": Array(rng.random((4, 3, 3), dtype=np.float32)),
+            "conv.bias": Array(np.arange(4, dtype=np.int64)),
+            "fc.weight": Array(np.asfortranarray(rng.random((5, 2)))),
+            "scalar": Array(np.array(2.5, dtype=np.float16)),
+        }
+    )
+
+
+def test_checkpoints_and_the_final_model_hold_the_global_model(tmp_path: Path) -> None:
+    model = _model()
+    tracker = _tracker(tmp_path, [])
+    tracker.on_push(MessageType.TRAIN, "1", [Message(RecordDict({"arrays": model}), 1, MessageType.TRAIN)])
+    tracker.strategy_result(model)
+    final = tracker.finish(None)
+    assert final is not None
+    for path in (tmp_path / "checkpoints" / "round_0001.npz", final):
+        with np.load(path, allow_pickle=False) as saved:
+            assert saved.files == list(model.keys())
+            for name, array in model.items():
+                expected = array.numpy()
+                assert saved[name].dtype == expected.dtype and saved[name].shape == expected.shape
+                assert np.array_equal(saved[name], expected)
+    torch = pytest.importorskip("torch")
+    state = torch.load(tmp_path / "final_model.pt")
+    assert list(state) == list(model.keys())
+    for name, tensor in model.to_torch_state_dict().items():
+        assert torch.equal(state[name], tensor)
+
+
+def test_a_checkpoint_is_written_as_np_savez_writes_it(tmp_path: Path) -> None:
+    model = _model()
+    _save_npz(tmp_path / "ours.npz", model)
+    with (tmp_path / "theirs.npz").open("wb") as fh:
+        np.savez(fh, **{k: v.numpy() for k, v in model.items()})  # type: ignore[arg-type]
+    with zipfile.ZipFile(tmp_path / "ours.npz") as ours, zipfile.ZipFile(tmp_path / "theirs.npz") as theirs:
+        assert ours.namelist() == theirs.namelist()
+        for name in ours.namelist():
+            assert ours.getinfo(name).compress_type == zipfile.ZIP_STORED
+            assert ours.read(name) == theirs.read(name)
+
+
+def test_a_model_array_that_is_not_plain_numbers_is_not_checkpointed(tmp_path: Path) -> None:
+    bad = Array(np.array([1.0]))
+    bad.data = bad.data[:-3]  # its .npy header promises more than it holds
+    with pytest.raises(ValueError, match="not a plain numeric .npy buffer"):
+        _save_npz(tmp_path / "round_0001.npz", ArrayRecord({"w": bad}))
+    assert not (tmp_path / "round_0001.npz").exists()
