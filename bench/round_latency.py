@@ -9,7 +9,8 @@ Flower's FedAvg:
 - `echo` (tests/apps/echo): each client returns the arrays it received;
 - `distinct` (tests/apps/distinct): written like a third party's app (no
   `strategy` run-config key): each client returns its own arrays (received +
-  a constant of its partition) and its own `num-examples`;
+  a constant of its partition) and its own `num-examples`; its model is one
+  array, or `--layers N` weight arrays with a small bias each;
 - or the path of another app folder that reads `model-size-mb` and
   `min-available-nodes` from its run config.
 It then reports:
@@ -92,7 +93,7 @@ def _train_folding(out: Path, stdout: str, aggregation: str) -> str:
 
 
 def run_once(
-    size_mb: float, clients: int, selectors: int, rounds: int, aggregation: str, app: str, work: Path
+    size_mb: float, clients: int, selectors: int, rounds: int, aggregation: str, app: str, work: Path, layers: int = 1
 ) -> dict[str, float | str]:
     data = work / f"data-{size_mb}"
     for i in range(clients):
@@ -125,7 +126,11 @@ def run_once(
             "--aggregation",
             aggregation,
             "--run-config",
-            json.dumps({"model-size-mb": float(size_mb), "min-available-nodes": clients}),
+            json.dumps(
+                {"model-size-mb": float(size_mb), "min-available-nodes": clients}
+                # Only the distinct app reads it; other apps keep their own layout.
+                | ({"model-layers": layers} if layers > 1 else {})
+            ),
         ],
         cwd=REPO,
         capture_output=True,
@@ -180,9 +185,18 @@ def main() -> int:
         help="echo (clients return what they received), distinct (each client returns its own arrays, "
         "no strategy key: an uploaded app), or an app folder",
     )
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=1,
+        help="distinct app only: split the model into this many weight arrays (each with a 64-byte bias), "
+        "as a model with layers is; 1 (the default, as earlier figures): one array",
+    )
     args = p.parse_args()
+    layout = f", {args.layers} layers" if args.layers > 1 else ""
     print(
-        f"{args.clients} clients, {args.selectors} selectors, {args.rounds} rounds, {args.app} app, {args.aggregation}"
+        f"{args.clients} clients, {args.selectors} selectors, {args.rounds} rounds, {args.app} app{layout},"
+        f" {args.aggregation}"
     )
     print(
         f"{'model':>8} {'median round':>13} {'overhead/round':>15} {'coordinator peak':>17} {'selector peak':>14}"
@@ -191,14 +205,16 @@ def main() -> int:
     sizes = [args.model_mb] if args.model_mb else [float(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="fedota-bench-") as tmp:
         for size in sizes:
-            r = run_once(size, args.clients, args.selectors, args.rounds, args.aggregation, args.app, Path(tmp))
+            r = run_once(
+                size, args.clients, args.selectors, args.rounds, args.aggregation, args.app, Path(tmp), args.layers
+            )
             print(
                 f"{r['model_mb']:>6.0f}MB {r['median_round_s']:>12.3f}s {r['median_overhead_s']:>14.3f}s "
                 f"{r['coordinator_peak_mib']:>15.0f}MiB {r['selector_peak_mib']:>12.0f}MiB "
                 f"{r['client_peak_mib']:>10.0f}MiB {r['wall_s']:>6.0f}s",
                 flush=True,
             )
-            # The bench apps' model of `size` "MB" is `size` MiB (one float32 array).
+            # The bench apps' model of `size` "MB" is `size` MiB of float32.
             print(
                 f"{'':>8} peak / model size: coordinator {r['coordinator_peak_mib'] / size:.2f}x, "
                 f"selector {r['selector_peak_mib'] / size:.2f}x, client {r['client_peak_mib'] / size:.2f}x",
