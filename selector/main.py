@@ -135,8 +135,11 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     link = CoordinatorLink(core, settings.coordinator, settings.selector_token, coordinator_ca)
     core.upstream = link
     auth.refresh = lambda: link.send(cpb.SelectorMessage(roster_request=cpb.RosterRequest()))
-    # Each connected client holds one thread for its stream, plus transfers.
-    server = make_server(settings.max_clients + 16)
+    # Each connected client holds one RPC (and thread) for its stream, and one more while it
+    # pulls a task or pushes a result: with one slot per client, a round that reached every
+    # client at once refused the transfers beyond the first 16 (RESOURCE_EXHAUSTED) and those
+    # tasks failed. The pool starts threads only as calls need them.
+    server = make_server(2 * settings.max_clients + 16)
     selector_pb2_grpc.add_SelectorServicer_to_server(SelectorServicer(core, FabSource(core, link.fetch_fab)), server)
     add_health(server, "protos.selector.v1.Selector")
     bound = bind_with_health(server, settings.listen, settings.health_listen, server_tls)

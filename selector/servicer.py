@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -82,8 +81,11 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         except SelectorError as err:
             _abort(context, err)
             return
-        # A killed client's stream ends here, which fails its tasks at once.
-        context.add_callback(lambda: self.core.leave(session, "stream closed"))
+        # A killed client's stream ends here, which fails its tasks at once; the leave also
+        # ends the wait on the outbox below. A stream already over gets no callback.
+        if not context.add_callback(lambda: self.core.leave(session, "stream closed")):
+            self.core.leave(session, "stream closed")
+            return
 
         def read() -> None:
             try:
@@ -97,13 +99,10 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         threading.Thread(target=read, name=f"hb-{session.node_id}", daemon=True).start()
         self.core.subscribe(session)
         yield spb.SelectorEvent(welcome=spb.Welcome(node_id=session.node_id))
-        while context.is_active():
-            try:
-                event = session.outbox.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if event is None:
-                break
+        # Blocks until an event or the session's end (leave() queues None, and the stream's end
+        # calls leave): an idle session costs no wake-ups, where a 1 s poll woke every
+        # session's thread each second (2,500 wake-ups a second at a selector of 2,500 clients).
+        while (event := session.outbox.get()) is not None:
             yield event
 
     def PullTask(self, request: spb.PullTaskRequest, context: grpc.ServicerContext) -> Iterator[spb.TaskPart]:
