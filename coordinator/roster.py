@@ -19,9 +19,11 @@ to enforce, and the selectors are told to admit any client.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 3.0
 MIN_GAP = 0.5
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class RosterError(Exception):
@@ -52,7 +56,7 @@ def parse_roster(doc: Any) -> cpb.Participants:
         participant, digest = item.get("participant"), item.get("credential_sha256")
         if not isinstance(participant, str) or not participant.isdigit():
             raise RosterError(f"participants[{i}].participant: expected a participant id, got {participant!r}")
-        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
             raise RosterError(f"participants[{i}].credential_sha256: expected 64 lower-case hex digits")
         allowed.append(cpb.AllowedParticipant(participant=participant, credential_sha256=digest))
     return cpb.Participants(allowed=allowed)
@@ -60,6 +64,19 @@ def parse_roster(doc: Any) -> cpb.Participants:
 
 def fetch_roster(target: Target) -> cpb.Participants:
     """One GET of the list; raises RosterError (or OSError / HTTPException when unreachable)."""
+    return parse_roster_body(fetch_roster_body(target))
+
+
+def parse_roster_body(body: bytes) -> cpb.Participants:
+    """The website's answer (JSON bytes) as a list; raises RosterError."""
+    try:
+        return parse_roster(json.loads(body))
+    except ValueError as exc:
+        raise RosterError(f"not JSON: {exc}") from exc
+
+
+def fetch_roster_body(target: Target) -> bytes:
+    """One GET of the list, unparsed; raises RosterError (or OSError / HTTPException when unreachable)."""
     conn = target.connection()
     try:
         conn.request("GET", target.path + "participants", headers={"Authorization": f"Bearer {target.token}"})
@@ -69,10 +86,7 @@ def fetch_roster(target: Target) -> cpb.Participants:
         conn.close()
     if resp.status != 200:
         raise RosterError(f"HTTP {resp.status}: {body[:300].decode('utf-8', 'replace').strip()}")
-    try:
-        return parse_roster(json.loads(body))
-    except ValueError as exc:
-        raise RosterError(f"not JSON: {exc}") from exc
+    return body
 
 
 def _roster_doc(roster: cpb.Participants) -> list[dict[str, str]]:
@@ -96,6 +110,9 @@ class RosterPoller:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="roster", daemon=True)
         self._failing = False
+        # The last answer (its SHA-256) and the list it made: an unchanged answer, every poll
+        # but a few, is not parsed again (90 ms for 10,000 participants, every 3 s).
+        self._last: tuple[str, cpb.Participants] | None = None
 
     def start(self) -> None:
         self._restore()
@@ -144,7 +161,13 @@ class RosterPoller:
         `asked`: a selector is waiting for this answer, so it is sent even unchanged.
         """
         try:
-            roster = fetch_roster(self.target)
+            body = fetch_roster_body(self.target)
+            digest = hashlib.sha256(body).hexdigest()
+            if self._last is not None and self._last[0] == digest:
+                roster = self._last[1]
+            else:
+                roster = parse_roster_body(body)
+                self._last = (digest, roster)
         except (RosterError, OSError, http.client.HTTPException) as exc:
             if not self._failing:
                 # Once per outage, not every poll: the last list stays in force meanwhile.
