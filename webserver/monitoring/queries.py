@@ -19,6 +19,10 @@ from webserver.problems.queries import problem_get_visible
 RECENT_LOGS = 50
 MAX_COMPARED_RUNS = 10
 RECENT_RESTARTS = 20
+# Sites listed on the dashboard (most recently active first): with 1,000 sites, every poll
+# carried and redrew all of them. The others are counted in `participants_summary` and
+# listed whole in the participants CSV.
+PARTICIPANTS_SHOWN = 50
 
 
 def problem_for_monitoring(*, user: Any, pk: Any) -> Problem:
@@ -211,6 +215,18 @@ def run_participants(*, run: Run) -> list[dict[str, Any]]:
     return sorted(sites.values(), key=lambda r: (-(r["last_round"] or 0), r["site"].lower()))
 
 
+def participants_summary(rows: list[dict[str, Any]], *, shown: int) -> dict[str, Any]:
+    """What the dashboard says of all the sites when it lists only the first `shown` of `rows`."""
+    latest = max((r["last_round"] or 0 for r in rows), default=0)
+    return {
+        "total": len(rows),
+        "shown": min(shown, len(rows)),
+        "latest_round": latest or None,
+        "in_latest_round": sum(1 for r in rows if latest and r["last_round"] == latest),
+        "never": sum(1 for r in rows if r["last_round"] is None),
+    }
+
+
 def run_reply_policy(*, run: Run) -> dict[str, Any]:
     """The reply policy in force: as the coordinator reported it, else as the run was configured.
 
@@ -238,6 +254,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "reply_policy": run_reply_policy(run=run),
         "metrics_csv": reverse("metrics-csv", kwargs={"run_id": run.pk}),
+        "participants_csv": reverse("participants-csv", kwargs={"run_id": run.pk}),
         # What the reconciler restarted: how often, and the latest (the events say each one too).
         # Where each later attempt of the coordinator took over: its first round (resumed or from 1).
         "attempts": run_attempts(run=run),
@@ -270,6 +287,7 @@ def dashboard(
         "rounds": [],
         "final_model": {"npz": None, "pt": None, "round": 0},
         "participants": [],
+        "participants_summary": participants_summary([], shown=PARTICIPANTS_SHOWN),
         "logs": [],
     }
     if run is None:
@@ -285,6 +303,7 @@ def dashboard(
         }
         for s in run.services.exclude(health=ServiceHealth.REMOVED).order_by("role", "index")
     ]
+    participants = run_participants(run=run)
     rounds: list[dict[str, Any]] = []
     if with_rounds:
         downloads = run_checkpoints(run=run, since=since)
@@ -300,7 +319,8 @@ def dashboard(
         rejected=run_rejected(run=run),
         rounds=rounds,
         final_model=run_final_model(run=run),
-        participants=run_participants(run=run),
+        participants=participants[:PARTICIPANTS_SHOWN],
+        participants_summary=participants_summary(participants, shown=PARTICIPANTS_SHOWN),
         logs=[log_json(line) for line in run_logs(run=run)],
     )
     return doc

@@ -14,4 +14,5 @@ urlpatterns = [
         name="checkpoint-download",
     ),
     path("runs/<int:run_id>/metrics.csv", views.metrics_csv, name="metrics-csv"),
+    path("runs/<int:run_id>/participants.csv", views.participants_csv, name="participants-csv"),
 ]

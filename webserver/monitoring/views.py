@@ -111,6 +111,23 @@ def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str
     return response
 
 
+def participants_csv(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Every site of a run with its last contribution, as CSV (the dashboard lists the first few)."""
+    if (redirect := _login_or_token(request)) is not None:
+        return redirect
+    run = _run(request, run_id)
+    name = f"{slugify(run.problem.title) or 'problem'}-run{run.number}-participants.csv"
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    writer = csv.writer(response)
+    writer.writerow(["site", "status", "last_round", "last_kind", "rounds"])
+    for p in queries.run_participants(run=run):
+        writer.writerow(
+            [p["site"], p["status"], "" if p["last_round"] is None else p["last_round"], p["last_kind"], p["rounds"]]
+        )
+    return response
+
+
 def metrics_csv(request: HttpRequest, run_id: int) -> HttpResponse:
     """Every round's metrics of a run as CSV."""
     if (redirect := _login_or_token(request)) is not None:

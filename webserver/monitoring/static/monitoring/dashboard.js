@@ -254,6 +254,18 @@
       return tr;
     });
     fill($("participants-body"), rows, 4, "No participant yet.");
+    // Only the most recently active sites are listed; the line counts the rest (and links them all).
+    const s = d.participants_summary || { total: 0, shown: 0 };
+    const line = $("participants-summary");
+    line.replaceChildren();
+    line.hidden = s.total <= s.shown;
+    if (!line.hidden) {
+      let text = `The ${s.shown} most recently active of ${s.total} sites`;
+      if (s.latest_round) text += `; ${s.in_latest_round} contributed to round ${s.latest_round}`;
+      if (s.never) text += `; ${s.never} never contributed`;
+      line.append(text + ". ");
+      if (d.run) line.append(link(d.run.participants_csv, "All sites as CSV"));
+    }
   }
 
   function renderLogs(d) {
