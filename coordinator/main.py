@@ -16,10 +16,8 @@ from typing import Any
 
 import grpc
 
-from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
 from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
-from coordinator.resume import begin_attempt, identity, running
 from coordinator.roster import RosterPoller
 from coordinator.rounds import RoundTracker, SecAggWatch
 from coordinator.servicer import CoordinatorServicer
@@ -240,13 +238,6 @@ def run(settings: Settings) -> int:
         return 2
     if server_tls is None:
         tlsconf.warn_insecure(log, "selectors connect over plaintext gRPC and need no token")
-    from flwr.app import Context, RecordDict
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.serverapp.server_app import LoadServerAppError, ServerApp
-    from flwr.supercore.object_ref import load_app as load_object
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
-
     state_dir = settings.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -264,7 +255,6 @@ def run(settings: Settings) -> int:
             early.close(timeout=10.0)
         return 2
     builtin = builtin_app_names(BUILTIN_APPS)
-    aggregation = choose_aggregation(settings.aggregation, config, builtin=app.name in builtin)
     policy_name = settings.reply_policy
     if policy_name == "auto":
         policy_name = default_policy_name(app.name, builtin)
@@ -302,11 +292,25 @@ def run(settings: Settings) -> int:
             "tls": server_tls is not None,
             "app": app.name,
             "fab_sha256": app.sha256,
-            "aggregation": aggregation,
             "reply_policy": policy_name,
         },
     )
     print(f"reply policy: {policy_name}", flush=True)
+    # Imported once the selectors can connect, not before: the grid and the strategies'
+    # checkpoint hooks load Flower's SuperLink and ServerApp modules (FastAPI, SQLAlchemy;
+    # about 1 s of CPU, half the coordinator's start-up), which the servicer does not need.
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.serverapp.server_app import LoadServerAppError, ServerApp
+    from flwr.supercore.object_ref import load_app as load_object
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from coordinator.grid import GridPolicy, SelectorTierGrid, choose_aggregation
+    from coordinator.resume import begin_attempt, identity, running
+
+    aggregation = choose_aggregation(settings.aggregation, config, builtin=app.name in builtin)
+    log.info("aggregation chosen", extra={"aggregation": aggregation})
 
     rounds = config.get("num-server-rounds")
     total_rounds = rounds if isinstance(rounds, int) else None
