@@ -38,8 +38,10 @@ import asyncio
 import hashlib
 import http.server
 import json
+import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -174,9 +176,9 @@ class Stats:
     ended: int = 0
     join_retries: int = 0
     errors: list[str] = field(default_factory=list)
-    first_join: float = 0.0
-    last_welcome: float = 0.0
-    all_welcomed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Wall-clock times (time.time()), comparable across worker processes.
+    first_join_wall: float = 0.0
+    last_welcome_wall: float = 0.0
 
 
 class Driver:
@@ -276,8 +278,8 @@ class Driver:
         stats = self.stats
         async with grpc.aio.secure_channel(target, self.creds, options=CLIENT_OPTIONS) as ch:
             stub = selector_pb2_grpc.SelectorStub(ch)
-            if not stats.first_join:
-                stats.first_join = time.monotonic()
+            if not stats.first_join_wall:
+                stats.first_join_wall = time.time()
             joined = await self._join(stub, credential, f"load-{index}")
             stats.joined += 1
             session = joined.session_id
@@ -304,9 +306,7 @@ class Driver:
                     if kind == "welcome":
                         connected()
                         stats.welcomed += 1
-                        stats.last_welcome = time.monotonic()
-                        if stats.welcomed >= self.expected:
-                            stats.all_welcomed.set()
+                        stats.last_welcome_wall = time.time()
                     elif kind == "task":
                         job = asyncio.create_task(
                             self._task(stub, session, joined.node_id, event.task.task_id, context)
@@ -455,48 +455,143 @@ def start_federation(
     return Federation(fleet, coord, procs, ca_cert.encode(), str(info["fab_sha256"]), out)
 
 
-async def drive(
-    fed: Federation, credentials: list[str], idle: float, cache: Path, connecting: int = 200
-) -> dict[str, Any]:
-    """Run every client; in idle mode, measure memory once all are connected, then stop."""
-    targets = assign(len(credentials), list(fed.selectors))
-    driver = Driver(fed.ca_pem, fed.fab_sha256, cache, len(credentials), connecting)
-    before = {addr: rss_kib(p.pid) for addr, p in fed.selectors.items()}
-    before_self = rss_kib()
-    started = time.monotonic()
+async def _worker(cfg: dict[str, Any]) -> None:
+    """A worker process: run its share of the clients, report on stdout (JSON lines).
+
+    It says `connected` once every client checked in (or gave up), then, in idle mode,
+    holds them until its stdin says `stop` (or closes); at the end it says `done`.
+    """
+    loop = asyncio.get_running_loop()
+    stats_before = rss_kib()
+    driver = Driver(cfg["ca_pem"].encode(), cfg["fab_sha256"], Path(cfg["cache"]), cfg["expected"], cfg["connecting"])
     tasks = [
-        asyncio.create_task(driver.client(i, t, c)) for i, (t, c) in enumerate(zip(targets, credentials, strict=True))
+        asyncio.create_task(driver.client(i, t, c))
+        for i, t, c in zip(cfg["indices"], cfg["targets"], cfg["credentials"], strict=True)
     ]
-    result: dict[str, Any] = {"clients": len(credentials), "selectors": len(fed.selectors)}
     stats = driver.stats
-    while not stats.all_welcomed.is_set():
-        if stats.ended >= len(tasks) or len(stats.errors) >= len(tasks):
-            break
-        try:
-            await asyncio.wait_for(stats.all_welcomed.wait(), 1.0)
-        except TimeoutError:
-            print(f"  {stats.joined} joined, {stats.welcomed} checked in, {len(stats.errors)} errors", flush=True)
-    result["connect_s"] = stats.last_welcome - started
-    result["welcomed"] = stats.welcomed
-    if idle:
-        await asyncio.sleep(idle)
-        after = {addr: rss_kib(p.pid) for addr, p in fed.selectors.items()}
-        share = len(credentials) / len(fed.selectors)
-        per = [per_client_kib(before[a], after[a], round(share)) for a in after]
-        result["selector_rss_mib"] = [round(after[a] / 1024) for a in after]
-        result["selector_kib_per_idle_client"] = round(statistics.mean(per), 1)
-        result["generator_kib_per_idle_client"] = round(per_client_kib(before_self, rss_kib(), len(credentials)), 1)
-        result["generator_rss_mib"] = round(rss_kib() / 1024)
+    stats_total = len(tasks)
+
+    def say(doc: dict[str, Any]) -> None:
+        print(json.dumps(doc), flush=True)
+
+    while stats.welcomed < stats_total and stats.ended + len(stats.errors) < stats_total:
+        await asyncio.sleep(0.5)
+    say(
+        {
+            "event": "connected",
+            "first_join": stats.first_join_wall,
+            "last_welcome": stats.last_welcome_wall,
+            "welcomed": stats.welcomed,
+            "rss_before_kib": stats_before,
+            "rss_kib": rss_kib(),
+        }
+    )
+    if cfg["idle"]:
+        await loop.run_in_executor(None, sys.stdin.readline)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    else:
-        await asyncio.gather(*tasks)
-    result["tasks_done"] = stats.tasks
-    result["join_retries"] = stats.join_retries
-    result["errors"] = len(stats.errors)
-    result["first_errors"] = stats.errors[:5]
+    await asyncio.gather(*tasks, return_exceptions=True)
+    say(
+        {
+            "event": "done",
+            "tasks_done": stats.tasks,
+            "join_retries": stats.join_retries,
+            "errors": len(stats.errors),
+            "first_errors": stats.errors[:5],
+        }
+    )
+
+
+class _Worker:
+    """One worker process as the main process sees it: its reports, in order."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cfg) + "\n")
+        self.proc.stdin.flush()
+
+    def report(self) -> dict[str, Any]:
+        """The worker's next report ({"event": "gone"} if it exited without one)."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith('{"event"'):
+                report: dict[str, Any] = json.loads(line)
+                return report
+        return {"event": "gone", "exit": self.proc.wait()}
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+
+
+def drive(
+    fed: Federation, credentials: list[str], idle: float, cache: Path, connecting: int, procs: int
+) -> dict[str, Any]:
+    """Run every client in `procs` worker processes; in idle mode, measure memory once all are connected."""
+    targets = assign(len(credentials), list(fed.selectors))
+    before = {addr: rss_kib(p.pid) for addr, p in fed.selectors.items()}
+    workers = []
+    for n in range(procs):
+        mine = list(range(n, len(credentials), procs))
+        workers.append(
+            _Worker(
+                {
+                    "indices": mine,
+                    "targets": [targets[i] for i in mine],
+                    "credentials": [credentials[i] for i in mine],
+                    "ca_pem": fed.ca_pem.decode(),
+                    "fab_sha256": fed.fab_sha256,
+                    "cache": str(cache / f"worker-{n}"),
+                    "expected": len(credentials),
+                    "connecting": max(1, connecting // procs),
+                    "idle": idle,
+                }
+            )
+        )
+    connected = [w.report() for w in workers]
+    result: dict[str, Any] = {"clients": len(credentials), "selectors": len(fed.selectors), "generator_procs": procs}
+    firsts = [c["first_join"] for c in connected if c.get("first_join")]
+    lasts = [c["last_welcome"] for c in connected if c.get("last_welcome")]
+    result["connect_s"] = round(max(lasts) - min(firsts), 3) if firsts and lasts else None
+    result["welcomed"] = sum(int(c.get("welcomed", 0)) for c in connected)
+    if idle:
+        time.sleep(idle)
+        after = {addr: rss_kib(p.pid) for addr, p in fed.selectors.items()}
+        held = [rss_kib(w.proc.pid) for w in workers]
+        share = len(credentials) / len(fed.selectors)
+        result["selector_rss_mib"] = [round(after[a] / 1024) for a in after]
+        result["selector_kib_per_idle_client"] = round(
+            statistics.mean(per_client_kib(before[a], after[a], round(share)) for a in after), 1
+        )
+        grown = sum(h - int(c.get("rss_before_kib", 0)) for h, c in zip(held, connected, strict=True))
+        result["generator_rss_mib"] = round(sum(held) / 1024)
+        result["generator_kib_per_idle_client"] = round(per_client_kib(0, grown, len(credentials)), 1)
+        result["selector_threads"] = [_threads(p.pid) for p in fed.selectors.values()]
+        for w in workers:
+            w.stop()
+    done = [w.report() for w in workers]
+    result["tasks_done"] = sum(int(d.get("tasks_done", 0)) for d in done)
+    result["join_retries"] = sum(int(d.get("join_retries", 0)) for d in done)
+    result["errors"] = sum(int(d.get("errors", 0)) for d in done) + sum(d["event"] == "gone" for d in done)
+    result["first_errors"] = [e for d in done for e in d.get("first_errors", [])][:5]
+    for w in workers:
+        w.proc.wait(timeout=30)
     return result
+
+
+def _threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -508,8 +603,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--connecting", type=int, default=200, help="clients connecting at once (dialled, not yet checked in)"
     )
+    p.add_argument(
+        "--procs", type=int, default=1, help="generator processes the clients are spread over (each one event loop)"
+    )
     p.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        asyncio.run(_worker(json.loads(sys.stdin.readline())))
+        return 0
     token = secrets.token_urlsafe(24)
     credentials = make_credentials(args.clients)
     website = serve_website(credentials, token)
@@ -520,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_for = args.clients + 1 if args.idle else args.clients
         fed = start_federation(out, args.selectors, args.clients, args.model_kb / 1024, url, token, wait_for)
         try:
-            result = asyncio.run(drive(fed, credentials, args.idle, out / "client-cache", args.connecting))
+            result = drive(fed, credentials, args.idle, out / "client-cache", args.connecting, max(1, args.procs))
             if not args.idle:
                 try:
                     fed.coordinator.wait(timeout=60)
