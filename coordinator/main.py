@@ -299,6 +299,9 @@ def run(settings: Settings) -> int:
     # Imported once the selectors can connect, not before: the grid and the strategies'
     # checkpoint hooks load Flower's SuperLink and ServerApp modules (FastAPI, SQLAlchemy;
     # about 1 s of CPU, half the coordinator's start-up), which the servicer does not need.
+    # Alembic announces each of its plugins at import, at INFO: imported before the logging
+    # was set up, as it used to be, those lines went nowhere, and they say nothing about the run.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.serverapp.server_app import LoadServerAppError, ServerApp
