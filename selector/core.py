@@ -258,6 +258,9 @@ class SelectorCore:
         self.sessions: dict[str, Session] = {}
         self.by_node: dict[int, Session] = {}
         self.tasks: dict[str, Task] = {}
+        # Each node's task ids: a client that leaves or subscribes looks at its own tasks, not
+        # at the whole round's (1,000 a round, for each of 1,000 clients that come and go).
+        self._node_tasks: dict[int, set[str]] = {}
         self.batches: dict[str, BatchState] = {}
         self.contents: dict[str, Content] = {}
         self._fetching: set[str] = set()
@@ -298,6 +301,7 @@ class SelectorCore:
         with self._lock:
             self.batches[ins.batch_id] = batch
             for item in ins.items:
+                self._node_tasks.setdefault(item.node_id, set()).add(item.message_id)
                 self.tasks[item.message_id] = Task(
                     item.message_id,
                     item.node_id,
@@ -341,10 +345,11 @@ class SelectorCore:
                 self.models[content_id] = model
         self._announce_ready()
 
-    def _announce_ready(self) -> None:
+    def _announce_ready(self, node_id: int | None = None) -> None:
+        """Announce the tasks whose content is here (only `node_id`'s, when given)."""
         unreachable: list[Task] = []
         with self._lock:
-            for task in self.tasks.values():
+            for task in self.tasks.values() if node_id is None else self._tasks_of(node_id):
                 if task.state != "pending" or task.content_id not in self.contents:
                     continue
                 session = self.by_node.get(task.node_id)
@@ -375,6 +380,7 @@ class SelectorCore:
                 task = self.tasks.pop(mid, None)
                 if task is None:
                     continue
+                self._untrack(task)
                 self._remember_closed(task, "cancelled")
                 session = self.by_node.get(task.node_id)
                 if session is not None and task.state == "announced":
@@ -491,7 +497,7 @@ class SelectorCore:
                     )
                 )
             )
-        self._announce_ready()
+        self._announce_ready(session.node_id)
 
     def leave(self, session: Session, reason: str) -> None:
         """Drop a session; its unfinished tasks fail at once."""
@@ -503,9 +509,7 @@ class SelectorCore:
             self.sessions.pop(session.session_id, None)
             if self.by_node.get(session.node_id) is session:
                 del self.by_node[session.node_id]
-            open_tasks = [
-                t for t in self.tasks.values() if t.node_id == session.node_id and t.state in ("pending", "announced")
-            ]
+            open_tasks = [t for t in self._tasks_of(session.node_id) if t.state in ("pending", "announced")]
         log.info("client left", extra={"node_id": session.node_id, "reason": reason})
         if self.upstream is not None and session.subscribed:
             self.upstream.send(cpb.SelectorMessage(node_left=cpb.NodeLeft(node_id=session.node_id, reason=reason)))
@@ -599,6 +603,19 @@ class SelectorCore:
                 )
             task.state = "receiving"
         return task, batch
+
+    def _tasks_of(self, node_id: int) -> list[Task]:
+        """The node's tasks still held (call with the lock held)."""
+        held = (self.tasks.get(t) for t in self._node_tasks.get(node_id, ()))
+        return [t for t in held if t is not None and t.node_id == node_id]
+
+    def _untrack(self, task: Task) -> None:
+        """Forget a task dropped from `tasks` in its node's index (call with the lock held)."""
+        ids = self._node_tasks.get(task.node_id)
+        if ids is not None:
+            ids.discard(task.task_id)
+            if not ids:
+                del self._node_tasks[task.node_id]
 
     def _remember_closed(self, task: Task, how: str) -> None:
         self._closed[task.task_id] = (task.node_id, how)
@@ -815,6 +832,7 @@ class SelectorCore:
                     for t in batch.task_ids:
                         task = self.tasks.pop(t, None)
                         if task is not None:
+                            self._untrack(task)
                             self._remember_closed(task, task.state)
                     del self.batches[bid]
             needed = {t.content_id for t in self.tasks.values() if t.state in ("pending", "announced")}

@@ -168,3 +168,52 @@ def test_a_stream_already_over_leaves_its_session_and_serves_nothing() -> None:
         assert sid not in core.sessions
     finally:
         stop.set()
+
+
+# ---- selector: each client's tasks -----------------------------------------------------------
+
+
+class _Upstream:
+    def __init__(self) -> None:
+        self.sent: list[cpb.SelectorMessage] = []
+
+    def send(self, msg: cpb.SelectorMessage) -> None:
+        self.sent.append(msg)
+
+    def failed(self) -> list[str]:
+        return [m.progress.message_id for m in self.sent if m.WhichOneof("msg") == "progress" and not m.progress.ok]
+
+
+def test_a_leaving_client_fails_its_own_open_tasks_and_no_one_elses() -> None:
+    core = SelectorCore("sel", OpenAuthenticator())
+    upstream = _Upstream()
+    core.upstream = upstream  # type: ignore[assignment]
+    core.on_welcome(cpb.Welcome(run_id=1, fab_sha256="f" * 64, fab_size=1))
+    sessions = {}
+    for name in ("a", "b", "c"):
+        sessions[name], _ = core.join(f"fdp_1_{name}", "", name)
+        core.subscribe(sessions[name])
+    core.contents["b1/0"] = b""  # already here: tasks are announced at once
+    core.on_instructions(
+        cpb.Instructions(
+            batch_id="b1",
+            aggregation=cpb.AGGREGATION_WEIGHTED_MEAN,
+            items=[
+                cpb.Instruction(message_id=f"t-{n}", node_id=s.node_id, content_id="b1/0") for n, s in sessions.items()
+            ],
+        )
+    )
+    assert {t.task_id: t.state for t in core.tasks.values()} == {
+        "t-a": "announced",
+        "t-b": "announced",
+        "t-c": "announced",
+    }
+    core.leave(sessions["b"], "gone")
+    assert upstream.failed() == ["t-b"]
+    assert (core.tasks["t-a"].state, core.tasks["t-c"].state) == ("announced", "announced")
+    # A cancelled task is no longer the client's: its leaving fails nothing more.
+    core.on_cancel(["t-a"], "round closed")
+    core.leave(sessions["a"], "gone")
+    assert upstream.failed() == ["t-b"]
+    core.leave(sessions["c"], "gone")
+    assert upstream.failed() == ["t-b", "t-c"]
