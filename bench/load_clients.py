@@ -40,6 +40,7 @@ import http.server
 import json
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -290,11 +291,11 @@ class Driver:
 
             async def heartbeats() -> AsyncIterator[spb.ClientEvent]:
                 yield spb.ClientEvent(session_id=session, heartbeat=spb.Heartbeat())
-                while True:
-                    try:
-                        await asyncio.wait_for(stop.wait(), interval)
-                        return
-                    except TimeoutError:
+                # A plain sleep: a wait_for on the stop event made a task per heartbeat, which
+                # thousands of clients on one loop pay for.
+                while not stop.is_set():
+                    await asyncio.sleep(interval)
+                    if not stop.is_set():
                         yield spb.ClientEvent(session_id=session, heartbeat=spb.Heartbeat())
 
             events = stub.Subscribe(heartbeats())
@@ -321,7 +322,10 @@ class Driver:
             for job in list(work):
                 await job
             stats.ended += 1
-            if ended and not rejoin:
+            if not ended:
+                # The real client would join again; here a lost session is a failure to report.
+                raise RuntimeError("the selector ended the session (no shutdown event)")
+            if not rejoin:
                 try:
                     await stub.Leave(spb.LeaveRequest(session_id=session, reason=ended), timeout=5.0)
                 except grpc.aio.AioRpcError:
@@ -505,6 +509,8 @@ async def _worker(cfg: dict[str, Any]) -> None:
 class _Worker:
     """One worker process as the main process sees it: its reports, in order."""
 
+    started: list[_Worker] = []
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker"],
@@ -513,6 +519,7 @@ class _Worker:
             text=True,
             cwd=REPO,
         )
+        _Worker.started.append(self)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(cfg) + "\n")
         self.proc.stdin.flush()
@@ -612,6 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         asyncio.run(_worker(json.loads(sys.stdin.readline())))
         return 0
+    # Stopped (a timeout, the operator): the federation's processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     token = secrets.token_urlsafe(24)
     credentials = make_credentials(args.clients)
     website = serve_website(credentials, token)
@@ -633,6 +642,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result["round_s"] = [r.get("seconds") for r in rounds]
                 result["coordinator_exit"] = fed.coordinator.poll()
         finally:
+            for worker in _Worker.started:
+                if worker.proc.poll() is None:
+                    worker.proc.kill()
+                    worker.proc.wait()
             fed.fleet.stop_all()
             website.shutdown()
     print(json.dumps(result, indent=1))
