@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from client_image.reach import Attempts, classify
+from fedota_common import memtune
 from fedota_common.fab import App, FabError, extract, parse_fab
 from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
 from fedota_common.payload import (
@@ -319,6 +320,9 @@ class Node:
             if not isinstance(client_app, ClientApp):
                 raise ClientError(f"{app.clientapp} in the app is not a flwr ClientApp")
             self.app, self.client_app = app, client_app
+            # The app's imports (torch, its model code) live as long as the process: keep them
+            # out of the collections run after each large payload (no payload is alive here).
+            memtune.freeze_startup_objects()
         overrides = json.loads(run.run_config_json or "{}")
         if self.context is None or self.run_id != run.run_id:
             try:

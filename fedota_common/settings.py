@@ -144,9 +144,10 @@ def service_main(
     argv: Sequence[str] | None,
 ) -> int:
     """The one place a service reads its environment: settings, logging, then run."""
-    from fedota_common import astlock, logs
+    from fedota_common import astlock, logs, memtune
 
     astlock.install()
+    memtune.install()
 
     try:
         settings = from_env(os.environ, argv)
