@@ -19,6 +19,7 @@ from typing import Any
 from client_image import exits
 from client_image.contract import ContractSpecError, DataContractError, check_or_raise
 from client_image.runner import WITHDRAWN, ClientError, FederationLost, Node, NodeSetup
+from fedota_common import payload
 from fedota_common.settings import Key, boolean, load, non_negative_int, positive_float, service_main
 
 log = logging.getLogger("client")
@@ -216,6 +217,8 @@ def run(settings: Settings) -> int:
         if not selectors:
             raise ClientError("no selector given: pass --selector host:port or a join bundle with 'selectors'")
         root_certificates = _trust(settings, bundle)
+        # Over TLS every record is authenticated: replies go without a hash of their own.
+        payload.send_digests(root_certificates is None)
         node_config = _node_config(settings, bundle)
         partition_id, num_partitions = node_config.pop("partition-id"), node_config.pop("num-partitions")
         if "data-path" in node_config:

@@ -42,7 +42,7 @@ from coordinator.resume import capture
 from fedota_common.aggregate import ModelSpec, model_spec
 from fedota_common.payload import (
     WireContent,
-    content_sha256,
+    content_digest,
     encode_segments,
     payload_to_message,
     release_cycles,
@@ -355,7 +355,7 @@ class SelectorTierGrid(Grid):
                 contents[cid] = data
                 # Replies are checked against the arrays sent (headers only: no copy).
                 models[cid] = model_spec(msg.content) if msg.has_content() else ()
-                by_object[key] = (cid, content_sha256(data), len(data))
+                by_object[key] = (cid, content_digest(data), len(data))
                 # Last round's messages and replies (Flower RecordDicts are
                 # reference cycles) are unreachable by now; free them before
                 # this round's results arrive.

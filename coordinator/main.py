@@ -21,6 +21,7 @@ from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
 from coordinator.roster import RosterPoller
 from coordinator.rounds import RoundTracker, SecAggWatch
 from coordinator.servicer import CoordinatorServicer
+from fedota_common import payload
 from fedota_common import tls as tlsconf
 from fedota_common.fab import FabError, extract, load_app
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
@@ -236,6 +237,8 @@ def run(settings: Settings) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Over TLS every record is authenticated: contents go without a hash of their own.
+    payload.send_digests(server_tls is None)
     if server_tls is None:
         tlsconf.warn_insecure(log, "selectors connect over plaintext gRPC and need no token")
     state_dir = settings.state_dir.resolve()

@@ -40,6 +40,7 @@ from fedota_common.payload import (
     WireRecords,
     assemble,
     check_header,
+    content_digest,
     iter_chunks,
     parse_content,
     reply_size_limit,
@@ -708,7 +709,7 @@ class SelectorCore:
         content: Content | Iterator[bytes],
     ) -> None:
         assert self.upstream is not None
-        source = iter_chunks(content) if isinstance(content, (bytes, bytearray)) else content
+        source = iter_chunks(content) if isinstance(content, (bytes, bytearray, memoryview)) else content
         checked = _Checked(header.content_size, header.content_sha256, source)
         try:
             res = self._push_forward(batch, task, node_id, header, iter(checked))
@@ -795,7 +796,7 @@ class SelectorCore:
             header = payload_pb2.PayloadHeader(
                 metadata=batch.first_metadata,
                 content_size=len(content),
-                content_sha256=content.sha256(),
+                content_sha256=content_digest(content),
             )
         try:
             self.upstream.push_result(
@@ -901,7 +902,8 @@ class _Checked:
         self.error: PayloadError | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        digest = hashlib.sha256()
+        # A reply sent without its hash (over TLS, see `payload.send_digests`) is not hashed here.
+        digest = hashlib.sha256() if self.sha256 else None
         got = 0
         held: bytes | None = None
         try:
@@ -911,13 +913,14 @@ class _Checked:
                 got += len(data)
                 if got > self.size:
                     raise PayloadError(f"received more than the announced {self.size} bytes of content")
-                digest.update(data)
+                if digest is not None:
+                    digest.update(data)
                 if held is not None:
                     yield held
                 held = data
             if got != self.size:
                 raise PayloadError(f"content truncated: got {got} of {self.size} bytes")
-            if self.sha256 and digest.hexdigest() != self.sha256:
+            if digest is not None and digest.hexdigest() != self.sha256:
                 raise PayloadError("content checksum mismatch")
             if held is not None:
                 yield held

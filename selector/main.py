@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedota_common import payload
 from fedota_common import tls as tlsconf
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
 from fedota_common.replies import FLOWER, ReplyPolicy, reply_policy
@@ -122,6 +123,8 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Contents go without a hash of their own only when both links authenticate every record.
+    payload.send_digests(server_tls is None or coordinator_ca is None)
     if server_tls is None:
         tlsconf.warn_insecure(log, "clients and the coordinator are reached over plaintext gRPC")
     auth = RosterAuthenticator()

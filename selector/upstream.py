@@ -78,7 +78,7 @@ class CoordinatorLink:
     def push_result(self, header: cpb.ResultHeader, content: WireContent | Iterator[bytes]) -> cpb.PushResultResponse:
         header.selector_id = self.core.selector_id
         header.token = self.token
-        chunks = iter_chunks(content) if isinstance(content, (bytes, bytearray, Segments)) else content
+        chunks = iter_chunks(content) if isinstance(content, (bytes, bytearray, memoryview, Segments)) else content
 
         def parts() -> Iterator[cpb.ResultPart]:
             yield cpb.ResultPart(header=header)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,10 +16,12 @@ from fedota_common.payload import (
     Assembler,
     PayloadError,
     assemble,
+    content_digest,
     decode_content,
     iter_chunks,
     message_to_payload,
     payload_to_message,
+    send_digests,
 )
 
 
@@ -234,3 +238,37 @@ def test_release_cycles_frees_a_dropped_recorddict() -> None:
         assert ref() is None
     finally:
         gc.enable()
+
+
+@pytest.fixture
+def no_digests() -> Iterator[None]:
+    send_digests(False)
+    yield None
+    send_digests(True)
+
+
+def test_a_content_sent_over_tls_goes_without_its_hash_and_still_arrives_whole(no_digests: object) -> None:
+    msg = _message(600_000)
+    payload = message_to_payload(msg)  # type: ignore[arg-type]
+    assert payload.header.content_sha256 == "" and payload.header.content_size > CHUNK_SIZE
+    content = assemble(payload.header.content_size, "", iter_chunks(payload.content))
+    back = payload_to_message(payload.header, content)
+    np.testing.assert_array_equal(back.content["arrays"]["w"].numpy(), np.arange(600_000, dtype=np.float32))
+    # The size is still checked without a hash.
+    asm = Assembler(payload.header.content_size, "")
+    asm.add(next(iter_chunks(payload.content)))
+    with pytest.raises(PayloadError, match="truncated"):
+        asm.finish()
+
+
+def test_a_plaintext_sender_hashes_what_it_sends() -> None:
+    payload = message_to_payload(_message(10))  # type: ignore[arg-type]
+    assert payload.header.content_sha256 == hashlib.sha256(bytes(payload.content.tobytes())).hexdigest()  # type: ignore[union-attr]
+    assert content_digest(b"") == ""
+
+
+def test_an_assembled_content_is_the_buffer_it_was_gathered_in() -> None:
+    data = np.arange(3 * CHUNK_SIZE // 4, dtype=np.float32).tobytes()
+    content = assemble(len(data), hashlib.sha256(data).hexdigest(), iter_chunks(data))
+    assert isinstance(content, memoryview) and content.readonly is False
+    assert bytes(content) == data and len(content) == len(data)
