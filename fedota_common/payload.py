@@ -555,7 +555,7 @@ class Assembler:
         # the kernel for huge pages. A 100 MB bytearray cost 0.11 s to zero and fault in before
         # the first chunk arrived (np.empty + filling it: 0.02 s), on every hop of every round.
         self._buf = np.empty(size, dtype=np.uint8)
-        self._view = memoryview(self._buf).cast("B")
+        self._view = self._buf.data.cast("B")
         self._pos = 0
         # A content sent without its hash (over TLS, see `send_digests`) is not hashed here either.
         self._sha = hashlib.sha256() if sha256 else None

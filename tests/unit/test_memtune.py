@@ -1,16 +1,9 @@
-"""A service process keeps chunk-sized buffers for reuse and its start-up objects out of collections."""
+"""A service process keeps its start-up objects out of garbage collections, and collects the rest."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-
-from fedota_common import memtune
-
-
-def test_glibc_takes_the_thresholds() -> None:
-    # This machine's C library is glibc: mallopt exists and accepts both settings.
-    assert memtune.tune_malloc() is True
 
 
 def test_frozen_start_up_objects_are_left_out_of_collections() -> None:
