@@ -14,6 +14,7 @@ its own prefix (`fdbench`), so it never touches a running installation.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -61,6 +62,8 @@ def main() -> None:
             selector_ports=tuple(range(first, first + args.selectors)),
         )
 
+    # This machine is shared: a figure means little without the load it was taken under.
+    print("load average (1, 5, 15 min) at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     ids = list(range(1, args.problems + 1))
     ups, downs = [], []
     with ThreadPoolExecutor(max_workers=len(ids)) as pool:
@@ -81,6 +84,7 @@ def main() -> None:
         f"(max {max(ups):.2f}), stop {statistics.median(downs):.2f} s (max {max(downs):.2f}); "
         f"{args.problems} problem(s) × (1 coordinator + {args.selectors} selectors)"
     )
+    print("load average (1, 5, 15 min) at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
