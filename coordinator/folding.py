@@ -23,6 +23,7 @@ that calls the Grid itself.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from types import FrameType
@@ -83,10 +84,27 @@ def _own(strategy: Any, name: str, allowed: frozenset[Any]) -> bool:
     return getattr(type(strategy), name, None) in allowed
 
 
+def _local(frame: FrameType, name: str) -> Any:
+    """One local variable of a running function's frame, without holding on to the others.
+
+    Before Python 3.13, `frame.f_locals` copies every local into a dict that
+    the frame keeps until it ends or is read again. Read from `Strategy.start`
+    while round r is sent, it kept round r-1's replies (`train_replies`) alive
+    through round r's aggregation: one more model at the coordinator's peak.
+    The copy is emptied again; a function's frame only caches its locals there
+    (a tracer refreshes the dict before it reads it).
+    """
+    snapshot = frame.f_locals
+    value = snapshot.get(name)
+    if type(snapshot) is dict and frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+        snapshot.clear()
+    return value
+
+
 def strategy_of(caller: FrameType | None) -> Any:
     """The Message-API strategy whose `start` is `caller`, or None."""
     if caller is not None and caller.f_code is _START:
-        return caller.f_locals.get("self")
+        return _local(caller, "self")
     return None
 
 
@@ -135,9 +153,9 @@ def folding_for(caller: FrameType | None, message_type: str) -> Folding:
         return Folding(False, "", "pushed by the ServerApp itself", strategy_round=False)
     code = caller.f_code
     if code is _START:
-        return _message_api(caller.f_locals.get("self"), message_type)
+        return _message_api(_local(caller, "self"), message_type)
     if code is _LEGACY_FIT_CALLER or code is _LEGACY_EVALUATE_CALLER:
-        context = caller.f_locals.get("context")
+        context = _local(caller, "context")
         return _compat_api(getattr(context, "strategy", None), message_type)
     where = f"{code.co_name} ({caller.f_globals.get('__name__', '?')})"
     return Folding(False, "", f"sent by {where}, not by a Flower strategy's round", strategy_round=False)

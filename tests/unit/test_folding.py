@@ -7,6 +7,7 @@ A Grid that only records `folding_for` of its caller is driven by Flower's own
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ from flwr.server import strategy as legacy
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
-from coordinator.folding import Folding, _compat_api, folding_for
+from coordinator.folding import Folding, _compat_api, _local, folding_for
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -179,3 +180,21 @@ def legacy_params() -> Any:
     from flwr.common import ndarrays_to_parameters
 
     return ndarrays_to_parameters([np.zeros(3, dtype=np.float32)])
+
+
+def test_reading_the_strategy_from_its_frame_keeps_none_of_its_other_locals_alive() -> None:
+    # Strategy.start's frame holds last round's replies while the next round is sent; a
+    # snapshot of its locals kept them (a model's worth) alive through the next aggregation.
+    class Replies(list[object]):
+        pass
+
+    def start() -> None:
+        train_replies: Replies | None = Replies()
+        gone = weakref.ref(train_replies)
+        frame = sys._getframe()
+        assert _local(frame, "train_replies") is train_replies
+        train_replies = None  # the next round's replies replace them
+        assert gone() is None
+        del frame
+
+    start()
