@@ -2,10 +2,12 @@
 
     python bench/transport.py                        # 200 MiB over TLS, 1 MiB chunks, as the services do
     python bench/transport.py --plaintext            # the same without TLS
-    python bench/transport.py --chunk-kib 4096       # 4 MiB chunks
+    python bench/transport.py --protobuf             # chunk parts through the generated classes (before chunkwire)
 
 A server process streams `--mb` MiB to a client process as the selector serves a task
-(`TaskPart` messages, each one chunk of `--chunk-kib` KiB), with the services' channel
+(`TaskPart` messages, each one chunk of 1 MiB, framed from views of the content and read
+as views of the parts, `fedota_common.chunkwire`; with `--protobuf` built and parsed by the
+generated classes, as before chunkwire), with the services' channel
 options (`fedota_common.grpcutil.OPTIONS`) and, unless `--plaintext`, TLS with a certificate
 from the project's own CA code. The client assembles the chunks as a client does
 (`payload.Assembler`). Both ends report their process's CPU time (user + system, all
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import socket
 import statistics
@@ -32,9 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 
 from fedota_common import grpcutil, pki  # noqa: E402
-from fedota_common.payload import Assembler  # noqa: E402
+from fedota_common.chunkwire import chunk_data, frame_chunk, part_reader  # noqa: E402
+from fedota_common.payload import Assembler, iter_chunks, iter_views  # noqa: E402
 from protos.payload.v1 import payload_pb2  # noqa: E402
 from protos.selector.v1 import selector_pb2 as spb  # noqa: E402
 
@@ -47,29 +50,18 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _options(chunk: int) -> list[tuple[str, int]]:
-    limit = max(grpcutil.OPTIONS[0][1], chunk + (64 << 10))
-    return [
-        *(
-            o
-            for o in grpcutil.OPTIONS
-            if o[0] not in ("grpc.max_send_message_length", "grpc.max_receive_message_length")
-        ),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.max_receive_message_length", limit),
-    ]
-
-
 def serve(args: argparse.Namespace) -> None:
-    chunk = args.chunk_kib << 10
-    data = os.urandom(chunk)
-    count = (args.mb << 20) // chunk
+    content = np.random.default_rng(0).integers(0, 255, args.mb << 20, dtype=np.uint8)
     mark = [_cpu()]
 
     def stream(_request: bytes, _context: grpc.ServicerContext) -> object:
         mark[0] = _cpu()
-        for _ in range(count):
-            yield spb.TaskPart(chunk=payload_pb2.Chunk(data=data)).SerializeToString()
+        if args.protobuf:
+            for chunk in iter_chunks(memoryview(content)):
+                yield spb.TaskPart(chunk=payload_pb2.Chunk(data=chunk)).SerializeToString()
+        else:
+            for view in iter_views(memoryview(content)):
+                yield frame_chunk(view)
 
     def cpu(_request: bytes, _context: grpc.ServicerContext) -> bytes:
         return json.dumps(_cpu() - mark[0]).encode()
@@ -81,7 +73,7 @@ def serve(args: argparse.Namespace) -> None:
             "Cpu": grpc.unary_unary_rpc_method_handler(cpu),
         },
     )
-    server = grpc.server(futures.ThreadPoolExecutor(4), options=_options(chunk))
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=grpcutil.OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     if args.plaintext:
         server.add_insecure_port(f"127.0.0.1:{args.port}")
@@ -105,19 +97,21 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     argv = [sys.executable, __file__, "--serve", "--port", str(port), "--certs", str(certs)]
-    argv += ["--mb", str(args.mb), "--chunk-kib", str(args.chunk_kib)]
+    argv += ["--mb", str(args.mb)]
     argv += ["--plaintext"] if args.plaintext else []
+    argv += ["--protobuf"] if args.protobuf else []
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         target = f"127.0.0.1:{port}"
-        opts = _options(args.chunk_kib << 10)
+        opts = grpcutil.OPTIONS
         ch = (
             grpc.insecure_channel(target, options=opts)
             if args.plaintext
             else grpc.secure_channel(target, grpc.ssl_channel_credentials(ca_cert.encode()), options=opts)
         )
-        stream = ch.unary_stream(METHOD, response_deserializer=spb.TaskPart.FromString)
+        reader = spb.TaskPart.FromString if args.protobuf else part_reader(spb.TaskPart)
+        stream = ch.unary_stream(METHOD, response_deserializer=reader)
         cpu = ch.unary_unary(CPU_METHOD)
         size = args.mb << 20
         rows = []
@@ -125,7 +119,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
             started, wall = _cpu(), time.perf_counter()
             asm = Assembler(size, "")
             for part in stream(b""):
-                asm.add(part.chunk.data)
+                data = chunk_data(part)
+                assert data is not None
+                asm.add(data)
             content = asm.finish()
             assert len(content) == size
             del content
@@ -148,7 +144,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=200, help="MiB streamed per repeat")
-    parser.add_argument("--chunk-kib", type=int, default=1024)
+    parser.add_argument("--protobuf", action="store_true", help="chunk parts through the generated classes")
     parser.add_argument("--plaintext", action="store_true", help="no TLS")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -163,7 +159,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedota-transport-") as tmp:
         got = measure(args, Path(tmp))
     print(
-        f"{args.mb} MiB, {args.chunk_kib} KiB chunks, {'plaintext' if args.plaintext else 'TLS'}: "
+        f"{args.mb} MiB, {'plaintext' if args.plaintext else 'TLS'}, {'protobuf' if args.protobuf else 'chunkwire'}: "
         f"sender {got['sender']:.2f} + receiver {got['receiver']:.2f} = {got['sender'] + got['receiver']:.2f} "
         f"CPU-s/GiB, {got['wall']:.3f} s wall (median of {args.repeats})"
     )

@@ -22,13 +22,13 @@ from typing import Any
 import grpc
 
 from client_image.reach import Attempts, classify
-from fedota_common import memtune
+from fedota_common import chunkwire, memtune
 from fedota_common.fab import App, FabError, extract, parse_fab
 from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
 from fedota_common.payload import (
     Assembler,
     Payload,
-    iter_chunks,
+    iter_views,
     message_to_payload,
     payload_to_message,
     release_cycles,
@@ -263,7 +263,7 @@ class Node:
 
     def _session(self, target: str) -> RunEnd:
         with channel(target, self.setup.root_certificates) as ch:
-            stub = selector_pb2_grpc.SelectorStub(ch)
+            stub = chunkwire.selector_stub(ch)
             try:
                 joined: spb.JoinResponse = stub.Join(
                     spb.JoinRequest(
@@ -429,11 +429,12 @@ class Node:
         header: payload_pb2.PayloadHeader | None = None
         asm: Assembler | None = None
         for part in parts:
-            if part.WhichOneof("part") == "header":
+            data = chunkwire.chunk_data(part)
+            if data is None:
                 header = part.header
                 asm = Assembler(header.content_size, header.content_sha256)
             elif asm is not None:
-                asm.add(part.chunk.data)
+                asm.add(data)
         if header is None or asm is None:
             raise ClientError("the selector sent a task without a header")
         message = payload_to_message(header, asm.finish())
@@ -456,10 +457,10 @@ class Node:
         payload = message_to_payload(reply)
         del reply, message
 
-        def upload(result: Payload) -> Iterator[spb.ResultPart]:
+        def upload(result: Payload) -> Iterator[spb.ResultPart | bytes]:
             yield spb.ResultPart(header=spb.ResultHeader(session_id=session, task_id=task_id, payload=result.header))
-            for chunk in iter_chunks(result.content):
-                yield spb.ResultPart(chunk=payload_pb2.Chunk(data=chunk))
+            for view in iter_views(result.content):
+                yield chunkwire.frame_chunk(view)
 
         res: spb.PushResultResponse = stub.PushResult(upload(payload), timeout=TRANSFER_DEADLINE)
         uploaded = time.monotonic() - received - app_seconds

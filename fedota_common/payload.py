@@ -153,8 +153,11 @@ class Segments:
             digest.update(part)
         return digest.hexdigest()
 
-    def chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """Chunks of at most `chunk_size` bytes; only one chunk is materialised at a time."""
+    def chunks(self, chunk_size: int = CHUNK_SIZE, *, views: bool = False) -> Iterator[bytes | memoryview]:
+        """Chunks of at most `chunk_size` bytes; only one chunk is materialised at a time.
+
+        `views`: a chunk that lies whole in one segment is a view of it, not a copy.
+        """
         pending = bytearray()
         for part in self.parts:
             view = memoryview(part)
@@ -162,7 +165,7 @@ class Segments:
             while pos < len(view):
                 take = min(chunk_size - len(pending), len(view) - pos)
                 if not pending and take == chunk_size:
-                    yield bytes(view[pos : pos + take])
+                    yield view[pos : pos + take] if views else bytes(view[pos : pos + take])
                 else:
                     pending += view[pos : pos + take]
                     if len(pending) == chunk_size:
@@ -537,12 +540,22 @@ def npy_view(array: WireArray) -> np.ndarray[Any, Any]:
 
 def iter_chunks(data: WireContent, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Yield chunks of `data` of at most `chunk_size` bytes (no copy of the whole)."""
+    for chunk in iter_views(data, chunk_size):
+        yield chunk if isinstance(chunk, bytes) else bytes(chunk)
+
+
+def iter_views(data: WireContent, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes | memoryview]:
+    """Chunks of `data` of at most `chunk_size` bytes, as views where they lie whole in one buffer.
+
+    For a sender that copies each chunk anyway (`chunkwire.frame_chunk`); a view is valid as
+    long as `data` is.
+    """
     if isinstance(data, Segments):
-        yield from data.chunks(chunk_size)
+        yield from data.chunks(chunk_size, views=True)
         return
-    view = memoryview(data)
+    view = memoryview(data).cast("B")
     for start in range(0, len(view), chunk_size):
-        yield bytes(view[start : start + chunk_size])
+        yield view[start : start + chunk_size]
 
 
 class Assembler:
@@ -561,7 +574,7 @@ class Assembler:
         self._sha = hashlib.sha256() if sha256 else None
         self._expected_sha = sha256
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | memoryview) -> None:
         """Append one chunk."""
         if len(data) > CHUNK_SIZE:
             raise PayloadError(f"chunk of {len(data)} bytes exceeds the limit of {CHUNK_SIZE} bytes per chunk")

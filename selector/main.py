@@ -13,13 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedota_common import payload
+from fedota_common import chunkwire, payload
 from fedota_common import tls as tlsconf
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
 from fedota_common.replies import FLOWER, ReplyPolicy, reply_policy
 from fedota_common.settings import Key, SettingsError, load, positive_float, service_main
 from protos.coordinator.v1 import coordinator_pb2 as cpb
-from protos.selector.v1 import selector_pb2_grpc
 from selector.auth import RosterAuthenticator
 from selector.core import SelectorCore
 from selector.servicer import FabSource, SelectorServicer
@@ -143,7 +142,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     # client at once refused the transfers beyond the first 16 (RESOURCE_EXHAUSTED) and those
     # tasks failed. The pool starts threads only as calls need them.
     server = make_server(2 * settings.max_clients + 16)
-    selector_pb2_grpc.add_SelectorServicer_to_server(SelectorServicer(core, FabSource(core, link.fetch_fab)), server)
+    chunkwire.add_selector_servicer(SelectorServicer(core, FabSource(core, link.fetch_fab)), server)
     add_health(server, "protos.selector.v1.Selector")
     bound = bind_with_health(server, settings.listen, settings.health_listen, server_tls)
     if bound is None:

@@ -10,8 +10,9 @@ from typing import NoReturn
 
 import grpc
 
+from fedota_common.chunkwire import chunk_data, frame_chunk
 from fedota_common.grpcutil import abort
-from fedota_common.payload import MAX_FRAME, PayloadError, iter_chunks
+from fedota_common.payload import MAX_FRAME, PayloadError, iter_chunks, iter_views
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -105,7 +106,8 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         while (event := session.outbox.get()) is not None:
             yield event
 
-    def PullTask(self, request: spb.PullTaskRequest, context: grpc.ServicerContext) -> Iterator[spb.TaskPart]:
+    def PullTask(self, request: spb.PullTaskRequest, context: grpc.ServicerContext) -> Iterator[spb.TaskPart | bytes]:
+        """The task's header, then its content as chunk parts framed by hand (`chunkwire`)."""
         try:
             session = self.core.session(request.session_id)
             task, content = self.core.task_for(session, request.task_id)
@@ -119,25 +121,27 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
                 content_sha256=task.content_sha256,
             )
         )
-        for chunk in iter_chunks(content):
-            yield spb.TaskPart(chunk=payload_pb2.Chunk(data=chunk))
+        for view in iter_views(content):
+            yield frame_chunk(view)
 
     def PushResult(
-        self, request_iterator: Iterator[spb.ResultPart], context: grpc.ServicerContext
+        self, request_iterator: Iterator[spb.ResultPart | memoryview], context: grpc.ServicerContext
     ) -> spb.PushResultResponse:
+        """A result's header, then its chunks, read as views of the received parts (`chunkwire`)."""
         first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
+        if not isinstance(first, spb.ResultPart) or first.WhichOneof("part") != "header":
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the result header")
         header = first.header
 
-        def chunks() -> Iterator[bytes]:
+        def chunks() -> Iterator[bytes | memoryview]:
             got = 0
             try:
                 for part in request_iterator:
-                    if part.WhichOneof("part") != "chunk":
+                    data = chunk_data(part)
+                    if data is None:
                         raise PayloadError("only chunks may follow the header")
-                    got += len(part.chunk.data)
-                    yield part.chunk.data
+                    got += len(data)
+                    yield data
             except grpc.RpcError as exc:
                 # gRPC ends the stream without saying why; its status already went to the client.
                 raise PayloadError(

@@ -83,7 +83,8 @@ class CoordinatorLink:
         def parts() -> Iterator[cpb.ResultPart]:
             yield cpb.ResultPart(header=header)
             for chunk in chunks:
-                yield cpb.ResultPart(chunk=payload_pb2.Chunk(data=chunk))
+                # A client's chunk arrives as a view of its part (`chunkwire`); protobuf takes bytes.
+                yield cpb.ResultPart(chunk=payload_pb2.Chunk(data=chunk if isinstance(chunk, bytes) else bytes(chunk)))
 
         response: cpb.PushResultResponse = self.stub.PushResult(parts(), timeout=TRANSFER_DEADLINE)
         return response

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from client_image.runner import Node, NodeSetup, RunEnd
+from fedota_common.chunkwire import add_selector_servicer
 from fedota_common.fab import load_app
 from fedota_common.grpcutil import bind, make_server
 from protos.coordinator.v1 import coordinator_pb2 as cpb
-from protos.selector.v1 import selector_pb2_grpc
 from selector.core import OpenAuthenticator, SelectorCore
 from selector.servicer import FabSource, SelectorServicer
 
@@ -38,9 +38,7 @@ def selector() -> Iterator[Live]:
     core = SelectorCore("sel", OpenAuthenticator())
     core.on_welcome(cpb.Welcome(run_id=7, fab_sha256=ECHO.sha256, fab_size=len(ECHO.content)))
     server = make_server(16)
-    selector_pb2_grpc.add_SelectorServicer_to_server(
-        SelectorServicer(core, FabSource(core, lambda: ECHO.content)), server
-    )
+    add_selector_servicer(SelectorServicer(core, FabSource(core, lambda: ECHO.content)), server)
     address = bind(server, "127.0.0.1:0")
     assert address is not None
     server.start()

@@ -29,6 +29,7 @@ from coordinator.grid import GridPolicy, SelectorTierGrid
 from coordinator.hub import Hub, Result
 from coordinator.rounds import RoundTracker
 from fedota_common.aggregate import REJECTED, check_reply, model_spec
+from fedota_common.chunkwire import add_selector_servicer
 from fedota_common.grpcutil import bind, channel, make_server
 from fedota_common.payload import (
     PayloadError,
@@ -347,7 +348,7 @@ def test_a_stalled_upload_over_real_grpc_is_cancelled_and_the_next_reply_is_fold
     sel = Selector()
     sel.core.upload_limits = {"idle": 0.5, "min_rate": 100.0, "grace": 30.0}
     server = make_server(8)
-    selector_pb2_grpc.add_SelectorServicer_to_server(SelectorServicer(sel.core, FabSource(sel.core, bytes)), server)
+    add_selector_servicer(SelectorServicer(sel.core, FabSource(sel.core, bytes)), server)
     address = bind(server, "127.0.0.1:0")
     assert address is not None
     server.start()

@@ -1,0 +1,145 @@
+"""Chunk parts framed and read by hand between clients and selectors: the model's bytes copied once a side.
+
+A task travels to a client as `TaskPart` messages and a reply back as `ResultPart`s, each
+after its header a `Chunk` of up to 1 MiB. Through protobuf a chunk's bytes were copied
+four times by the sender (sliced out of the model, into the `Chunk`, into the part, into
+the serialised message) and three times by the receiver (parsed, `.data`, assembled), and
+those copies were a quarter of a hop's CPU (`bench/transport.py` under `perf`). Here a
+chunk part is framed straight from a view of the model (one copy) and read as a view of
+the received message (no copy until the assembler's own). The bytes on the wire are
+exactly protobuf's (a test checks them both ways), so a peer that uses the generated
+classes, an older client or the load generator, is served and read the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message as ProtoMessage
+
+from protos.selector.v1 import selector_pb2 as spb
+from protos.selector.v1 import selector_pb2_grpc
+
+# `TaskPart.chunk` and `ResultPart.chunk` (selector.proto); `Chunk.data` is field 1.
+CHUNK_FIELD = 2
+_LEN = 2  # protobuf's wire type for length-delimited fields
+_DATA_TAG = bytes([(1 << 3) | _LEN])
+_SELECTOR = "protos.selector.v1.Selector"
+
+P = TypeVar("P", bound=ProtoMessage)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while pos < len(buf) and shift < 64:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return -1, pos
+
+
+def frame_chunk(data: bytes | memoryview, field: int = CHUNK_FIELD) -> bytes:
+    """A part whose field `field` is `Chunk(data=data)`, serialised as protobuf does, in one copy of `data`."""
+    n = len(data)
+    inner = _DATA_TAG + _varint(n) if n else b""
+    return b"".join((bytes([(field << 3) | _LEN]) + _varint(len(inner) + n) + inner, data))
+
+
+def chunk_view(raw: bytes, field: int = CHUNK_FIELD) -> memoryview | None:
+    """The data of a part that is one chunk and nothing else, as a view of `raw`; None for any other part."""
+    buf = memoryview(raw)
+    if not len(buf) or buf[0] != (field << 3) | _LEN:
+        return None
+    size, pos = _read_varint(buf, 1)
+    if size < 0 or pos + size != len(buf):
+        return None
+    if size == 0:
+        return buf[pos:pos]
+    if buf[pos] != _DATA_TAG[0]:
+        return None
+    n, start = _read_varint(buf, pos + 1)
+    if n < 0 or start + n != len(buf):
+        return None
+    return buf[start:]
+
+
+def part_reader(cls: type[P]) -> Callable[[bytes], memoryview | P]:
+    """A gRPC deserializer: chunk parts as views, anything else parsed as `cls` (the header)."""
+
+    def read(raw: bytes) -> memoryview | P:
+        view = chunk_view(raw)
+        return view if view is not None else cls.FromString(raw)
+
+    return read
+
+
+def serialize_part(part: bytes | ProtoMessage) -> bytes:
+    """A gRPC serializer for a stream of framed chunks (bytes) and parts built as messages."""
+    return part if isinstance(part, bytes) else part.SerializeToString()
+
+
+def chunk_data(part: memoryview | ProtoMessage) -> memoryview | bytes | None:
+    """A part's chunk bytes, or None when it is not a chunk (a header).
+
+    Part readers give a chunk as a view of the received message, any other part parsed.
+    """
+    if isinstance(part, memoryview):
+        return part
+    if part.WhichOneof("part") == "chunk":  # a chunk protobuf serialised otherwise (e.g. with unknown fields)
+        data: bytes = part.chunk.data
+        return data
+    return None
+
+
+def selector_stub(channel: grpc.Channel) -> selector_pb2_grpc.SelectorStub:
+    """The generated stub, with PullTask read and PushResult sent through the chunk framing."""
+    stub = selector_pb2_grpc.SelectorStub(channel)
+    stub.PullTask = channel.unary_stream(  # type: ignore[method-assign]
+        f"/{_SELECTOR}/PullTask",
+        request_serializer=spb.PullTaskRequest.SerializeToString,
+        response_deserializer=part_reader(spb.TaskPart),
+    )
+    stub.PushResult = channel.stream_unary(  # type: ignore[method-assign]
+        f"/{_SELECTOR}/PushResult",
+        request_serializer=serialize_part,
+        response_deserializer=spb.PushResultResponse.FromString,
+    )
+    return stub
+
+
+class _Handlers:
+    """Stands in for a server to catch the handlers the generated code registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, _service: str, handlers: dict[str, Any]) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_selector_servicer(servicer: selector_pb2_grpc.SelectorServicer, server: grpc.Server) -> None:
+    """Register the selector's servicer as the generated code does, PullTask and PushResult framed by hand."""
+    caught = _Handlers()
+    selector_pb2_grpc.add_SelectorServicer_to_server(servicer, caught)
+    handlers = caught.handlers
+    handlers["PullTask"] = handlers["PullTask"]._replace(response_serializer=serialize_part)
+    handlers["PushResult"] = handlers["PushResult"]._replace(request_deserializer=part_reader(spb.ResultPart))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SELECTOR, handlers),))
+    server.add_registered_method_handlers(_SELECTOR, handlers)
