@@ -456,7 +456,8 @@ class RoundTracker:
                 old.unlink(missing_ok=True)
 
 
-# Run by `npz_to_pt` in a child process. Same keys and order as Flower's
+# Run by `npz_to_pt` in one child process: it imports torch once, then converts each
+# "<npz>\t<pt>" line it reads and answers "ok" or the error. Same keys and order as Flower's
 # `ArrayRecord.to_torch_state_dict()`: the .npz holds the arrays in the record's order.
 _TO_PT = """
 import collections, os, sys
@@ -465,14 +466,80 @@ try:
     import torch
 except ImportError:
     sys.exit(3)
-npz, pt = sys.argv[1], sys.argv[2]
-with np.load(npz, allow_pickle=False) as arrays:
-    state = collections.OrderedDict((k, torch.from_numpy(arrays[k])) for k in arrays.files)
-torch.save(state, pt + ".tmp")
-os.replace(pt + ".tmp", pt)
+for line in sys.stdin:
+    npz, pt = line.rstrip("\\n").split("\\t")
+    try:
+        with np.load(npz, allow_pickle=False) as arrays:
+            state = collections.OrderedDict((k, torch.from_numpy(arrays[k])) for k in arrays.files)
+        torch.save(state, pt + ".tmp")
+        del state
+        os.replace(pt + ".tmp", pt)
+        print("ok", flush=True)
+    except Exception as exc:
+        print(repr(exc).replace("\\n", " "), flush=True)
 """
 TO_PT_TIMEOUT = 1800.0
 NO_TORCH = "torch is not installed"
+
+
+class _PtConverter:
+    """The child process that writes .pt files, started on first use and kept for the next.
+
+    Importing torch takes a child Python seconds of CPU (more on a busy machine): one child
+    per checkpoint made a run's uploads fall minutes behind its rounds, and the coordinator's
+    exit cut off what was still queued. The child ends when the coordinator does (its stdin
+    closes).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def convert(self, npz: Path, pt: Path) -> str:
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                try:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-c", _TO_PT],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                        text=True,
+                    )
+                except OSError as exc:
+                    return str(exc)
+            proc = self.proc
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(f"{npz}\t{pt}\n")
+                proc.stdin.flush()
+            except OSError:
+                pass  # it exited: its exit code says why
+            answer = _read_line(proc.stdout, TO_PT_TIMEOUT)
+            if answer == "ok":
+                return ""
+            pt.with_name(pt.name + ".tmp").unlink(missing_ok=True)
+            if answer is None:
+                if proc.poll() is None:
+                    proc.kill()
+                if proc.wait() == 3:
+                    return NO_TORCH
+                return f"the converter exited with code {proc.returncode}"
+            return answer
+
+
+def _read_line(stream: IO[str], timeout: float) -> str | None:
+    """A line from `stream` without its newline; None at its end or after `timeout` seconds."""
+    import select
+
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        return None
+    line = stream.readline()
+    return line.rstrip("\n") if line else None
+
+
+_CONVERTER = _PtConverter()
 
 
 def npz_to_pt(npz: Path, pt: Path) -> str:
@@ -480,25 +547,9 @@ def npz_to_pt(npz: Path, pt: Path) -> str:
 
     In a child process: importing torch costs the coordinator about 175 MiB for
     the rest of its life, and converting holds the model once more; both are
-    the child's and end with it. Without torch there is no .pt (it is optional).
+    the child's. Without torch there is no .pt (it is optional).
     """
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _TO_PT, str(npz), str(pt)],
-            capture_output=True,
-            text=True,
-            timeout=TO_PT_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    if proc.returncode == 3:
-        return NO_TORCH
-    if proc.returncode != 0:
-        pt.with_name(pt.name + ".tmp").unlink(missing_ok=True)
-        lines = proc.stderr.strip().splitlines()
-        return lines[-1] if lines else f"exit code {proc.returncode}"
-    return ""
+    return _CONVERTER.convert(npz, pt)
 
 
 def _round_of(path: Path) -> int | None:

@@ -133,3 +133,21 @@ def test_a_model_array_that_is_not_plain_numbers_is_not_checkpointed(tmp_path: P
     with pytest.raises(ValueError, match="not a plain numeric .npy buffer"):
         _save_npz(tmp_path / "round_0001.npz", ArrayRecord({"w": bad}))
     assert not (tmp_path / "round_0001.npz").exists()
+
+
+def test_checkpoints_are_converted_to_pt_by_one_child_that_survives_a_bad_file(tmp_path: Path) -> None:
+    import torch
+
+    from coordinator import rounds
+
+    for i in range(2):
+        np.savez(tmp_path / f"r{i}.npz", w=np.arange(4.0) * i, b=np.ones(2, np.float32))
+    assert rounds.npz_to_pt(tmp_path / "r0.npz", tmp_path / "r0.pt") == ""
+    child = rounds._CONVERTER.proc
+    assert child is not None and child.poll() is None
+    assert "FileNotFoundError" in rounds.npz_to_pt(tmp_path / "missing.npz", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+    assert rounds.npz_to_pt(tmp_path / "r1.npz", tmp_path / "r1.pt") == ""
+    assert rounds._CONVERTER.proc is child, "a second child was started"
+    state = torch.load(tmp_path / "r1.pt")
+    assert list(state) == ["w", "b"] and state["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
