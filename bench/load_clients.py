@@ -385,7 +385,7 @@ def start_federation(
     out: Path, selectors: int, clients: int, model_mb: float, website: str, token: str, wait_for: int
 ) -> Federation:
     """Coordinator and selectors started with `coordinator.local`'s own helpers and arguments."""
-    from coordinator.local import Fleet, _wait_file
+    from coordinator.local import Fleet, _wait_file, start_selectors
     from fedota_common.pki import issue_server_cert, make_ca
 
     fleet = Fleet(out)
@@ -432,30 +432,9 @@ def start_federation(
         ],
     )
     info = _wait_file(out / "coordinator" / "coordinator.json", coord, "the coordinator")
-    procs = {}
-    for i in range(selectors):
-        state = out / "selectors" / f"selector-{i + 1}.json"
-        proc = fleet.start(
-            f"selector-{i + 1}",
-            "selector",
-            [
-                "--coordinator",
-                str(info["address"]),
-                "--listen",
-                "127.0.0.1:0",
-                "--selector-id",
-                f"selector-{i + 1}",
-                "--state-file",
-                str(state),
-                "--tls-cert",
-                str(tls / "selector.pem"),
-                "--tls-key",
-                str(tls / "selector.key"),
-                "--coordinator-ca",
-                str(tls / "ca.pem"),
-            ],
-        )
-        procs[str(_wait_file(state, proc, f"selector-{i + 1}")["address"])] = proc
+    tls_args = ["--tls-cert", str(tls / "selector.pem"), "--tls-key", str(tls / "selector.key")]
+    tls_args += ["--coordinator-ca", str(tls / "ca.pem")]
+    procs = dict(start_selectors(fleet, out, str(info["address"]), selectors, tls_args))
     return Federation(fleet, coord, procs, ca_cert.encode(), str(info["fab_sha256"]), out)
 
 

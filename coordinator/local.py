@@ -135,6 +135,24 @@ def _wait_file(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: fl
     raise RuntimeError(f"{what} was not ready within {timeout:.0f} s")
 
 
+def start_selectors(
+    fleet: Fleet, out: Path, coordinator: str, count: int, extra: list[str]
+) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """Start `count` selectors of the coordinator at `coordinator` on free ports; (address, process) once listening."""
+    started = []
+    for i in range(count):
+        name = f"selector-{i + 1}"
+        state = out / "selectors" / f"{name}.json"
+        proc = fleet.start(
+            name,
+            "selector",
+            ["--coordinator", coordinator, "--listen", "127.0.0.1:0", "--selector-id", name, "--state-file", str(state)]
+            + extra,
+        )
+        started.append((str(_wait_file(state, proc, name)["address"]), proc))
+    return started
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     data_dir = args.data_dir.resolve()
@@ -235,29 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         info = _wait_file(out / "coordinator" / "coordinator.json", coord, "the coordinator")
         policy = str(info.get("reply_policy") or "flower")
-        selector_addrs = []
-        for i in range(args.selectors):
-            state = out / "selectors" / f"selector-{i + 1}.json"
-            proc = fleet.start(
-                f"selector-{i + 1}",
-                "selector",
-                [
-                    "--coordinator",
-                    str(info["address"]),
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--selector-id",
-                    f"selector-{i + 1}",
-                    "--state-file",
-                    str(state),
-                    # The coordinator's policy decides; a strict one is applied at the selectors too,
-                    # so refused replies never cross the second hop.
-                    "--reply-policy",
-                    policy,
-                    *tls_selector_args,
-                ],
-            )
-            selector_addrs.append(str(_wait_file(state, proc, f"selector-{i + 1}")["address"]))
+        # The coordinator's policy decides; a strict one is applied at the selectors too,
+        # so refused replies never cross the second hop.
+        started = start_selectors(
+            fleet, out, str(info["address"]), args.selectors, ["--reply-policy", policy, *tls_selector_args]
+        )
+        selector_addrs = [address for address, _proc in started]
         clients = []
         for i, folder in enumerate(holders):
             cargs = [

@@ -6,22 +6,27 @@ import subprocess
 import sys
 
 
+def _in_a_fresh_interpreter(code: str) -> list[str]:
+    """What `code` prints, run where this test run's own objects are not in the way."""
+    run = subprocess.run(
+        [sys.executable, "-c", "from fedota_common import memtune\n" + code], capture_output=True, text=True, check=True
+    )
+    return run.stdout.split()
+
+
 def test_frozen_start_up_objects_are_left_out_of_collections() -> None:
-    # In a fresh interpreter, so this test run's own objects stay collectable.
     code = (
-        "import gc; from fedota_common import memtune; import numpy, flwr.app; "
-        "before = len(gc.get_objects()); memtune.install(); "
+        "import gc, numpy, flwr.app\n"
+        "before = len(gc.get_objects()); memtune.install()\n"
         "print(gc.get_freeze_count() >= before // 2, len(gc.get_objects()) < before // 10)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True", "True"]
+    assert _in_a_fresh_interpreter(code) == ["True", "True"]
 
 
 def test_objects_made_after_freezing_are_still_collected() -> None:
     code = (
-        "import gc, weakref; from fedota_common import memtune; memtune.install()\n"
+        "import gc, weakref; memtune.install()\n"
         "class C:\n    pass\n"
         "c = C(); c.me = c; r = weakref.ref(c); del c; gc.collect(); print(r() is None)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "True"
+    assert _in_a_fresh_interpreter(code) == ["True"]
