@@ -133,9 +133,18 @@ class FakeClient:
         self.name = name
         self.channel = grpc.insecure_channel(address, options=OPTIONS)
         self.stub = selector_pb2_grpc.SelectorStub(self.channel)
-        joined = self.stub.Join(
-            spb.JoinRequest(credential=f"fdp_{participant}_hostile-test-secret", display_name=name), timeout=30
-        )
+        request = spb.JoinRequest(credential=f"fdp_{participant}_hostile-test-secret", display_name=name)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                joined = self.stub.Join(request, timeout=30)
+                break
+            except grpc.RpcError as exc:
+                # A selector that has not yet had its list of participants says to retry, as the
+                # real client does (it arrives apart from the run's info, later under load).
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         self.session = joined.session_id
         self.node_id = joined.node_id
         self.tasks: queue.Queue[str] = queue.Queue()
