@@ -67,7 +67,9 @@ def require_images(client: Any, images: tuple[str, ...]) -> None:
 
 
 def _labelled(client: Any, filters: dict[str, list[str]]) -> list[str]:
-    found = [f"container {c.name}" for c in client.containers.list(all=True, filters=filters)]
+    # The plain listing: docker-py's containers.list() inspects each container it lists, and one
+    # the reconciler removes in between fails the whole call with NotFound (seen once in CI).
+    found = [f"container {c['Names'][0].lstrip('/')}" for c in client.api.containers(all=True, filters=filters)]
     found += [f"network {n.name}" for n in client.networks.list(filters=filters)]
     found += [f"volume {v.name}" for v in client.volumes.list(filters=filters)]
     return found
