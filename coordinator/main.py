@@ -46,7 +46,7 @@ log = logging.getLogger("coordinator")
 
 # The built-in apps (their folders' `[project] name`s decide the `auto` reply policy).
 BUILTIN_APPS = Path(__file__).resolve().parent.parent / "apps"
-SELECTOR_TOKEN = Key("selector-token", str, "", "the run's token selectors must present")
+SELECTOR_TOKEN = Key("selector-token", str, "", "the run's token selectors must present", secret=True)
 KEYS = [
     Key("app", str, required=True, help="Flower app folder or .fab file"),
     Key("state-dir", Path, Path("coordinator-state"), "folder for checkpoints, final model and the app"),
@@ -100,7 +100,7 @@ KEYS = [
     ),
     Key("max-workers", int, 64, "gRPC worker threads"),
     Key("report-url", str, "", "webserver internal API base for this run, ending in /runs/<id>/ (empty: no reports)"),
-    Key("report-token", str, "", "the run's service token the webserver expects with each report"),
+    Key("report-token", str, "", "the run's service token the webserver expects with each report", secret=True),
     Key("log-level", str, "INFO", "log level"),
 ]
 

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 
@@ -27,10 +28,17 @@ class Key:
     default: Any = None
     help: str = ""
     required: bool = False
+    # A secret may also come from a file named by FEDOTA_<KEY>_FILE (a Docker or Swarm secret
+    # mounted in the container), so it need not sit in the environment.
+    secret: bool = False
 
     @property
     def env(self) -> str:
         return "FEDOTA_" + self.name.upper().replace("-", "_")
+
+    @property
+    def file_env(self) -> str:
+        return self.env + "_FILE"
 
     @property
     def attr(self) -> str:
@@ -99,13 +107,14 @@ def load(
     """Parse flags and environment; raise SettingsError listing every problem."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for key in keys:
+        where = f"env {key.env}" + (f" or {key.file_env}" if key.secret else "")
         if key.convert is boolean:
             # A switch: `--insecure` alone means true; `--insecure 0` still works.
             parser.add_argument(
-                f"--{key.name}", dest=key.attr, default=None, nargs="?", const="1", help=f"{key.help} (env {key.env})"
+                f"--{key.name}", dest=key.attr, default=None, nargs="?", const="1", help=f"{key.help} ({where})"
             )
         else:
-            parser.add_argument(f"--{key.name}", dest=key.attr, default=None, help=f"{key.help} (env {key.env})")
+            parser.add_argument(f"--{key.name}", dest=key.attr, default=None, help=f"{key.help} ({where})")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -115,6 +124,20 @@ def load(
         if raw is None:
             raw = environ.get(key.env)
             source = key.env
+            from_file = key.secret and bool(environ.get(key.file_env))
+        else:
+            from_file = False  # a flag overrides the environment, files included
+        if from_file:
+            if raw:
+                problems.append(f"{source} and {key.file_env} are both set: give one of them")
+                continue
+            source = key.file_env
+            try:
+                # The file's own final newline (echo, most editors) is not part of the secret.
+                raw = Path(environ[key.file_env]).read_text().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{key.file_env}: cannot read {environ[key.file_env]}: {exc}")
+                continue
         if raw is None or raw == "":
             if key.required:
                 problems.append(f"{key.env} (or --{key.name}) is required: {key.help}")
@@ -123,7 +146,8 @@ def load(
         try:
             values[key.attr] = key.convert(raw)
         except (ValueError, TypeError) as exc:
-            problems.append(f"{source}={raw!r} is invalid: {exc}")
+            # A secret's value is never echoed.
+            problems.append(f"{source} is invalid: {exc}" if key.secret else f"{source}={raw!r} is invalid: {exc}")
     if problems:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
     return values

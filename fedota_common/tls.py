@@ -16,8 +16,8 @@ from typing import Any
 
 from fedota_common.settings import Key, SettingsError, boolean
 
-CERT = Key("tls-cert", str, "", "server certificate chain: a PEM file, or the PEM text itself")
-KEY = Key("tls-key", str, "", "the certificate's private key: a PEM file, or the PEM text itself")
+CERT = Key("tls-cert", str, "", "server certificate chain: a PEM file, or the PEM text itself", secret=True)
+KEY = Key("tls-key", str, "", "the certificate's private key: a PEM file, or the PEM text itself", secret=True)
 
 
 def insecure_key(what: str) -> Key:

@@ -29,12 +29,13 @@ log = logging.getLogger("selector")
 # Seconds a stopping selector waits for its coordinator to say the run is over.
 STOP_WAIT = 2.0
 
-SELECTOR_TOKEN = Key("selector-token", str, "", "the run's token presented to the coordinator")
+SELECTOR_TOKEN = Key("selector-token", str, "", "the run's token presented to the coordinator", secret=True)
 COORDINATOR_CA = Key(
     "coordinator-ca",
     str,
     "",
     "CA certificate the coordinator's certificate must be signed by (the problem's): a PEM file, or the PEM text itself",
+    secret=True,
 )
 KEYS = [
     Key("coordinator", str, required=True, help="host:port of the problem's coordinator"),
