@@ -297,6 +297,76 @@ FEDOTA_DOCKER_COORDINATOR_MEMORY = env("FEDOTA_DOCKER_COORDINATOR_MEMORY") or "8
 FEDOTA_DOCKER_SELECTOR_MEMORY = env("FEDOTA_DOCKER_SELECTOR_MEMORY") or "4g"
 FEDOTA_DOCKER_CPUS = env_float("FEDOTA_DOCKER_CPUS", 2.0)
 
+
+# The kubernetes backend (webserver/spawner/kubernetes.py, docs/kubernetes.md). Validated
+# offline only; it has not run on a live cluster here. Images: FEDOTA_COORDINATOR_IMAGE and
+# FEDOTA_SELECTOR_IMAGE above, which every node must be able to pull.
+def _kubernetes_labels(name: str, default: str) -> dict[str, str]:
+    text = env(name) or default
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ImproperlyConfigured(f"{name}={text!r} must be labels as key=value,key2=value2")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _kubernetes_port_range(name: str, default: str) -> tuple[int, int]:
+    text = env(name) or default
+    try:
+        low, high = (int(part) for part in text.split("-"))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={text!r} must be a port range such as 30000-32767") from exc
+    if not 1 <= low <= high <= 65535:
+        raise ImproperlyConfigured(f"{name}={text!r} must be a port range such as 30000-32767")
+    return low, high
+
+
+def _kubernetes_annotations(name: str) -> dict[str, str]:
+    import json
+
+    text = env(name) or "{}"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a JSON object of strings: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ImproperlyConfigured(f'{name} must be a JSON object of strings, e.g. {{"key": "value"}}')
+    return {str(k): v for k, v in value.items()}
+
+
+# Every problem's namespace is `<prefix>-p<id>`, labelled fedota.install=<prefix>: two
+# installations on one cluster never touch each other's namespaces.
+FEDOTA_KUBERNETES_PREFIX = env("FEDOTA_KUBERNETES_PREFIX") or "fedota"
+# A kubeconfig file for the worker; empty: the pod's service account (running in the cluster).
+FEDOTA_KUBERNETES_KUBECONFIG = env("FEDOTA_KUBERNETES_KUBECONFIG") or ""
+# How nodes get the images: IfNotPresent, Always or Never (images loaded onto every node).
+FEDOTA_KUBERNETES_IMAGE_PULL_POLICY = env("FEDOTA_KUBERNETES_IMAGE_PULL_POLICY") or "IfNotPresent"
+# A Secret of type kubernetes.io/dockerconfigjson for a private registry; the spawner does
+# not copy it, so it must exist in each problem namespace (empty: none needed).
+FEDOTA_KUBERNETES_IMAGE_PULL_SECRET = env("FEDOTA_KUBERNETES_IMAGE_PULL_SECRET") or ""
+# How data holders reach the selectors from outside: NodePort (every node's address, at the
+# problem's fixed port, which must lie in the node-port range below) or LoadBalancer.
+FEDOTA_KUBERNETES_SELECTOR_SERVICE = env("FEDOTA_KUBERNETES_SELECTOR_SERVICE") or "NodePort"
+# The API server's --service-node-port-range; the selectors' ports (FEDOTA_SELECTOR_PORT_BASE ..
+# +7999) are checked against it before a publish creates anything.
+FEDOTA_KUBERNETES_NODE_PORT_RANGE = _kubernetes_port_range("FEDOTA_KUBERNETES_NODE_PORT_RANGE", "30000-32767")
+# Annotations (a JSON object) on each LoadBalancer selector Service, e.g. to put a
+# problem's selectors on one shared address of the cluster's load balancer.
+FEDOTA_KUBERNETES_LOAD_BALANCER_ANNOTATIONS = _kubernetes_annotations("FEDOTA_KUBERNETES_LOAD_BALANCER_ANNOTATIONS")
+# Where the website's pods run and their labels: coordinators may reach only them (NetworkPolicy).
+FEDOTA_KUBERNETES_PLATFORM_NAMESPACE = env("FEDOTA_KUBERNETES_PLATFORM_NAMESPACE") or "fedota"
+FEDOTA_KUBERNETES_WEB_POD_LABELS = _kubernetes_labels(
+    "FEDOTA_KUBERNETES_WEB_POD_LABELS", "app.kubernetes.io/name=fedota,app.kubernetes.io/component=web"
+)
+# The port the website's pods listen on (the coordinators' reports go there).
+FEDOTA_KUBERNETES_WEB_PORT = env_int("FEDOTA_KUBERNETES_WEB_PORT", 8000)
+# The coordinator's state volume: storage class (empty: the cluster's default) and size.
+FEDOTA_KUBERNETES_STORAGE_CLASS = env("FEDOTA_KUBERNETES_STORAGE_CLASS") or ""
+FEDOTA_KUBERNETES_STATE_SIZE = env("FEDOTA_KUBERNETES_STATE_SIZE") or "10Gi"
+# Limits of each problem pod (Kubernetes quantities: 512Mi, 8Gi; CPUs such as 2 or 500m).
+FEDOTA_KUBERNETES_COORDINATOR_MEMORY = env("FEDOTA_KUBERNETES_COORDINATOR_MEMORY") or "8Gi"
+FEDOTA_KUBERNETES_SELECTOR_MEMORY = env("FEDOTA_KUBERNETES_SELECTOR_MEMORY") or "4Gi"
+FEDOTA_KUBERNETES_CPUS = env("FEDOTA_KUBERNETES_CPUS") or "2"
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",

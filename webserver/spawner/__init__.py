@@ -41,4 +41,12 @@ def get_spawner(name: str | None = None) -> Spawner:
         except ImportError as exc:
             raise SpawnError(f"the docker backend needs the docker package (pip install docker): {exc}") from exc
         return DockerSpawner.from_settings()
-    raise SpawnError(f"FEDOTA_SPAWNER={choice!r} is not a backend; use auto, process or docker")
+    if choice == "kubernetes":
+        try:
+            from webserver.spawner.kubernetes import KubernetesSpawner
+        except ImportError as exc:
+            raise SpawnError(
+                f"the kubernetes backend needs the kubernetes package (pip install kubernetes): {exc}"
+            ) from exc
+        return KubernetesSpawner.from_settings()
+    raise SpawnError(f"FEDOTA_SPAWNER={choice!r} is not a backend; use auto, process, docker or kubernetes")
