@@ -56,6 +56,8 @@ METHOD_RULES: dict[str, tuple[str, str, str]] = {
     "create_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "create"),
     "create_namespaced_service": ("", "services", "create"),
     "patch_namespaced_service": ("", "services", "patch"),
+    "list_namespaced_service": ("", "services", "list"),
+    "delete_namespaced_service": ("", "services", "delete"),
     "list_namespaced_pod": ("", "pods", "list"),
     "delete_namespaced_pod": ("", "pods", "delete"),
     "create_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "create"),
@@ -360,6 +362,15 @@ class FakeCluster:
         self._claim_node_port(namespace, body)
         self.objects[("Service", namespace, name)] = body.model_copy(deep=True)
 
+    def list_namespaced_service(self, namespace: str, label_selector: str | None = None) -> k8s.V1ServiceList:
+        self._log("list_namespaced_service")
+        return k8s.V1ServiceList(items=self._list("Service", namespace, label_selector))
+
+    def delete_namespaced_service(self, name: str, namespace: str) -> None:
+        self._log("delete_namespaced_service")
+        self._delete("Service", namespace, name)
+        self.node_ports = {p: owner for p, owner in self.node_ports.items() if owner != (namespace, name)}
+
     def list_namespaced_pod(self, namespace: str, label_selector: str | None = None) -> k8s.V1PodList:
         self._log("list_namespaced_pod")
         return k8s.V1PodList(items=self._list("Pod", namespace, label_selector))
@@ -535,6 +546,11 @@ def test_start_creates_the_problems_objects_and_reports_every_service_healthy(
     assert kinds["Secret"] == ["coordinator", "selector"]
     assert kinds["PersistentVolumeClaim"] == ["coordinator-state"]
     assert len(kinds["NetworkPolicy"]) == 5
+    # NodePort: every node forwards, so the one address in the join bundles reaches any selector.
+    for i in range(2):
+        service = cluster.objects[("Service", "fedota-p7", f"selector-{i}")]
+        assert (service.spec.type, service.spec.external_traffic_policy) == ("NodePort", "Cluster")
+        assert service.spec.ports[0].node_port == 30056 + i
     assert spawner.problems() == {7}
 
 
@@ -589,6 +605,16 @@ def test_a_relaunch_replaces_the_workloads_and_keeps_the_state_volume(
     assert job.metadata.labels["fedota.run"] == "4"
 
 
+def test_a_relaunch_with_fewer_selectors_removes_the_others_and_frees_their_ports(
+    tmp_path: Path, cluster: FakeCluster, spawner: KubernetesSpawner
+) -> None:
+    spawner.start(make_spec(tmp_path, ports=(30056, 30057, 30058)))
+    states = spawner.start(make_spec(tmp_path, run_id=4, ports=(30056,)))
+    assert [(s.role, s.index) for s in states] == [("coordinator", 0), ("selector", 0)]
+    assert cluster.kinds("fedota-p7")["Service"] == ["coordinator", "selector-0"]
+    assert sorted(cluster.node_ports) == [30056]
+
+
 def test_start_refuses_a_loopback_report_url_before_creating_anything(
     tmp_path: Path, cluster: FakeCluster, spawner: KubernetesSpawner
 ) -> None:
@@ -620,6 +646,8 @@ def test_load_balancer_selectors_may_use_any_port(tmp_path: Path, cluster: FakeC
     assert service.spec.type == "LoadBalancer"
     assert service.spec.ports[0].port == 17056 and service.spec.ports[0].node_port is None
     assert service.metadata.annotations == {"metallb.universe.tf/allow-shared-ip": "fedota"}
+    # The balancer sends clients only to the node that runs the selector.
+    assert service.spec.external_traffic_policy == "Local"
 
 
 def test_a_port_held_by_another_problem_fails_the_publish_naming_it_and_leaves_that_problem_alone(
@@ -1068,8 +1096,9 @@ def _rbac_rules() -> set[tuple[str, str, str]]:
 def test_the_workers_cluster_role_grants_exactly_the_calls_the_spawner_makes(
     tmp_path: Path, cluster: FakeCluster, spawner: KubernetesSpawner
 ) -> None:
-    # Every path through the backend: start, relaunch, status, restarts of both roles, stop, orphans.
-    spawner.start(make_spec(tmp_path))
+    # Every path through the backend: start, relaunch (with a selector fewer), status, restarts
+    # of both roles, stop, orphans.
+    spawner.start(make_spec(tmp_path, ports=(30056, 30057, 30058)))
     spawner.start(make_spec(tmp_path, run_id=4))
     cluster.pod_of("fedota-p7", "coordinator").status = exited(1)("coordinator")
     spawner.restart(7, "coordinator", 0)
@@ -1126,3 +1155,25 @@ def test_the_kubernetes_backend_is_chosen_by_one_setting_and_reads_its_settings(
     settings.FEDOTA_KUBERNETES_SELECTOR_SERVICE = "HostPort"
     with pytest.raises(SpawnError, match="NodePort or LoadBalancer"):
         get_spawner()
+
+
+def test_bad_kubernetes_settings_say_what_is_expected(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from webserver import settings as site
+
+    monkeypatch.setenv("FEDOTA_KUBERNETES_NODE_PORT_RANGE", "32767-30000")
+    with pytest.raises(ImproperlyConfigured, match="port range such as 30000-32767"):
+        site._kubernetes_port_range("FEDOTA_KUBERNETES_NODE_PORT_RANGE", "30000-32767")
+    monkeypatch.setenv("FEDOTA_KUBERNETES_NODE_PORT_RANGE", "20000-29999")
+    assert site._kubernetes_port_range("FEDOTA_KUBERNETES_NODE_PORT_RANGE", "30000-32767") == (20000, 29999)
+    monkeypatch.setenv("FEDOTA_KUBERNETES_WEB_POD_LABELS", "app=fedota,component")
+    with pytest.raises(ImproperlyConfigured, match="key=value"):
+        site._kubernetes_labels("FEDOTA_KUBERNETES_WEB_POD_LABELS", "a=b")
+    monkeypatch.setenv("FEDOTA_KUBERNETES_LOAD_BALANCER_ANNOTATIONS", '{"shared": 1}')
+    with pytest.raises(ImproperlyConfigured, match="JSON object of strings"):
+        site._kubernetes_annotations("FEDOTA_KUBERNETES_LOAD_BALANCER_ANNOTATIONS")
+    monkeypatch.setenv("FEDOTA_KUBERNETES_LOAD_BALANCER_ANNOTATIONS", '{"metallb.universe.tf/allow-shared-ip": "x"}')
+    assert site._kubernetes_annotations("FEDOTA_KUBERNETES_LOAD_BALANCER_ANNOTATIONS") == {
+        "metallb.universe.tf/allow-shared-ip": "x"
+    }

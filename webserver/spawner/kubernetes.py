@@ -513,9 +513,12 @@ def build_selector_service(config: KubernetesConfig, problem_id: int, index: int
         spec=k8s.V1ServiceSpec(
             type=config.selector_service_type,
             selector=role_labels(config, problem_id, "selector", index),
-            # Local: the node a client reached forwards to its selector's pod only when it
-            # runs there, keeping the client's address (and no second hop) for the long stream.
-            external_traffic_policy="Local",
+            # NodePort: Cluster, so that the one address in the join bundles (any node's)
+            # reaches the selector wherever its pod runs. LoadBalancer: Local, the balancer
+            # sends clients only to the node that runs it, which keeps the client's address
+            # and saves a hop. Either way a client's stream stays on its selector: each
+            # Service has exactly one pod behind it.
+            external_traffic_policy="Cluster" if node_port else "Local",
             ports=[
                 k8s.V1ServicePort(
                     name="grpc",
@@ -890,6 +893,7 @@ class KubernetesSpawner:
         try:
             for obj in objects[1:]:
                 self._apply(obj)
+            self._remove_stale_services(spec.problem_id, len(ports))
             self._wait_ready(spec.problem_id, len(ports))
         except BaseException:
             self._remove_workloads(spec.problem_id, wait=False)
@@ -1113,6 +1117,23 @@ class KubernetesSpawner:
                 # PVC: kept as it is (the checkpoints). The rest was removed first or is patched.
                 if patch is not None:
                     patch(name, ns, obj)
+
+    def _remove_stale_services(self, problem_id: int, selectors: int) -> None:
+        """Delete the Services of selectors a previous run had and this one has not (their ports too)."""
+        ns = self._ns(problem_id)
+        with _api(f"removing the old selector Services of problem {problem_id}"):
+            services = self.apis.core.list_namespaced_service(
+                ns, label_selector=self._selector(problem_id, **{f"{LABEL}.role": "selector"})
+            ).items
+            for service in services:
+                index = (service.metadata.labels or {}).get(f"{LABEL}.index", "")
+                if index.isdigit() and int(index) < selectors:
+                    continue
+                try:
+                    self.apis.core.delete_namespaced_service(service.metadata.name, ns)
+                except ApiException as exc:
+                    if not _absent(exc):
+                        raise
 
     def _remove_workloads(self, problem_id: int, *, wait: bool = True) -> None:
         """Delete the run's Job and Deployments (their pods go with them); keep volume, Services, policies."""
