@@ -838,6 +838,45 @@ def test_service_state_reads_a_pod_that_runs_but_never_became_ready_as_unhealthy
     assert late.health == "unhealthy" and "health check" in late.detail
 
 
+def test_a_coordinator_pod_the_cluster_moved_is_not_a_crash_its_job_replaces_it() -> None:
+    status = exited(137, reason="Error")("coordinator")
+    status.conditions = [
+        k8s.V1PodCondition(type="DisruptionTarget", status="True", reason="TerminationByKubelet", message="drained")
+    ]
+    pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="coordinator-x"), status=status)
+    state = service_state(CONFIG, 7, "coordinator", 0, pod)
+    assert state.health == "starting" and "TerminationByKubelet" in state.detail
+    # A selector's Deployment replaces its pods itself; a crashed coordinator is still a crash.
+    crashed = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="coordinator-y"), status=exited(137)("coordinator"))
+    assert service_state(CONFIG, 7, "coordinator", 0, crashed).health == "exited"
+
+
+def test_an_app_that_does_not_add_up_fails_the_publish_naming_the_copy(
+    tmp_path: Path, cluster: FakeCluster, spawner: KubernetesSpawner
+) -> None:
+    def fab_failed(container: str) -> k8s.V1PodStatus:
+        failed = k8s.V1ContainerStateTerminated(
+            exit_code=1, reason="Error", message="the app from the ConfigMaps has SHA-256 0123, not 4567"
+        )
+        return k8s.V1PodStatus(
+            phase="Failed",
+            init_container_statuses=[
+                k8s.V1ContainerStatus(
+                    name="fab",
+                    image="img",
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    state=k8s.V1ContainerState(terminated=failed),
+                )
+            ],
+        )
+
+    cluster.kubelet[("coordinator", 0)] = fab_failed
+    with pytest.raises(SpawnError, match="coordinator cannot start: copying the app .* SHA-256 0123, not 4567"):
+        spawner.start(make_spec(tmp_path))
+
+
 def test_a_pod_that_cannot_be_scheduled_says_why() -> None:
     pod = k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name="coordinator-x"),

@@ -654,10 +654,25 @@ def _hopeless_wait(pod: k8s.V1Pod) -> str:
     for status in statuses:
         waiting = status.state.waiting if status.state else None
         if waiting is not None and waiting.reason in HOPELESS:
-            return f"{status.name}: {waiting.reason}: {waiting.message or ''}".strip()
+            said = f"{status.name}: {waiting.reason}: {waiting.message or ''}".strip()
+            if waiting.reason == "CreateContainerConfigError":
+                return f"{said} (a Secret or ConfigMap of the problem is missing: start the run again)"
+            return (
+                f"{said}. Check that the image exists in a registry every node can pull from "
+                "(FEDOTA_COORDINATOR_IMAGE, FEDOTA_SELECTOR_IMAGE, FEDOTA_KUBERNETES_IMAGE_PULL_SECRET)"
+            )
         terminated = status.state.terminated if status.state else None
         if terminated is not None and status.name == "fab" and terminated.exit_code != 0:
-            return f"copying the app into the state volume failed: {terminated.message or terminated.reason or ''}"
+            said = (terminated.message or terminated.reason or "").strip()
+            return f"copying the app into its state volume failed (exit code {terminated.exit_code}): {said}"
+    return ""
+
+
+def _disrupted(pod: k8s.V1Pod) -> str:
+    """Why the cluster itself took `pod` away (drain, preemption, a lost node), or ""."""
+    for condition in (pod.status.conditions if pod.status else None) or []:
+        if condition.type == "DisruptionTarget" and condition.status == "True":
+            return condition.reason or condition.message or "disrupted"
     return ""
 
 
@@ -699,6 +714,10 @@ def service_state(
     restarts = status.restart_count if status else 0
     state = status.state if status else None
     phase = pod.status.phase if pod.status else None
+    if role == "coordinator" and not job_failed and _disrupted(pod):
+        # The Job's podFailurePolicy ignores this failure and makes a new pod by itself.
+        detail = f"the cluster moved it ({_disrupted(pod)}); its Job starts it again"
+        return ServiceState(role, index, handle, address, "starting", detail, None, restarts)
     if state is not None and state.terminated is not None:
         code = state.terminated.exit_code
         how = (
@@ -712,7 +731,7 @@ def service_state(
     if phase == "Failed":  # evicted, or the node went away, before the container said anything
         reason = (pod.status.reason or "") if pod.status else ""
         message = (pod.status.message or "") if pod.status else ""
-        detail = f"the pod failed: {reason} {message}".strip()
+        detail = _hopeless_wait(pod) or f"the pod failed: {reason} {message}".strip()
         return ServiceState(role, index, handle, address, "exited", detail, None, restarts)
     if state is not None and state.running is not None:
         if status is not None and status.ready:
@@ -1199,11 +1218,7 @@ class KubernetesSpawner:
                 if why and pod.metadata is not None and pod.metadata.deletion_timestamp is None:
                     role, index = _pod_role(pod)
                     what = f"selector {index}" if role == "selector" else role
-                    raise SpawnError(
-                        f"the {what} cannot start: {why}. Check that the image exists in a registry every node "
-                        "can pull from (FEDOTA_COORDINATOR_IMAGE, FEDOTA_SELECTOR_IMAGE, "
-                        "FEDOTA_KUBERNETES_IMAGE_PULL_SECRET)"
-                    )
+                    raise SpawnError(f"the {what} cannot start: {why}")
             for state in states:
                 if state.health == "exited":
                     what = f"selector {state.index}" if state.role == "selector" else state.role
