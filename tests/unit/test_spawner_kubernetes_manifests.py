@@ -235,3 +235,62 @@ def test_only_the_platforms_own_pods_reach_postgres_and_redis() -> None:
     assert not _admits(objects, coordinator, labels("web"), 5432)
     assert not _admits(objects, ("fedota", labels("web")), labels("worker"), 8000)
     assert not _admits(objects, ("fedota", labels("web")), labels("beat"), 8000)
+
+
+SETTINGS_PROBE = """
+import json, django
+django.setup()
+from django.conf import settings
+from webserver.spawner import get_spawner, selector_ports
+spawner = get_spawner()
+config = spawner.config
+print(json.dumps({
+    "name": spawner.name,
+    "service": config.selector_service_type,
+    "range": config.node_port_range,
+    "annotations": config.load_balancer_annotations,
+    "web_labels": config.web_pod_labels,
+    "platform": config.platform_namespace,
+    "first_ports": selector_ports(1, 8, base=settings.FEDOTA_SELECTOR_PORT_BASE),
+    "debug": settings.DEBUG,
+}))
+"""
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_website_starts_with_each_overlays_settings_and_builds_the_kubernetes_spawner(
+    overlay: str, tmp_path: Path
+) -> None:
+    """What every platform pod gets (fedota-config and fedota-secrets) is read by the real
+    settings module in production mode, as the image runs it: a typo would stop every pod."""
+    import base64
+    import json
+    import os
+    import sys
+
+    objects = render(overlay)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDOTA_", "DJANGO_", "DATABASE_", "CELERY_"))}
+    env |= find(objects, "ConfigMap", "fedota-config")["data"]
+    secrets = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "fedota-secrets"]
+    if secrets:
+        env |= {k: base64.b64decode(v).decode() for k, v in secrets[0]["data"].items()}
+    else:  # the operator's own Secret (overlays/external-db/kustomization.yaml shows its keys)
+        env |= {
+            "DJANGO_SECRET_KEY": "a-test-value-standing-in-for-the-operators-secret-key",
+            "DATABASE_URL": "postgres://fedota:pw@db.example.org:5432/fedota",
+            "CELERY_BROKER_URL": "redis://redis.example.org:6379/0",
+            "CACHE_URL": "redis://redis.example.org:6379/1",
+        }
+    env |= {"FEDOTA_ENV": "production", "DJANGO_SETTINGS_MODULE": "webserver.settings", "FEDOTA_VAR_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", SETTINGS_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["name"] == "kubernetes" and seen["debug"] is False
+    assert seen["platform"] == "fedota" and seen["web_labels"] == KubernetesConfig().web_pod_labels
+    if seen["service"] == "NodePort":
+        low, high = seen["range"]
+        assert all(low <= port <= high for port in seen["first_ports"]), seen
+    else:
+        assert seen["service"] == "LoadBalancer" and seen["annotations"]
