@@ -70,6 +70,9 @@ class Folding:
     weight_key: str
     why: str
     strategy_round: bool = True
+    # The strategy is a Message-API FedAvg (or starts from its mean): its mean of the
+    # selectors' partial means can be computed for it, to the bit (coordinator/merging.py).
+    merge: bool = False
 
 
 def _own(strategy: Any, name: str, allowed: frozenset[Any]) -> bool:
@@ -125,7 +128,7 @@ def _message_api(strategy: Any, message_type: str) -> Folding:
         if strategy.evaluate_metrics_aggr_fn is not aggregate_metricrecords:
             return Folding(False, "", f"{kind} aggregates evaluate metrics with its own function")
     key = str(strategy.weighted_by_key)
-    return Folding(True, key, f"{kind} aggregates with Flower's weighted mean by '{key}'")
+    return Folding(True, key, f"{kind} aggregates with Flower's weighted mean by '{key}'", merge=True)
 
 
 def _compat_api(strategy: Any, message_type: str) -> Folding:

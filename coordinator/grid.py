@@ -28,7 +28,7 @@ from flwr.app import Message, MessageType, Metadata, RecordDict
 from flwr.app.error import Error
 from flwr.app.message import make_message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
-from flwr.common.serde_utils import metadata_to_proto
+from flwr.common.serde_utils import metadata_from_proto, metadata_to_proto
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
@@ -38,6 +38,7 @@ from flwr.supercore.run import Run
 
 from coordinator.folding import Folding, folding_for, strategy_of
 from coordinator.hub import Batch, Hub, Instr, Result
+from coordinator.merging import merge_partial_means
 from coordinator.resume import capture
 from fedota_common.aggregate import ModelSpec, model_spec
 from fedota_common.payload import (
@@ -246,7 +247,7 @@ class SelectorTierGrid(Grid):
         else:
             reason = "not needed: the round had enough results"
         self.hub.close(batch, reason)
-        replies, late, participants = self._collect(batch, originals)
+        replies, late, participants = self._collect(batch, originals, merge=folding.merge)
         self.hub.forget(batch)
         # The round's record counts the late ones too; the ServerApp, as on Flower's runtime, gets
         # no reply for them ("the method may not return replies for all sent messages").
@@ -418,7 +419,9 @@ class SelectorTierGrid(Grid):
         )
         return batch
 
-    def _collect(self, batch: Batch, originals: list[Message]) -> tuple[list[Message], list[Message], list[int]]:
+    def _collect(
+        self, batch: Batch, originals: list[Message], *, merge: bool = False
+    ) -> tuple[list[Message], list[Message], list[int]]:
         """Turn a closed batch's results into replies to the messages the strategy sent.
 
         Each returned reply answers a distinct original message: a substitute (an
@@ -426,7 +429,8 @@ class SelectorTierGrid(Grid):
         so both Flower styles see replies from the nodes they sampled. Returns
         the replies for the ServerApp, error replies for the messages that were
         still pending at the deadline (for the round's record only), and the
-        participants.
+        participants. With `merge`, the results that are weighted means come to
+        the strategy as one reply (coordinator/merging.py).
         """
         by_id = {m.metadata.message_id: m for m in originals}
         free = [m.metadata.message_id for m in originals]
@@ -454,8 +458,9 @@ class SelectorTierGrid(Grid):
                     return mid
             return None
 
+        merged = self._merged(batch, ok_results) if merge else None
         replies: list[Message] = []
-        for res in ok_results + err_results:
+        for res in ([merged] if merged is not None else ok_results) + err_results:
             slot = take_slot(res.message_ids)
             if slot is None:
                 break  # target met; later results (extras) are surplus
@@ -472,13 +477,41 @@ class SelectorTierGrid(Grid):
                 (late if instr.late else replies).append(error)
         return replies, late, participants
 
+    def _merged(self, batch: Batch, results: list[Result]) -> Result | None:
+        """The round's results as one reply weighing their total, or None to hand them over as they are."""
+        # The list holds the only reference to each received buffer, so each goes once it is added.
+        buffers = [r.content for r in results]
+        for res in results:
+            res.content = b""
+        content = merge_partial_means(buffers, batch.weight_key, train=batch.message_type == MessageType.TRAIN)
+        if content is None:
+            for res, buf in zip(results, buffers, strict=True):
+                res.content = buf
+            return None
+        first = results[0]
+        log.info("partial means merged", extra={"round": batch.group_id, "results": len(results)})
+        return Result(
+            selector_id=first.selector_id,
+            header=first.header,
+            content=b"",
+            message_ids=[m for r in results for m in r.message_ids],
+            node_ids=[n for r in results for n in r.node_ids],
+            weight=sum(r.weight for r in results),
+            aggregate=True,
+            decoded=content,
+        )
+
     @staticmethod
     def _as_reply(res: Result, slot: Message) -> Message:
         md = ProtoMetadata.FromString(res.header.metadata)
         md.src_node_id = slot.metadata.dst_node_id
         md.reply_to_message_id = slot.metadata.message_id
         md.run_id = slot.metadata.run_id
-        msg = _with_id(payload_to_message(res.header, res.content, metadata=md))
+        if res.decoded is not None:
+            msg = _with_id(make_message(metadata=metadata_from_proto(md), content=res.decoded))
+            res.decoded = None
+        else:
+            msg = _with_id(payload_to_message(res.header, res.content, metadata=md))
         res.content = b""
         return msg
 

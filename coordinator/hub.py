@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
+from flwr.app import RecordDict
+
 from fedota_common.aggregate import MAX_WEIGHT, REJECTED, ModelSpec, inspect_reply
 from fedota_common.payload import (
     MAX_CONTENT_SIZE,
@@ -68,6 +70,8 @@ class Result:
     node_ids: list[int]
     weight: float
     aggregate: bool
+    # Built here, not received: the merged partial means (coordinator/merging.py).
+    decoded: RecordDict | None = None
 
 
 @dataclass

@@ -372,7 +372,7 @@ class WeightedMean:
                 if first:
                     dts[key] = nd.dtype
                     acc[key] = np.empty(nd.shape, dtype=np.result_type(nd.dtype, weight))
-                _fold(acc[key], nd, weight, first)
+                fold(acc[key], nd, weight, first)
         for name, mrec in small.metric_records.items():
             acc_m = self._metrics.setdefault(name, {})
             for key, mvalue in mrec.items():
@@ -452,7 +452,7 @@ class WeightedMean:
         return encode_segments(records)
 
 
-def _fold(acc: np.ndarray[Any, Any], nd: np.ndarray[Any, Any], weight: float, first: bool) -> None:
+def fold(acc: np.ndarray[Any, Any], nd: np.ndarray[Any, Any], weight: float, first: bool) -> None:
     """acc = nd * weight (first) or acc += nd * weight, one block at a time."""
     target, source = _flat(acc), _flat(nd)
     if first:

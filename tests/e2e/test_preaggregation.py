@@ -92,3 +92,8 @@ def test_folded_rounds_give_what_flowers_strategies_compute_from_every_reply(tmp
         assert "partial aggregate sent" in runs["auto"].log(selector), runs["auto"].log(selector)[-2000:]
         assert "reply rejected" not in runs["auto"].log(selector)
     assert '"aggregation": "weighted-mean"' not in runs["individual"].log("coordinator")
+    # The Message API's strategies got the two partial means as one reply (coordinator/merging.py),
+    # the compatibility API's as they came.
+    merged = [json.loads(line) for line in log.splitlines() if '"partial means merged"' in line]
+    assert merged and all(m["results"] == 2 for m in merged), log[-3000:]
+    assert "partial means merged" not in runs["individual"].log("coordinator")
