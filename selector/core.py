@@ -265,6 +265,12 @@ class SelectorCore:
         self.batches: dict[str, BatchState] = {}
         self.contents: dict[str, Content] = {}
         self._fetching: set[str] = set()
+        # Each content's tasks whose client has not pulled all of it yet. Once none is left
+        # the content goes (`pulled`): while the clients train and their replies are folded,
+        # the selector then holds the running sum and one reply, not the instruction too.
+        # A client that asks again later gets it fetched again (`_released`: size, SHA-256).
+        self._unpulled: dict[str, set[str]] = {}
+        self._released: dict[str, tuple[int, str]] = {}
         self._finalized: collections.deque[str] = collections.deque(maxlen=256)
         # The arrays each instruction content carries, which replies must match.
         self.models: dict[str, ModelSpec] = {}
@@ -313,6 +319,7 @@ class SelectorCore:
                     item.content_sha256,
                     _message_type(item.metadata),
                 )
+                self._unpulled.setdefault(item.content_id, set()).add(item.message_id)
                 if item.content_id not in self.contents and item.content_id not in self._fetching:
                     to_fetch[item.content_id] = (item.content_size, item.content_sha256)
                     self._fetching.add(item.content_id)
@@ -351,7 +358,9 @@ class SelectorCore:
         unreachable: list[Task] = []
         with self._lock:
             for task in self.tasks.values() if node_id is None else self._tasks_of(node_id):
-                if task.state != "pending" or task.content_id not in self.contents:
+                if task.state != "pending" or (
+                    task.content_id not in self.contents and task.content_id not in self._released
+                ):
                     continue
                 session = self.by_node.get(task.node_id)
                 if session is None or session.closed:
@@ -523,9 +532,29 @@ class SelectorCore:
             if task is None or task.node_id != session.node_id:
                 raise SelectorError("NOT_FOUND", f"no task {task_id} for this client (cancelled or not yours)")
             content = self.contents.get(task.content_id)
+            released = self._released.get(task.content_id)
+        if content is None and released is not None and self.upstream is not None:
+            # Every client had it, so it was let go; this one asks again (a retry): fetch it again.
+            try:
+                content = self.upstream.pull_content(task.content_id, *released)
+            except Exception as exc:  # noqa: BLE001 - the coordinator may have closed the round since
+                raise SelectorError("UNAVAILABLE", f"the instruction could not be fetched again: {exc}") from exc
         if content is None:
             raise SelectorError("UNAVAILABLE", "the instruction is not available yet")
         return task, content
+
+    def pulled(self, task: Task) -> None:
+        """`task`'s client received all of its content; the last client of a content lets it go."""
+        with self._lock:
+            waiting = self._unpulled.get(task.content_id)
+            if waiting is None:
+                return
+            waiting.discard(task.task_id)
+            if waiting or task.content_id not in self.contents:
+                return
+            del self.contents[task.content_id]
+            self._released[task.content_id] = (task.content_size, task.content_sha256)
+        log.debug("instruction content released: every client pulled it", extra={"content_id": task.content_id})
 
     def submit(self, session: Session, task_id: str, header: payload_pb2.PayloadHeader, content: Content) -> None:
         """Take a client's whole reply (see `receive_result`)."""
@@ -840,6 +869,9 @@ class SelectorCore:
             for cid in list(self.contents):
                 if cid not in needed:
                     del self.contents[cid]
+            for kept in (self._released, self._unpulled):
+                for cid in [c for c in kept if c not in needed]:
+                    del kept[cid]
             answerable = {t.content_id for t in self.tasks.values()}
             for cid in list(self.models):
                 if cid not in answerable:

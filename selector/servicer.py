@@ -123,6 +123,8 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         )
         for view in iter_views(content):
             yield frame_chunk(view)
+        view = content = b""  # the last references to the content here
+        self.core.pulled(task)
 
     def PushResult(
         self, request_iterator: Iterator[spb.ResultPart | memoryview], context: grpc.ServicerContext
