@@ -382,13 +382,20 @@ class Federation:
 
 
 def start_federation(
-    out: Path, selectors: int, clients: int, model_mb: float, website: str, token: str, wait_for: int
+    out: Path,
+    selectors: int,
+    clients: int,
+    model_mb: float,
+    website: str,
+    token: str,
+    wait_for: int,
+    niceness: int = 0,
 ) -> Federation:
     """Coordinator and selectors started with `coordinator.local`'s own helpers and arguments."""
     from coordinator.local import Fleet, _wait_file, start_selectors
     from fedota_common.pki import issue_server_cert, make_ca
 
-    fleet = Fleet(out)
+    fleet = Fleet(out, niceness=niceness)
     ca_cert, ca_key = make_ca("fedota-load")
     tls = out / "tls"
     tls.mkdir(exist_ok=True)
@@ -603,6 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--procs", type=int, default=1, help="generator processes the clients are spread over (each one event loop)"
     )
     p.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the coordinator and selectors, as the platform's FEDOTA_SERVICE_NICE (default 0)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -618,7 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = (args.out or Path(tmp)).resolve()
         # Idle mode: the ServerApp waits for one client more than come, so nobody gets work.
         wait_for = args.clients + 1 if args.idle else args.clients
-        fed = start_federation(out, args.selectors, args.clients, args.model_kb / 1024, url, token, wait_for)
+        fed = start_federation(
+            out, args.selectors, args.clients, args.model_kb / 1024, url, token, wait_for, niceness=args.nice
+        )
         try:
             result = drive(fed, credentials, args.idle, out / "client-cache", args.connecting, max(1, args.procs))
             if not args.idle:

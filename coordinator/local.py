@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from client_image import exits
+from fedota_common.priority import nice_session
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,8 +68,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 class Fleet:
     """The child processes of one local federation."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, *, niceness: int = 0) -> None:
         self.out = out
+        # Lower CPU priority for every process (and its session's scheduler group), as the
+        # platform's process backend starts services (FEDOTA_SERVICE_NICE).
+        self.niceness = niceness
         self.logs = out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -83,14 +87,16 @@ class Fleet:
         log = (self.logs / f"{name}.log").open("ab")
         cmd = [sys.executable, "-m", module, *args]
         (self.logs / f"{name}.cmd").write_text(shlex.join(cmd) + "\n")
+        prefix = ["nice", "-n", str(self.niceness)] if self.niceness else []
         proc = subprocess.Popen(
-            cmd,
+            prefix + cmd,
             stdout=None if stdout_to_terminal else log,
             stderr=log,
             env=self.env,
             cwd=REPO,
             start_new_session=True,
         )
+        nice_session(proc.pid, self.niceness)
         self.procs[name] = proc
         # Lets an operator (or a failure test) find and signal one participant.
         (self.out / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))

@@ -296,6 +296,9 @@ FEDOTA_DOCKER_PUBLISH_HOST = env("FEDOTA_DOCKER_PUBLISH_HOST") or ""
 FEDOTA_DOCKER_COORDINATOR_MEMORY = env("FEDOTA_DOCKER_COORDINATOR_MEMORY") or "8g"
 FEDOTA_DOCKER_SELECTOR_MEMORY = env("FEDOTA_DOCKER_SELECTOR_MEMORY") or "4g"
 FEDOTA_DOCKER_CPUS = env_float("FEDOTA_DOCKER_CPUS", 2.0)
+# Their CPU weight against the engine's default of 1024 (the website's container): when both
+# want the CPU, pages come first, as FEDOTA_SERVICE_NICE does for the process backend.
+FEDOTA_DOCKER_CPU_SHARES = env_int("FEDOTA_DOCKER_CPU_SHARES", 256)
 
 
 # The kubernetes backend (webserver/spawner/kubernetes.py, docs/kubernetes.md). Validated

@@ -90,6 +90,7 @@ def test_start_runs_the_problem_locked_down_on_its_own_network(
         assert "no-new-privileges:true" in host["SecurityOpt"]
         assert host["Privileged"] is False
         assert host["Memory"] > 0 and host["NanoCpus"] > 0 and host["PidsLimit"] > 0
+        assert host["CpuShares"] == 256  # below the website's 1024: pages first when both want the CPU
         # The engine restarts a crashed selector; a coordinator's exit is the reconciler's to judge.
         assert host["RestartPolicy"]["Name"] == ("on-failure" if state.role == "selector" else "no")
         mounts = container.attrs["Mounts"]

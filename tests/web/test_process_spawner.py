@@ -154,6 +154,11 @@ def test_services_run_at_the_configured_niceness(tmp_path: Path, spec: RunSpec) 
             # Field 19 of /proc/<pid>/stat is the nice value.
             fields = Path(f"/proc/{state.handle}/stat").read_text().rsplit(")", 1)[-1].split()
             assert int(fields[16]) == 7, (state.role, fields[16])
+            # Each service leads its own session, which the scheduler shares the CPU by first:
+            # the session's niceness is set too, or the website gets no priority over it.
+            group = Path(f"/proc/{state.handle}/autogroup")
+            if Path("/proc/sys/kernel/sched_autogroup_enabled").exists():
+                assert group.read_text().split()[-2:] == ["nice", "7"], (state.role, group.read_text())
     finally:
         niced.stop(PROBLEM)
 

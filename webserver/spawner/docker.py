@@ -136,6 +136,7 @@ class DockerSpawner:
         coordinator_memory: str = "8g",
         selector_memory: str = "4g",
         cpus: float = 2.0,
+        cpu_shares: int = 256,
         pids_limit: int = 1024,
         restart_retries: int = 3,
     ) -> None:
@@ -149,6 +150,9 @@ class DockerSpawner:
         self.coordinator_memory = coordinator_memory
         self.selector_memory = selector_memory
         self.cpus = cpus
+        # The engine's default weight is 1024 (the website's container, in docker-compose.yml): a
+        # problem's services yield the CPU to pages when both want it, and take all of it when not.
+        self.cpu_shares = cpu_shares
         self.pids_limit = pids_limit
         self.restart_retries = restart_retries
 
@@ -167,6 +171,7 @@ class DockerSpawner:
             coordinator_memory=settings.FEDOTA_DOCKER_COORDINATOR_MEMORY,
             selector_memory=settings.FEDOTA_DOCKER_SELECTOR_MEMORY,
             cpus=settings.FEDOTA_DOCKER_CPUS,
+            cpu_shares=settings.FEDOTA_DOCKER_CPU_SHARES,
         )
 
     @property
@@ -356,6 +361,7 @@ class DockerSpawner:
             "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m"},
             "mem_limit": memory,
             "nano_cpus": int(self.cpus * 1e9),
+            "cpu_shares": self.cpu_shares,
             "pids_limit": self.pids_limit,
             "restart_policy": (
                 {"Name": "on-failure", "MaximumRetryCount": self.restart_retries} if restart else {"Name": "no"}

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from fedota_common.grpcutil import check_health
+from fedota_common.priority import nice_session
 from webserver.spawner.base import RunSpec, ServiceState, SpawnError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -406,7 +407,7 @@ class ProcessSpawner:
             try:
                 # `nice` execs the wrapper, so the pid stays the service's own.
                 prefix = ["nice", "-n", str(self.niceness)] if self.niceness else []
-                return subprocess.Popen(
+                proc = subprocess.Popen(
                     [*prefix, "/bin/sh", "-c", WRAPPER, str(exit_path), *cmd],
                     env=env,
                     cwd=REPO_ROOT,
@@ -417,6 +418,9 @@ class ProcessSpawner:
                 )
             except OSError as exc:
                 raise SpawnError(f"cannot start {cmd[2]}: {exc}") from exc
+        # Its own session is its own scheduler group: the niceness counts only once the group has it too.
+        nice_session(proc.pid, self.niceness)
+        return proc
 
     @staticmethod
     def _await_file(proc: subprocess.Popen[bytes], path: Path, deadline: float) -> dict[str, object] | None:
