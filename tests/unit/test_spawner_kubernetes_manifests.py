@@ -113,6 +113,10 @@ def test_every_platform_container_is_non_root_read_only_and_limited(overlay: str
             if container["image"].startswith("fedota/web") or container["image"].endswith("/fedota/web:latest"):
                 mounted = {m["mountPath"] for m in container["volumeMounts"]}
                 assert {"/tmp", "/var/lib/fedota"} <= mounted, (name, container["name"])
+                # $HOME is the image's /home/fedota, on the read-only root: gunicorn's control
+                # socket went there (seen running the image read-only with Docker).
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                assert env.get("HOME") == "/tmp", (name, container["name"])
 
 
 def _claim_templates(objects: tuple[dict[str, Any], ...], workload: str) -> list[dict[str, Any]]:
