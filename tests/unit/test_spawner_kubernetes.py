@@ -725,6 +725,19 @@ def test_an_unreachable_api_server_is_a_spawn_error(tmp_path: Path) -> None:
         spawner.status(7)
 
 
+def test_an_api_server_that_does_not_answer_fails_the_publish_naming_it(
+    tmp_path: Path, cluster: FakeCluster, spawner: KubernetesSpawner
+) -> None:
+    import urllib3.exceptions
+
+    def refused(name: str) -> None:
+        raise urllib3.exceptions.MaxRetryError(None, "/api/v1/namespaces/fedota-p7", "Connection refused")  # type: ignore[arg-type]
+
+    cluster.read_namespace = refused  # type: ignore[method-assign]
+    with pytest.raises(SpawnError, match="creating the namespace fedota-p7: cannot reach the Kubernetes API server"):
+        spawner.start(make_spec(tmp_path))
+
+
 # ---- status, restart, reconcile -------------------------------------------------------------------
 
 
