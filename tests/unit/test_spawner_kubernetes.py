@@ -41,6 +41,16 @@ RBAC = REPO / "deploy" / "kubernetes" / "base" / "rbac.yaml"
 # newest whose schemas kubernetes-validate bundles; strict: unknown fields are errors.
 SCHEMA_VERSIONS = ("1.31", "1.37")
 SERIALISE = k8s.ApiClient().sanitize_for_serialization
+PSS_RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 # The RBAC rule each client method needs, written down from the API's conventions
 # (method verb_[namespaced_]resource; "read" is get, "delete_collection" is deletecollection).
@@ -1019,7 +1029,12 @@ def test_every_container_is_non_root_with_a_read_only_root_filesystem_and_limits
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["automountServiceAccountToken"] is False
         volumes = {v["name"]: v for v in pod["volumes"]}
+        # Pod Security "restricted" (which the namespace enforces) allows these volume types only.
+        for volume in volumes.values():
+            assert set(volume) - {"name"} <= PSS_RESTRICTED_VOLUMES, volume
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod)
         for container in pod.get("initContainers", []) + pod["containers"]:
+            assert not any("hostPort" in port for port in container.get("ports", []))
             sc = container["securityContext"]
             assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
             assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}

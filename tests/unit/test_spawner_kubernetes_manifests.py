@@ -28,6 +28,16 @@ DEPLOY = REPO / "deploy" / "kubernetes"
 OVERLAYS = ("dev", "external-db")
 SCHEMA_VERSIONS = ("1.31", "1.37")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+PSS_RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 SECRET_NAMED = re.compile(r"(SECRET|PASSWORD|TOKEN|_KEY$|DATABASE_URL|BROKER_URL|CACHE_URL)")
 
 
@@ -101,6 +111,10 @@ def test_every_platform_container_is_non_root_read_only_and_limited(overlay: str
         assert spec["securityContext"]["runAsUser"] != 0, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        # The namespace enforces Pod Security "restricted": only these volume types, no host access.
+        for volume in volumes.values():
+            assert set(volume) - {"name"} <= PSS_RESTRICTED_VOLUMES, (name, volume)
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(spec), name
         claims = {t["metadata"]["name"] for t in _claim_templates(render(overlay), name)}
         for container in spec.get("initContainers", []) + spec["containers"]:
             sc = container["securityContext"]
