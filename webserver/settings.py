@@ -300,6 +300,15 @@ FEDOTA_DOCKER_CPUS = env_float("FEDOTA_DOCKER_CPUS", 2.0)
 # want the CPU, pages come first, as FEDOTA_SERVICE_NICE does for the process backend.
 FEDOTA_DOCKER_CPU_SHARES = env_int("FEDOTA_DOCKER_CPU_SHARES", 256)
 
+# The swarm backend (webserver/spawner/swarm.py, docs/swarm.md): services on a Docker Swarm,
+# named and labelled as the docker backend's (FEDOTA_DOCKER_PREFIX), with its images and
+# limits (FEDOTA_COORDINATOR_IMAGE, FEDOTA_SELECTOR_IMAGE, FEDOTA_DOCKER_*_MEMORY and _CPUS).
+# A manager's Docker API (unix:///..., tcp://host:2376); empty: DOCKER_HOST or the local socket.
+FEDOTA_SWARM_MANAGER = env("FEDOTA_SWARM_MANAGER") or ""
+# Encrypt each problem's overlay network between nodes (IPsec ESP, AES-GCM). Turn it off on
+# nodes whose kernel lacks ESP or GCM: their cross-node traffic on it is dropped.
+FEDOTA_SWARM_ENCRYPTED = env_bool("FEDOTA_SWARM_ENCRYPTED", True)
+
 
 # The kubernetes backend (webserver/spawner/kubernetes.py, docs/kubernetes.md). Validated
 # offline only; it has not run on a live cluster here. Images: FEDOTA_COORDINATOR_IMAGE and

@@ -41,6 +41,12 @@ def get_spawner(name: str | None = None) -> Spawner:
         except ImportError as exc:
             raise SpawnError(f"the docker backend needs the docker package (pip install docker): {exc}") from exc
         return DockerSpawner.from_settings()
+    if choice == "swarm":
+        try:
+            from webserver.spawner.swarm import SwarmSpawner
+        except ImportError as exc:
+            raise SpawnError(f"the swarm backend needs the docker package (pip install docker): {exc}") from exc
+        return SwarmSpawner.from_settings()
     if choice == "kubernetes":
         try:
             from webserver.spawner.kubernetes import KubernetesSpawner
@@ -49,4 +55,4 @@ def get_spawner(name: str | None = None) -> Spawner:
                 f"the kubernetes backend needs the kubernetes package (pip install kubernetes): {exc}"
             ) from exc
         return KubernetesSpawner.from_settings()
-    raise SpawnError(f"FEDOTA_SPAWNER={choice!r} is not a backend; use auto, process, docker or kubernetes")
+    raise SpawnError(f"FEDOTA_SPAWNER={choice!r} is not a backend; use auto, process, docker, swarm or kubernetes")
