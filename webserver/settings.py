@@ -352,8 +352,9 @@ FEDOTA_KUBERNETES_PREFIX = env("FEDOTA_KUBERNETES_PREFIX") or "fedota"
 FEDOTA_KUBERNETES_KUBECONFIG = env("FEDOTA_KUBERNETES_KUBECONFIG") or ""
 # How nodes get the images: IfNotPresent, Always or Never (images loaded onto every node).
 FEDOTA_KUBERNETES_IMAGE_PULL_POLICY = env("FEDOTA_KUBERNETES_IMAGE_PULL_POLICY") or "IfNotPresent"
-# A Secret of type kubernetes.io/dockerconfigjson for a private registry; the spawner does
-# not copy it, so it must exist in each problem namespace (empty: none needed).
+# An image pull Secret (kubernetes.io/dockerconfigjson) in the platform's namespace for a
+# private registry; the spawner copies it into each problem namespace. The worker may read
+# only the Secret its Role names (deploy/kubernetes/base/rbac.yaml: fedota-registry). Empty: none.
 FEDOTA_KUBERNETES_IMAGE_PULL_SECRET = env("FEDOTA_KUBERNETES_IMAGE_PULL_SECRET") or ""
 # How data holders reach the selectors from outside: NodePort (every node's address, at the
 # problem's fixed port, which must lie in the node-port range below) or LoadBalancer.

@@ -61,6 +61,7 @@ METHOD_RULES: dict[str, tuple[str, str, str]] = {
     "delete_namespace": ("", "namespaces", "delete"),
     "create_namespaced_secret": ("", "secrets", "create"),
     "patch_namespaced_secret": ("", "secrets", "patch"),
+    "read_namespaced_secret": ("", "secrets", "get"),
     "create_namespaced_config_map": ("", "configmaps", "create"),
     "delete_collection_namespaced_config_map": ("", "configmaps", "deletecollection"),
     "create_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "create"),
@@ -197,6 +198,7 @@ class FakeCluster:
         self.terminating_polls = 0  # how many reads a deleted namespace stays Terminating
         self._ids = itertools.count(1)
         self.node_ports: dict[int, tuple[str, str]] = {}
+        self.secrets_read: list[tuple[str, str]] = []
 
     @property
     def apis(self) -> Apis:
@@ -333,6 +335,11 @@ class FakeCluster:
         self._log("patch_namespaced_secret")
         self._read("Secret", namespace, name)
         self.objects[("Secret", namespace, name)] = body.model_copy(deep=True)
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> k8s.V1Secret:
+        self._log("read_namespaced_secret")
+        self.secrets_read.append((namespace, name))
+        return self._read("Secret", namespace, name)
 
     def create_namespaced_config_map(self, namespace: str, body: k8s.V1ConfigMap) -> Any:
         self._log("create_namespaced_config_map")
@@ -1146,23 +1153,41 @@ def test_network_policies_allow_only_the_intended_flows(tmp_path: Path) -> None:
 # ---- RBAC ------------------------------------------------------------------------------------------
 
 
-def _rbac_rules() -> set[tuple[str, str, str]]:
+def _rbac_rules(kind: str) -> set[tuple[str, str, str, str]]:
+    """(group, resource, verb, resource name or "") of every rule of the one `kind` object in rbac.yaml."""
     docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
-    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
-    out: set[tuple[str, str, str]] = set()
+    (role,) = [d for d in docs if d["kind"] == kind]
+    out: set[tuple[str, str, str, str]] = set()
     for rule in role["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        assert "nonResourceURLs" not in rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:
                     assert "*" not in (group, resource, verb)
-                    out.add((group, resource, verb))
+                    for name in rule.get("resourceNames") or [""]:
+                        out.add((group, resource, verb, name))
     return out
 
 
-def test_the_workers_cluster_role_grants_exactly_the_calls_the_spawner_makes(
-    tmp_path: Path, cluster: FakeCluster, spawner: KubernetesSpawner
-) -> None:
+def platform_pull_secret(cluster: FakeCluster) -> None:
+    """The namespace the website runs in, with the private registry's pull Secret."""
+    cluster.create_namespace(
+        k8s.V1Namespace(api_version="v1", kind="Namespace", metadata=k8s.V1ObjectMeta(name="fedota"))
+    )
+    config = base64.b64encode(b'{"auths": {"registry.example.org": {"auth": "dXNlcjpwdw=="}}}').decode()
+    cluster.objects[("Secret", "fedota", "fedota-registry")] = k8s.V1Secret(
+        api_version="v1",
+        kind="Secret",
+        type="kubernetes.io/dockerconfigjson",
+        metadata=k8s.V1ObjectMeta(name="fedota-registry", namespace="fedota"),
+        data={".dockerconfigjson": config},
+    )
+
+
+def test_the_workers_roles_grant_exactly_the_calls_the_spawner_makes(tmp_path: Path, cluster: FakeCluster) -> None:
+    platform_pull_secret(cluster)
+    config = KubernetesConfig(selector_host="fl.example.org", image_pull_secret="fedota-registry")
+    spawner = KubernetesSpawner(config, apis=cluster.apis, poll=0.0, sleep=lambda _s: None)
     # Every path through the backend: start, relaunch (with a selector fewer), status, restarts
     # of both roles, stop, orphans.
     spawner.start(make_spec(tmp_path, ports=(30056, 30057, 30058)))
@@ -1175,15 +1200,37 @@ def test_the_workers_cluster_role_grants_exactly_the_calls_the_spawner_makes(
     spawner.stop(7)
     spawner.stop(7)
 
+    # The one Secret it reads is the pull Secret in the platform's namespace: a namespaced Role
+    # naming it allows that; everything else is the ClusterRole, without resource names.
+    assert set(cluster.secrets_read) == {("fedota", "fedota-registry")}
     used = {METHOD_RULES[method] for method in cluster.calls}
-    assert used == _rbac_rules()
+    assert _rbac_rules("Role") == {("", "secrets", "get", "fedota-registry")}
+    assert {(*rule, "") for rule in used - {("", "secrets", "get")}} == _rbac_rules("ClusterRole")
     # Every method the spawner's source calls on an API group is one the fake knows (and so the table above).
     import re
 
     source = (REPO / "webserver" / "spawner" / "kubernetes.py").read_text()
     called = set(re.findall(r"self\.apis\.(?:core|apps|batch|networking)\.(\w+)", source))
     assert called == set(METHOD_RULES)
-    assert {m for m in called} == set(cluster.calls)
+    assert called == set(cluster.calls)
+
+
+def test_a_private_registrys_pull_secret_is_copied_into_the_problem_and_named_by_its_pods(
+    tmp_path: Path, cluster: FakeCluster
+) -> None:
+    config = KubernetesConfig(selector_host="fl.example.org", image_pull_secret="fedota-registry")
+    spawner = KubernetesSpawner(config, apis=cluster.apis, poll=0.0, sleep=lambda _s: None)
+    with pytest.raises(SpawnError, match="fedota-registry .* is not in the namespace fedota: create it there"):
+        spawner.start(make_spec(tmp_path))
+    assert ("Namespace", "", "fedota-p7") not in cluster.objects  # nothing created
+
+    platform_pull_secret(cluster)
+    spawner.start(make_spec(tmp_path))
+    copy = cluster.objects[("Secret", "fedota-p7", "fedota-registry")]
+    original = cluster.objects[("Secret", "fedota", "fedota-registry")]
+    assert (copy.type, copy.data) == (original.type, original.data)
+    pods = _pod_specs(cluster.created)
+    assert pods and all(pod["imagePullSecrets"] == [{"name": "fedota-registry"}] for pod in pods)
 
 
 def test_the_rbac_objects_validate_and_bind_the_role_to_the_workers_account() -> None:
@@ -1192,11 +1239,12 @@ def test_the_rbac_objects_validate_and_bind_the_role_to_the_workers_account() ->
         for version in SCHEMA_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
     (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
-    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
-    assert binding["roleRef"]["name"] == next(d for d in docs if d["kind"] == "ClusterRole")["metadata"]["name"]
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "fedota"}
-    ]
+    for role_kind, binding_kind in (("ClusterRole", "ClusterRoleBinding"), ("Role", "RoleBinding")):
+        (binding,) = [d for d in docs if d["kind"] == binding_kind]
+        (role,) = [d for d in docs if d["kind"] == role_kind]
+        assert (binding["roleRef"]["kind"], binding["roleRef"]["name"]) == (role_kind, role["metadata"]["name"])
+        subjects = [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "fedota"}]
+        assert binding["subjects"] == subjects
 
 
 # ---- choosing the backend ----------------------------------------------------------------------------

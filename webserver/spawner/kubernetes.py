@@ -9,7 +9,8 @@ Per problem, in its own namespace `<prefix>-p<id>` (Pod Security "restricted"):
 
 - Secrets `coordinator` and `selector`: the run's tokens and TLS material, each
   service getting only its own key. Containers read them through `secretKeyRef`;
-  no secret is ever a literal in a pod spec;
+  no secret is ever a literal in a pod spec. With a private registry, a copy of the
+  platform's image pull Secret too (pods can name Secrets of their own namespace only);
 - ConfigMaps `fab-000`, `fab-001`, ...: the problem's app in chunks (an object
   holds at most 1 MiB). An init container joins them, checks the SHA-256 and
   writes the app into the coordinator's volume, so the worker shares no path
@@ -204,6 +205,17 @@ def build_secrets(config: KubernetesConfig, spec: RunSpec) -> list[k8s.V1Secret]
         )
         for role, data in (("coordinator", coordinator), ("selector", selector))
     ]
+
+
+def build_pull_secret(config: KubernetesConfig, problem_id: int, source: k8s.V1Secret) -> k8s.V1Secret:
+    """A problem namespace's copy of the platform's image pull Secret (pods name Secrets of their own namespace only)."""
+    return k8s.V1Secret(
+        api_version="v1",
+        kind="Secret",
+        type=source.type,
+        metadata=_meta(config, problem_id, config.image_pull_secret, **{f"{LABEL}.role": "pull-secret"}),
+        data=dict(source.data or {}),
+    )
 
 
 def fab_chunks(fab: bytes) -> list[bytes]:
@@ -901,6 +913,8 @@ class KubernetesSpawner:
         if hashlib.sha256(fab).hexdigest() != spec.fab_sha256:
             raise SpawnError(f"the app {spec.fab_path} does not match the run's SHA-256; start a new run")
         objects = build_run_objects(self.config, spec, fab, ports)
+        if self.config.image_pull_secret:
+            objects.insert(1, build_pull_secret(self.config, spec.problem_id, self._read_pull_secret()))
         ns = self._ns(spec.problem_id)
         self._ensure_namespace(objects[0])
         # A relaunch replaces the workloads (and the app, secrets); the volume and Services stay.
@@ -1047,6 +1061,22 @@ class KubernetesSpawner:
         return found
 
     # ---- internals --------------------------------------------------------------------------------
+
+    def _read_pull_secret(self) -> k8s.V1Secret:
+        """The image pull Secret in the platform's namespace (the worker may read that one Secret only)."""
+        name, ns = self.config.image_pull_secret, self.config.platform_namespace
+        with _api(f"reading the image pull Secret {ns}/{name}"):
+            try:
+                secret: k8s.V1Secret = self.apis.core.read_namespaced_secret(name, ns)
+            except ApiException as exc:
+                if _absent(exc):
+                    raise SpawnError(
+                        f"the image pull Secret {name} (FEDOTA_KUBERNETES_IMAGE_PULL_SECRET) is not in the namespace "
+                        f"{ns}: create it there (kubectl -n {ns} create secret docker-registry {name} ...) or unset "
+                        "the setting"
+                    ) from None
+                raise
+        return secret
 
     def _check_ports(self, ports: Sequence[int | None]) -> None:
         if self.config.selector_service_type != "NodePort":
