@@ -121,6 +121,9 @@ def test_every_platform_container_is_non_root_read_only_and_limited(overlay: str
             assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True, (name, container["name"])
             assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
             assert {"cpu", "memory"} <= set(container["resources"]["limits"]), (name, container["name"])
+            # Never the default: with a :latest tag that is Always, and images loaded onto the
+            # nodes rather than pushed to a registry would never start.
+            assert container["imagePullPolicy"] in ("IfNotPresent", "Never"), (name, container["name"])
             # Whatever it writes to is a volume (the root filesystem is read-only).
             for mount in container.get("volumeMounts", []):
                 assert mount["name"] in volumes or mount["name"] in claims, (name, mount)
