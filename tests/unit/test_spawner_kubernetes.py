@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -52,36 +53,67 @@ PSS_RESTRICTED_VOLUMES = {
     "secret",
 }
 
-# The RBAC rule each client method needs, written down from the API's conventions
-# (method verb_[namespaced_]resource; "read" is get, "delete_collection" is deletecollection).
-METHOD_RULES: dict[str, tuple[str, str, str]] = {
-    "create_namespace": ("", "namespaces", "create"),
-    "read_namespace": ("", "namespaces", "get"),
-    "list_namespace": ("", "namespaces", "list"),
-    "delete_namespace": ("", "namespaces", "delete"),
-    "create_namespaced_secret": ("", "secrets", "create"),
-    "patch_namespaced_secret": ("", "secrets", "patch"),
-    "read_namespaced_secret": ("", "secrets", "get"),
-    "create_namespaced_config_map": ("", "configmaps", "create"),
-    "delete_collection_namespaced_config_map": ("", "configmaps", "deletecollection"),
-    "create_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "create"),
-    "create_namespaced_service": ("", "services", "create"),
-    "patch_namespaced_service": ("", "services", "patch"),
-    "list_namespaced_service": ("", "services", "list"),
-    "delete_namespaced_service": ("", "services", "delete"),
-    "list_namespaced_pod": ("", "pods", "list"),
-    "delete_namespaced_pod": ("", "pods", "delete"),
-    "create_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "create"),
-    "patch_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "patch"),
-    "create_namespaced_job": ("batch", "jobs", "create"),
-    "read_namespaced_job": ("batch", "jobs", "get"),
-    "list_namespaced_job": ("batch", "jobs", "list"),
-    "delete_namespaced_job": ("batch", "jobs", "delete"),
-    "create_namespaced_deployment": ("apps", "deployments", "create"),
-    "read_namespaced_deployment": ("apps", "deployments", "get"),
-    "list_namespaced_deployment": ("apps", "deployments", "list"),
-    "delete_namespaced_deployment": ("apps", "deployments", "delete"),
+
+class _Built(Exception):
+    """A request the client built, in place of sending it."""
+
+    def __init__(self, method: str, url: str) -> None:
+        super().__init__(method, url)
+        self.method, self.url = method, url
+
+
+class _Wire(k8s.ApiClient):
+    """The official client up to the wire: its argument checks (pydantic) and request building run, nothing is sent."""
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        raise _Built(method, url)
+
+
+_WIRE = _Wire(k8s.Configuration(host="https://kubernetes.invalid"))
+REAL_APIS = {
+    "core": k8s.CoreV1Api(_WIRE),
+    "apps": k8s.AppsV1Api(_WIRE),
+    "batch": k8s.BatchV1Api(_WIRE),
+    "networking": k8s.NetworkingV1Api(_WIRE),
 }
+
+
+def rbac_rule(method: str, url: str) -> tuple[str, str, str, str, str]:
+    """(API group, resource, verb, namespace, name) the API server authorizes an HTTP request as."""
+    parts = urlsplit(url).path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    resource, name = rest[0], (rest[1] if len(rest) > 1 else "")
+    if method == "GET":
+        verb = "get" if name else "list"
+    elif method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update"}[method]
+    return group, resource, verb, namespace, name
+
+
+class _Checked:
+    """One API group of the fake, called only as the official client's method of that group can be called."""
+
+    def __init__(self, real: Any, fake: FakeCluster) -> None:
+        self._real, self._fake = real, fake
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._real, name)  # AttributeError: this API group has no such method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                real(*args, **kwargs)  # a wrong argument or type raises here, as against a cluster
+            except _Built as built:
+                self._fake.http.append((built.method, built.url))
+            else:
+                raise AssertionError(f"{name} built no request")
+            return getattr(self._fake, name)(*args, **kwargs)
+
+        return call
 
 
 _VALID: set[str] = set()
@@ -199,10 +231,12 @@ class FakeCluster:
         self._ids = itertools.count(1)
         self.node_ports: dict[int, tuple[str, str]] = {}
         self.secrets_read: list[tuple[str, str]] = []
+        self.http: list[tuple[str, str]] = []  # (method, URL) of every request the client built
 
     @property
     def apis(self) -> Apis:
-        return Apis(core=self, apps=self, batch=self, networking=self)
+        # Each call goes through the official client's own method first (see _Checked).
+        return Apis(**{group: _Checked(real, self) for group, real in REAL_APIS.items()})
 
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"the fake API has no method {name}; the spawner called something new")
@@ -331,8 +365,9 @@ class FakeCluster:
         self._log("create_namespaced_secret")
         return self._create("Secret", namespace, body)
 
-    def patch_namespaced_secret(self, name: str, namespace: str, body: k8s.V1Secret) -> Any:
+    def patch_namespaced_secret(self, name: str, namespace: str, body: k8s.V1Secret, _content_type: str = "") -> Any:
         self._log("patch_namespaced_secret")
+        assert _content_type == "application/merge-patch+json", "lists must be replaced, not merged"
         self._read("Secret", namespace, name)
         self.objects[("Secret", namespace, name)] = body.model_copy(deep=True)
 
@@ -373,8 +408,9 @@ class FakeCluster:
         self._claim_node_port(namespace, body)
         return self._create("Service", namespace, body)
 
-    def patch_namespaced_service(self, name: str, namespace: str, body: k8s.V1Service) -> Any:
+    def patch_namespaced_service(self, name: str, namespace: str, body: k8s.V1Service, _content_type: str = "") -> Any:
         self._log("patch_namespaced_service")
+        assert _content_type == "application/merge-patch+json", "lists must be replaced, not merged"
         self._read("Service", namespace, name)
         self._claim_node_port(namespace, body)
         self.objects[("Service", namespace, name)] = body.model_copy(deep=True)
@@ -408,8 +444,9 @@ class FakeCluster:
         self._log("create_namespaced_network_policy")
         return self._create("NetworkPolicy", namespace, body)
 
-    def patch_namespaced_network_policy(self, name: str, namespace: str, body: Any) -> Any:
+    def patch_namespaced_network_policy(self, name: str, namespace: str, body: Any, _content_type: str = "") -> Any:
         self._log("patch_namespaced_network_policy")
+        assert _content_type == "application/merge-patch+json", "lists must be replaced, not merged"
         self._read("NetworkPolicy", namespace, name)
         self.objects[("NetworkPolicy", namespace, name)] = body.model_copy(deep=True)
 
@@ -1200,18 +1237,19 @@ def test_the_workers_roles_grant_exactly_the_calls_the_spawner_makes(tmp_path: P
     spawner.stop(7)
     spawner.stop(7)
 
+    # What the API server would authorize, from the HTTP requests the official client built.
+    requests = {rbac_rule(method, url) for method, url in cluster.http}
     # The one Secret it reads is the pull Secret in the platform's namespace: a namespaced Role
     # naming it allows that; everything else is the ClusterRole, without resource names.
-    assert set(cluster.secrets_read) == {("fedota", "fedota-registry")}
-    used = {METHOD_RULES[method] for method in cluster.calls}
+    reads = {r for r in requests if r[:3] == ("", "secrets", "get")}
+    assert reads == {("", "secrets", "get", "fedota", "fedota-registry")}
     assert _rbac_rules("Role") == {("", "secrets", "get", "fedota-registry")}
-    assert {(*rule, "") for rule in used - {("", "secrets", "get")}} == _rbac_rules("ClusterRole")
-    # Every method the spawner's source calls on an API group is one the fake knows (and so the table above).
+    assert {(*r[:3], "") for r in requests - reads} == _rbac_rules("ClusterRole")
+    # Every method the spawner's source calls on an API group was exercised above.
     import re
 
     source = (REPO / "webserver" / "spawner" / "kubernetes.py").read_text()
     called = set(re.findall(r"self\.apis\.(?:core|apps|batch|networking)\.(\w+)", source))
-    assert called == set(METHOD_RULES)
     assert called == set(cluster.calls)
 
 
