@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 
 from fedota_common.fab import load_app
 from fedota_common.pki import issue_server_cert, make_ca
+from tests.docker import test_docker_spawner
 from tests.docker.conftest import leftovers, unavailable
 from tests.docker.joining import readable
 from tests.docker.probes import exec_python
@@ -35,9 +37,12 @@ REPO = Path(__file__).resolve().parents[2]
 # while the test kills things; a `.no-delay` file in a client's data folder lifts it).
 APP = REPO / "tests" / "apps" / "counting"
 ROUNDS = 60
-CLIENT_DELAY = 1.0
+CLIENT_DELAY = 0.5
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
+
+# The docker backend's tests' problem in the database, over this module's `spawner`.
+platform = test_docker_spawner.platform
 
 
 @pytest.fixture(scope="module")
@@ -323,32 +328,75 @@ def test_a_run_trains_on_the_swarm_and_only_what_died_comes_back(
     spawner.stop(problem)  # idempotent
 
 
-def test_stopping_one_problem_leaves_another_running(
-    spawner: SwarmSpawner, swarm: Any, docker_prefix: str, fab: tuple[Path, str]
+def _task_of(client: Any, service: str) -> str:
+    """The id of the service's newest task."""
+    tasks = client.services.get(service).tasks()
+    return str(max(tasks, key=lambda t: t["CreatedAt"])["ID"])
+
+
+def test_the_reconciler_restarts_only_what_died_removes_orphans_and_relaunches(
+    platform: dict[str, Any], spawner: SwarmSpawner, swarm: Any, docker_prefix: str, fab: tuple[Path, str]
 ) -> None:
-    """Also: a relaunch (start again) replaces the services and the run's secrets, not the network."""
-    first = spawner.start(_spec(fab, 8201, spawner, selectors=1))
-    spawner.start(_spec(fab, 8202, spawner, selectors=1))
-    network = swarm.networks.get(f"{docker_prefix}-p8201").id
-    old_secrets = {
-        s.id for s in swarm.secrets.list(filters={"label": [f"fedota.install={docker_prefix}", "fedota.problem=8201"]})
-    }
+    """The run lifecycle (database, reconciler) over the swarm backend, as over the docker one."""
+    from webserver.problems import lifecycle
+    from webserver.problems.models import RunStatus
 
-    again = spawner.start(_spec(fab, 8201, spawner, selectors=1))
-    assert [s.health for s in again] == ["healthy", "healthy"]
-    assert {s.handle for s in again}.isdisjoint({s.handle for s in first})
-    assert swarm.networks.get(f"{docker_prefix}-p8201").id == network
-    new_secrets = {
-        s.id for s in swarm.secrets.list(filters={"label": [f"fedota.install={docker_prefix}", "fedota.problem=8201"]})
-    }
-    assert new_secrets and new_secrets.isdisjoint(old_secrets)
+    problem, owner = platform["problem"], platform["owner"]
+    problem.run_config = {"rounds": 3, "num_selectors": 2}
+    problem.save(update_fields=["run_config"])
+    name = f"{docker_prefix}-p{problem.pk}"
+    services = [f"{name}-coordinator", f"{name}-selector-0", f"{name}-selector-1"]
+    run = lifecycle.run_start(problem=problem, user=owner)
+    # Meanwhile a problem the website does not know starts (an orphan): both wait for health at once.
+    with ThreadPoolExecutor(1) as pool:
+        orphan = pool.submit(spawner.start, _spec(fab, 99_998, spawner, selectors=1))
+        lifecycle.run_launch(run_id=run.pk)
+        orphan.result()
+    run.refresh_from_db()
+    assert (run.status, run.backend) == (RunStatus.RUNNING, "swarm"), run.status_detail
+    platform["enqueued"].clear()  # the start's own publish
+    before = {s: _task_of(swarm, s) for s in services}
+    network = swarm.networks.get(name).id
+    labels = {"label": [f"fedota.install={docker_prefix}", f"fedota.problem={problem.pk}"]}
+    secrets_before = {s.id for s in swarm.secrets.list(filters=labels)}
 
-    spawner.stop(8201)
-    _nothing_left(swarm, docker_prefix, 8201)
-    assert [s.health for s in spawner.status(8202)] == ["healthy", "healthy"]
-    assert spawner.problems() == {8202}
-    spawner.stop(8202)
-    _nothing_left(swarm, docker_prefix, 8202)
+    # The coordinator is killed.
+    subprocess.run(["docker", "kill", _running_container(swarm, services[0]).id], check=True, capture_output=True)
+    _until(lambda: spawner.status(problem.pk)[0].health == "exited", 30, lambda: spawner.status(problem.pk))
+
+    report = lifecycle.infrastructure_reconcile(spawner=spawner)
+    assert report.restarted == [run.pk] and report.relaunched == [] and report.orphans_removed == [99_998]
+    _nothing_left(swarm, docker_prefix, 99_998)
+    assert platform["enqueued"] == []  # restarted alone, not launched whole
+    _until(
+        lambda: all(s.health == "healthy" for s in spawner.status(problem.pk)), 60, lambda: spawner.status(problem.pk)
+    )
+    after = {s: _task_of(swarm, s) for s in services}
+    # Only the coordinator has a new task; the selectors' are the ones they had.
+    assert after[services[0]] != before[services[0]]
+    assert [after[s] for s in services[1:]] == [before[s] for s in services[1:]]
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and [r["service"] for r in run.restarts] == ["coordinator"]
+
+    # A selector whose service is gone cannot be restarted as it was: the run is launched whole,
+    # with new services and secrets on the problem's same network.
+    swarm.services.get(services[1]).remove()
+    report = lifecycle.infrastructure_reconcile(spawner=spawner)
+    assert report.relaunched == [run.pk]
+    assert platform["enqueued"] == [("problems.publish", (run.pk,))]
+    lifecycle.run_launch(run_id=run.pk)  # what the enqueued publish task does
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING, run.status_detail
+    assert swarm.networks.get(name).id == network
+    secrets_after = {s.id for s in swarm.secrets.list(filters=labels)}
+    assert secrets_after and secrets_after.isdisjoint(secrets_before)
+    assert all(_task_of(swarm, s) not in after.values() for s in services)
+
+    lifecycle.run_stop(problem=problem, user=owner)
+    lifecycle.run_teardown(problem_id=problem.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.STOPPED
+    _nothing_left(swarm, docker_prefix, problem.pk)
 
 
 def test_bad_settings_fail_the_start_saying_what_to_fix(
