@@ -372,6 +372,10 @@ FEDOTA_KUBERNETES_WEB_POD_LABELS = _kubernetes_labels(
 )
 # The port the website's pods listen on (the coordinators' reports go there).
 FEDOTA_KUBERNETES_WEB_PORT = env_int("FEDOTA_KUBERNETES_WEB_PORT", 8000)
+# The cluster's DNS pods (namespace and labels): the only other place problem pods may reach
+# (port 53), to resolve the coordinator's and the website's names.
+FEDOTA_KUBERNETES_DNS_NAMESPACE = env("FEDOTA_KUBERNETES_DNS_NAMESPACE") or "kube-system"
+FEDOTA_KUBERNETES_DNS_POD_LABELS = _kubernetes_labels("FEDOTA_KUBERNETES_DNS_POD_LABELS", "k8s-app=kube-dns")
 # The coordinator's state volume: storage class (empty: the cluster's default) and size.
 FEDOTA_KUBERNETES_STORAGE_CLASS = env("FEDOTA_KUBERNETES_STORAGE_CLASS") or ""
 FEDOTA_KUBERNETES_STATE_SIZE = env("FEDOTA_KUBERNETES_STATE_SIZE") or "10Gi"

@@ -1295,6 +1295,7 @@ def test_the_kubernetes_backend_is_chosen_by_one_setting_and_reads_its_settings(
     settings.FEDOTA_SELECTOR_HOST = "fl.example.org"
     settings.FEDOTA_KUBERNETES_SELECTOR_SERVICE = "LoadBalancer"
     settings.FEDOTA_KUBERNETES_PLATFORM_NAMESPACE = "fl-platform"
+    settings.FEDOTA_KUBERNETES_DNS_POD_LABELS = {"k8s-app": "coredns"}
     spawner = get_spawner()
     assert isinstance(spawner, KubernetesSpawner)
     assert spawner.config.selector_host == "fl.example.org"
@@ -1304,6 +1305,8 @@ def test_the_kubernetes_backend_is_chosen_by_one_setting_and_reads_its_settings(
     website = next(p for p in policies if p["metadata"]["name"] == "coordinator-to-website")
     peer = website["spec"]["egress"][0]["to"][0]
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "fl-platform"}
+    dns = website["spec"]["egress"][1]["to"][0]
+    assert dns["podSelector"]["matchLabels"] == {"k8s-app": "coredns"}
 
     settings.FEDOTA_KUBERNETES_SELECTOR_SERVICE = "HostPort"
     with pytest.raises(SpawnError, match="NodePort or LoadBalancer"):

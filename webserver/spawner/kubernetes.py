@@ -869,6 +869,8 @@ class KubernetesSpawner:
                 platform_namespace=settings.FEDOTA_KUBERNETES_PLATFORM_NAMESPACE,
                 web_pod_labels=settings.FEDOTA_KUBERNETES_WEB_POD_LABELS,
                 web_port=settings.FEDOTA_KUBERNETES_WEB_PORT,
+                dns_namespace=settings.FEDOTA_KUBERNETES_DNS_NAMESPACE,
+                dns_pod_labels=settings.FEDOTA_KUBERNETES_DNS_POD_LABELS,
                 storage_class=settings.FEDOTA_KUBERNETES_STORAGE_CLASS,
                 state_size=settings.FEDOTA_KUBERNETES_STATE_SIZE,
                 coordinator_memory=settings.FEDOTA_KUBERNETES_COORDINATOR_MEMORY,
@@ -1164,8 +1166,11 @@ class KubernetesSpawner:
                 if exc.status != 409:
                     raise
                 # PVC: kept as it is (the checkpoints). The rest was removed first or is patched.
+                # A JSON merge patch replaces lists whole: a strategic merge (the client's default
+                # for an object) would keep a Service's old port beside a new one, or a policy's
+                # old rules beside the new ones.
                 if patch is not None:
-                    patch(name, ns, obj)
+                    patch(name, ns, obj, _content_type="application/merge-patch+json")
 
     def _remove_stale_services(self, problem_id: int, selectors: int) -> None:
         """Delete the Services of selectors a previous run had and this one has not (their ports too)."""
