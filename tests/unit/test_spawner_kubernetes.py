@@ -944,6 +944,28 @@ def test_an_app_that_does_not_add_up_fails_the_publish_naming_the_copy(
         spawner.start(make_spec(tmp_path))
 
 
+def test_a_pod_still_pulling_its_image_says_so() -> None:
+    waiting = k8s.V1ContainerStateWaiting(reason="ContainerCreating")
+    pod = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="selector-0-x"),
+        status=k8s.V1PodStatus(
+            phase="Pending",
+            container_statuses=[
+                k8s.V1ContainerStatus(
+                    name="selector",
+                    image="fedota/selector:latest",
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    state=k8s.V1ContainerState(waiting=waiting),
+                )
+            ],
+        ),
+    )
+    state = service_state(CONFIG, 7, "selector", 0, pod, port="30056")
+    assert (state.health, state.detail) == ("starting", "selector: ContainerCreating")
+
+
 def test_a_pod_that_cannot_be_scheduled_says_why() -> None:
     pod = k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name="coordinator-x"),

@@ -75,8 +75,10 @@ STATE_MOUNT = "/state"
 FAB_PARTS_MOUNT = "/fab-parts"
 # Raw bytes per app chunk: base64 makes 683 KiB of it, well under an object's 1 MiB.
 FAB_CHUNK = 512 * 1024
-# Images are pulled on first use, so a start may take longer than on one engine.
-START_TIMEOUT = 300.0
+# Every service answering, as on Docker: the publish task's own soft limit (170 s,
+# webserver/problems/tasks.py) must leave time to say which service did not and why.
+# Nodes pull the images on first use; a large image pulled slowly can need a second publish.
+START_TIMEOUT = 120.0
 # How long a deleted object may take to go before its name is needed again.
 DELETE_TIMEOUT = 60.0
 STOP_GRACE = 10
@@ -688,6 +690,19 @@ def _disrupted(pod: k8s.V1Pod) -> str:
     return ""
 
 
+def _waiting(pod: k8s.V1Pod, container: str) -> str:
+    """What the kubelet says it is doing before `container` runs (pulling, initialising), or ""."""
+    statuses = [
+        *((pod.status.init_container_statuses if pod.status else None) or []),
+        *((pod.status.container_statuses if pod.status else None) or []),
+    ]
+    for status in statuses:
+        waiting = status.state.waiting if status.state else None
+        if waiting is not None and waiting.reason:
+            return f"{status.name}: {waiting.reason}" + (f": {waiting.message}" if waiting.message else "")
+    return ""
+
+
 def _unschedulable(pod: k8s.V1Pod) -> str:
     for condition in (pod.status.conditions if pod.status else None) or []:
         if condition.type == "PodScheduled" and condition.status == "False":
@@ -754,7 +769,7 @@ def service_state(
             detail = "the gRPC health check did not answer SERVING"
             return ServiceState(role, index, handle, address, "unhealthy", detail, None, restarts)
         return ServiceState(role, index, handle, address, "starting", "", None, restarts)
-    detail = _hopeless_wait(pod) or _unschedulable(pod)
+    detail = _hopeless_wait(pod) or _unschedulable(pod) or _waiting(pod, container)
     if state is not None and state.waiting is not None and status is not None and status.last_state is not None:
         last = status.last_state.terminated
         if last is not None:
