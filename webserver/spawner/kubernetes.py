@@ -1006,6 +1006,7 @@ class KubernetesSpawner:
                 self._check_ours(job.metadata, problem_id, what)
                 current = self._current(problem_id, role, index)
                 if current.health == "exited" or _job_failure(job):
+                    log.info("creating the coordinator Job of %s again: %s", ns, current.detail or "it failed")
                     self.apis.batch.delete_namespaced_job(
                         name, ns, body=k8s.V1DeleteOptions(propagation_policy="Background")
                     )
@@ -1026,6 +1027,7 @@ class KubernetesSpawner:
                 # (evicted, its node lost) is deleted so that the Deployment makes a new one.
                 current = self._current(problem_id, role, index)
                 if current.health == "exited":
+                    log.info("deleting the failed pod %s/%s for a new one: %s", ns, current.handle, current.detail)
                     try:
                         self.apis.core.delete_namespaced_pod(current.handle, ns)
                     except ApiException as exc:
@@ -1198,6 +1200,7 @@ class KubernetesSpawner:
                 index = (service.metadata.labels or {}).get(f"{LABEL}.index", "")
                 if index.isdigit() and int(index) < selectors:
                     continue
+                log.info("deleting %s/%s: this run has %d selectors", ns, service.metadata.name, selectors)
                 try:
                     self.apis.core.delete_namespaced_service(service.metadata.name, ns)
                 except ApiException as exc:
