@@ -85,7 +85,6 @@ from webserver.spawner.docker import (
     PROBE,
     SELECTOR_PORT,
     STATE_MOUNT,
-    _each,
     _fab_archive,
     container_url,
 )
@@ -267,7 +266,7 @@ class SwarmSpawner:
             made = self._create_secrets(spec)
             services = [self._create_coordinator(spec, network, made)]
             services += [self._create_selector(spec, network, made, i, port) for i, port in enumerate(ports)]
-            _each(lambda service: self._wait_running(service, deadline), services)
+            self._wait_running(services, deadline)
             states = self.status(spec.problem_id)
         except BaseException:
             self._remove_services(spec.problem_id)
@@ -584,35 +583,38 @@ class SwarmSpawner:
             return None
         return _task_of(tasks[-1], _task_of(tasks[-2]) if len(tasks) > 1 else None)
 
-    def _wait_running(self, service: Any, deadline: float) -> None:
-        labels = service.attrs["Spec"].get("Labels") or {}
-        role = labels.get(f"{LABEL}.role", "service")
-        what = f"{role} {labels.get(f'{LABEL}.index')}" if role == "selector" else role
-        unplaced_since: float | None = None
-        while True:
-            with _manager(f"inspecting the {what}'s task"):
-                task = self._task(service)
-            if task is not None and task.state == "running":
-                return
-            if task is not None and task.state in ("failed", "rejected", "complete", "shutdown", "orphaned"):
-                raise SpawnError(self._failure(service, what, task))
-            if task is not None and task.state == "pending" and "no suitable node" in task.error:
-                unplaced_since = unplaced_since or time.monotonic()
-                if time.monotonic() - unplaced_since > UNPLACED_GRACE:
-                    raise SpawnError(_unplaced(what, task.error))
-            else:
-                unplaced_since = None
-            if time.monotonic() > deadline:
-                state = (
-                    f"its task is {task.state}" + (f" ({task.error})" if task and task.error else "")
-                    if task
-                    else "no task"
-                )
-                raise SpawnError(
-                    f"the {what} did not pass its health check within {self.start_timeout:.0f} s: {state}\n"
-                    + self._tail(service)
-                )
-            time.sleep(0.5)
+    def _wait_running(self, services: list[Any], deadline: float) -> None:
+        """Until every service's task runs (past its health check); SpawnError at the first that cannot."""
+        waiting = {service.id: service for service in services}
+        unplaced_since: dict[str, float] = {}
+        while waiting:
+            for service in list(waiting.values()):
+                labels = service.attrs["Spec"].get("Labels") or {}
+                role = labels.get(f"{LABEL}.role", "service")
+                what = f"{role} {labels.get(f'{LABEL}.index')}" if role == "selector" else role
+                with _manager(f"inspecting the {what}'s task"):
+                    task = self._task(service)
+                if task is not None and task.state == "running":
+                    del waiting[service.id]
+                    continue
+                if task is not None and task.state in ENDED_STATES:
+                    raise SpawnError(self._failure(service, what, task))
+                if task is not None and task.state == "pending" and "no suitable node" in task.error:
+                    since = unplaced_since.setdefault(service.id, time.monotonic())
+                    if time.monotonic() - since > UNPLACED_GRACE:
+                        raise SpawnError(_unplaced(what, task.error))
+                else:
+                    unplaced_since.pop(service.id, None)
+                if time.monotonic() > deadline:
+                    state = (
+                        f"its task is {task.state}" + (f" ({task.error})" if task.error else "") if task else "no task"
+                    )
+                    raise SpawnError(
+                        f"the {what} did not pass its health check within {self.start_timeout:.0f} s: {state}\n"
+                        + self._tail(service)
+                    )
+            if waiting:
+                time.sleep(0.5)
 
     def _failure(self, service: Any, what: str, task: _Task) -> str:
         """Why a task ended while its service was starting, saying what to fix where it can."""
