@@ -138,7 +138,16 @@ def _variant(change: str) -> list[bytes]:
 
 @pytest.mark.parametrize(
     "change",
-    ["keys", "two metric records", "config record", "list weight", "zero total", "dtype", "fortran", "metric list length"],
+    [
+        "keys",
+        "two metric records",
+        "config record",
+        "list weight",
+        "zero total",
+        "dtype",
+        "fortran",
+        "metric list length",
+    ],
 )
 def test_replies_the_merge_could_not_reproduce_exactly_go_to_the_strategy_as_they_came(change: str) -> None:
     contents = _variant(change)

@@ -122,3 +122,26 @@ def test_the_page_of_a_long_run_is_a_shell(
     assert "round 2000 of 2000" in html and "Hospital holder" in html
     csv = client.get(f"/monitoring/runs/{run.pk}/metrics.csv").content.decode()
     assert len(csv.strip().splitlines()) == 2001  # the header and every round
+
+
+def test_download_links_are_what_reverse_gives_under_any_script_prefix(
+    users: dict[str, Any], make_problem: Callable[..., Any]
+) -> None:
+    from django.urls import reverse, set_script_prefix
+
+    from webserver.monitoring import queries
+
+    run = _long_run(make_problem(users["owner"]), users, number=1, rounds=3)
+    Checkpoint.objects.create(run=run, round=2, attempt=2, npz="checkpoints/r2b.npz", pt="checkpoints/r2b.pt")
+    try:
+        for prefix in ("/", "/fedota/"):
+            set_script_prefix(prefix)
+            links = queries.run_checkpoints(run=run)
+            for round_ in (1, 3):
+                url = reverse("checkpoint-download", kwargs={"run_id": run.pk, "round": round_, "kind": "npz"})
+                assert links[(1, round_)] == {"npz": url, "pt": None}
+            # A round two attempts stored is linked per attempt.
+            pt = reverse("checkpoint-download", kwargs={"run_id": run.pk, "round": 2, "kind": "pt"})
+            assert links[(2, 2)]["pt"] == f"{pt}?attempt=2" and pt.startswith(prefix)
+    finally:
+        set_script_prefix("/")

@@ -163,7 +163,7 @@ def test_rounds_of_a_later_attempt_never_overwrite_an_earlier_ones(client: Clien
     assert rows == [(1, 1), (1, 2), (2, 1)]
     assert RoundRecord.objects.get(run=run, attempt=1, number=1).train_loss == 0.61
     assert queries.run_json(run)["attempts"] == [{"attempt": 1, "first_round": 1}, {"attempt": 2, "first_round": 1}]
-    assert [r["attempt"] for r in map(lambda r: queries.round_json(r, {}), queries.run_rounds(run=run))] == [1, 1, 2]
+    assert [r["attempt"] for r in map(lambda r: queries.round_json(r, {}), queries.round_rows(run=run))] == [1, 1, 2]
     # Retried delivery of the same round of the same attempt updates it in place.
     assert _post(client, run.pk, [{**_round(1, []), "attempt": 2, "train_loss": 0.8}]).status_code == 200
     assert RoundRecord.objects.get(run=run, attempt=2, number=1).train_loss == 0.8

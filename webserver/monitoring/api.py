@@ -138,7 +138,7 @@ class RunRoundsApi(APIView):
     def get(self, request: Request, run_id: int) -> Response:
         run = queries.run_for_monitoring(user=request.user, run_id=run_id)
         downloads = queries.run_checkpoints(run=run)
-        return Response([queries.round_json(r, downloads) for r in queries.run_rounds(run=run)])
+        return Response([queries.round_json(r, downloads) for r in queries.round_rows(run=run)])
 
 
 class RunLogsApi(APIView):
