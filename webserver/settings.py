@@ -308,6 +308,11 @@ FEDOTA_SWARM_MANAGER = env("FEDOTA_SWARM_MANAGER") or ""
 # Encrypt each problem's overlay network between nodes (IPsec ESP, AES-GCM). Turn it off on
 # nodes whose kernel lacks ESP or GCM: their cross-node traffic on it is dropped.
 FEDOTA_SWARM_ENCRYPTED = env_bool("FEDOTA_SWARM_ENCRYPTED", True)
+# Placement constraints of the selectors, comma-separated (node.labels.fedota-selectors==yes):
+# the nodes FEDOTA_SELECTOR_HOST reaches, as selectors publish their ports on their own node.
+FEDOTA_SWARM_SELECTOR_CONSTRAINTS = [
+    c.strip() for c in (env("FEDOTA_SWARM_SELECTOR_CONSTRAINTS") or "").split(",") if c.strip()
+]
 
 
 # The kubernetes backend (webserver/spawner/kubernetes.py, docs/kubernetes.md). Validated

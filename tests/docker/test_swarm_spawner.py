@@ -90,7 +90,15 @@ def _until(done: Callable[[], bool], timeout: float, show: Callable[[], object] 
 
 @pytest.fixture
 def spawner(swarm: Any, docker_prefix: str) -> Iterator[SwarmSpawner]:
-    made = SwarmSpawner(client=swarm, prefix=docker_prefix, coordinator_memory="1g", selector_memory="512m")
+    # The selectors on this node, whose ports the clients here dial (the swarm may have others).
+    here = f"node.id=={swarm.info()['Swarm']['NodeID']}"
+    made = SwarmSpawner(
+        client=swarm,
+        prefix=docker_prefix,
+        coordinator_memory="1g",
+        selector_memory="512m",
+        selector_constraints=(here,),
+    )
     yield made
     for problem_id in made.problems():
         made.stop(problem_id)
@@ -211,6 +219,7 @@ def test_a_run_trains_on_the_swarm_and_only_what_died_comes_back(
             assert "Ports" not in spec_["EndpointSpec"]
         else:
             assert task["RestartPolicy"]["Condition"] == "on-failure"
+            assert task["Placement"]["Constraints"] == [f"node.id=={spawner.node_id}"]
             assert sorted(mounted) == ["ca-cert", "selector-token", "tls-cert", "tls-key"]
             (port,) = spec_["EndpointSpec"]["Ports"]
             assert port["PublishMode"] == "host" and port["TargetPort"] == 9092
@@ -427,9 +436,11 @@ def test_bad_settings_fail_the_start_saying_what_to_fix(
     import socket
 
     with socket.socket() as holder:
-        holder.bind(("0.0.0.0", spec.selector_ports[0]))
+        holder.bind(("0.0.0.0", 0))
         holder.listen()
-        with pytest.raises(SpawnError, match=f"port {spec.selector_ports[0]}.*FEDOTA_SELECTOR_PORT_BASE"):
+        taken = holder.getsockname()[1]
+        spec = RunSpec(**{**spec.__dict__, "selector_ports": (taken,)})
+        with pytest.raises(SpawnError, match=f"port {taken}.*FEDOTA_SELECTOR_PORT_BASE"):
             spawner.start(spec)
     assert _swarm_leftovers(swarm, docker_prefix, 8301) == []
     spawner.stop(8301)
@@ -443,10 +454,12 @@ def test_the_swarm_backend_is_one_setting(settings: Any) -> None:
     settings.FEDOTA_SPAWNER = "swarm"
     settings.FEDOTA_SWARM_MANAGER = "tcp://manager.example:2376"
     settings.FEDOTA_SWARM_ENCRYPTED = False
+    settings.FEDOTA_SWARM_SELECTOR_CONSTRAINTS = ["node.labels.fedota-selectors==yes"]
     settings.FEDOTA_DOCKER_PREFIX = "fedota-x"
     made = get_spawner()
     assert isinstance(made, SwarmSpawner) and made.name == "swarm"
     assert (made.manager, made.encrypted, made.prefix) == ("tcp://manager.example:2376", False, "fedota-x")
+    assert made.selector_constraints == ("node.labels.fedota-selectors==yes",)
     assert made.coordinator_hosts(7) == ["fedota-x-p7-coordinator"]
     with pytest.raises(SpawnError, match="use auto, process, docker, swarm"):
         get_spawner("swarms")

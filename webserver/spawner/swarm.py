@@ -105,6 +105,8 @@ ENDED_STATES = ("complete", "shutdown", "failed", "rejected", "orphaned", "remov
 IMAGE_UID = "10001"
 SECRETS_DIR = "/run/secrets"
 NS = 1_000_000_000
+# What a selector logs once its coordinator has answered (selector/core.py).
+LINKED = b"run info received"
 
 
 @contextmanager
@@ -154,6 +156,7 @@ class SwarmSpawner:
         pids_limit: int = 1024,
         restart_retries: int = 3,
         encrypted: bool = True,
+        selector_constraints: tuple[str, ...] = (),
         start_timeout: float = START_TIMEOUT,
     ) -> None:
         self._client = client
@@ -169,6 +172,8 @@ class SwarmSpawner:
         self.pids_limit = pids_limit
         self.restart_retries = restart_retries
         self.encrypted = encrypted
+        # Swarm placement constraints of the selectors, e.g. the nodes FEDOTA_SELECTOR_HOST reaches.
+        self.selector_constraints = selector_constraints
         self.start_timeout = start_timeout
         self._node_id = ""
 
@@ -188,6 +193,7 @@ class SwarmSpawner:
             selector_memory=settings.FEDOTA_DOCKER_SELECTOR_MEMORY,
             cpus=settings.FEDOTA_DOCKER_CPUS,
             encrypted=settings.FEDOTA_SWARM_ENCRYPTED,
+            selector_constraints=tuple(settings.FEDOTA_SWARM_SELECTOR_CONSTRAINTS),
         )
 
     @property
@@ -267,6 +273,7 @@ class SwarmSpawner:
             services = [self._create_coordinator(spec, network, made)]
             services += [self._create_selector(spec, network, made, i, port) for i, port in enumerate(ports)]
             self._wait_running(services, deadline)
+            self._wait_linked(services[0], services[1:], deadline)
             states = self.status(spec.problem_id)
         except BaseException:
             self._remove_services(spec.problem_id)
@@ -566,6 +573,7 @@ class SwarmSpawner:
                 networks=[network.id],
                 secrets=refs,
                 mounts=[_tmpfs()],
+                constraints=list(self.selector_constraints),
                 restart_policy=RestartPolicy(
                     condition="on-failure", delay=1 * NS, max_attempts=self.restart_retries, window=0
                 ),
@@ -615,6 +623,43 @@ class SwarmSpawner:
                     )
             if waiting:
                 time.sleep(0.5)
+
+    def _wait_linked(self, coordinator: Any, selectors: list[Any], deadline: float) -> None:
+        """Until every selector has its coordinator's run info: a selector answers its health check
+        before it reaches its coordinator, and one that never does (a network that does not carry
+        traffic between their nodes) would take clients and give them no work."""
+        waiting = list(selectors)
+        while waiting:
+            waiting = [s for s in waiting if LINKED not in self._log(s)]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                selector = waiting[0]
+                index = (selector.attrs["Spec"].get("Labels") or {}).get(f"{LABEL}.index")
+                nodes = {
+                    s.id: (self._task(s) or _Task("", "", "", None, "", "", None)).node for s in (coordinator, selector)
+                }
+                where = f"on node {self._hostname(nodes[selector.id])}"
+                apart = nodes[selector.id] != nodes[coordinator.id]
+                hint = (
+                    f" The problem's network is encrypted and the two run on different nodes ({where}, the "
+                    f"coordinator on {self._hostname(nodes[coordinator.id])}): a node whose kernel lacks IPsec ESP "
+                    "or AES-GCM drops that traffic; set FEDOTA_SWARM_ENCRYPTED=0 on such a swarm (docs/swarm.md)."
+                    if self.encrypted and apart
+                    else ""
+                )
+                raise SpawnError(
+                    f"selector {index} ({where}) did not reach its coordinator within {self.start_timeout:.0f} s."
+                    f"{hint}\n{self._tail(selector, lines=5)}"
+                )
+            time.sleep(0.5)
+
+    @staticmethod
+    def _log(service: Any) -> bytes:
+        try:
+            return b"".join(service.logs(stdout=True, stderr=True))
+        except (docker.errors.DockerException, requests.RequestException):
+            return b""
 
     def _failure(self, service: Any, what: str, task: _Task) -> str:
         """Why a task ended while its service was starting, saying what to fix where it can."""
