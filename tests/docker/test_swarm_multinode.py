@@ -10,8 +10,10 @@ of their own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -119,6 +121,56 @@ def cluster(docker_client: Any, docker_prefix: str) -> Iterator[dict[str, Any]]:
             subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, timeout=60)
 
 
+# [[host, port], ...] as argv[1]; prints [[SHA-256 of the certificate the server showed, or "", why], ...].
+# A TLS handshake, not a TCP connection: this machine's network accepts a TCP connection to any
+# address it routes outside (a catch-all), which is where an overlay address goes from a
+# container that has no route to it.
+TLS_REACH = (
+    "import hashlib, json, socket, ssl, sys\n"
+    "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+    "ctx.set_alpn_protocols(['h2'])\n"
+    "out = []\n"
+    "for host, port in json.loads(sys.argv[1]):\n"
+    "    try:\n"
+    "        with socket.create_connection((host, port), timeout=4) as raw, ctx.wrap_socket(raw) as tls:\n"
+    "            out.append([hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest(), 'handshake'])\n"
+    "    except (OSError, ssl.SSLError) as exc:\n"
+    "        out.append(['', f'{type(exc).__name__} {exc}'])\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def _fingerprint(pem: str) -> str:
+    """SHA-256 of the first certificate in `pem`, as TLS_REACH prints it."""
+    first = pem.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()
+
+
+def _address_on(client: Any, service: str, network: str) -> str:
+    """The address of the service's running task container (on this engine) on `network`."""
+    (found,) = client.api.containers(filters={"label": [f"com.docker.swarm.service.name={service}"]})
+    return str(client.api.inspect_container(found["Id"])["NetworkSettings"]["Networks"][network]["IPAddress"])
+
+
+def _reach(cluster: dict[str, Any], node: str, service: str, targets: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """For each (host, port): the fingerprint of the TLS server the service's task container, on
+    `node`, finds there ("" if none), and what happened."""
+    if node in cluster["nodes"]:
+        engine = ["docker", "exec", node, "docker"]
+    else:
+        engine = ["docker"]
+    listed = subprocess.run(
+        [*engine, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert len(listed) == 1, f"{service} on {node}: {listed}"
+    done = subprocess.run(
+        [*engine, "exec", listed[0], "python", "-c", TLS_REACH, json.dumps(targets)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return [(str(seen), str(why)) for seen, why in json.loads(done.stdout.splitlines()[-1])]
+
+
 def _remove_cgroups(name: str) -> None:
     """The (empty) cgroups a node's engine made under its cgroup parent, in every hierarchy."""
     for root in [*Path("/sys/fs/cgroup").glob(f"*/{name}"), Path("/sys/fs/cgroup") / name]:
@@ -178,6 +230,37 @@ def test_selectors_spread_over_nodes_and_a_lost_node_s_selector_comes_back_elsew
         print(f"[multinode] placed: {placed}")
         assert len(set(placed.values())) > 1, placed
         assert placed[coordinator] not in cluster["nodes"]  # on the manager, with its volume
+
+        # Isolation across nodes: another problem's selector, wherever it runs, reaches neither this
+        # problem's coordinator's name nor its address; this problem's own selectors reach it from
+        # their nodes (the control).
+        other = SwarmSpawner(
+            client=client, prefix=docker_prefix, coordinator_memory="1g", selector_memory="512m", encrypted=False
+        )
+        other_cert, other_key = issue_server_cert(ca_cert, ca_key, other.coordinator_hosts(problem + 1))
+        other_spec = RunSpec(
+            **{
+                **spec.__dict__,
+                "problem_id": problem + 1,
+                "num_selectors": 1,
+                "selector_ports": (47309,),
+                "coordinator_tls_cert_pem": other_cert,
+                "coordinator_tls_key_pem": other_key,
+            }
+        )
+        other.start(other_spec)
+        address = _address_on(client, coordinator, f"{docker_prefix}-p{problem}")
+        ours = _fingerprint(coordinator_cert)
+        for name in selectors:
+            ((seen, why),) = _reach(cluster, placed[name], name, [(coordinator, 9091)])
+            assert seen == ours, f"{name} on {placed[name]} does not reach its coordinator: {why}"
+        stranger = f"{docker_prefix}-p{problem + 1}-selector-0"
+        where = other.nodes(problem + 1)[stranger]
+        probed = _reach(cluster, where, stranger, [(coordinator, 9091), (address, 9091)])
+        print(f"[multinode] {stranger} on {where} probing problem {problem}'s coordinator: {probed}")
+        assert "gaierror" in probed[0][1], probed
+        assert probed[1][0] != ours, f"{stranger} on {where} reached problem {problem}'s coordinator at {address}"
+        other.stop(problem + 1)
 
         demo = make_breast_cancer(tmp_path / "demo", 2, seed=0)
         readable(tmp_path)
@@ -242,4 +325,6 @@ def test_selectors_spread_over_nodes_and_a_lost_node_s_selector_comes_back_elsew
                 subprocess.run(["docker", "rm", "-f", f"{docker_prefix}-multinode-client-{i}"], capture_output=True)
                 proc.wait(timeout=30)
         spawner.stop(problem)
+        spawner.stop(problem + 1)
     _nothing_left(client, docker_prefix, problem)
+    _nothing_left(client, docker_prefix, problem + 1)
