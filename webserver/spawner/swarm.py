@@ -9,9 +9,9 @@ prefix, `fedota` by default):
   between nodes) unless FEDOTA_SWARM_ENCRYPTED=0. Docker creates an encrypted network
   on any kernel; its encryption is programmed only when traffic crosses nodes, and on a
   kernel without ESP and AES-GCM (no CONFIG_INET_ESP, no CONFIG_CRYPTO_GCM, as on the
-  machines this was built on) that traffic is dropped, so a problem whose selectors and
-  coordinator land on different nodes never becomes healthy. Such a cluster needs
-  FEDOTA_SWARM_ENCRYPTED=0 (docs/swarm.md);
+  machines this was built on) that traffic is lost (seen on a two-node swarm here), and
+  `start` fails for a selector that cannot reach its coordinator on another node. Such a
+  cluster needs FEDOTA_SWARM_ENCRYPTED=0 (docs/swarm.md);
 - one coordinator service `<prefix>-p<id>-coordinator`, not published. Its selectors
   dial it by the service's name, the name in its TLS certificate. Services use DNS
   round-robin endpoints (`dnsrr`): the name resolves to the task's own address, with
@@ -45,9 +45,12 @@ starts a new task of the same service (a forced update) on the same node and vol
 
 Health: the images' gRPC health check runs as the services' health check (every
 HEALTH_INTERVAL s); Swarm reports a task `running` only once it has passed it, so a
-running task is a healthy service. Tasks run as the images' non-root user with every
-capability dropped, a read-only root filesystem (a tmpfs at /tmp), memory, CPU and
-pid limits and no Docker socket. `no-new-privileges` cannot be set on a service by
+running task is a healthy service. A selector answers its health check before it has
+reached its coordinator, so `start` also waits until each selector has logged its
+coordinator's run information, and fails naming both nodes when one never does.
+
+Tasks run as the images' non-root user with every capability dropped, a read-only root
+filesystem (a tmpfs at /tmp), memory, CPU and pid limits and no Docker socket. `no-new-privileges` cannot be set on a service by
 this engine's API (1.41).
 
 Manager errors become `SpawnError` here, with what the manager said.
