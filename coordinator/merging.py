@@ -117,6 +117,7 @@ def merge_partial_means(contents: list[WireContent], weight_key: str, *, train: 
     for k, factor in enumerate(factors):
         for acc, (_, nd) in zip(sums, views[k], strict=True):
             fold(acc.array, nd, factor, first=k == 0)
+            del nd  # the loop variable would keep the last array's buffer alive
         # This reply is in the sums: nothing here reads its buffer any more.
         views[k], wires[k], contents[k] = [], None, b""
     out = RecordDict()
