@@ -252,8 +252,8 @@ FEDOTA_PUBLIC_URL = (env("FEDOTA_PUBLIC_URL") or "http://127.0.0.1:8000").rstrip
 # The address coordinators report to (internal API); same host by default.
 FEDOTA_INTERNAL_URL = (env("FEDOTA_INTERNAL_URL") or FEDOTA_PUBLIC_URL).rstrip("/")
 
-# Spawner: process | docker | auto (docker when an engine answers and has the
-# coordinator image, else process).
+# Spawner: process | docker | swarm | kubernetes | auto (docker when an engine answers and
+# has the coordinator image, else process; auto never picks swarm or kubernetes).
 FEDOTA_SPAWNER = env("FEDOTA_SPAWNER") or "auto"
 FEDOTA_STATE_DIR = Path(env("FEDOTA_STATE_DIR") or VAR_DIR / "problems")
 # The name or IP address data holders' clients dial the selectors at (join bundles, the
