@@ -28,14 +28,15 @@ from fedota_common.pki import issue_server_cert, make_ca
 from tests.docker.conftest import unavailable
 from tests.docker.joining import readable
 from tests.docker.test_arm64_client import _bundle
-from tests.docker.test_swarm_spawner import APP, _last_round, _nothing_left, _rounds, _until
+from tests.docker.test_swarm_spawner import APP, _last_round, _nothing_left, _rounds, _until, free_ports
 from webserver.spawner.addresses import interface_ipv4
 from webserver.spawner.base import RunSpec
 from webserver.spawner.swarm import SwarmSpawner
 
 NODE_IMAGE = "fedota/swarm-node:test"
-BASE_IMAGE = "fedota/base:bookworm"
-NODE_DOCKERFILE = f"""FROM {BASE_IMAGE}
+# The Debian base the images were built from (scripts/build-base-image.sh picks one of these).
+BASE_IMAGES = ("fedota/base:bookworm", "python:3.11-slim-bookworm")
+NODE_DOCKERFILE = """FROM {base}
 RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \\
     docker.io iptables ca-certificates && rm -rf /var/lib/apt/lists/*
 VOLUME /var/lib/docker
@@ -78,12 +79,13 @@ def cluster(docker_client: Any, docker_prefix: str) -> Iterator[dict[str, Any]]:
         made = True
     elif swarm.get("NodeAddr") != gateway or not swarm.get("ControlAvailable"):
         unavailable(f"the engine is in a swarm advertised on {swarm.get('NodeAddr')}; workers need {gateway}")
-    try:
-        docker_client.images.get(BASE_IMAGE)
-    except Exception:  # noqa: BLE001 - whatever docker-py raises, the base image is not there
-        unavailable(f"image missing: {BASE_IMAGE} (scripts/build-base-image.sh)")
+    present = {tag for image in docker_client.images.list() for tag in image.tags}
+    base = next((image for image in BASE_IMAGES if image in present), None)
+    if base is None:
+        unavailable(f"no Debian base image ({' or '.join(BASE_IMAGES)}; scripts/build-base-image.sh)")
     # Debian's docker.io from its mirror (the first build needs it; later ones come from the cache).
-    _docker("build", "--network", "host", "-t", NODE_IMAGE, "-", stdin=NODE_DOCKERFILE.encode(), timeout=600)
+    dockerfile = NODE_DOCKERFILE.format(base=base).encode()
+    _docker("build", "--network", "host", "-t", NODE_IMAGE, "-", stdin=dockerfile, timeout=600)
     token = _docker("swarm", "join-token", "-q", "worker")
     names = [f"{docker_prefix}-node-{i}" for i in range(WORKERS)]
     try:
@@ -200,7 +202,7 @@ def test_selectors_spread_over_nodes_and_a_lost_node_s_selector_comes_back_elsew
     ca_cert, ca_key = make_ca(f"Fedota problem {problem}")
     selector_cert, selector_key = issue_server_cert(ca_cert, ca_key, hosts)
     coordinator_cert, coordinator_key = issue_server_cert(ca_cert, ca_key, spawner.coordinator_hosts(problem))
-    ports = (47301, 47302)
+    ports = free_ports(2)
     spec = RunSpec(
         problem_id=problem,
         run_id=problem * 10,
@@ -243,7 +245,7 @@ def test_selectors_spread_over_nodes_and_a_lost_node_s_selector_comes_back_elsew
                 **spec.__dict__,
                 "problem_id": problem + 1,
                 "num_selectors": 1,
-                "selector_ports": (47309,),
+                "selector_ports": free_ports(1),
                 "coordinator_tls_cert_pem": other_cert,
                 "coordinator_tls_key_pem": other_key,
             }

@@ -10,7 +10,7 @@ The module makes the engine a swarm manager (`docker swarm init --advertise-addr
 from __future__ import annotations
 
 import json
-import random
+import socket
 import subprocess
 import tarfile
 import time
@@ -112,6 +112,18 @@ def fab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, app.sha256
 
 
+def free_ports(count: int) -> tuple[int, ...]:
+    """Ports nothing on this machine listens on now (a fixed or random one was taken once)."""
+    held = [socket.socket() for _ in range(count)]
+    try:
+        for sock in held:
+            sock.bind(("0.0.0.0", 0))
+        return tuple(sock.getsockname()[1] for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def _spec(
     fab: tuple[Path, str], problem_id: int, spawner: SwarmSpawner, *, selectors: int = 2, clients: int = 1
 ) -> RunSpec:
@@ -119,7 +131,6 @@ def _spec(
     ca_cert, ca_key = make_ca(f"Fedota problem {problem_id}")
     selector_cert, selector_key = issue_server_cert(ca_cert, ca_key, ["127.0.0.1"])
     coordinator_cert, coordinator_key = issue_server_cert(ca_cert, ca_key, spawner.coordinator_hosts(problem_id))
-    first = random.randrange(40000, 48000, 8)
     return RunSpec(
         problem_id=problem_id,
         run_id=problem_id * 10,
@@ -133,7 +144,7 @@ def _spec(
         report_url="",
         service_token="",
         selector_token=f"selector-token-{problem_id}",
-        selector_ports=tuple(range(first, first + selectors)),
+        selector_ports=free_ports(selectors),
         tls_cert_pem=selector_cert,
         tls_key_pem=selector_key,
         coordinator_tls_cert_pem=coordinator_cert,
@@ -433,8 +444,6 @@ def test_bad_settings_fail_the_start_saying_what_to_fix(
     _nothing_left(swarm, docker_prefix, 8301)
 
     # A selector port another program holds on the node.
-    import socket
-
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
