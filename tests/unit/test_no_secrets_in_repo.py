@@ -23,7 +23,7 @@ PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z]+ )?PRIVATE KEY-----")
 CREDENTIAL = re.compile(r"\bfdp_\d+_[A-Za-z0-9_-]{40,}")
 SECRET_NAME = re.compile(r"^([A-Z0-9_]*(SECRET|PASSWORD|TOKEN)[A-Z0-9_]*|[A-Z0-9_]*_KEY)$")
 # Tests that write a fake key on purpose (it is a placeholder line, not a key).
-ALLOWED_KEY_FILES = {"tests/unit/test_credentials_tls.py"}
+ALLOWED_KEY_FILES = {"tests/unit/test_credentials_tls.py", "tests/unit/test_settings_secret_files.py"}
 
 
 def _tracked() -> list[str]:
