@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from fedota_common.aggregate import fold
+from fedota_common.aggregate import fold, is_number
 from fedota_common.payload import (
     NUMPY_STYPE,
     PayloadError,
@@ -37,10 +37,6 @@ from fedota_common.payload import (
     npy_view,
     parse_content,
 )
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _plan(wires: list[WireRecords], weight_key: str, train: bool) -> tuple[str, str, list[float]] | None:
@@ -66,7 +62,7 @@ def _plan(wires: list[WireRecords], weight_key: str, train: bool) -> tuple[str, 
                 if not (isinstance(value, list) and isinstance(head, list) and len(value) == len(head)):
                     return None
         weight = record[weight_key]
-        if not _number(weight):
+        if not is_number(weight):
             return None
         weights.append(cast(float, weight))
     # As FedAvg: the total is `sum` of the weights, each factor one division.

@@ -340,7 +340,7 @@ class WeightedMean:
         # Validate every value before mutating, so a bad reply leaves the sum intact.
         for name, crec in small.config_records.items():
             for key, value in crec.items():
-                if not _numeric(value) and self._signature is not None:
+                if not is_number(value) and self._signature is not None:
                     if self._configs[name][key][0] != value:
                         raise NotAggregatable(f"config value {name}.{key} differs between replies")
         for name, mrec in small.metric_records.items():
@@ -388,7 +388,7 @@ class WeightedMean:
         for name, crec in small.config_records.items():
             acc_c = self._configs.setdefault(name, {})
             for key, value in crec.items():
-                wsum = float(cast(float, value)) * weight if _numeric(value) else 0.0
+                wsum = float(cast(float, value)) * weight if is_number(value) else 0.0
                 if key not in acc_c:
                     acc_c[key] = [value, True, wsum]
                 else:
@@ -482,7 +482,7 @@ def _arrays_of(content: RecordDict | WireRecords) -> list[tuple[str, list[tuple[
     return out
 
 
-def _numeric(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -500,6 +500,6 @@ def _signature(content: RecordDict | WireRecords) -> tuple[Any, ...]:
         small = content
     metrics = tuple((name, tuple(sorted(rec.keys()))) for name, rec in small.metric_records.items())
     configs = tuple(
-        (name, tuple(sorted((k, _numeric(v)) for k, v in rec.items()))) for name, rec in small.config_records.items()
+        (name, tuple(sorted((k, is_number(v)) for k, v in rec.items()))) for name, rec in small.config_records.items()
     )
     return (arrays, metrics, configs)
