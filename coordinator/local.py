@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from client_image import exits
-from fedota_common.priority import nice_session
+from fedota_common.priority import start_service
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,16 +87,9 @@ class Fleet:
         log = (self.logs / f"{name}.log").open("ab")
         cmd = [sys.executable, "-m", module, *args]
         (self.logs / f"{name}.cmd").write_text(shlex.join(cmd) + "\n")
-        prefix = ["nice", "-n", str(self.niceness)] if self.niceness else []
-        proc = subprocess.Popen(
-            prefix + cmd,
-            stdout=None if stdout_to_terminal else log,
-            stderr=log,
-            env=self.env,
-            cwd=REPO,
-            start_new_session=True,
+        proc = start_service(
+            cmd, self.niceness, stdout=None if stdout_to_terminal else log, stderr=log, env=self.env, cwd=REPO
         )
-        nice_session(proc.pid, self.niceness)
         self.procs[name] = proc
         # Lets an operator (or a failure test) find and signal one participant.
         (self.out / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))

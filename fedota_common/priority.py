@@ -14,7 +14,9 @@ same core: each niced one got 1.25x the CPU of the un-niced one. The group's own
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +36,14 @@ def nice_session(pid: int, niceness: int) -> bool:
         log.debug("session niceness not set", extra={"pid": pid, "error": str(exc)})
         return False
     return True
+
+
+def start_service(cmd: list[str], niceness: int, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start `cmd` in a session of its own at `niceness`, for the process and its session's group alike.
+
+    `nice` execs the command, so the pid is the service's own.
+    """
+    prefix = ["nice", "-n", str(niceness)] if niceness else []
+    proc = subprocess.Popen([*prefix, *cmd], start_new_session=True, **popen)
+    nice_session(proc.pid, niceness)
+    return proc

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from fedota_common.grpcutil import check_health
-from fedota_common.priority import nice_session
+from fedota_common.priority import start_service
 from webserver.spawner.base import RunSpec, ServiceState, SpawnError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -405,22 +405,17 @@ class ProcessSpawner:
         exit_path.unlink(missing_ok=True)
         with open(log_path, "ab") as log:
             try:
-                # `nice` execs the wrapper, so the pid stays the service's own.
-                prefix = ["nice", "-n", str(self.niceness)] if self.niceness else []
-                proc = subprocess.Popen(
-                    [*prefix, "/bin/sh", "-c", WRAPPER, str(exit_path), *cmd],
+                return start_service(
+                    ["/bin/sh", "-c", WRAPPER, str(exit_path), *cmd],
+                    self.niceness,
                     env=env,
                     cwd=REPO_ROOT,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,
                 )
             except OSError as exc:
                 raise SpawnError(f"cannot start {cmd[2]}: {exc}") from exc
-        # Its own session is its own scheduler group: the niceness counts only once the group has it too.
-        nice_session(proc.pid, self.niceness)
-        return proc
 
     @staticmethod
     def _await_file(proc: subprocess.Popen[bytes], path: Path, deadline: float) -> dict[str, object] | None:
