@@ -15,9 +15,14 @@ def free_port() -> int:
 
 
 def free_port_pair() -> int:
-    """A port p with p and p+1 both free on loopback (a problem's first two selectors)."""
-    for _ in range(50):
-        port = free_port()
+    """A port p with p and p+1 both free on loopback (a problem's first two selectors).
+
+    Below the kernel's ephemeral ports and selector_port_base()'s ranges: a test that
+    kills a server and starts it again on its port must not find the port taken
+    meanwhile by some outgoing connection's local end.
+    """
+    for _ in range(200):
+        port = random.randrange(12000, 20990)
         with socket.socket() as a, socket.socket() as b:
             try:
                 a.bind(("127.0.0.1", port))
@@ -25,7 +30,7 @@ def free_port_pair() -> int:
             except OSError:
                 continue
         return port
-    raise AssertionError("no two consecutive free ports on loopback")
+    raise AssertionError("no two consecutive free ports on loopback in 12000-20990")
 
 
 def selector_port_base() -> int:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from fedota_common.grpcutil import check_health
 from tests.ports import free_port_pair
 from webserver.spawner import RunSpec, SpawnError, selector_ports
-from webserver.spawner.process import TAG_VAR, ProcessSpawner
+from webserver.spawner.process import TAG_VAR, ProcessSpawner, _port_freed
 
 PROBLEM = 4242
 
@@ -197,3 +198,15 @@ def test_both_links_speak_tls_with_the_problems_ca_and_secrets_stay_off_command_
     for pid in _processes_of(spawner, PROBLEM):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert spec.selector_token.encode() not in cmdline and b"PRIVATE KEY" not in cmdline
+
+
+def test_a_restart_waits_briefly_for_its_port_and_then_blames_the_holder() -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    # Held throughout: not free, after the wait.
+    assert not _port_freed("127.0.0.1", port, wait=0.3)
+    # Released during the wait (a killed service's sockets closing): free.
+    threading.Timer(0.3, holder.close).start()
+    assert _port_freed("127.0.0.1", port, wait=5.0)

@@ -56,6 +56,9 @@ STOP_GRACE = 10.0
 COORDINATOR_GRACE = 5.0
 # A restart of one service runs inside the reconciler (Celery soft limit 120 s), among other runs'.
 RESTART_TIMEOUT = 60.0
+# A service just killed may hold its port a moment longer (its group still exiting, sockets
+# closing): a restart waits this long for the port before blaming another program.
+PORT_RELEASE_WAIT = 10.0
 # `sh -c SCRIPT EXIT_FILE CMD...`: run CMD, then record its exit code. Not `exec`:
 # the shell must outlive the service to write the file.
 WRAPPER = '"$@"; code=$?; echo $code > "$0"; exit $code'
@@ -109,6 +112,16 @@ def _port_free(host: str, port: int) -> bool:
             sock.bind((host, port))
         except OSError:
             return False
+    return True
+
+
+def _port_freed(host: str, port: int, wait: float = PORT_RELEASE_WAIT) -> bool:
+    """Whether `port` is free, or becomes free within `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while not _port_free(host, port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
     return True
 
 
@@ -282,7 +295,7 @@ class ProcessSpawner:
             ]
         listen = next((a.removeprefix("--listen=") for a in cmd if a.startswith("--listen=")), "")
         host, _, listen_port = listen.rpartition(":")
-        if listen_port.isdigit() and int(listen_port) and not _port_free(host, int(listen_port)):
+        if listen_port.isdigit() and int(listen_port) and not _port_freed(host, int(listen_port)):
             raise SpawnError(f"the {what} cannot listen on {listen} again: another program is using it")
         state_file = Path(str(rec.get("state_file", "")))
         state_file.unlink(missing_ok=True)
