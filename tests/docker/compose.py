@@ -157,7 +157,7 @@ def compose_stack(docker_client: Any, docker_prefix: str, tmp: Path) -> Iterator
 
     port = free_port()
     for _ in range(50):
-        port_base = random.randrange(40000, 48000, MAX_SELECTORS)
+        port_base = random.randrange(13000, 20000, MAX_SELECTORS)
         if _free_on_loopback(range(port_base + MAX_SELECTORS, port_base + 2 * MAX_SELECTORS)):
             break
     else:

@@ -174,7 +174,7 @@ def federation(docker_client: Any, docker_prefix: str, tmp_path: Path) -> Iterat
         report_url="",  # no website: the selectors admit any client
         service_token="",
         selector_token="arm64-test-selector-token",
-        selector_ports=(random.randrange(40000, 48000),),
+        selector_ports=(random.randrange(13000, 20000),),
         tls_cert_pem=selector_cert,
         tls_key_pem=selector_key,
         coordinator_tls_cert_pem=coordinator_cert,

@@ -41,7 +41,9 @@ def spawner(docker_client: Any, docker_prefix: str) -> Iterator[DockerSpawner]:
 
 
 def _ports(count: int) -> tuple[int, ...]:
-    first = random.randrange(30000, 39000, 8)
+    # Below the kernel's ephemeral ports (32768 up): a restarted selector publishes its port
+    # again, which an outgoing connection's local end could have taken meanwhile.
+    first = random.randrange(13000, 20000, 8)
     return tuple(range(first, first + count))
 
 
