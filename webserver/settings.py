@@ -259,14 +259,17 @@ FEDOTA_STATE_DIR = Path(env("FEDOTA_STATE_DIR") or VAR_DIR / "problems")
 # The name or IP address data holders' clients dial the selectors at (join bundles, the
 # selectors' TLS certificates). Empty or loopback: the host of FEDOTA_PUBLIC_URL if it is
 # not loopback, else this machine's Docker host gateway (webserver/spawner/addresses.py).
-FEDOTA_SELECTOR_HOST = (env("FEDOTA_SELECTOR_HOST") or "").strip().strip("[]")
-if FEDOTA_SELECTOR_HOST and not (
-    all(c.isalnum() or c in ".-" for c in FEDOTA_SELECTOR_HOST) or _is_ipv6(FEDOTA_SELECTOR_HOST)
-):
-    raise ImproperlyConfigured(
-        f"FEDOTA_SELECTOR_HOST={FEDOTA_SELECTOR_HOST!r} must be a host name or an IP address alone "
-        "(no scheme, port or path), e.g. fl.example.org or 203.0.113.7"
-    )
+# Several, comma-separated: every machine a selector may run on when its port opens on its
+# own machine only (a swarm's nodes, docs/swarm.md); bundles list each selector at each.
+FEDOTA_SELECTOR_HOST = ",".join(
+    host.strip().strip("[]") for host in (env("FEDOTA_SELECTOR_HOST") or "").split(",") if host.strip()
+)
+for _host in filter(None, FEDOTA_SELECTOR_HOST.split(",")):
+    if not (all(c.isalnum() or c in ".-" for c in _host) or _is_ipv6(_host)):
+        raise ImproperlyConfigured(
+            f"FEDOTA_SELECTOR_HOST={env('FEDOTA_SELECTOR_HOST')!r}: {_host!r} must be a host name or an IP address "
+            "alone (no scheme, port or path), e.g. fl.example.org or 203.0.113.7; several are comma-separated"
+        )
 # Selector ports: problem p's selectors listen on base + (p % 1000) * 8 + index, the same for every run.
 FEDOTA_SELECTOR_PORT_BASE = env_int("FEDOTA_SELECTOR_PORT_BASE", 17000)
 # Niceness of coordinators and selectors started by the process backend (0-19): the

@@ -23,7 +23,7 @@ from django.urls import reverse
 
 from webserver.participation import services
 from webserver.spawner import addresses
-from webserver.spawner.addresses import selector_host
+from webserver.spawner.addresses import selector_host, selector_hosts
 
 pytestmark = [pytest.mark.web, pytest.mark.django_db]
 
@@ -102,8 +102,17 @@ def test_a_public_platform_announces_its_name(
     assert "for its own machine only" not in page
 
 
-@pytest.mark.parametrize("value", ["https://fl.example.org", "fl.example.org:17000", "fl.example.org/x", "a b"])
-def test_a_selector_host_that_is_not_a_host_is_refused_at_start(tmp_path: Any, value: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "wrong"),
+    [
+        ("https://fl.example.org", "https://fl.example.org"),
+        ("fl.example.org:17000", "fl.example.org:17000"),
+        ("fl.example.org/x", "fl.example.org/x"),
+        ("a b", "a b"),
+        ("node-1.example.org, node-2.example.org:17000", "node-2.example.org:17000"),
+    ],
+)
+def test_a_selector_host_that_is_not_a_host_is_refused_at_start(tmp_path: Any, value: str, wrong: str) -> None:
     environ = {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(REPO),
@@ -114,7 +123,7 @@ def test_a_selector_host_that_is_not_a_host_is_refused_at_start(tmp_path: Any, v
         [sys.executable, "-c", "import webserver.settings"], env=environ, capture_output=True, text=True, cwd=tmp_path
     )
     assert done.returncode != 0
-    assert f"FEDOTA_SELECTOR_HOST={value!r} must be a host name or an IP address alone" in done.stderr
+    assert f"FEDOTA_SELECTOR_HOST={value!r}: {wrong!r} must be a host name or an IP address alone" in done.stderr
 
 
 def test_an_ipv6_selector_host_is_bracketed_in_endpoints(
@@ -125,3 +134,29 @@ def test_an_ipv6_selector_host_is_bracketed_in_endpoints(
     settings.FEDOTA_SELECTOR_HOST = "2001:db8::7"
     problem = make_problem(users["owner"])
     assert all(e.startswith("[2001:db8::7]:") for e in selector_endpoints(problem))
+
+
+def test_several_selector_hosts_list_each_selector_at_each_and_the_certificate_names_them_all(
+    settings: Any, gateway: str, users: dict[str, Any], make_problem: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A swarm's selectors publish their ports on their own node only: clients try every node."""
+    from cryptography import x509
+
+    from webserver.problems import lifecycle
+
+    settings.FEDOTA_SELECTOR_HOST = "node-1.example.org,203.0.113.8,127.0.0.1"
+    settings.FEDOTA_STATE_DIR = tmp_path / "state"
+    assert selector_hosts() == ["node-1.example.org", "203.0.113.8"]  # loopback means this machine only
+    assert selector_host() == "node-1.example.org"
+    problem = make_problem(users["owner"])
+    ports = lifecycle.problem_selector_ports(problem)
+    endpoints = lifecycle.selector_endpoints(problem)
+    assert endpoints == [f"{host}:{port}" for port in ports for host in ("node-1.example.org", "203.0.113.8")]
+    bundle, _page = _bundle_and_panel(users, make_problem)
+    assert len(bundle["selectors"]) == 2 * len(ports) and bundle["selectors_local_only"] is False
+    run = lifecycle.run_start(problem=problem, user=users["owner"])
+    spec = lifecycle.build_run_spec(run, service_token="s", selector_token="t")
+    names = x509.load_pem_x509_certificate(spec.tls_cert_pem.encode()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert {str(n.value) for n in names.value} >= {"node-1.example.org", "203.0.113.8"}

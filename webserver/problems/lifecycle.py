@@ -58,7 +58,7 @@ from webserver.spawner import (
     get_spawner,
     selector_ports,
 )
-from webserver.spawner.addresses import selector_host
+from webserver.spawner.addresses import selector_hosts
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,9 @@ def selector_endpoints(problem: Problem) -> list[str]:
     They depend only on the problem (its id and number of selectors), never on
     a run, so join bundles stay valid when a new run starts.
     """
-    host = selector_host()
-    host = f"[{host}]" if ":" in host else host  # an IPv6 address
-    return [f"{host}:{port}" for port in problem_selector_ports(problem)]
+    hosts = [f"[{host}]" if ":" in host else host for host in selector_hosts()]  # an IPv6 address in brackets
+    # Each selector at every host it may run on, its own hosts together (the client tries them in turn).
+    return [f"{host}:{port}" for port in problem_selector_ports(problem) for host in hosts]
 
 
 def infrastructure_overview() -> QuerySet[Problem]:
@@ -192,7 +192,7 @@ def build_run_spec(
     # Fresh server certificates from the problem's CA: the selectors' for the host clients
     # dial, the coordinator's for the names its selectors dial.
     ca_cert, ca_key = problem_ca(problem.pk)
-    tls_cert, tls_key = issue_server_cert(ca_cert, ca_key, [selector_host()])
+    tls_cert, tls_key = issue_server_cert(ca_cert, ca_key, selector_hosts())
     coordinator_cert, coordinator_key = issue_server_cert(ca_cert, ca_key, coordinator_hosts or ["127.0.0.1"])
     return RunSpec(
         problem_id=problem.pk,

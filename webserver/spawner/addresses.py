@@ -4,7 +4,8 @@ A selector address that is loopback on the server reaches nothing from a data ho
 client container: inside a container 127.0.0.1 is the container itself. So the address
 the join bundles carry is chosen in this order (see docs/joining.md):
 
-1. `FEDOTA_SELECTOR_HOST`, unless it is a loopback address (an operator's public name or IP);
+1. `FEDOTA_SELECTOR_HOST`, unless it is a loopback address (an operator's public name or IP,
+   or several, comma-separated: see selector_hosts);
 2. the host of `FEDOTA_PUBLIC_URL` when `FEDOTA_SELECTOR_HOST` is unset, unless it is
    loopback: the name data holders already reach the website at is this server's (a
    loopback `FEDOTA_SELECTOR_HOST` means this machine only, so step 3);
@@ -113,17 +114,29 @@ def host_gateway() -> str | None:
     return interface_ipv4(BRIDGE_INTERFACE) or hosts_file_address(HOST_GATEWAY_NAME) or _engine_bridge_gateway() or None
 
 
-def selector_host() -> str:
-    """The host data holders' clients dial the selectors at (join bundles, the selectors' certificates)."""
+def selector_hosts() -> list[str]:
+    """Every host data holders' clients may dial the selectors at (join bundles, the selectors' certificates).
+
+    `FEDOTA_SELECTOR_HOST` may name several, comma-separated: the machines a selector may
+    run on when its port opens only on its own machine (a swarm's nodes with host-mode
+    ports). A bundle lists each selector port at each of them and the client tries them
+    in turn. Its loopback names are dropped (they mean this machine only, as below).
+    """
     from django.conf import settings
 
-    configured = str(settings.FEDOTA_SELECTOR_HOST or "").strip()
-    if configured and not is_loopback(configured):
-        return configured
+    configured = [host.strip() for host in str(settings.FEDOTA_SELECTOR_HOST or "").split(",") if host.strip()]
+    reachable = [host for host in configured if not is_loopback(host)]
+    if reachable:
+        return reachable
     public = urlsplit(settings.FEDOTA_PUBLIC_URL).hostname or ""
     if not configured and public and not is_loopback(public):
-        return public
-    return host_gateway() or "127.0.0.1"
+        return [public]
+    return [host_gateway() or "127.0.0.1"]
+
+
+def selector_host() -> str:
+    """The first of selector_hosts(): the address a selector's service row shows."""
+    return selector_hosts()[0]
 
 
 def selector_host_is_local(host: str) -> bool:
