@@ -176,6 +176,11 @@ def _flower_env() -> None:
 # How long a run's end may wait for the selectors to take the news before the coordinator
 # exits (they pass it on to their clients at once); the website's stop grace is 10 s.
 TELL_SELECTORS_TIMEOUT = 3.0
+# How long a coordinator whose run ended keeps trying to deliver its last reports (the
+# outcome, the last rounds, the final model) to a webserver that took its earlier ones and
+# now does not answer: one restarting, or busy ("database is locked"), is back within it.
+# One that never took any report is misconfigured (said at the first failure): 10 s.
+FINAL_REPORTS_PATIENCE = 300.0
 
 
 def _stop_on_signal(hub: Hub, server: grpc.Server) -> None:
@@ -434,14 +439,22 @@ def run(settings: Settings) -> int:
             if final.with_suffix(".pt").exists():
                 reporter.checkpoint(0, final.with_suffix(".pt"), "pt")
         reporter.run_finished(ok=code == 0, detail=detail)
-        # Give the webserver a last chance at what is buffered, but never hang the exit;
-        # a big final model gets the time it needs at a modest 20 MB/s, and rounds that ran
-        # faster than their uploads a quarter of a second a file, up to 10 minutes.
-        backlog = reporter.pending_upload_bytes() / 20e6 + 0.25 * reporter.pending_uploads()
-        reporter.close(timeout=min(600.0, 10.0 + backlog))
+        reporter.close(timeout=final_reports_deadline(reporter))
     hub.wait_told(TELL_SELECTORS_TIMEOUT)
     server.stop(grace=2.0).wait()
     return code
+
+
+def final_reports_deadline(reporter: Reporter) -> float:
+    """Seconds to deliver what is buffered when the run has ended: a last chance, never a hang.
+
+    A big final model gets the time it needs at a modest 20 MB/s, and rounds that ran faster
+    than their uploads a quarter of a second a file, up to 10 minutes in all; a webserver
+    that took this run's reports gets FINAL_REPORTS_PATIENCE to answer again.
+    """
+    backlog = reporter.pending_upload_bytes() / 20e6 + 0.25 * reporter.pending_uploads()
+    patience = FINAL_REPORTS_PATIENCE if reporter.delivered else 10.0
+    return min(600.0, patience + backlog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

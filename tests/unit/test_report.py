@@ -33,6 +33,7 @@ class Recorder:
         self.uploads: dict[str, tuple[int, str]] = {}
         self.largest_read = 0
         self.refuse_kind = ""
+        self.busy_until = 0.0  # answer 500 until then (time.monotonic()), as a locked database does
 
 
 def _handler(rec: Recorder) -> type[BaseHTTPRequestHandler]:
@@ -52,6 +53,9 @@ def _handler(rec: Recorder) -> type[BaseHTTPRequestHandler]:
                 self._reply(401)
                 return
             events = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if time.monotonic() < rec.busy_until:
+                self._reply(500, b"database is locked")
+                return
             if rec.refuse_kind and any(e["kind"] == rec.refuse_kind for e in events):
                 self._reply(400, b'{"detail": "events[0].round: required"}')
                 return
@@ -220,6 +224,33 @@ def test_close_gives_up_after_its_deadline_when_the_webserver_stays_down() -> No
     t0 = time.monotonic()
     assert reporter.close(timeout=1.0) is False
     assert time.monotonic() - t0 < 3.0
+
+
+def test_a_run_s_last_reports_wait_out_a_busy_webserver_that_took_its_earlier_ones(
+    webserver: tuple[Recorder, str],
+) -> None:
+    """A webserver busy for longer than the old 10 s at the run's end lost the run's outcome."""
+    from coordinator.main import FINAL_REPORTS_PATIENCE, final_reports_deadline
+
+    rec, url = webserver
+    reporter = Reporter(Target(url, TOKEN), backoff_cap=0.2)
+    reporter.start()
+    reporter.run_started(total_rounds=1, app="fedota-tabular", fab_sha256="ab" * 32)
+    assert _until(lambda: reporter.delivered == 1)
+    rec.busy_until = time.monotonic() + 10.5
+    reporter.run_finished(ok=True, detail="run finished")
+    deadline = final_reports_deadline(reporter)
+    assert deadline >= FINAL_REPORTS_PATIENCE
+    assert reporter.close(timeout=deadline)
+    assert _kinds(rec) == ["run_started", "run_finished"]
+
+
+def test_a_webserver_never_reached_gets_ten_seconds_at_the_end() -> None:
+    from coordinator.main import final_reports_deadline
+
+    reporter = Reporter(Target(f"http://127.0.0.1:{free_port()}/r/", TOKEN))
+    reporter.run_finished(ok=True, detail="done")
+    assert final_reports_deadline(reporter) == 10.0
 
 
 def test_a_big_checkpoint_streams_without_loading_the_file(webserver: tuple[Recorder, str], tmp_path: Path) -> None:

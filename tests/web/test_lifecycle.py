@@ -740,6 +740,29 @@ def test_reconcile_lets_a_finished_coordinator_deliver_its_final_model(
     assert set(Service.objects.filter(run=run).values_list("health", flat=True)) == {"removed"}
 
 
+def test_an_orphan_is_removed_outside_any_transaction(
+    users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any], monkeypatch: Any
+) -> None:
+    """On SQLite a transaction holds the one write lock: a slow stop (a swarm's tens of
+    seconds) inside one made every coordinator's reports fail meanwhile."""
+    from django.db import connection
+
+    run = _started(users, make_problem, fake)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.FINISHED)
+    fake.crash(run.problem_id, "coordinator", 0, exit_code=0)
+    outer = len(connection.atomic_blocks)  # the test's own
+    depths: list[int] = []
+    stop = fake.stop
+
+    def observed(problem_id: int, **kwargs: Any) -> None:
+        depths.append(len(connection.atomic_blocks))
+        stop(problem_id, **kwargs)
+
+    monkeypatch.setattr(fake, "stop", observed)
+    assert lifecycle.infrastructure_reconcile().orphans_removed == [run.problem_id]
+    assert depths == [outer]
+
+
 def test_reconcile_removes_orphans_and_keeps_active_runs(
     users: dict[str, Any], make_problem: Any, fake: FakeSpawner, enqueued: list[Any]
 ) -> None:

@@ -610,16 +610,20 @@ def _delivering_final_reports(spawner: Spawner, problem_id: int) -> bool:
 def _remove_orphan(spawner: Spawner, problem_id: int) -> bool:
     if _delivering_final_reports(spawner, problem_id):
         return False
+    if Run.objects.filter(problem_id=problem_id, status__in=ACTIVE_RUN_STATUSES).exists():
+        return False
+    # Outside any transaction, as run_teardown's: on SQLite a transaction holds the one write
+    # lock, and a swarm takes tens of seconds to remove services, during which every other
+    # run's reports would fail with "database is locked" (and a coordinator at its run's end
+    # could give up on its final ones). A run of this problem published meanwhile is not
+    # lost: its launch fails with the backend's reason if its services went during its
+    # start, and the reconciler launches it again if they went after.
+    spawner.stop(problem_id, remove_data=False)
     with transaction.atomic():
-        # Holding the problem row keeps a new run from being created meanwhile.
-        exists = Problem.objects.select_for_update().filter(pk=problem_id).exists()
-        if exists and Run.objects.filter(problem_id=problem_id, status__in=ACTIVE_RUN_STATUSES).exists():
-            return False
-        spawner.stop(problem_id, remove_data=False)
         # The ended runs' service rows said what ran; now nothing does.
-        Service.objects.filter(run__problem_id=problem_id).exclude(health=ServiceHealth.REMOVED).update(
-            health=ServiceHealth.REMOVED, updated_at=timezone.now()
-        )
+        Service.objects.filter(run__problem_id=problem_id).exclude(run__status__in=ACTIVE_RUN_STATUSES).exclude(
+            health=ServiceHealth.REMOVED
+        ).update(health=ServiceHealth.REMOVED, updated_at=timezone.now())
     return True
 
 
