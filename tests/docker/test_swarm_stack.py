@@ -36,7 +36,7 @@ import pytest
 
 from tests.docker import test_swarm_spawner
 from tests.docker.compose import IMAGES, MAX_SELECTORS, PASSWORD, SETTER, Site, _free_on_loopback, wait
-from tests.docker.conftest import leftovers, require_images
+from tests.docker.conftest import leftovers, require_images, unavailable
 from tests.docker.probes import exec_python, reach
 from tests.ports import free_port
 
@@ -336,3 +336,34 @@ def test_the_stack_runs_the_platform_which_runs_problems_on_the_swarm(
         stack.remove()
         lap("stack removed again")
     lap("volumes and secrets removed")
+
+
+REQUIRED = ("FEDOTA_PLATFORM_NODE", "DOCKER_GID", "FEDOTA_PUBLIC_URL", "DJANGO_ALLOWED_HOSTS", "FEDOTA_SELECTOR_HOST")
+
+
+def test_a_missing_setting_stops_the_deploy_naming_it(tmp_path: Path) -> None:
+    """`docker stack config` (what deploy reads first, no swarm needed) names each required setting left out,
+    and takes the values given as they are (a hyphen in a `${A:?message}` once made the message's end A's value)."""
+    import shutil
+
+    if (
+        not shutil.which("docker")
+        or subprocess.run(["docker", "stack", "config", "--help"], capture_output=True).returncode
+    ):
+        unavailable("no docker CLI with `docker stack config` here")
+    given = {name: f"value-of-{name.lower()}" for name in REQUIRED} | {"DOCKER_GID": "990"}
+    base = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+
+    def config(environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        command = ["docker", "stack", "config", "-c", str(STACK_FILE)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env={**base, **environ})
+
+    whole = config(given)
+    assert whole.returncode == 0, whole.stderr
+    for name, value in given.items():
+        assert value in whole.stdout, f"{name}={value} is not in the stack as given:\n{whole.stdout}"
+    assert "user: 10001:990" in whole.stdout
+    for name in REQUIRED:
+        missing = config({k: v for k, v in given.items() if k != name})
+        assert missing.returncode != 0, f"the stack deploys without {name}"
+        assert f"required variable {name} is missing a value: set {name} to " in missing.stderr, missing.stderr
