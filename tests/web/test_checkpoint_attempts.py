@@ -140,7 +140,13 @@ def test_each_attempt_keeps_its_final_model_and_the_run_offers_the_latest(
 
     base = f"/monitoring/runs/{run.pk}/checkpoints"
     final = owner.get(f"/api/v1/problems/{run.problem_id}/dashboard/").json()["final_model"]
-    assert final == {"npz": f"{base}/0.npz?attempt=2", "pt": None, "round": 0}
+    assert final == {
+        "npz": f"{base}/0.npz?attempt=2",
+        "pt": None,
+        "npz_manifest": f"{base}/0.npz.manifest.json?attempt=2",
+        "pt_manifest": None,
+        "round": 0,
+    }
     status, body, resp = _get(owner, f"{base}/0.npz")
     assert (status, body) == (200, b"final of attempt 2") and "run1-attempt2-final.npz" in resp["Content-Disposition"]
     assert _get(owner, f"{base}/0.npz?attempt=1")[1] == b"final of attempt 1"
@@ -176,7 +182,13 @@ def test_a_failed_run_offers_its_latest_attempts_last_completed_model(client: Cl
 
     base = f"/monitoring/runs/{run.pk}/checkpoints"
     final = owner.get(f"/api/v1/problems/{run.problem_id}/dashboard/").json()["final_model"]
-    assert final == {"npz": f"{base}/2.npz?attempt=2", "pt": None, "round": 2}
+    assert final == {
+        "npz": f"{base}/2.npz?attempt=2",
+        "pt": None,
+        "npz_manifest": f"{base}/2.npz.manifest.json?attempt=2",
+        "pt_manifest": None,
+        "round": 2,
+    }
     status, body, resp = _get(owner, f"{base}/0.npz")
     assert (status, body, resp["X-Fedota-Model-Round"]) == (200, b"attempt 2, round 2", "2")
     # Of an attempt asked for by name: that attempt's last.

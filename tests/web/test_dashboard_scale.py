@@ -138,8 +138,10 @@ def test_download_links_are_what_reverse_gives_under_any_script_prefix(
             set_script_prefix(prefix)
             links = queries.run_checkpoints(run=run)
             for round_ in (1, 3):
-                url = reverse("checkpoint-download", kwargs={"run_id": run.pk, "round": round_, "kind": "npz"})
-                assert links[(1, round_)] == {"npz": url, "pt": None}
+                kwargs = {"run_id": run.pk, "round": round_, "kind": "npz"}
+                url = reverse("checkpoint-download", kwargs=kwargs)
+                manifest = reverse("checkpoint-manifest", kwargs=kwargs)
+                assert links[(1, round_)] == {"npz": url, "pt": None, "npz_manifest": manifest, "pt_manifest": None}
             # A round two attempts stored is linked per attempt.
             pt = reverse("checkpoint-download", kwargs={"run_id": run.pk, "round": 2, "kind": "pt"})
             assert links[(2, 2)]["pt"] == f"{pt}?attempt=2" and pt.startswith(prefix)

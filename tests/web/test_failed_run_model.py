@@ -36,7 +36,13 @@ def test_a_failed_run_offers_its_last_completed_model_and_says_why(
     client.force_login(users["owner"])
 
     data = client.get(f"/api/v1/problems/{run.problem_id}/dashboard/").json()
-    assert data["final_model"] == {"npz": f"/monitoring/runs/{run.pk}/checkpoints/3.npz", "pt": None, "round": 3}
+    assert data["final_model"] == {
+        "npz": f"/monitoring/runs/{run.pk}/checkpoints/3.npz",
+        "pt": None,
+        "npz_manifest": f"/monitoring/runs/{run.pk}/checkpoints/3.npz.manifest.json",
+        "pt_manifest": None,
+        "round": 3,
+    }
     assert data["run"]["status_detail"] == WHY
 
     page = client.get(f"/monitoring/problems/{run.problem_id}/").content.decode()
@@ -60,7 +66,13 @@ def test_a_finished_runs_final_model_is_the_final_model(
     client.force_login(users["owner"])
 
     data = client.get(f"/api/v1/problems/{run.problem_id}/dashboard/").json()
-    assert data["final_model"] == {"npz": f"/monitoring/runs/{run.pk}/checkpoints/0.npz", "pt": None, "round": 0}
+    assert data["final_model"] == {
+        "npz": f"/monitoring/runs/{run.pk}/checkpoints/0.npz",
+        "pt": None,
+        "npz_manifest": f"/monitoring/runs/{run.pk}/checkpoints/0.npz.manifest.json",
+        "pt_manifest": None,
+        "round": 0,
+    }
     resp = client.get(f"/monitoring/runs/{run.pk}/checkpoints/0.npz")
     assert b"".join(resp.streaming_content) == b"final npz" and "run1-final.npz" in resp["Content-Disposition"]
 
@@ -73,7 +85,7 @@ def test_a_running_run_has_no_final_model_yet(
     client.force_login(users["owner"])
 
     data = client.get(f"/api/v1/problems/{run.problem_id}/dashboard/").json()
-    assert data["final_model"] == {"npz": None, "pt": None, "round": 0}
+    assert data["final_model"] == {"npz": None, "pt": None, "npz_manifest": None, "pt_manifest": None, "round": 0}
     resp = client.get(f"/monitoring/runs/{run.pk}/checkpoints/0.npz")
     assert resp.status_code == 404 and b"no stored .npz file for the final model" in resp.content
 

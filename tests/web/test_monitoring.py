@@ -101,8 +101,13 @@ def test_dashboard_json_has_everything_the_page_shows(
     }
     assert data["clients_connected"] == 2
     assert [(r["round"], r["eval_acc"], r["clients"]) for r in data["rounds"]] == [(1, 0.75, 2), (2, 0.85, 2)]
-    assert data["rounds"][1]["downloads"] == {"npz": f"/monitoring/runs/{run2.pk}/checkpoints/2.npz", "pt": None}
-    assert data["rounds"][0]["downloads"] == {"npz": None, "pt": None}
+    assert data["rounds"][1]["downloads"] == {
+        "npz": f"/monitoring/runs/{run2.pk}/checkpoints/2.npz",
+        "pt": None,
+        "npz_manifest": f"/monitoring/runs/{run2.pk}/checkpoints/2.npz.manifest.json",
+        "pt_manifest": None,
+    }
+    assert data["rounds"][0]["downloads"] == {"npz": None, "pt": None, "npz_manifest": None, "pt_manifest": None}
     sites = {p["site"]: p for p in data["participants"]}
     assert sites["General Hospital"]["last_round"] == 2
     assert sites["General Hospital"]["last_kind"] == "train + evaluate"

@@ -60,6 +60,10 @@ def _checkpoint(world: dict[str, Any]) -> str:
     return reverse("checkpoint-download", kwargs={"run_id": world["run"], "round": 1, "kind": "npz"})
 
 
+def _manifest(world: dict[str, Any]) -> str:
+    return reverse("checkpoint-manifest", kwargs={"run_id": world["run"], "round": 1, "kind": "npz"})
+
+
 def _runs_metrics(world: dict[str, Any]) -> str:
     return reverse("api-runs-metrics", kwargs={"problem_id": world["problem"]}) + "?runs=1"
 
@@ -72,6 +76,7 @@ CASES = [
     Case("new problem page", "GET", _u("problem-create"), SETTERS),
     Case("dashboard", "GET", _u("problem-dashboard", problem_pk="problem"), OWNER),
     Case("checkpoint download", "GET", _checkpoint, OWNER),
+    Case("checkpoint provenance manifest", "GET", _manifest, OWNER),
     Case("metrics CSV", "GET", _u("metrics-csv", run_id="run"), OWNER),
     Case("infrastructure page", "GET", _u("infrastructure"), frozenset({"admin"})),
     Case("my participation", "GET", _u("my-participations"), HOLDERS),

@@ -54,7 +54,8 @@ class RoundSerializer(serializers.Serializer[Any]):
     metrics = serializers.JSONField()
     downloads = serializers.DictField(
         child=serializers.CharField(allow_null=True),
-        help_text="links to this round's model of this attempt (`npz`, `pt`; null when not stored). Where "
+        help_text="links to this round's model of this attempt (`npz`, `pt`; null when not stored) and to each "
+        "file's signed provenance manifest (`npz_manifest`, `pt_manifest`; check with `fedota-verify`). Where "
         "another attempt has a round of the same number, the link carries `?attempt=K`; the bare link of a "
         "round means its latest attempt's model",
     )

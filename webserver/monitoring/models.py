@@ -54,6 +54,12 @@ class Checkpoint(models.Model):
     round = models.PositiveIntegerField()  # 0 = final model
     npz = models.FileField(upload_to="checkpoints/", blank=True)
     pt = models.FileField(upload_to="checkpoints/", blank=True)
+    # For provenance manifests (monitoring/provenance.py): each file's SHA-256 as uploaded, and the
+    # hash of the problem's data contract then (a problem's contract may be edited later). Blank for
+    # files stored before they were recorded: the first manifest hashes the file, and says so.
+    npz_sha256 = models.CharField(max_length=64, blank=True)
+    pt_sha256 = models.CharField(max_length=64, blank=True)
+    contract_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import Count, Max, Min, QuerySet, Sum
 from django.http import Http404
 from django.urls import get_script_prefix, reverse
+from django.utils.text import slugify
 
 from webserver import permissions
 from webserver.errors import NotAllowed
@@ -58,8 +59,10 @@ def run_selected(*, problem: Problem, number: Any = None) -> Run | None:
         raise Http404(f"this problem has no run {number}") from None
 
 
-# Download links of the run's stored models: (attempt, round) -> {"npz": url | None, "pt": url | None}.
+# Download links of the run's stored models: (attempt, round) -> {"npz": url | None, "pt": url | None,
+# "npz_manifest": url | None, "pt_manifest": url | None}.
 Downloads = dict[tuple[int, int], dict[str, str | None]]
+NO_LINKS: dict[str, str | None] = {"npz": None, "pt": None, "npz_manifest": None, "pt_manifest": None}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -73,17 +76,40 @@ def _download_prefix(script_prefix: str, run_pk: int) -> str:
     return url.removesuffix("0.npz")
 
 
-def _download(run: Run, round: int, kind: str, present: bool, attempt: int | None = None) -> str | None:
+# What a model's URL takes after it to name the model's signed provenance manifest (monitoring/provenance.py).
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def _download(
+    run: Run, round: int, kind: str, present: bool, attempt: int | None = None, suffix: str = ""
+) -> str | None:
     if not present:
         return None
-    url = f"{_download_prefix(get_script_prefix(), run.pk)}{round}.{kind}"
+    url = f"{_download_prefix(get_script_prefix(), run.pk)}{round}.{kind}{suffix}"
     return url if attempt is None else f"{url}?attempt={attempt}"
 
 
 def _links(run: Run, attempt: int, round: int, npz: Any, pt: Any, *, named: bool) -> dict[str, str | None]:
-    """The links of one checkpoint's stored files (`npz`, `pt`: their names, empty if not stored)."""
+    """The links of one checkpoint's stored files (`npz`, `pt`: their names, empty if not stored).
+
+    `npz_manifest` and `pt_manifest` link each file's provenance manifest.
+    """
     which = attempt if named else None
-    return {"npz": _download(run, round, "npz", bool(npz), which), "pt": _download(run, round, "pt", bool(pt), which)}
+    return {
+        "npz": _download(run, round, "npz", bool(npz), which),
+        "pt": _download(run, round, "pt", bool(pt), which),
+        "npz_manifest": _download(run, round, "npz", bool(npz), which, MANIFEST_SUFFIX),
+        "pt_manifest": _download(run, round, "pt", bool(pt), which, MANIFEST_SUFFIX),
+    }
+
+
+def model_file_name(*, run: Run, served: int, attempt: int | None, kind: str) -> str:
+    """The name a model downloads under: problem, run, attempt (after the first) and round, or `final`."""
+    # A run that failed (or was stopped) before its final model: its last completed round's, named as such.
+    stem = "final" if served == 0 else f"round{served:04d}"
+    if attempt is not None and attempt > 1:
+        stem = f"attempt{attempt}-{stem}"
+    return f"{slugify(run.problem.title) or 'problem'}-run{run.number}-{stem}.{kind}"
 
 
 def run_checkpoints(*, run: Run, since: int | None = None, final_only: bool = False) -> Downloads:
@@ -170,7 +196,7 @@ def round_rows(*, run: Run, since: int | None = None) -> QuerySet[RoundRecord, d
 
 def round_json(row: dict[str, Any], downloads: Downloads) -> dict[str, Any]:
     """One round for the dashboard and the API, from a row of `round_rows`."""
-    links = downloads.get((row["attempt"], row["number"]), {"npz": None, "pt": None})
+    links = downloads.get((row["attempt"], row["number"])) or dict(NO_LINKS)
     return {
         "round": row["number"],
         # Which (re)start of the coordinator ran it; see `resumed_rounds` for where each began.
@@ -321,7 +347,7 @@ def dashboard(
         "clients_connected": 0,
         "rejected": {"replies": 0, "rounds": 0},
         "rounds": [],
-        "final_model": {"npz": None, "pt": None, "round": 0},
+        "final_model": {**NO_LINKS, "round": 0},
         "participants": [],
         "participants_summary": participants_summary([], shown=PARTICIPANTS_SHOWN),
         "logs": [],
@@ -435,7 +461,7 @@ def run_final_model(*, run: Run) -> dict[str, Any]:
         return {**finals[max(stored)], "round": 0}
     last = _last_completed(run)
     if last is None:
-        return {"npz": None, "pt": None, "round": 0}
+        return {**NO_LINKS, "round": 0}
     named = Checkpoint.objects.filter(run=run, round=last.round).exclude(attempt=last.attempt).exists()
     return {**_links(run, last.attempt, last.round, last.npz, last.pt, named=named), "round": last.round}
 

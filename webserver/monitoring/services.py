@@ -26,6 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 
+from fedota_common.provenance import canonical_sha256
 from webserver.errors import ApplicationError
 from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord, RunReport
 from webserver.participation.models import Contribution, Participant
@@ -436,8 +437,9 @@ def checkpoint_store(
         raise ApplicationError(f"attempt: must be a whole number from 1 to {MAX_COUNT}", field="attempt")
     if size is not None and size > limit:
         raise TooLarge(f"the checkpoint is {size} bytes; this server accepts at most {limit}")
+    digest = hashlib.sha256()
     with tempfile.TemporaryFile() as tmp:
-        written = _copy(stream, tmp, limit=limit, size=size)
+        written = _copy(stream, tmp, limit=limit, size=size, digest=digest)
         if size is not None and written != size:
             raise ApplicationError(f"body: received {written} of {size} bytes", field="body")
         tmp.seek(0)
@@ -452,11 +454,14 @@ def checkpoint_store(
             # Attempt 1 keeps the names it always had; a later attempt's files sit apart from them.
             folder = f"p{run.problem_id}/run{run.number}" + (f"/attempt-{attempt}" if attempt > 1 else "")
             field.save(f"{folder}/{stem}.{kind}", File(tmp), save=False)
+            # What the manifest of this file will say it is, and under which data contract it was made.
+            setattr(checkpoint, f"{kind}_sha256", digest.hexdigest())
+            checkpoint.contract_sha256 = canonical_sha256(run.problem.contract)
             checkpoint.save()
     return checkpoint
 
 
-def _copy(stream: Readable, out: BinaryIO, *, limit: int, size: int | None) -> int:
+def _copy(stream: Readable, out: BinaryIO, *, limit: int, size: int | None, digest: hashlib._Hash) -> int:
     written = 0
     remaining = size
     while remaining is None or remaining > 0:
@@ -467,6 +472,7 @@ def _copy(stream: Readable, out: BinaryIO, *, limit: int, size: int | None) -> i
         if written > limit:
             raise TooLarge(f"the checkpoint is larger than this server accepts ({limit} bytes)")
         out.write(block)
+        digest.update(block)
         if remaining is not None:
             remaining -= len(block)
     return written

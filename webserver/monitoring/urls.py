@@ -8,6 +8,12 @@ from webserver.monitoring import views
 
 urlpatterns = [
     path("problems/<int:problem_pk>/", views.problem_dashboard, name="problem-dashboard"),
+    # Before the model's own pattern, whose <str:kind> would take "npz.manifest.json" too.
+    path(
+        "runs/<int:run_id>/checkpoints/<int:round>.<str:kind>.manifest.json",
+        views.checkpoint_manifest,
+        name="checkpoint-manifest",
+    ),
     path(
         "runs/<int:run_id>/checkpoints/<int:round>.<str:kind>",
         views.checkpoint_download,

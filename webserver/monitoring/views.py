@@ -14,7 +14,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 
 from webserver.errors import NotAllowed
-from webserver.monitoring import queries
+from webserver.monitoring import provenance, queries
 
 
 def _login_first(request: HttpRequest) -> HttpResponse | None:
@@ -73,6 +73,24 @@ def _run(request: HttpRequest, run_id: int) -> Any:
         raise PermissionDenied(exc.message) from None
 
 
+def _attempt(request: HttpRequest) -> int | None | HttpResponse:
+    """The `?attempt=K` of a model download (None without it), or the response refusing a bad one."""
+    raw = request.GET.get("attempt")
+    if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) > 0):
+        return HttpResponseBadRequest("attempt: must be a whole number ≥ 1.", content_type="text/plain; charset=utf-8")
+    return None if raw is None else int(raw)
+
+
+def _no_model(run: Any, round: int, kind: str, attempt: int | None) -> HttpResponse:
+    what = "the final model" if round == 0 else f"round {round}"
+    whose = "" if attempt is None else f" of attempt {attempt}"
+    return HttpResponseNotFound(
+        f"Run {run.number} has no stored .{kind} file for {what}{whose}. The coordinator uploads each round's"
+        " model after the round ends (only .npz for rounds, .npz and .pt for the final model).",
+        content_type="text/plain; charset=utf-8",
+    )
+
+
 def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse | FileResponse:
     """A round's model (round 0 = the final model), streamed from storage.
 
@@ -87,25 +105,39 @@ def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str
     run = _run(request, run_id)
     if kind not in ("npz", "pt"):
         return HttpResponseNotFound("Models are offered as .npz (NumPy) or .pt (PyTorch).", content_type="text/plain")
-    raw = request.GET.get("attempt")
-    if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) > 0):
-        return HttpResponseBadRequest("attempt: must be a whole number ≥ 1.", content_type="text/plain; charset=utf-8")
-    attempt = None if raw is None else int(raw)
+    attempt = _attempt(request)
+    if isinstance(attempt, HttpResponse):
+        return attempt
     stored, served, of_attempt = queries.model_file(run=run, round=round, kind=kind, attempt=attempt)
     if stored is None:
-        what = "the final model" if round == 0 else f"round {round}"
-        whose = "" if attempt is None else f" of attempt {attempt}"
-        return HttpResponseNotFound(
-            f"Run {run.number} has no stored .{kind} file for {what}{whose}. The coordinator uploads each round's"
-            " model after the round ends (only .npz for rounds, .npz and .pt for the final model).",
-            content_type="text/plain; charset=utf-8",
-        )
-    # A run that failed (or was stopped) before its final model: its last completed round's, named as such.
-    stem = "final" if served == 0 else f"round{served:04d}"
-    if of_attempt is not None and of_attempt > 1:
-        stem = f"attempt{of_attempt}-{stem}"
-    name = f"{slugify(run.problem.title) or 'problem'}-run{run.number}-{stem}.{kind}"
+        return _no_model(run, round, kind, attempt)
+    name = queries.model_file_name(run=run, served=served, attempt=of_attempt, kind=kind)
     response = FileResponse(stored.open("rb"), as_attachment=True, filename=name)
+    response["X-Fedota-Model-Round"] = str(served)
+    response["X-Fedota-Model-Attempt"] = str(of_attempt)
+    return response
+
+
+def checkpoint_manifest(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse:
+    """The signed provenance manifest of the model the same URL without `.manifest.json` serves.
+
+    Same permissions, arguments and headers as `checkpoint_download`; check the pair with
+    `fedota-verify MODEL MANIFEST` (docs/provenance.md).
+    """
+    if (redirect := _login_or_token(request)) is not None:
+        return redirect
+    run = _run(request, run_id)
+    if kind not in ("npz", "pt"):
+        return HttpResponseNotFound("Models are offered as .npz (NumPy) or .pt (PyTorch).", content_type="text/plain")
+    attempt = _attempt(request)
+    if isinstance(attempt, HttpResponse):
+        return attempt
+    made = provenance.checkpoint_manifest(run=run, round=round, kind=kind, attempt=attempt)
+    if made is None:
+        return _no_model(run, round, kind, attempt)
+    body, name, served, of_attempt = made
+    response = HttpResponse(body, content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
     response["X-Fedota-Model-Round"] = str(served)
     response["X-Fedota-Model-Attempt"] = str(of_attempt)
     return response

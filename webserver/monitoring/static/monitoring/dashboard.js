@@ -68,6 +68,15 @@
     return a;
   }
 
+  // A model's signed provenance manifest, to put after its link (nothing from a server that has none).
+  function manifest(href) {
+    if (!href) return [];
+    const a = link(href, "manifest");
+    a.className = "manifest";
+    a.title = "signed provenance manifest of this file; check both with fedota-verify";
+    return [" (", a, ")"];
+  }
+
   function fill(tbody, rows, columns, empty) {
     if (!rows.length) {
       const tr = node("tr");
@@ -137,9 +146,9 @@
       } else {
         dl.append(" · final model: ");
       }
-      if (d.final_model.pt) dl.append(link(d.final_model.pt, "PyTorch .pt"));
+      if (d.final_model.pt) dl.append(link(d.final_model.pt, "PyTorch .pt"), ...manifest(d.final_model.pt_manifest));
       if (d.final_model.pt && d.final_model.npz) dl.append(" · ");
-      if (d.final_model.npz) dl.append(link(d.final_model.npz, "NumPy .npz"));
+      if (d.final_model.npz) dl.append(link(d.final_model.npz, "NumPy .npz"), ...manifest(d.final_model.npz_manifest));
     }
     parts.push(dl);
     box.replaceChildren(...parts);
@@ -197,9 +206,9 @@
       cell(tr, r.rejected, r.rejected ? "rejected" : "muted");
       if (r.rejected) tr.lastChild.title = reasons.length ? reasons.join("\n") : `${REJECTED_WHY}; see the coordinator log.`;
       const td = node("td");
-      if (r.downloads.pt) td.append(link(r.downloads.pt, ".pt"));
+      if (r.downloads.pt) td.append(link(r.downloads.pt, ".pt"), ...manifest(r.downloads.pt_manifest));
       if (r.downloads.pt && r.downloads.npz) td.append(" · ");
-      if (r.downloads.npz) td.append(link(r.downloads.npz, ".npz"));
+      if (r.downloads.npz) td.append(link(r.downloads.npz, ".npz"), ...manifest(r.downloads.npz_manifest));
       if (!r.downloads.pt && !r.downloads.npz) td.append(node("span", "–", "muted"));
       tr.appendChild(td);
       if (!reasons.length && !r.no_results) return [tr];
