@@ -215,6 +215,12 @@ def test_a_poll_keeps_the_rounds_of_a_restarted_attempt_in_order(
         for n in range(1, last + 1)
     )
     tab.wait_for_selector("#rounds-body tr[data-round='10'] a")
+    # Each model's link is followed by its signed provenance manifest's.
+    hrefs = tab.eval_on_selector_all(
+        "#rounds-body tr[data-round='10'] a", "as => as.map((a) => a.getAttribute('href'))"
+    )
+    base = f"/monitoring/runs/{run.pk}/checkpoints"
+    assert hrefs[-2:] == [f"{base}/10.npz", f"{base}/10.npz.manifest.json"]
     resp = Client().post(
         f"/internal/v1/runs/{run.pk}/events",
         data=json.dumps([_round(7, attempt=2)]),
