@@ -265,3 +265,10 @@ def test_an_attempt_that_restarted_at_round_1_says_its_round_numbers_repeat(
     assert m["rounds"]["reported_by_several_attempts"] == [[1, 1]]
     # Contributions are per run and round: both sites are credited with a round 1.
     assert len(m["sites"]["train"]) == 2
+
+
+def test_a_contract_json_cannot_carry_never_stops_a_model_upload() -> None:
+    from webserver.monitoring.provenance import contract_sha256
+
+    assert contract_sha256({"fields": [{"minimum": float("nan")}]}) is None
+    assert contract_sha256({"kind": "none"}) == provenance.canonical_sha256({"kind": "none"})

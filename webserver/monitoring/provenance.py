@@ -149,6 +149,14 @@ def _sites(run: Run, through: int, key: bytes) -> dict[str, Any]:
     }
 
 
+def contract_sha256(contract: Any) -> str | None:
+    """The data contract's hash for manifests; None for one JSON cannot carry (a NaN bound slipped in)."""
+    try:
+        return provenance.canonical_sha256(contract)
+    except ValueError:
+        return None
+
+
 def _model_hash(checkpoint: Checkpoint, kind: str, stored: Any) -> tuple[str, str]:
     """(SHA-256 of the stored file, when it was taken): recorded at upload, or now for older files."""
     recorded = getattr(checkpoint, f"{kind}_sha256")
@@ -170,14 +178,17 @@ def manifest_build(
     checkpoint: Checkpoint = stored.instance
     problem = run.problem
     sha256, hashed = _model_hash(checkpoint, kind, stored)
+    contract: dict[str, str | None]
     if checkpoint.contract_sha256:
         contract = {"sha256": checkpoint.contract_sha256, "recorded": "when the model was uploaded"}
-    else:
+    elif (digest := contract_sha256(problem.contract)) is not None:
         contract = {
-            "sha256": provenance.canonical_sha256(problem.contract),
+            "sha256": digest,
             "recorded": "when this manifest was made (the model was stored before the platform recorded "
             "contracts; the problem's contract may have been edited since the run)",
         }
+    else:
+        contract = {"sha256": None, "recorded": "never: the contract holds a number JSON cannot carry (NaN, infinity)"}
     contract["hash_of"] = "the contract's canonical JSON (sorted keys, no spaces, ASCII), as in join bundles"
     through, chosen = _lineage(run, attempt, served)
     config = dict(run.config or {})

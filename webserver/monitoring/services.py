@@ -26,9 +26,9 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 
-from fedota_common.provenance import canonical_sha256
 from webserver.errors import ApplicationError
 from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord, RunReport
+from webserver.monitoring.provenance import contract_sha256
 from webserver.participation.models import Contribution, Participant
 from webserver.problems.models import ACTIVE_RUN_STATUSES, Run, RunStatus, Service, ServiceRole
 
@@ -456,7 +456,8 @@ def checkpoint_store(
             field.save(f"{folder}/{stem}.{kind}", File(tmp), save=False)
             # What the manifest of this file will say it is, and under which data contract it was made.
             setattr(checkpoint, f"{kind}_sha256", digest.hexdigest())
-            checkpoint.contract_sha256 = canonical_sha256(run.problem.contract)
+            # Never a reason to refuse a model: a contract that cannot be hashed leaves the field blank.
+            checkpoint.contract_sha256 = contract_sha256(run.problem.contract) or ""
             checkpoint.save()
     return checkpoint
 
