@@ -14,7 +14,7 @@ The signed document is `{"manifest": {...}, "signature": {...}}`. The signature 
 `canonical(manifest)`: JSON with sorted keys, no insignificant whitespace, ASCII only
 (other characters as \\u escapes), no NaN or infinities, duplicate keys refused when read.
 Each manifest gets a fresh P-256 signing key whose certificate the problem's CA issues
-(digital signatures only): the CA's own certificate is marked for signing certificates,
+for document signing only: the CA's own certificate is marked for signing certificates,
 not documents, and the signing certificate ties each signature to that CA all the same.
 Both certificates travel in the document, so checking needs nothing else; `--ca` pins the
 CA the user trusts (from their join bundle, or the problem's setter).
@@ -37,7 +37,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 # The version of Fedota that signs manifests (pyproject.toml's `version`; the web image
 # has no installed package metadata to read it from, tests/unit/test_provenance.py keeps
@@ -47,6 +47,10 @@ MANIFEST_FORMAT = "fedota-model-manifest/1"
 ALGORITHM = "ecdsa-p256-sha256"
 SIGNER_DAYS = 3650
 CHUNK = 1 << 20
+# id-kp-documentSigning (RFC 9336): the signer's certificate must name it, so that no other
+# certificate of the problem's CA (a selector's or the coordinator's TLS certificate, whose
+# keys live in their containers) can sign a manifest.
+DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 # A manifest larger than this is not one the website makes (it lists sites as round ranges).
 MAX_MANIFEST_BYTES = 64 << 20
 
@@ -168,6 +172,7 @@ def _signer(ca_cert_pem: str, ca_key_pem: str) -> tuple[ec.EllipticCurvePrivateK
             ),
             critical=True,
         )
+        .add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -227,10 +232,13 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 
 def _may_sign_documents(cert: x509.Certificate) -> bool:
+    """Issued for signing documents: digital signatures, and the document-signing extended key usage."""
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature)
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        purposes = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return False
+    return bool(usage.digital_signature) and DOCUMENT_SIGNING in purposes
 
 
 def trusted_ca(data: bytes) -> x509.Certificate:

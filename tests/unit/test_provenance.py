@@ -145,6 +145,23 @@ def test_a_manifest_signed_with_the_ca_certificate_itself_as_signer_is_refused(c
     assert _fails(json.dumps(document).encode(), ca_pem=ca[0]).code == ExitCode.UNTRUSTED
 
 
+def test_a_tls_certificate_of_the_same_ca_cannot_sign_a_manifest(ca: tuple[str, str]) -> None:
+    """A selector's or coordinator's certificate is the problem CA's too, but its key lives in a container."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fedota_common.pki import issue_server_cert
+
+    cert, key_pem = issue_server_cert(ca[0], ca[1], ["selector.example"])
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    document = json.loads(_signed(ca))
+    signature = key.sign(provenance.canonical(document["manifest"]), ec.ECDSA(hashes.SHA256()))
+    document["signature"].update(value=base64.b64encode(signature).decode(), signer_certificate=cert)
+    error = _fails(json.dumps(document).encode(), ca_pem=ca[0])
+    assert error.code == ExitCode.UNTRUSTED and "not one for signing documents" in error.message
+
+
 @pytest.mark.parametrize(
     "body",
     [
