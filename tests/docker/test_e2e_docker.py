@@ -283,9 +283,12 @@ def platform(docker_client: Any, docker_prefix: str, tmp_path_factory: pytest.Te
 
 @contextmanager
 def running_platform(
-    docker_client: Any, docker_prefix: str, tmp: Path, *, spawner: str = "docker"
+    docker_client: Any, docker_prefix: str, tmp: Path, *, spawner: str = "docker", environ: dict[str, str] | None = None
 ) -> Iterator[Platform]:
-    """gunicorn, a Celery worker and beat on a file database in `tmp`, with the `spawner` backend."""
+    """gunicorn, a Celery worker and beat on a file database in `tmp`, with the `spawner` backend.
+
+    `environ`: settings of the platform's own on top of this function's (a swarm's selector hosts).
+    """
     (tmp / "logs").mkdir()
     var = tmp / "var"
     var.mkdir()
@@ -320,6 +323,7 @@ def running_platform(
             "FEDOTA_PUBLIC_URL": url,
             # A loopback report URL: the spawner hands the coordinator host.docker.internal instead.
             "FEDOTA_INTERNAL_URL": url,
+            **(environ or {}),
         }
     )
     logs = {name: tmp / "logs" / f"{name}.log" for name in ("web", "worker", "beat")}
