@@ -91,6 +91,19 @@ def _no_model(run: Any, round: int, kind: str, attempt: int | None) -> HttpRespo
     )
 
 
+def _model_asked(request: HttpRequest, run_id: int, kind: str) -> tuple[Any, int | None] | HttpResponse:
+    """The run and `?attempt=` a model or manifest download asks for, or the answer refusing it."""
+    if (redirect := _login_or_token(request)) is not None:
+        return redirect
+    run = _run(request, run_id)
+    if kind not in ("npz", "pt"):
+        return HttpResponseNotFound("Models are offered as .npz (NumPy) or .pt (PyTorch).", content_type="text/plain")
+    attempt = _attempt(request)
+    if isinstance(attempt, HttpResponse):
+        return attempt
+    return run, attempt
+
+
 def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str) -> HttpResponse | FileResponse:
     """A round's model (round 0 = the final model), streamed from storage.
 
@@ -100,14 +113,10 @@ def checkpoint_download(request: HttpRequest, run_id: int, round: int, kind: str
     its final model is its last completed round's model. The file name and the
     `X-Fedota-Model-Round` and `X-Fedota-Model-Attempt` headers say which was served.
     """
-    if (redirect := _login_or_token(request)) is not None:
-        return redirect
-    run = _run(request, run_id)
-    if kind not in ("npz", "pt"):
-        return HttpResponseNotFound("Models are offered as .npz (NumPy) or .pt (PyTorch).", content_type="text/plain")
-    attempt = _attempt(request)
-    if isinstance(attempt, HttpResponse):
-        return attempt
+    asked = _model_asked(request, run_id, kind)
+    if isinstance(asked, HttpResponse):
+        return asked
+    run, attempt = asked
     stored, served, of_attempt = queries.model_file(run=run, round=round, kind=kind, attempt=attempt)
     if stored is None:
         return _no_model(run, round, kind, attempt)
@@ -124,14 +133,10 @@ def checkpoint_manifest(request: HttpRequest, run_id: int, round: int, kind: str
     Same permissions, arguments and headers as `checkpoint_download`; check the pair with
     `fedota-verify MODEL MANIFEST` (docs/provenance.md).
     """
-    if (redirect := _login_or_token(request)) is not None:
-        return redirect
-    run = _run(request, run_id)
-    if kind not in ("npz", "pt"):
-        return HttpResponseNotFound("Models are offered as .npz (NumPy) or .pt (PyTorch).", content_type="text/plain")
-    attempt = _attempt(request)
-    if isinstance(attempt, HttpResponse):
-        return attempt
+    asked = _model_asked(request, run_id, kind)
+    if isinstance(asked, HttpResponse):
+        return asked
+    run, attempt = asked
     made = provenance.checkpoint_manifest(run=run, round=round, kind=kind, attempt=attempt)
     if made is None:
         return _no_model(run, round, kind, attempt)
