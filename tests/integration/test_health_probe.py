@@ -1,8 +1,9 @@
-"""The health probes the Docker spawner and the images' HEALTHCHECK run inside a container.
+"""The health probe the spawners and the images' HEALTHCHECK run inside a container.
 
-Both are one-line Pythons that import grpc and grpc_health only (not fedota_common, which
-loads numpy and Flower). They must ask the question `check_health` asks: exit 0 when the
-server answers SERVING, non-zero when it answers anything else or nothing listens.
+`python -m fedota_common.healthprobe`, standard library only (not grpc, numpy or Flower: a
+check runs every few seconds beside every service). It must ask the question `check_health`
+asks: exit 0 when the server answers SERVING, non-zero when it answers anything else, does
+not speak gRPC, answers nothing, or nothing listens.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +23,10 @@ import pytest
 from grpc_health.v1 import health, health_pb2
 
 from fedota_common.grpcutil import add_health, bind, check_health, make_server
+from fedota_common.healthprobe import check, status_of
 from tests.ports import free_port
 from webserver.spawner.docker import PROBE
+from webserver.spawner.kubernetes import PROBE as KUBERNETES_PROBE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,15 +52,21 @@ def served() -> Iterator[tuple[int, health.HealthServicer]]:
     server.stop(grace=None)
 
 
+def _run(command: list[str], env: dict[str, str] | None = None) -> int:
+    """`command` as a container runs it (its `python` this interpreter, the repo on the path)."""
+    assert command[0] == "python"
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, *command[1:]], env=env, cwd="/", capture_output=True).returncode
+
+
 def _spawner_probe(port: int) -> int:
-    return subprocess.run([sys.executable, "-c", PROBE.format(port=port)], capture_output=True).returncode
+    # The spawners' command names the images' health port; here the test server's instead.
+    assert PROBE == KUBERNETES_PROBE and PROBE[-1] == "9093"
+    return _run([*PROBE[:-1], str(port)])
 
 
 def _image_probe(dockerfile: str, port: int) -> int:
-    command = _healthcheck(dockerfile)
-    assert command[0] == "python"
-    env = {**os.environ, "FEDOTA_HEALTH_LISTEN": f"127.0.0.1:{port}"}
-    return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True).returncode
+    return _run(_healthcheck(dockerfile), {"FEDOTA_HEALTH_LISTEN": f"127.0.0.1:{port}"})
 
 
 DOCKERFILES = ["coordinator/Dockerfile", "selector/Dockerfile"]
@@ -82,13 +94,58 @@ def test_the_probes_fail_when_nothing_listens() -> None:
     assert all(_image_probe(f, port) != 0 for f in DOCKERFILES)
 
 
-def test_the_probes_import_neither_numpy_nor_flower() -> None:
-    # What made them slow: fedota_common.grpcutil imports numpy and Flower.
+def test_the_probes_import_neither_grpc_nor_numpy_nor_flower() -> None:
+    # What made them costly: half a CPU-second a check importing grpc, every few seconds.
     code = (
-        "import sys\n"
-        "try:\n    exec(compile(sys.stdin.read(), 'probe', 'exec'))\nexcept BaseException:\n    pass\n"
-        "print(' '.join(m for m in ('numpy', 'flwr', 'fedota_common') if m in sys.modules))"
+        "import runpy, sys\n"
+        f"sys.argv = ['probe', '{free_port()}']\n"
+        "try:\n    runpy.run_module('fedota_common.healthprobe', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(m for m in ('grpc', 'numpy', 'flwr') if m in sys.modules))"
     )
-    for probe in [PROBE.format(port=free_port())] + [_healthcheck(f)[2] for f in DOCKERFILES]:
-        out = subprocess.run([sys.executable, "-c", code], input=probe, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == "", f"the probe loaded {out.stdout.strip()}"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"the probe loaded {out.stdout.strip()}"
+
+
+def _listener(behaviour: str) -> tuple[int, threading.Event]:
+    """A loopback TCP server that is not a gRPC server: it closes at once, or says nothing."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        if behaviour == "close":
+            conn.close()
+        else:
+            done.wait(10)
+            conn.close()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1], done
+
+
+def test_the_probe_fails_what_is_not_a_grpc_server_and_keeps_to_its_timeout() -> None:
+    port, done = _listener("close")
+    assert not check(port)
+    port, done = _listener("silent")
+    t0 = time.monotonic()
+    assert not check(port, timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    done.set()
+
+
+def test_the_response_status_is_read_from_the_protobuf_message() -> None:
+    assert (
+        status_of(health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString())
+        == 1
+    )
+    assert status_of(b"") == 0  # UNKNOWN: the field's default is not sent
+    assert (
+        status_of(health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING).SerializeToString())
+        == 2
+    )

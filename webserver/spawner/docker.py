@@ -75,11 +75,9 @@ STOP_GRACE = 10
 # (an RpcError exits 1). It imports grpc and grpc_health only: fedota_common.grpcutil's
 # check_health pulls in numpy and Flower (0.5 s of CPU against 0.1 s), which competed
 # with the services still starting beside it.
-PROBE = (
-    "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
-    "r = g.HealthStub(grpc.insecure_channel('127.0.0.1:{port}')).Check(h.HealthCheckRequest(), timeout=1.0); "
-    "sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"
-)
+# The images' health check (their HEALTHCHECK's too): grpc.health.v1 Check("") on the loopback
+# health port, without importing grpc (fedota_common/healthprobe.py says why).
+PROBE = ["python", "-m", "fedota_common.healthprobe", str(HEALTH_PORT)]
 HOST_GATEWAY = "host.docker.internal"
 LABEL = "fedota"
 
@@ -523,7 +521,7 @@ class DockerSpawner:
     def _probe(container: Any) -> bool:
         """Does the service in `container` answer the gRPC health check on its loopback health port?"""
         try:
-            code, _ = container.exec_run(["python", "-c", PROBE.format(port=HEALTH_PORT)])
+            code, _ = container.exec_run(PROBE)
         except docker.errors.APIError:
             return False  # e.g. it stopped between the inspect and the exec
         return bool(code == 0)

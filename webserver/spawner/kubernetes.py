@@ -88,11 +88,7 @@ WRITABLE_TMP = "512Mi"
 # Kubelet's "cannot start this container" reasons that waiting longer never cures.
 HOPELESS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "ErrImageNeverPull"}
 # The same question as the images' HEALTHCHECK: grpc.health.v1 Check("") answering SERVING.
-PROBE = (
-    "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
-    f"r = g.HealthStub(grpc.insecure_channel('127.0.0.1:{HEALTH_PORT}')).Check(h.HealthCheckRequest(), timeout=2.0); "
-    "sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"
-)
+PROBE = ["python", "-m", "fedota_common.healthprobe", str(HEALTH_PORT)]
 # The init container: join the app's chunks, check its SHA-256, write it into the state volume.
 JOIN_FAB = (
     "import hashlib, os, sys; d = sys.argv[1]; want = sys.argv[2]; "
@@ -283,7 +279,7 @@ def _resources(config: KubernetesConfig, memory: str) -> k8s.V1ResourceRequireme
 
 def _probe(*, period: int, failures: int) -> k8s.V1Probe:
     return k8s.V1Probe(
-        _exec=k8s.V1ExecAction(command=["python", "-c", PROBE]),
+        _exec=k8s.V1ExecAction(command=list(PROBE)),
         period_seconds=period,
         timeout_seconds=10,
         failure_threshold=failures,

@@ -468,7 +468,7 @@ class SwarmSpawner:
             "init": True,
             "stop_grace_period": STOP_GRACE * NS,
             "healthcheck": Healthcheck(
-                test=["CMD", "python", "-c", PROBE.format(port=HEALTH_PORT)],
+                test=["CMD", *PROBE],
                 interval=int(HEALTH_INTERVAL * NS),
                 timeout=5 * NS,
                 retries=3,
