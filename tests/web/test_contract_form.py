@@ -72,6 +72,9 @@ def test_a_label_that_is_not_a_field_is_refused() -> None:
     [
         (field("age", "integer", minimum="eighteen"), "fields.0.minimum", "expected a whole number, got 'eighteen'"),
         (field("bmi", maximum="x"), "fields.0.maximum", "expected a number, got 'x'"),
+        (field("bmi", maximum="nan"), "fields.0.maximum", "expected a finite number, got 'nan'"),
+        (field("bmi", minimum="-inf"), "fields.0.minimum", "expected a finite number, got '-inf'"),
+        (field("bmi", enum="1, inf"), "fields.0.enum", "every allowed value must be a valid number"),
         (field("name", "string", minimum="3"), "fields.0.minimum", "only number, integer and date fields have bounds"),
         (field("age", "integer", enum="1, two"), "fields.0.enum", "every allowed value must be a valid integer"),
         ({"name": "", "type": "number", "minimum": "1"}, "fields.0.name", "a field needs a name"),
@@ -161,6 +164,19 @@ def test_contracts_round_trip_through_the_form(breast_cancer_contract: dict[str,
 def test_a_contract_the_form_cannot_show_is_left_to_json() -> None:
     doc = {"kind": "tabular", "delimiter": ";", "schema": {"fields": [{"name": "a", "type": "number"}]}}
     assert contract_to_form(doc) is None
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_a_contract_with_a_number_json_cannot_carry_is_refused_saying_where(number: str) -> None:
+    """Python's json reads NaN and Infinity; PostgreSQL cannot store them and JSON has none."""
+    text = (
+        '{"kind": "tabular", "schema": {"fields": [{"name": "age", "type": "number", '
+        f'"constraints": {{"minimum": 0, "maximum": {number}}}}}]}}}}'
+    )
+    with pytest.raises(ApplicationError) as caught:
+        contract_from_json(text)
+    assert caught.value.field == "contract"
+    assert "contract.schema.fields[0].constraints.maximum is not a finite number" in caught.value.message
 
 
 def test_json_import_names_syntax_errors_and_contract_issues() -> None:

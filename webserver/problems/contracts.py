@@ -9,6 +9,7 @@ adds errors a person filling in rows needs: which row, which cell.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,13 @@ def validate_contract(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, Mapping):
         message = f"the data contract must be a JSON object; got {type(doc).__name__}"
         raise ApplicationError(message, field="contract", extra={"issues": [message]})
+    where = _not_finite(doc, "contract")
+    if where:
+        message = (
+            f"{where} is not a finite number (NaN or Infinity): a contract's numbers must be finite, "
+            "as JSON's are; write the bound as a number, or leave it out for no bound"
+        )
+        raise ApplicationError(message, field="contract", extra={"issues": [message]})
     try:
         parse_contract(dict(doc))
     except ContractSpecError as exc:
@@ -68,6 +76,20 @@ def validate_contract(doc: Any) -> dict[str, Any]:
             "invalid data contract: " + "; ".join(exc.issues), field="contract", extra={"issues": exc.issues}
         ) from exc
     return dict(doc)
+
+
+def _not_finite(value: Any, path: str) -> str:
+    """Where in `value` a NaN or infinite number is ("" if nowhere): Python's json reads them,
+    but PostgreSQL cannot store them in a JSON column and JSON itself has none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, Mapping):
+        items: Any = ((f"{path}.{key}", item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+    else:
+        return ""
+    return next((found for at, item in items if (found := _not_finite(item, at))), "")
 
 
 def contract_from_json(text: str) -> dict[str, Any]:
@@ -102,6 +124,8 @@ def _bound(ftype: str, text: str) -> int | float | str:
             value = float(text)
         except ValueError:
             raise ValueError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {text!r} (leave the cell empty for no bound)")
         return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
     if ftype == "date":
         return text  # the contract parser checks it is a real YYYY-MM-DD date
@@ -113,6 +137,8 @@ def _enum_value(ftype: str, text: str) -> Any:
         return int(text)
     if ftype == "number":
         value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(text)
         return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
     if ftype == "boolean":
         lowered = text.lower()
