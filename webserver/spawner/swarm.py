@@ -776,16 +776,28 @@ class SwarmSpawner:
                     pass
 
     def _wait_gone(self, task_ids: list[str]) -> None:
-        """Until the tasks of removed services have stopped on their nodes (their host ports are free then)."""
+        """Until the tasks of removed services have stopped on their nodes (their host ports are free then).
+
+        A task on a node that is down never reports its end: it is not waited for (its node
+        frees the port when it comes back without the service); a node that turns silent
+        meanwhile is waited for no longer than the deadline.
+        """
         deadline = time.monotonic() + STOP_GRACE + 20
+        down: dict[str, bool] = {}
         for task_id in task_ids:
-            while time.monotonic() < deadline:  # a lost node's task never reports: not waited for longer
+            while time.monotonic() < deadline:
                 with _manager("waiting for a removed service's tasks to stop"):
                     try:
-                        state = self.client.api.inspect_task(task_id)["Status"]["State"]
+                        task = self.client.api.inspect_task(task_id)
                     except docker.errors.NotFound:
                         break
-                if state in ENDED_STATES:
+                    node = str(task.get("NodeID") or "")
+                    if node and node not in down:
+                        try:
+                            down[node] = self.client.api.inspect_node(node)["Status"]["State"] == "down"
+                        except docker.errors.NotFound:
+                            down[node] = True  # removed from the swarm
+                if task["Status"]["State"] in ENDED_STATES or down.get(node, False):
                     break
                 time.sleep(0.3)
 
