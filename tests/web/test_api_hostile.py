@@ -314,6 +314,19 @@ def test_a_huge_limit_or_offset_is_bounded_not_a_server_error(
     assert response.json()["count"] == (1 if url == "/api/v1/problems/" else 0)
 
 
+@pytest.mark.parametrize("url", ["/api/v1/problems/", "/api/v1/me/participations/"])
+@pytest.mark.parametrize(
+    ("name", "value", "least"), [("limit", "0", 1), ("limit", "ten", 1), ("offset", "-1", 0), ("offset", "", 0)]
+)
+def test_a_limit_or_offset_that_is_no_whole_number_is_a_400_naming_it(
+    api: APIClient, url: str, name: str, value: str, least: int
+) -> None:
+    # DRF read these as if absent and answered another page than asked with a 200.
+    response = api.get(url, {name: value})
+    assert response.status_code == 400
+    assert response.json()[name] == [f"{name}: must be a whole number ≥ {least}"]
+
+
 @pytest.mark.parametrize("url", ["/api/v1/problems/", "/api/v1/auth/signup/", "/api/v1/auth/token/"])
 def test_json_nested_too_deep_is_a_400(api: APIClient, url: str) -> None:
     response = api.post(url, "[" * 100_000, content_type="application/json")
