@@ -413,6 +413,12 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Fedota API",
     "DESCRIPTION": "Publish and join federated-learning problems; coordinators report through /internal/.",
     "VERSION": "1",
+    # Request bodies get their own components, so a file input is an upload (`format: binary`), not a URI.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "webserver.api_schema.declare_generic_errors",
+    ],
     "SERVE_INCLUDE_SCHEMA": False,
     # Served from STATIC_URL (drf-spectacular-sidecar), never from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",

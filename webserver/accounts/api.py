@@ -16,8 +16,9 @@ from webserver.accounts.serializers import (
     TokenRequestSerializer,
     TokenSerializer,
 )
+from webserver.api_schema import ERROR_BODY
 
-ERROR = OpenApiResponse(description='`{"detail": "...", "<input>": ["..."]}`')
+ERROR = OpenApiResponse(response=ERROR_BODY, description='`{"detail": "...", "<input>": ["..."]}`')
 
 
 class SignupApi(APIView):

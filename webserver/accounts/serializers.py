@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from webserver.accounts.models import Role
 
+# A username is trimmed, so one of spaces alone is blank; the pattern puts that refusal in the schema too.
+_NOT_BLANK = RegexValidator(r"\S", "This field may not be blank.")
+
 
 class SignupSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
+    username = serializers.CharField(max_length=150, min_length=1, validators=[_NOT_BLANK])
     email = serializers.EmailField()
-    password = serializers.CharField(write_only=True, trim_whitespace=False, style={"input_type": "password"})
+    password = serializers.CharField(
+        write_only=True, trim_whitespace=False, min_length=1, style={"input_type": "password"}
+    )
     role = serializers.ChoiceField(choices=Role.choices)
     organisation = serializers.CharField(
         max_length=200,
@@ -22,8 +28,8 @@ class SignupSerializer(serializers.Serializer):
 
 
 class TokenRequestSerializer(serializers.Serializer):
-    username = serializers.CharField()
-    password = serializers.CharField(trim_whitespace=False, style={"input_type": "password"})
+    username = serializers.CharField(min_length=1, validators=[_NOT_BLANK])
+    password = serializers.CharField(trim_whitespace=False, min_length=1, style={"input_type": "password"})
 
 
 class TokenSerializer(serializers.Serializer):

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from webserver.api_schema import errors
 from webserver.errors import ApplicationError
 from webserver.monitoring import queries
 
-_ERRORS = {
-    403: OpenApiResponse(description="Only the problem's setter and site admins can watch its runs."),
-    404: OpenApiResponse(description="No such problem or run (or not visible to you)."),
-}
+_ERRORS = errors(
+    400,
+    403,
+    404,
+    _403="Only the problem's setter and site admins can watch its runs.",
+    _404="No such problem or run (or not visible to you).",
+)
+# The run numbers `?runs=` takes: digits between commas, spaces allowed around them, empty parts skipped.
+_RUN_NUMBERS = r"^ *([0-9]+ *)?(, *([0-9]+ *)?)*$"
 
 
 class RoundSerializer(serializers.Serializer[Any]):
@@ -85,7 +92,7 @@ class ProblemDashboardApi(APIView):
             OpenApiParameter("run", int, description="run number (default: the latest run)"),
             OpenApiParameter(
                 "since",
-                int,
+                {"type": "integer", "minimum": 0},
                 description="a round number: return only the rounds after it (and their downloads), for a "
                 "client that already has the earlier ones. Everything else (run, services, participants, logs, "
                 "final model) is always whole. Without it, every round of the run is returned. A round already "
@@ -167,7 +174,13 @@ class RunsMetricsApi(APIView):
 
     @extend_schema(
         operation_id="problem_runs_metrics",
-        parameters=[OpenApiParameter("runs", str, description="comma-separated run numbers, e.g. 1,2 (at most 10)")],
+        parameters=[
+            OpenApiParameter(
+                "runs",
+                {"type": "string", "pattern": _RUN_NUMBERS},
+                description="comma-separated run numbers, e.g. 1,2 (at most 10)",
+            )
+        ],
         responses={200: RunMetricsSerializer(many=True), **_ERRORS},
         description="Per-round loss and accuracy of several runs of a problem, to compare them; each round "
         "says its `attempt` (which start of the run's coordinator ran it).",
@@ -175,8 +188,7 @@ class RunsMetricsApi(APIView):
     def get(self, request: Request, problem_id: int) -> Response:
         problem = queries.problem_for_monitoring(user=request.user, pk=problem_id)
         raw = request.query_params.get("runs", "")
-        try:
-            numbers = [int(n) for n in raw.split(",") if n.strip()]
-        except ValueError:
+        if not re.fullmatch(_RUN_NUMBERS, raw, flags=re.ASCII):
             raise ApplicationError("runs: give run numbers separated by commas, e.g. 1,2", field="runs") from None
+        numbers = [int(n) for n in raw.split(",") if n.strip()]
         return Response(queries.runs_metrics(problem=problem, numbers=numbers))

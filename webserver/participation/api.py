@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from django.http import Http404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from webserver import permissions
+from webserver.api_schema import errors
 from webserver.participation import queries, services
 from webserver.participation.models import Participant
 from webserver.participation.serializers import (
@@ -29,12 +30,14 @@ from webserver.problems.models import Problem
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
-_ERRORS = {
-    400: OpenApiResponse(description="Invalid input; the body names the field."),
-    403: OpenApiResponse(description="Not allowed for your role or ownership."),
-    404: OpenApiResponse(description="No such problem or participant (or not visible to you)."),
-    409: OpenApiResponse(description="Not possible in the current state (e.g. already asked, not published)."),
-}
+_ERRORS = errors(
+    400,
+    403,
+    404,
+    409,
+    _404="No such problem or participant (or not visible to you).",
+    _409="Not possible in the current state (e.g. already asked, not published).",
+)
 
 
 def _visible_problem(user: Any, problem_id: int) -> Problem:
@@ -207,6 +210,8 @@ class MyParticipationsApi(generics.ListAPIView[Participant]):
     def get_queryset(self) -> Any:
         return queries.participations_of_user(user=self.request.user)
 
-    @extend_schema(operation_id="my_participations_list")
+    @extend_schema(
+        operation_id="my_participations_list", responses={200: MyParticipationSerializer(many=True), **errors(400, 403)}
+    )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)

@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from webserver.participation import queries
 from webserver.participation.models import Participant
-from webserver.participation.services import MESSAGE_MAX, NOTE_MAX, SITE_NAME_MAX
+from webserver.participation.services import MAX_PARTITIONS, MESSAGE_MAX, NOTE_MAX, SITE_NAME_MAX
 
 
 class ParticipantSerializer(serializers.ModelSerializer[Participant]):
@@ -76,7 +76,10 @@ class NumPartitionsSerializer(serializers.Serializer[Any]):
     """PUT body and answer: num-partitions for every site of a problem."""
 
     num_partitions = serializers.IntegerField(
-        min_value=1, allow_null=True, help_text="Fixed by the setter; null: one per approved site."
+        min_value=1,
+        max_value=MAX_PARTITIONS,
+        allow_null=True,
+        help_text="Fixed by the setter; null: one per approved site.",
     )
     effective = serializers.IntegerField(read_only=True, help_text="What new join bundles carry.")
 

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from webserver.api_bounds import JSONParser
+from webserver.api_schema import errors
 from webserver.problems import fabs, queries, services
 from webserver.problems.serializers import (
     BuiltinAppSerializer,
@@ -48,7 +49,7 @@ class ProblemListCreate(GenericAPIView):
         return problems.prefetch_related("runs")
 
     @extend_schema(
-        responses=ProblemSerializer(many=True),
+        responses={200: ProblemSerializer(many=True), **errors(400)},
         parameters=[OpenApiParameter("q", str, description="Only titles containing this text.")],
     )
     def get(self, request: Request) -> Response:
@@ -59,7 +60,7 @@ class ProblemListCreate(GenericAPIView):
             return self.get_paginated_response(ProblemSerializer(page, many=True).data)
         return Response(ProblemSerializer(problems, many=True).data)
 
-    @extend_schema(request=ProblemWriteSerializer, responses={201: ProblemSerializer})
+    @extend_schema(request=ProblemWriteSerializer, responses={201: ProblemSerializer, **errors(400, 403, 409, 413)})
     def post(self, request: Request) -> Response:
         """Create a draft problem (problem setters only): `app_template` or a multipart `fab`."""
         # Refuse by role before looking at the input: a data holder learns nothing from field errors.
@@ -73,12 +74,14 @@ class ProblemListCreate(GenericAPIView):
 class ProblemDetail(APIView):
     parser_classes = [JSONParser, MultiPartParser, FormParser]
 
-    @extend_schema(responses=ProblemSerializer)
+    @extend_schema(responses={200: ProblemSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         problem = queries.problem_get_visible(user=request.user, pk=pk)
         return Response(ProblemSerializer(problem).data)
 
-    @extend_schema(request=ProblemWriteSerializer, responses=ProblemSerializer)
+    @extend_schema(
+        request=ProblemWriteSerializer, responses={200: ProblemSerializer, **errors(400, 403, 404, 409, 413)}
+    )
     def patch(self, request: Request, pk: int) -> Response:
         """Change some fields (owner only); a new app on a published problem bumps `app_version`."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)
@@ -89,7 +92,7 @@ class ProblemDetail(APIView):
         problem = services.problem_update(problem=problem, user=request.user, **_write_kwargs(sent))
         return Response(ProblemSerializer(problem).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **errors(403, 404, 409)})
     def delete(self, request: Request, pk: int) -> Response:
         """Delete a draft that never ran (owner only)."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)
@@ -98,7 +101,7 @@ class ProblemDetail(APIView):
 
 
 class ProblemPublish(APIView):
-    @extend_schema(request=None, responses={201: RunSerializer})
+    @extend_schema(request=None, responses={201: RunSerializer, **errors(400, 403, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
         """Publish the problem (if a draft) and start a new run; 409 while a run is active."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)
@@ -107,7 +110,10 @@ class ProblemPublish(APIView):
 
 
 class ProblemStop(APIView):
-    @extend_schema(request=None, responses={202: OpenApiResponse(description="The run is stopping.")})
+    @extend_schema(
+        request=None,
+        responses={202: OpenApiResponse(description="The run is stopping."), **errors(403, 404, 409)},
+    )
     def post(self, request: Request, pk: int) -> Response:
         """Stop the active run; 409 when none is active."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)
@@ -116,7 +122,7 @@ class ProblemStop(APIView):
 
 
 class ProblemArchive(APIView):
-    @extend_schema(request=None, responses=ProblemSerializer)
+    @extend_schema(request=None, responses={200: ProblemSerializer, **errors(403, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
         """Archive the problem (its active run is stopped)."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)
@@ -125,7 +131,7 @@ class ProblemArchive(APIView):
 
 
 class ProblemFiles(APIView):
-    @extend_schema(responses=FabFileSerializer(many=True))
+    @extend_schema(responses={200: FabFileSerializer(many=True), **errors(400, 404)})
     def get(self, request: Request, pk: int) -> Response:
         """Every file of the problem's app with its size and SHA-256."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)
@@ -137,7 +143,7 @@ class ProblemFiles(APIView):
 
 
 class ProblemFile(APIView):
-    @extend_schema(responses={(200, "text/plain"): OpenApiTypes.STR})
+    @extend_schema(responses={(200, "text/plain"): OpenApiTypes.STR, **errors(400, 404)})
     def get(self, request: Request, pk: int, path: str) -> HttpResponse:
         """One file of the app as text (404 if absent; 400 if binary or too big)."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)
@@ -148,7 +154,7 @@ class ProblemFile(APIView):
 
 
 class ProblemRuns(APIView):
-    @extend_schema(responses=RunSerializer(many=True))
+    @extend_schema(responses={200: RunSerializer(many=True), **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         """The problem's runs, newest first, with status, detail and rounds so far."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)

@@ -17,6 +17,7 @@ def _description_html(text: str) -> str:
     return str(render_markdown(text))
 
 
+@extend_schema_field({"type": "object"})
 class JSONTextField(serializers.JSONField):
     """A JSON value, also accepted as JSON text in a multipart form; too deep nesting is a 400, not a 500."""
 
@@ -75,6 +76,15 @@ class ProblemSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    # anyOf, not the oneOf the type hint gives: a whole number is both an integer and a number.
+    @extend_schema_field(
+        {
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [{"type": "boolean"}, {"type": "integer"}, {"type": "number"}, {"type": "string"}]
+            },
+        }
+    )
     def get_app_config(self, problem: Problem) -> dict[str, bool | int | float | str]:
         from webserver.errors import ApplicationError
         from webserver.problems.fabs import app_summary
