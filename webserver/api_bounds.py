@@ -22,14 +22,15 @@ from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 
-from webserver.errors import ApplicationError
-
 MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000_000
 
 
 def _whole_number(request: Request, name: str, *, least: int, most: int) -> int | None:
     """The query parameter as an int cut to `most`, None when absent; a 400 when not a whole number ≥ `least`."""
+    # Imported here: webserver.errors imports rest_framework.views, which reads the settings naming this module.
+    from webserver.errors import ApplicationError
+
     raw = request.query_params.get(name)
     if raw is None:
         return None

@@ -339,3 +339,37 @@ def test_a_multipart_contract_nested_too_deep_is_a_400(api: APIClient, tabular_f
     response = api.post("/api/v1/problems/", payload, format="multipart")
     assert response.status_code == 400 and response.json()["contract"] == ["the JSON nests too deeply"]
     assert not Problem.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "url", ["/api/v1/problems/abc/", "/api/v1/problems/1%0A/publish/", "/api/v1/runs/x/rounds/", "/api/v1/nothing"]
+)
+def test_a_path_no_route_takes_is_a_json_404(api: APIClient, url: str) -> None:
+    # It was Django's HTML page (for a POST, a CSRF 403 in HTML), which the schema does not declare.
+    for response in (api.get(url), api.post(url, {}, format="json")):
+        assert response.status_code == 404
+        assert response["Content-Type"] == "application/json" and response.json() == {"detail": "Not found."}
+
+
+def test_a_path_without_its_slash_is_still_redirected(api: APIClient) -> None:
+    response = api.get("/api/v1/problems", {"q": "x"})
+    assert response.status_code == 301 and response["Location"] == "/api/v1/problems/?q=x"
+
+
+@pytest.mark.parametrize("runs", ["-1", "1_0", "+1", "one", "1 2"])
+def test_runs_that_are_not_run_numbers_are_a_400(
+    api: APIClient, users: dict[str, Any], make_problem: Any, runs: str
+) -> None:
+    problem = make_problem(users["owner"])
+    response = api.get(f"/api/v1/problems/{problem.pk}/runs/metrics/", {"runs": runs})
+    assert response.status_code == 400
+    assert response.json()["runs"] == ["runs: give run numbers separated by commas, e.g. 1,2"]
+
+
+def test_the_schema_says_fab_is_a_file_upload_and_contract_an_object(api: APIClient) -> None:
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    write = schema["components"]["schemas"]["ProblemWriteRequest"]["properties"]
+    assert write["fab"] == {**write["fab"], "type": "string", "format": "binary"}
+    assert write["contract"]["type"] == "object" and "nullable" not in write["contract"]
+    create = schema["paths"]["/api/v1/problems/"]["post"]["responses"]
+    assert {"201", "400", "403", "409", "413", "415"} <= set(create)
