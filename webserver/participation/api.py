@@ -171,7 +171,9 @@ class ProblemPartitionsApi(APIView):
 
     @extend_schema(
         operation_id="problem_partitions_set",
-        request=NumPartitionsSerializer,
+        # JSON only: its null ("one per approved site") has no form-data spelling, so a form body
+        # the schema offered could not say it (schemathesis sent the text "null" and was refused).
+        request={"application/json": NumPartitionsSerializer},
         responses={200: NumPartitionsSerializer, **_ERRORS},
         description="Fix num-partitions for every site (null: one per approved site). Problem setter or site "
         "admin. Sites see it only in new join bundles.",
