@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,26 @@ def main() -> None:
 # ---- docker ------------------------------------------------------------------------------------
 
 
+def _spec(problem_id: int, repeat: int, fab: Path, sha256: str, selectors: int, port_base: int) -> RunSpec:
+    """What the publish task would start for a problem of the bench (each backend adds its own)."""
+    first = port_base + problem_id * 8
+    return RunSpec(
+        problem_id=problem_id,
+        run_id=repeat,
+        run_number=repeat,
+        fab_path=fab,
+        fab_sha256=sha256,
+        run_config={},
+        num_selectors=selectors,
+        round_timeout=60.0,
+        min_clients=1,
+        report_url="http://127.0.0.1:9/internal/v1/runs/0/",
+        service_token="bench",
+        selector_token="bench",
+        selector_ports=tuple(range(first, first + selectors)),
+    )
+
+
 def bench_docker(args: argparse.Namespace) -> None:
     repeats = args.repeats or 5
     selectors = args.selectors or 2
@@ -122,22 +142,7 @@ def bench_docker(args: argparse.Namespace) -> None:
         spawner.stop(problem_id)
 
     def spec(problem_id: int, repeat: int) -> RunSpec:
-        first = port_base + problem_id * 8
-        return RunSpec(
-            problem_id=problem_id,
-            run_id=repeat,
-            run_number=repeat,
-            fab_path=fab,
-            fab_sha256=app.sha256,
-            run_config={},
-            num_selectors=selectors,
-            round_timeout=60.0,
-            min_clients=1,
-            report_url="http://127.0.0.1:9/internal/v1/runs/0/",
-            service_token="bench",
-            selector_token="bench",
-            selector_ports=tuple(range(first, first + selectors)),
-        )
+        return _spec(problem_id, repeat, fab, app.sha256, selectors, port_base)
 
     # This machine is shared: a figure means little without the load it was taken under.
     print(f"load average (1, 5, 15 min) at the start: {load()}")
@@ -223,21 +228,12 @@ def swarm_run(args: argparse.Namespace, client: Any, cluster: dict[str, Any] | N
         ca_cert, ca_key = make_ca(f"Fedota bench problem {problem_id}")
         selector_cert, selector_key = issue_server_cert(ca_cert, ca_key, hosts)
         coordinator_cert, coordinator_key = issue_server_cert(ca_cert, ca_key, spawner.coordinator_hosts(problem_id))
-        first = port_base + problem_id * 8
-        return RunSpec(
-            problem_id=problem_id,
+        return replace(
+            _spec(problem_id, repeat, fab, app.sha256, selectors, port_base),
             run_id=problem_id * 100 + repeat,
-            run_number=repeat,
-            fab_path=fab,
-            fab_sha256=app.sha256,
-            run_config={},
-            num_selectors=selectors,
-            round_timeout=60.0,
-            min_clients=1,
             report_url="",
             service_token="",
             selector_token=f"fdbench-selector-token-{problem_id}",
-            selector_ports=tuple(range(first, first + selectors)),
             tls_cert_pem=selector_cert,
             tls_key_pem=selector_key,
             coordinator_tls_cert_pem=coordinator_cert,
