@@ -98,6 +98,8 @@ STOP_GRACE = 10
 # The images' own HEALTHCHECK runs every 10 s, so a task would wait up to 10 s after it
 # listens before Swarm calls it running; each check starts a Python in the container.
 HEALTH_INTERVAL = 3.0
+# A check that has not answered by then failed; as the images' own HEALTHCHECK.
+HEALTH_TIMEOUT = 10
 # How long a task may wait for a node ("no suitable node") during a start: while a
 # relaunched problem's old tasks shut down, their host ports are still taken.
 UNPLACED_GRACE = 20.0
@@ -197,6 +199,7 @@ class SwarmSpawner:
             cpus=settings.FEDOTA_DOCKER_CPUS,
             encrypted=settings.FEDOTA_SWARM_ENCRYPTED,
             selector_constraints=tuple(settings.FEDOTA_SWARM_SELECTOR_CONSTRAINTS),
+            start_timeout=settings.FEDOTA_SWARM_START_TIMEOUT,
         )
 
     @property
@@ -467,12 +470,16 @@ class SwarmSpawner:
             "cap_drop": ["ALL"],
             "init": True,
             "stop_grace_period": STOP_GRACE * NS,
+            # Failed checks count only after the start period: as long as the spawner waits for
+            # the start. Shorter, a coordinator still importing on a saturated manager was killed
+            # as unhealthy (restart `none`: its start failed; bench/README.md, 12 problems).
+            # A passing check ends the period at once, so a quick start is not slowed down.
             "healthcheck": Healthcheck(
                 test=["CMD", *PROBE],
                 interval=int(HEALTH_INTERVAL * NS),
-                timeout=5 * NS,
+                timeout=HEALTH_TIMEOUT * NS,
                 retries=3,
-                start_period=60 * NS,
+                start_period=int(max(60.0, self.start_timeout) * NS),
             ),
             "log_driver": "json-file",
             "log_driver_options": {"max-size": "10m", "max-file": "3"},
