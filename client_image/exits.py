@@ -20,3 +20,6 @@ RUN_FAILED = 5
 # The federation was lost: after this client had joined, no selector answered for
 # --max-reconnect-wait seconds (the run's servers were stopped or are unreachable).
 LOST = 6
+# This site's privacy budget is spent (--dp-epsilon): its next round would pass the cap,
+# so it declined and left. Nothing more leaves this machine for the problem until it is raised.
+BUDGET = 7

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client_image import exits
+from client_image import exits, privacy
 from client_image.contract import ContractSpecError, DataContractError, check_or_raise
-from client_image.runner import WITHDRAWN, ClientError, FederationLost, Node, NodeSetup
+from client_image.runner import DECLINED, WITHDRAWN, ClientError, FederationLost, Node, NodeSetup
 from fedota_common import payload
 from fedota_common.settings import Key, boolean, load, non_negative_int, positive_float, service_main
 
@@ -28,6 +28,29 @@ EXIT_DATA = exits.DATA
 EXIT_REFUSED = exits.REFUSED
 EXIT_RUN_FAILED = exits.RUN_FAILED
 EXIT_LOST = exits.LOST
+EXIT_BUDGET = exits.BUDGET
+
+
+def _finite_positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError("must be a finite number > 0")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise ValueError("must be between 0 and 1, both excluded")
+    return value
+
+
+def _whole(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
 
 KEYS = [
     Key(
@@ -77,6 +100,36 @@ KEYS = [
     Key("check-only", boolean, False, "only check the data, then exit"),
     Key("ca-cert", Path, None, "the problem's CA certificate (PEM); overrides the bundle's"),
     Key("insecure", boolean, False, "connect over plaintext gRPC, without TLS (local development only)"),
+    Key(
+        "dp-epsilon",
+        _finite_positive,
+        None,
+        "this site's privacy budget: the most ε its model updates may reveal, counted over every round and run "
+        "of the problem; each update is clipped and noised on this machine, and the client stops (exit code "
+        f"{exits.BUDGET}) before a round would pass it",
+    ),
+    Key("dp-delta", _probability, None, f"the δ of the budget (default: the problem's, else {privacy.DEFAULT_DELTA})"),
+    Key(
+        "dp-noise-multiplier",
+        _finite_positive,
+        None,
+        "noise standard deviation over the update's sensitivity (2 x clipping norm); default: the least that "
+        "fits the run's rounds into what is left of the budget",
+    ),
+    Key("dp-clipping-norm", _finite_positive, None, "L2 norm each update is clipped to (default: the problem's)"),
+    Key(
+        "dp-rounds",
+        _whole,
+        None,
+        "rounds to spread the rest of the budget over (default: the run config's num-server-rounds)",
+    ),
+    Key(
+        "dp-state",
+        Path,
+        None,
+        "folder for the privacy ledger, on your machine (default: fedota-privacy beside --data-path; "
+        "in the image /state, which must be mounted)",
+    ),
     Key("log-level", str, "INFO", "log level"),
 ]
 
@@ -100,6 +153,12 @@ class Settings:
     check_only: bool
     ca_cert: Path | None
     insecure: bool
+    dp_epsilon: float | None
+    dp_delta: float | None
+    dp_noise_multiplier: float | None
+    dp_clipping_norm: float | None
+    dp_rounds: int | None
+    dp_state: Path | None
     log_level: str
 
     @classmethod
@@ -173,6 +232,39 @@ def _trust(settings: Settings, bundle: dict[str, Any]) -> bytes | None:
     return pem.encode()
 
 
+def _privacy(settings: Settings, bundle: dict[str, Any], environ: Mapping[str, str]) -> privacy.Guard | None:
+    """This site's privacy budget, with its ledger open; None when no one asks for DP."""
+    try:
+        budget = privacy.resolve(
+            epsilon_cap=settings.dp_epsilon,
+            delta=settings.dp_delta,
+            noise_multiplier=settings.dp_noise_multiplier,
+            clipping_norm=settings.dp_clipping_norm,
+            rounds=settings.dp_rounds,
+            requirement=privacy.Requirement.parse(bundle.get("privacy")),
+        )
+        if budget is None:
+            return None
+        state_dir = settings.dp_state or settings.data_path.resolve().parent / "fedota-privacy"
+        privacy.check_state_dir(state_dir, environ)
+        path, problem = privacy.ledger_path(state_dir, bundle, settings.fab_sha256 or str(bundle.get("fab_sha256", "")))
+        ledger = privacy.Ledger(path, problem)
+        ledger.open()
+    except privacy.PrivacyError as exc:
+        raise ClientError(str(exc)) from exc
+    guard = privacy.Guard(budget, ledger)
+    cap = "no cap of its own" if budget.epsilon_cap is None else f"cap ε {budget.epsilon_cap:g}"
+    asked = " (the problem requires noise)" if budget.min_noise_multiplier > 0 else ""
+    print(
+        f"privacy: every update is clipped to L2 norm {budget.clipping_norm:g} and noised here{asked}; {cap} at "
+        f"δ {budget.delta:g}, ε {guard.spent_epsilon():.3f} spent so far ({len(ledger.releases)} updates), "
+        f"ledger {path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return guard
+
+
 def run(settings: Settings) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -219,6 +311,7 @@ def run(settings: Settings) -> int:
         root_certificates = _trust(settings, bundle)
         # Over TLS every record is authenticated: replies go without a hash of their own.
         payload.send_digests(root_certificates is None)
+        guard = _privacy(settings, bundle, os.environ)
         node_config = _node_config(settings, bundle)
         partition_id, num_partitions = node_config.pop("partition-id"), node_config.pop("num-partitions")
         if "data-path" in node_config:
@@ -243,6 +336,7 @@ def run(settings: Settings) -> int:
             extra_node_config=node_config,
             max_reconnect_wait=settings.max_reconnect_wait,
             follow=settings.follow,
+            privacy=guard,
         )
         node = Node(setup)
         end = node.serve()
@@ -250,6 +344,14 @@ def run(settings: Settings) -> int:
         if end.status == WITHDRAWN:
             print(f"error: the selector ended this client's session: {end.reason}", file=sys.stderr)
             return EXIT_REFUSED
+        if end.status == DECLINED:
+            print(
+                f"{end.reason}. This client is done ({node.tasks_done} tasks served), exit code {EXIT_BUDGET}: "
+                "raise --dp-epsilon to take part again (what was spent stays spent).",
+                file=sys.stderr,
+                flush=True,
+            )
+            return EXIT_BUDGET
         code = EXIT_RUN_FAILED if end.status == "failed" else 0
         told = f"no run of this problem is going on: {end.describe()}" if end.late else end.describe()
         print(

@@ -7,6 +7,7 @@ does), so stateful ClientApps work unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -21,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from client_image.privacy import Guard, PrivacyError, PrivacyStop
 from client_image.reach import Attempts, classify
 from fedota_common import chunkwire, memtune
 from fedota_common.fab import App, FabError, extract, parse_fab
@@ -53,6 +55,8 @@ _FINAL_AT_JOIN = (
 ACCESS_WITHDRAWN = "access withdrawn"
 # RunEnd.status when the selector withdrew this site's access rather than ending the run.
 WITHDRAWN = "withdrawn"
+# RunEnd.status when this site stopped because its privacy budget is spent (client_image/privacy.py).
+DECLINED = "declined"
 
 # Trailing metadata of a Join refused because the run is over (selector/servicer.py).
 RUN_STATUS_METADATA = "fedota-run-status"
@@ -90,6 +94,7 @@ class RunEnd:
             "failed": "the run failed",
             "stopped": "the run was stopped",
             WITHDRAWN: "this site's access was withdrawn",
+            DECLINED: "this site declined to train further",
         }.get(self.status, f"the run ended ({self.status})")
         if self.reason.startswith(what):
             return self.reason
@@ -139,6 +144,8 @@ class NodeSetup:
     max_reconnect_wait: float = 300.0
     # Keep going after a run ends (waiting for the problem's next run) and never give up looking.
     follow: bool = False
+    # Client-side differential privacy with this site's budget; None: off.
+    privacy: Guard | None = None
 
 
 class Node:
@@ -230,7 +237,7 @@ class Node:
                 )
             else:
                 self._held = False
-                if not setup.follow or end.status == WITHDRAWN:
+                if not setup.follow or end.status in (WITHDRAWN, DECLINED):
                     return end
                 if not (phase == "next" and end.late):
                     # A run ended (or was found over): the next one starts afresh, with a new Context.
@@ -284,8 +291,20 @@ class Node:
             self._held = True
             session = joined.session_id
             log.info("joined", extra={"selector": target, "node_id": joined.node_id, "run_id": joined.run.run_id})
-            self._prepare(stub, session, joined)
-            return self._work(stub, session, joined)
+            try:
+                self._prepare(stub, session, joined)
+                return self._work(stub, session, joined)
+            except PrivacyStop as stop:
+                return self._decline(stub, session, stop)
+
+    def _decline(self, stub: selector_pb2_grpc.SelectorStub, session: str, stop: PrivacyStop) -> RunEnd:
+        """Leave because the privacy budget is spent; the selector hears the report and the reason."""
+        print(f"{stop.reason}; this site declines to train and leaves", file=sys.stderr, flush=True)
+        try:
+            stub.Leave(spb.LeaveRequest(session_id=session, reason=stop.reason, privacy=stop.report), timeout=5.0)
+        except grpc.RpcError as exc:
+            log.warning("could not tell the selector this site leaves", extra={"detail": exc.details()})
+        return RunEnd(DECLINED, stop.reason)
 
     def _prepare(self, stub: selector_pb2_grpc.SelectorStub, session: str, joined: spb.JoinResponse) -> None:
         """Fetch and verify the app, load the ClientApp, set up the Context."""
@@ -316,9 +335,16 @@ class Node:
                 app_dir = extract(app, self.setup.cache_dir / "apps")
             except FabError as exc:
                 raise ClientError(f"the app cannot be unpacked: {exc}") from exc
-            client_app = load_object(app.clientapp, LoadClientAppError, str(app_dir))
+            guard = self.setup.privacy
+            with guard.install() if guard is not None else contextlib.nullcontext():
+                client_app = load_object(app.clientapp, LoadClientAppError, str(app_dir))
             if not isinstance(client_app, ClientApp):
                 raise ClientError(f"{app.clientapp} in the app is not a flwr ClientApp")
+            if guard is not None and not guard.installed:
+                raise ClientError(
+                    f"cannot apply this site's privacy budget to {app.clientapp}: its ClientApp was not built when "
+                    "the app was loaded, so Fedota could not place its noise after the app's own mods; nothing was sent"
+                )
             self.app, self.client_app = app, client_app
             # The app's imports (torch, its model code) live as long as the process: keep them
             # out of the collections run after each large payload (no payload is alive here).
@@ -342,20 +368,38 @@ class Node:
                 run_config=run_config,
             )
             self.run_id = run.run_id
+        if self.setup.privacy is not None:
+            try:
+                self.setup.privacy.start_run(run.run_id, self.context.run_config)
+            except PrivacyError as exc:
+                raise ClientError(str(exc)) from exc
 
     def _work(self, stub: selector_pb2_grpc.SelectorStub, session: str, joined: spb.JoinResponse) -> RunEnd:
         stop = threading.Event()
         interval = joined.heartbeat_interval or 5.0
 
+        # Privacy reports go up the same stream as heartbeats, as soon as they are made.
+        outgoing: queue.Queue[spb.ClientEvent | None] = queue.Queue()
+
         def heartbeats() -> Iterator[spb.ClientEvent]:
             yield spb.ClientEvent(session_id=session, heartbeat=spb.Heartbeat())
-            while not stop.wait(interval):
-                yield spb.ClientEvent(session_id=session, heartbeat=spb.Heartbeat())
+            while not stop.is_set():
+                try:
+                    event = outgoing.get(timeout=interval)
+                except queue.Empty:
+                    event = spb.ClientEvent(session_id=session, heartbeat=spb.Heartbeat())
+                if event is None:
+                    return
+                yield event
+
+        if self.setup.privacy is not None:
+            self.setup.privacy.report = lambda report: outgoing.put(spb.ClientEvent(session_id=session, privacy=report))
 
         tasks: queue.Queue[str | None] = queue.Queue()
         cancelled: set[str] = set()
         events = stub.Subscribe(heartbeats())
         worker_error: list[BaseException] = []
+        declined: list[RunEnd] = []
 
         def work() -> None:
             while (task_id := tasks.get()) is not None:
@@ -368,6 +412,15 @@ class Node:
                         "task transfer failed",
                         extra={"task": task_id, "code": str(exc.code()), "detail": exc.details()},
                     )
+                except PrivacyStop as exc:
+                    # Leave first, with the report: ending the stream first would race it.
+                    declined.append(self._decline(stub, session, exc))
+                    events.cancel()
+                    return
+                except PrivacyError as exc:
+                    worker_error.append(ClientError(str(exc)))
+                    events.cancel()
+                    return
                 except Exception as exc:  # noqa: BLE001 - re-raised by _work() in the main thread
                     worker_error.append(exc)
                     events.cancel()
@@ -401,9 +454,12 @@ class Node:
                 raise worker_error[0] from None
             stop.set()
             tasks.put(None)
+            if declined:
+                return declined[0]
             raise
         finally:
             stop.set()
+            outgoing.put(None)
         tasks.put(None)
         # The run is over: a task still in the ClientApp has no one to answer to; do not wait for it.
         worker.join(timeout=None if end is None else 2.0)
@@ -411,6 +467,8 @@ class Node:
             log.info("the run ended during a task; leaving it unfinished")
         if worker_error:
             raise worker_error[0]
+        if declined:
+            return declined[0]
         if end is None:
             raise _Dropped(dropped)
         try:
@@ -444,6 +502,9 @@ class Node:
         TaskIdentity.task_id = (TaskIdentity._task_id or 0) + 1
         try:
             reply = self.client_app(message=message, context=self.context)
+        except (PrivacyStop, PrivacyError):
+            # The site's budget: it declines (or its settings cannot work); not the app's failure.
+            raise
         except Exception as exc:
             # Report the failure to the server as Flower's deployment runtime does, in its
             # words ("<class 'ZeroDivisionError'>:<'division by zero'>"); keep serving.

@@ -171,6 +171,10 @@ class Hub:
         self.participants: cpb.Participants | None = None
         # Called when a selector asks for a fresh list (the roster poller's poll_soon).
         self.on_roster_request: Callable[[], None] | None = None
+        # A site's self-reported privacy budget, relayed by its selector.
+        self.on_privacy: Callable[[cpb.SitePrivacy], None] | None = None
+        # Told each refused result's reason (the metrics' rejection counter).
+        self.on_reject: Callable[[str], None] | None = None
 
     # ---- selectors and pool -------------------------------------------------
 
@@ -371,6 +375,8 @@ class Hub:
                     if instr is not None and instr.state == "pending":
                         batch.mark(instr, "failed", f"{REJECTED}: {problem}")
             self.cond.notify_all()
+        if self.on_reject is not None:
+            self.on_reject(reason)
         log.warning(
             "reply rejected",
             extra={

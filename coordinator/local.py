@@ -56,6 +56,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--clients", type=int, default=0, help="only start the first N data folders (0 = all)")
     p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for every client to check in before starting with those there (default 120)",
+    )
+    p.add_argument(
+        "--client-args",
+        action="append",
+        default=[],
+        metavar="FOLDER=ARGS",
+        help="more flags for the client of one data folder, e.g. "
+        "'hospital-a=--dp-epsilon 4 --dp-clipping-norm 1' (repeatable)",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="plaintext gRPC on every link, no selector token "
@@ -184,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides["strategy"] = args.strategy
     out = (args.out or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (a test's or a supervisor's stop) stops every process as Ctrl-C does: the
+    # default would end this launcher alone and leave the federation running.
+    signal.signal(signal.SIGTERM, interrupted)
     fleet = Fleet(out)
     print(
         f"federation: app {args.app}, {len(holders)} data holders, {args.selectors} selectors; logs in {fleet.logs}",
@@ -245,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--wait-for-nodes",
                 str(len(holders)),
                 "--wait-timeout",
-                "120",
+                str(args.wait_timeout),
                 *tls_coordinator_args,
             ],
             stdout_to_terminal=True,
@@ -258,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
             fleet, out, str(info["address"]), args.selectors, ["--reply-policy", policy, *tls_selector_args]
         )
         selector_addrs = [address for address, _proc in started]
+        extra: dict[str, list[str]] = {}
+        for item in args.client_args:
+            name, sep, flags = item.partition("=")
+            if not sep or name not in {f.name for f in holders}:
+                raise RuntimeError(
+                    f"--client-args {item!r}: expected FOLDER=FLAGS with FOLDER one of "
+                    f"{', '.join(f.name for f in holders)}"
+                )
+            extra.setdefault(name, []).extend(shlex.split(flags))
         clients = []
         for i, folder in enumerate(holders):
             cargs = [
@@ -279,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if contract is not None:
                 cargs += ["--contract", str(contract)]
+            cargs += extra.get(folder.name, [])
             clients.append((folder.name, fleet.start(f"client-{folder.name}", "client_image", cargs)))
         # Wait for the coordinator; stop early if every client has given up.
         while coord.poll() is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from fedota_common import payload
 from fedota_common import tls as tlsconf
 from fedota_common.fab import FabError, extract, load_app
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
+from fedota_common.metrics import CoordinatorMetrics, MetricsServer, serve
 from fedota_common.replies import NAMES as REPLY_POLICIES
 from fedota_common.replies import builtin_app_names, default_policy_name, reply_policy
 from fedota_common.settings import (
@@ -55,6 +57,13 @@ KEYS = [
     tlsconf.KEY,
     tlsconf.insecure_key("serve selectors over plaintext gRPC, no token needed"),
     Key("health-listen", str, "127.0.0.1:0", "plaintext loopback address for health checks (port 0 picks one)"),
+    Key(
+        "metrics-listen",
+        str,
+        "",
+        "address:port serving Prometheus metrics over HTTP at /metrics, for the platform's network only "
+        "(empty: off; port 0 picks one; docs/metrics.md)",
+    ),
     Key("run-config", run_config, {}, "run config overrides: JSON object or 'key=value key2=value2'"),
     Key("run-id", int, 1, "run id passed to the ServerApp's Context"),
     Key("round-timeout", positive_float, 600.0, "seconds a round waits for replies at most"),
@@ -114,6 +123,7 @@ class Settings:
     tls_key: str
     insecure: bool
     health_listen: str
+    metrics_listen: str
     run_config: dict[str, Any]
     run_id: int
     round_timeout: float
@@ -189,17 +199,27 @@ def _stop_on_signal(hub: Hub, server: grpc.Server) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
 
-    def stop(signum: int, _frame: object) -> None:
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    def tell(signum: int) -> None:
         name = signal.Signals(signum).name
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)  # a second signal ends it at once
         # Nothing to tell if the run already ended (e.g. a stop during the final upload).
         if hub.finish(f"the coordinator was stopped ({name})", "stopped"):
             print(f"run stopped ({name}); telling the selectors", flush=True)
             log.warning("run stopped", extra={"signal": name})
             hub.wait_told(TELL_SELECTORS_TIMEOUT)
         server.stop(grace=1.0).wait()
-        raise SystemExit(128 + signum)
+        # Back to the main thread, which ends the process where it is (`leave`).
+        _thread.interrupt_main(signal.Signals(signum))
+
+    def stop(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, leave)  # a second signal ends it at once
+        # Not here: the handler runs in the main thread between two of its instructions,
+        # maybe inside `with hub.cond` (pushing a round's instructions), and the hub's lock
+        # is not re-entrant: taking it here hung the coordinator for good.
+        threading.Thread(target=tell, args=(signum,), name="stop", daemon=True).start()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
@@ -268,9 +288,14 @@ def run(settings: Settings) -> int:
         policy_name = default_policy_name(app.name, builtin)
 
     hub = Hub(reply_policy(policy_name))
+    metrics = CoordinatorMetrics()
+    hub.on_reject = metrics.reject
+    metrics.watch(lambda: len(hub.nodes), lambda: len(hub.selectors))
     server = make_server(settings.max_workers)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-        CoordinatorServicer(hub, app, settings.run_id, json.dumps(settings.run_config), settings.selector_token),
+        CoordinatorServicer(
+            hub, app, settings.run_id, json.dumps(settings.run_config), settings.selector_token, metrics=metrics
+        ),
         server,
     )
     add_health(server, "protos.coordinator.v1.Coordinator")
@@ -278,6 +303,13 @@ def run(settings: Settings) -> int:
     if bound is None:
         return 2
     address, health_address = bound
+    metrics_server: MetricsServer | None = None
+    if settings.metrics_listen:
+        try:
+            metrics_server = serve(settings.metrics_listen, metrics.registry)
+        except OSError as exc:
+            print(f"error: cannot serve metrics on {settings.metrics_listen}: {exc}", file=sys.stderr)
+            return 2
     server.start()
     _stop_on_signal(hub, server)
     (state_dir / "coordinator.json").write_text(
@@ -285,6 +317,7 @@ def run(settings: Settings) -> int:
             {
                 "address": address,
                 "health": health_address,
+                "metrics": metrics_server.address if metrics_server else "",
                 "tls": server_tls is not None,
                 "pid": os.getpid(),
                 "fab_sha256": app.sha256,
@@ -297,6 +330,7 @@ def run(settings: Settings) -> int:
         extra={
             "address": address,
             "health": health_address,
+            "metrics": metrics_server.address if metrics_server else "",
             "tls": server_tls is not None,
             "app": app.name,
             "fab_sha256": app.sha256,
@@ -326,6 +360,25 @@ def run(settings: Settings) -> int:
     rounds = config.get("num-server-rounds")
     total_rounds = rounds if isinstance(rounds, int) else None
     reporter = _start_reporter(settings, hub, state_dir)
+
+    def site_privacy(relayed: cpb.SitePrivacy) -> None:
+        report = relayed.report
+        log.info(
+            "site privacy report (self-reported)",
+            extra={
+                "node_id": relayed.node_id,
+                "participant": relayed.participant,
+                "site": relayed.display_name,
+                "state": report.state,
+                "epsilon": round(report.epsilon, 4),
+                "releases": report.releases,
+                "reason": report.reason,
+            },
+        )
+        if reporter is not None:
+            reporter.site_privacy(relayed)
+
+    hub.on_privacy = site_privacy
     if settings.report_url:
         poller = RosterPoller(
             Target(settings.report_url, settings.report_token), hub, cache=state_dir / "participants.json"
@@ -358,6 +411,13 @@ def run(settings: Settings) -> int:
                 else ": no checkpoint to resume from, starting at round 1"
             )
         )
+    metrics.attempt.set(attempt)
+
+    def round_finished(doc: dict[str, Any]) -> None:
+        metrics.round_finished(float(doc["seconds"]))
+        if reporter is not None:
+            reporter.round_finished(doc)
+
     tracker = RoundTracker(
         state_dir,
         attempt=attempt,
@@ -366,7 +426,7 @@ def run(settings: Settings) -> int:
         keep_checkpoints=settings.keep_checkpoints,
         echo=echo,
         warn=warn,
-        on_round=reporter.round_finished if reporter is not None else None,
+        on_round=round_finished,
         on_checkpoint=reporter.checkpoint if reporter is not None else None,
     )
     if reporter is not None:

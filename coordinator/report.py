@@ -247,6 +247,31 @@ class Reporter:
             eval_loss=_first(evaluate, EVAL_LOSS_KEYS),
             eval_acc=_first(evaluate, EVAL_ACC_KEYS),
             checkpoint=bool(doc.get("checkpoint")),
+            # "completed", why SecAgg+ halted, or "" when the round did not use it.
+            secure_aggregation=str(doc.get("secure_aggregation") or "")[:300],
+        )
+
+    def site_privacy(self, relayed: Any) -> None:
+        """Report a site's self-reported privacy budget (a `SitePrivacy` its selector relayed)."""
+        self._refresh_nodes()
+        who = self._who(relayed.node_id)
+        if relayed.participant:
+            # A site that stopped at check-in was never announced: the selector names it.
+            who.update(participant=relayed.participant, site=relayed.display_name or who["site"])
+        report = relayed.report
+        self.emit(
+            "site_privacy",
+            **who,
+            state=report.state,
+            epsilon=report.epsilon,
+            delta=report.delta,
+            epsilon_cap=report.epsilon_cap if report.HasField("epsilon_cap") else None,
+            noise_multiplier=report.noise_multiplier,
+            clipping_norm=report.clipping_norm,
+            releases=report.releases,
+            run_releases=report.run_releases,
+            round=report.round or None,
+            reason=report.reason[:2000],
         )
 
     def run_finished(self, *, ok: bool, detail: str) -> None:

@@ -12,6 +12,7 @@ import grpc
 from coordinator.hub import Hub, Result
 from fedota_common.fab import App
 from fedota_common.grpcutil import abort
+from fedota_common.metrics import CoordinatorMetrics
 from fedota_common.payload import Assembler, PayloadError, iter_chunks
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.coordinator.v1 import coordinator_pb2_grpc
@@ -21,8 +22,18 @@ log = logging.getLogger(__name__)
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, hub: Hub, app: App, run_id: int, run_config_json: str, token: str) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        app: App,
+        run_id: int,
+        run_config_json: str,
+        token: str,
+        *,
+        metrics: CoordinatorMetrics | None = None,
+    ) -> None:
         self.hub = hub
+        self.metrics = metrics
         self.app = app
         self.welcome = cpb.Welcome(
             run_id=run_id,
@@ -65,6 +76,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                         self.hub.progress(p.batch_id, p.message_id, p.ok, p.detail)
                     elif kind == "roster_request" and self.hub.on_roster_request is not None:
                         self.hub.on_roster_request()
+                    elif kind == "site_privacy" and self.hub.on_privacy is not None:
+                        self.hub.on_privacy(msg.site_privacy)
             except grpc.RpcError:
                 pass
             finally:
@@ -94,6 +107,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if data is None:
             abort(context, grpc.StatusCode.NOT_FOUND, f"content {request.content_id} is gone (round closed)")
         for chunk in iter_chunks(data):
+            if self.metrics is not None:
+                self.metrics.sent.inc(len(chunk))
             yield payload_pb2.Chunk(data=chunk)
 
     def PushResult(
@@ -110,6 +125,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             )
             for part in request_iterator:
                 asm.add(part.chunk.data)
+                if self.metrics is not None:
+                    self.metrics.received.inc(len(part.chunk.data))
             content = asm.finish()
         except PayloadError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))

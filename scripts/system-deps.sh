@@ -2,7 +2,8 @@
 # System packages the full test suite needs: PostgreSQL (the web tests run on it
 # as well as SQLite), Redis (a real Celery worker's broker), Chromium (browser
 # end-to-end tests) and kubectl (`kubectl kustomize` renders deploy/kubernetes offline;
-# Debian's package is kubernetes-client, kubectl 1.20). Installs only what is missing,
+# Debian's package is kubernetes-client, kubectl 1.20) and Prometheus (a real server scrapes
+# a live federation in tests/integration/test_prometheus.py). Installs only what is missing,
 # through apt-get, as root.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+[ -x /usr/bin/prometheus ] || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

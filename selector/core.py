@@ -278,6 +278,8 @@ class SelectorCore:
         self._closed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
         # Replies refused, by reason (also logged one by one as "reply rejected").
         self.rejected: collections.Counter[str] = collections.Counter()
+        # Told each refused reply's reason (the metrics' rejection counter).
+        self.on_reject: Callable[[str], None] | None = None
         self._rng = random.SystemRandom()
 
     # ---- coordinator side ------------------------------------------------------------
@@ -509,6 +511,24 @@ class SelectorCore:
             )
         self._announce_ready(session.node_id)
 
+    def privacy_report(self, session: Session, report: spb.PrivacyReport) -> None:
+        """Relay a site's self-reported privacy budget to the coordinator, as it came."""
+        log.info(
+            "privacy report",
+            extra={"node_id": session.node_id, "state": report.state, "epsilon": round(report.epsilon, 4)},
+        )
+        if self.upstream is not None and not session.closed:
+            self.upstream.send(
+                cpb.SelectorMessage(
+                    site_privacy=cpb.SitePrivacy(
+                        node_id=session.node_id,
+                        report=report,
+                        participant=session.participant,
+                        display_name=session.display_name,
+                    )
+                )
+            )
+
     def leave(self, session: Session, reason: str) -> None:
         """Drop a session; its unfinished tasks fail at once."""
         with self._lock:
@@ -663,6 +683,8 @@ class SelectorCore:
         with self._lock:
             self.rejected[reason] += 1
             count = self.rejected[reason]
+        if self.on_reject is not None:
+            self.on_reject(reason)
         log.warning(
             "reply rejected",
             extra={"rejected": reason, "detail": str(exc), "node_id": node_id, "task": task_id, "count": count},

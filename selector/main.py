@@ -16,6 +16,7 @@ from pathlib import Path
 from fedota_common import chunkwire, payload
 from fedota_common import tls as tlsconf
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
+from fedota_common.metrics import MetricsServer, SelectorMetrics, serve
 from fedota_common.replies import FLOWER, ReplyPolicy, reply_policy
 from fedota_common.settings import Key, SettingsError, load, positive_float, service_main
 from protos.coordinator.v1 import coordinator_pb2 as cpb
@@ -63,6 +64,13 @@ KEYS = [
     COORDINATOR_CA,
     tlsconf.insecure_key("plaintext gRPC to clients and to the coordinator, no token needed"),
     Key("health-listen", str, "127.0.0.1:0", "plaintext loopback address for health checks (port 0 picks one)"),
+    Key(
+        "metrics-listen",
+        str,
+        "",
+        "address:port serving Prometheus metrics over HTTP at /metrics, for the platform's network only, "
+        "never the clients' port (empty: off; port 0 picks one; docs/metrics.md)",
+    ),
     Key("log-level", str, "INFO", "log level"),
 ]
 
@@ -83,6 +91,7 @@ class Settings:
     coordinator_ca: str
     insecure: bool
     health_listen: str
+    metrics_listen: str
     log_level: str
 
     @classmethod
@@ -137,24 +146,41 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     )
     link = CoordinatorLink(core, settings.coordinator, settings.selector_token, coordinator_ca)
     core.upstream = link
+    metrics = SelectorMetrics()
+    core.on_reject = metrics.reject
+    metrics.watch(lambda: len(core.sessions), lambda: float(link.connected.is_set()))
     auth.refresh = lambda: link.send(cpb.SelectorMessage(roster_request=cpb.RosterRequest()))
     # Each connected client holds one RPC (and thread) for its stream, and one more while it
     # pulls a task or pushes a result: with one slot per client, a round that reached every
     # client at once refused the transfers beyond the first 16 (RESOURCE_EXHAUSTED) and those
     # tasks failed. The pool starts threads only as calls need them.
     server = make_server(2 * settings.max_clients + 16)
-    chunkwire.add_selector_servicer(SelectorServicer(core, FabSource(core, link.fetch_fab)), server)
+    chunkwire.add_selector_servicer(SelectorServicer(core, FabSource(core, link.fetch_fab), metrics=metrics), server)
     add_health(server, "protos.selector.v1.Selector")
     bound = bind_with_health(server, settings.listen, settings.health_listen, server_tls)
     if bound is None:
         return 2
     address, health_address = bound
+    metrics_server: MetricsServer | None = None
+    if settings.metrics_listen:
+        try:
+            metrics_server = serve(settings.metrics_listen, metrics.registry)
+        except OSError as exc:
+            print(f"error: cannot serve metrics on {settings.metrics_listen}: {exc}", file=sys.stderr)
+            return 2
+    metrics_address = metrics_server.address if metrics_server else ""
     server.start()
     if settings.state_file is not None:
         settings.state_file.parent.mkdir(parents=True, exist_ok=True)
         settings.state_file.write_text(
             json.dumps(
-                {"address": address, "health": health_address, "tls": server_tls is not None, "pid": os.getpid()}
+                {
+                    "address": address,
+                    "health": health_address,
+                    "metrics": metrics_address,
+                    "tls": server_tls is not None,
+                    "pid": os.getpid(),
+                }
             )
         )
     log.info(
@@ -162,6 +188,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         extra={
             "address": address,
             "health": health_address,
+            "metrics": metrics_address,
             "tls": server_tls is not None,
             "coordinator": settings.coordinator,
             "coordinator_tls": coordinator_ca is not None,
@@ -184,6 +211,8 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     core.going_away("this selector is shutting down; the run may go on at another selector")
     link.stop()
     server.stop(grace=1.0).wait()
+    if metrics_server is not None:
+        metrics_server.stop()
     log.info("selector stopped")
     return 0
 

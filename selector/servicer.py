@@ -12,6 +12,7 @@ import grpc
 
 from fedota_common.chunkwire import chunk_data, frame_chunk
 from fedota_common.grpcutil import abort
+from fedota_common.metrics import SelectorMetrics
 from fedota_common.payload import MAX_FRAME, PayloadError, iter_chunks, iter_views
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
@@ -48,9 +49,10 @@ def _status_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
 
 
 class SelectorServicer(selector_pb2_grpc.SelectorServicer):
-    def __init__(self, core: SelectorCore, fab_source: FabSource) -> None:
+    def __init__(self, core: SelectorCore, fab_source: FabSource, *, metrics: SelectorMetrics | None = None) -> None:
         self.core = core
         self.fab_source = fab_source
+        self.metrics = metrics
 
     def Join(self, request: spb.JoinRequest, context: grpc.ServicerContext) -> spb.JoinResponse:
         try:
@@ -90,8 +92,10 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
 
         def read() -> None:
             try:
-                for _event in request_iterator:
+                for event in request_iterator:
                     session.last_seen = time.monotonic()
+                    if event.WhichOneof("event") == "privacy":
+                        self.core.privacy_report(session, event.privacy)
             except grpc.RpcError:
                 pass
             finally:
@@ -122,9 +126,13 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
             )
         )
         for view in iter_views(content):
+            if self.metrics is not None:
+                self.metrics.sent.inc(len(view))
             yield frame_chunk(view)
         view = content = b""  # the last references to the content here
         self.core.pulled(task)
+        if self.metrics is not None:
+            self.metrics.tasks.inc()
 
     def PushResult(
         self, request_iterator: Iterator[spb.ResultPart | memoryview], context: grpc.ServicerContext
@@ -143,6 +151,8 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
                     if data is None:
                         raise PayloadError("only chunks may follow the header")
                     got += len(data)
+                    if self.metrics is not None:
+                        self.metrics.received.inc(len(data))
                     yield data
             except grpc.RpcError as exc:
                 # gRPC ends the stream without saying why; its status already went to the client.
@@ -155,6 +165,8 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
             session = self.core.session(header.session_id)
             # Chunks are read as the core consumes them: folded or passed on, never queued here.
             self.core.receive_result(session, header.task_id, header.payload, chunks(), cancel=context.cancel)
+            if self.metrics is not None:
+                self.metrics.results.inc()
         except SelectorError as err:
             _abort(context, err)
         except PayloadError as exc:
@@ -186,6 +198,8 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
             session = self.core.session(request.session_id)
         except SelectorError:
             return spb.LeaveResponse()
+        if request.HasField("privacy"):
+            self.core.privacy_report(session, request.privacy)
         self.core.leave(session, request.reason or "client left")
         return spb.LeaveResponse()
 

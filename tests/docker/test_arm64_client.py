@@ -99,10 +99,13 @@ def _arm64_run(
 def test_the_arm64_image_is_an_aarch64_machine_whose_torch_computes(
     arm64_client_image: str, docker_prefix: str
 ) -> None:
+    # The privacy accountant (client_image/privacy.py) runs there too: scipy and dm-tree are compiled.
     probe = (
         "import os, platform, torch\n"
+        "from client_image import privacy\n"
         "x = torch.ones(2, 3)\n"
-        "print(os.uname().machine, platform.machine(), torch.__version__, float((x @ x.T).sum()))\n"
+        "eps = privacy.epsilon({1.0: 10}, 1e-5)\n"
+        "print(os.uname().machine, platform.machine(), torch.__version__, float((x @ x.T).sum()), eps)\n"
     )
     done = _arm64_run(
         docker_prefix,
@@ -113,11 +116,14 @@ def test_the_arm64_image_is_an_aarch64_machine_whose_torch_computes(
         600,
     )
     assert done.returncode == 0, done.stderr
-    machine, python_machine, torch_version, total = done.stdout.split()
+    machine, python_machine, torch_version, total, eps = done.stdout.split()
     assert (machine, python_machine) == ("aarch64", "aarch64")
     # The last CPU-only aarch64 torch on PyPI (requirements/client-arm64.txt).
     assert torch_version.startswith("2.10.0"), torch_version
     assert float(total) == 12.0
+    from client_image import privacy
+
+    assert float(eps) == pytest.approx(privacy.epsilon({1.0: 10}, 1e-5), rel=1e-9)  # as on amd64
 
 
 def test_bad_data_is_refused_naming_file_row_and_column_before_any_connection(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -88,8 +89,13 @@ def test_a_coordinator_stopped_with_sigterm_makes_clients_exit_0_saying_stopped(
         took = time.monotonic() - killed
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # SIGTERM: the launcher stops its federation too (SIGKILL would leave it running).
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     logs = _client_logs(out)
     explain = f"stdout:\n{stdout[-2000:]}\nstderr:\n{stderr}\n" + "\n".join(
         f"--- {n}\n{t[-2000:]}" for n, t in logs.items()

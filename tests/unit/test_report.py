@@ -18,6 +18,7 @@ from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, Target, checkpoint_path
 from coordinator.rounds import RoundRecord
 from protos.coordinator.v1 import coordinator_pb2 as cpb
+from protos.selector.v1 import selector_pb2 as spb
 from selector.core import OpenAuthenticator, SelectorCore
 from tests.ports import free_port
 
@@ -163,16 +164,59 @@ def test_a_client_that_left_is_still_credited(webserver: tuple[Recorder, str]) -
     assert (rnd["failures"], rnd["rejected"]) == (0, 0)  # a round document without the counts
 
 
+def test_a_sites_privacy_report_reaches_the_webserver_as_it_came(webserver: tuple[Recorder, str]) -> None:
+    rec, url = webserver
+    reporter = Reporter(Target(url, TOKEN), nodes=lambda: [NodeInfo(5, "s0", "9", "Clinic B")])
+    active = spb.PrivacyReport(
+        state="active",
+        epsilon=2.5,
+        delta=1e-5,
+        noise_multiplier=1.2,
+        clipping_norm=1.0,
+        releases=4,
+        run_releases=2,
+        round=2,
+    )
+    active.epsilon_cap = 8.0
+    reporter.site_privacy(cpb.SitePrivacy(node_id=5, report=active))
+    # A site that stopped at check-in was never announced: the selector names it.
+    stopped = spb.PrivacyReport(state="exhausted", epsilon=7.9, delta=1e-5, reason="budget spent")
+    reporter.site_privacy(cpb.SitePrivacy(node_id=6, report=stopped, participant="10", display_name="Clinic C"))
+    reporter.start()
+    assert reporter.close(timeout=10.0)
+    first, second = (e for e in rec.events if e["kind"] == "site_privacy")
+    assert {k: first[k] for k in ("node_id", "participant", "site", "state", "epsilon", "epsilon_cap")} == {
+        "node_id": 5,
+        "participant": "9",
+        "site": "Clinic B",
+        "state": "active",
+        "epsilon": 2.5,
+        "epsilon_cap": 8.0,
+    }
+    assert (first["releases"], first["run_releases"], first["round"], first["noise_multiplier"]) == (4, 2, 2, 1.2)
+    assert (second["participant"], second["site"], second["state"], second["reason"]) == (
+        "10",
+        "Clinic C",
+        "exhausted",
+        "budget spent",
+    )
+    assert second["epsilon_cap"] is None and second["round"] is None
+
+
 def test_the_rounds_rejected_replies_reach_the_webserver(webserver: tuple[Recorder, str]) -> None:
     rec, url = webserver
     # The round document exactly as the coordinator's round tracker writes it to rounds.jsonl.
     record = RoundRecord("3", started=1.0, finished=2.0, participants={4}, failures=3, rejected=2)
+    record.secure_aggregation = "completed"
     reporter = Reporter(Target(url, TOKEN))
     reporter.round_finished(record.as_json())
+    reporter.round_finished(RoundRecord("4").as_json())
     reporter.start()
     assert reporter.close(timeout=10.0)
-    rnd = next(e for e in rec.events if e["kind"] == "round_finished")
+    rnd, plain = (e for e in rec.events if e["kind"] == "round_finished")
     assert (rnd["round"], rnd["failures"], rnd["rejected"]) == (3, 3, 2)
+    # Whether Flower's SecAgg+ made the round's model (the manifests record it); "" when unused.
+    assert (rnd["secure_aggregation"], plain["secure_aggregation"]) == ("completed", "")
 
 
 def test_a_rejected_reply_reaches_the_dashboard_log_with_its_reason(webserver: tuple[Recorder, str]) -> None:

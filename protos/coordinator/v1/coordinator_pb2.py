@@ -23,61 +23,64 @@ _sym_db = _symbol_database.Default()
 
 
 from protos.payload.v1 import payload_pb2 as protos_dot_payload_dot_v1_dot_payload__pb2
+from protos.selector.v1 import selector_pb2 as protos_dot_selector_dot_v1_dot_selector__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'protos/coordinator/v1/coordinator.proto\x12\x15protos.coordinator.v1\x1a\x1fprotos/payload/v1/payload.proto\"\xe7\x02\n\x0fSelectorMessage\x12-\n\x05hello\x18\x01 \x01(\x0b\x32\x1c.protos.coordinator.v1.HelloH\x00\x12\x38\n\x0bnode_joined\x18\x02 \x01(\x0b\x32!.protos.coordinator.v1.NodeJoinedH\x00\x12\x34\n\tnode_left\x18\x03 \x01(\x0b\x32\x1f.protos.coordinator.v1.NodeLeftH\x00\x12\x37\n\x08progress\x18\x04 \x01(\x0b\x32#.protos.coordinator.v1.TaskProgressH\x00\x12\x35\n\theartbeat\x18\x05 \x01(\x0b\x32 .protos.coordinator.v1.HeartbeatH\x00\x12>\n\x0eroster_request\x18\x06 \x01(\x0b\x32$.protos.coordinator.v1.RosterRequestH\x00\x42\x05\n\x03msg\"\x0f\n\rRosterRequest\"]\n\x05Hello\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x30\n\x05nodes\x18\x03 \x03(\x0b\x32!.protos.coordinator.v1.NodeJoined\"H\n\nNodeJoined\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0bparticipant\x18\x03 \x01(\t\"+\n\x08NodeLeft\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"P\n\x0cTaskProgress\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x0b\n\tHeartbeat\"\xe0\x02\n\x12\x43oordinatorMessage\x12\x31\n\x07welcome\x18\x01 \x01(\x0b\x32\x1e.protos.coordinator.v1.WelcomeH\x00\x12;\n\x0cinstructions\x18\x02 \x01(\x0b\x32#.protos.coordinator.v1.InstructionsH\x00\x12-\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x1c.protos.coordinator.v1.FlushH\x00\x12/\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1d.protos.coordinator.v1.CancelH\x00\x12\x36\n\x08\x66inished\x18\x05 \x01(\x0b\x32\".protos.coordinator.v1.RunFinishedH\x00\x12;\n\x0cparticipants\x18\x06 \x01(\x0b\x32#.protos.coordinator.v1.ParticipantsH\x00\x42\x05\n\x03msg\"X\n\x0cParticipants\x12\x0c\n\x04open\x18\x01 \x01(\x08\x12:\n\x07\x61llowed\x18\x02 \x03(\x0b\x32).protos.coordinator.v1.AllowedParticipant\"D\n\x12\x41llowedParticipant\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x19\n\x11\x63redential_sha256\x18\x02 \x01(\t\"X\n\x07Welcome\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x12\n\nfab_sha256\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61\x62_size\x18\x03 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x04 \x01(\t\"\x86\x01\n\x0bInstruction\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\x12\n\ncontent_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\t\"\xba\x01\n\x0cInstructions\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x37\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\".protos.coordinator.v1.Aggregation\x12\x12\n\nweight_key\x18\x03 \x01(\t\x12\x31\n\x05items\x18\x04 \x03(\x0b\x32\".protos.coordinator.v1.Instruction\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\x01\"\x19\n\x05\x46lush\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"O\n\x0bRunFinished\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .protos.coordinator.v1.RunStatus\"-\n\x06\x43\x61ncel\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x12PullContentRequest\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\ncontent_id\x18\x03 \x01(\t\"\xed\x01\n\x0cResultHeader\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x37\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32\".protos.coordinator.v1.Aggregation\x12\x31\n\x07payload\x18\x05 \x01(\x0b\x32 .protos.payload.v1.PayloadHeader\x12\x13\n\x0bmessage_ids\x18\x06 \x03(\t\x12\x10\n\x08node_ids\x18\x07 \x03(\x04\x12\x14\n\x0ctotal_weight\x18\x08 \x01(\x01\"v\n\nResultPart\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.protos.coordinator.v1.ResultHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.protos.payload.v1.ChunkH\x00\x42\x06\n\x04part\"6\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"3\n\rGetFabRequest\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t*e\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GGREGATION_INDIVIDUAL\x10\x01\x12\x1d\n\x19\x41GGREGATION_WEIGHTED_MEAN\x10\x02*o\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x01\x12\x15\n\x11RUN_STATUS_FAILED\x10\x02\x12\x16\n\x12RUN_STATUS_STOPPED\x10\x03\x32\xee\x02\n\x0b\x43oordinator\x12_\n\x06\x41ttach\x12&.protos.coordinator.v1.SelectorMessage\x1a).protos.coordinator.v1.CoordinatorMessage(\x01\x30\x01\x12T\n\x0bPullContent\x12).protos.coordinator.v1.PullContentRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x12\\\n\nPushResult\x12!.protos.coordinator.v1.ResultPart\x1a).protos.coordinator.v1.PushResultResponse(\x01\x12J\n\x06GetFab\x12$.protos.coordinator.v1.GetFabRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'protos/coordinator/v1/coordinator.proto\x12\x15protos.coordinator.v1\x1a\x1fprotos/payload/v1/payload.proto\x1a!protos/selector/v1/selector.proto\"\xa3\x03\n\x0fSelectorMessage\x12-\n\x05hello\x18\x01 \x01(\x0b\x32\x1c.protos.coordinator.v1.HelloH\x00\x12\x38\n\x0bnode_joined\x18\x02 \x01(\x0b\x32!.protos.coordinator.v1.NodeJoinedH\x00\x12\x34\n\tnode_left\x18\x03 \x01(\x0b\x32\x1f.protos.coordinator.v1.NodeLeftH\x00\x12\x37\n\x08progress\x18\x04 \x01(\x0b\x32#.protos.coordinator.v1.TaskProgressH\x00\x12\x35\n\theartbeat\x18\x05 \x01(\x0b\x32 .protos.coordinator.v1.HeartbeatH\x00\x12>\n\x0eroster_request\x18\x06 \x01(\x0b\x32$.protos.coordinator.v1.RosterRequestH\x00\x12:\n\x0csite_privacy\x18\x07 \x01(\x0b\x32\".protos.coordinator.v1.SitePrivacyH\x00\x42\x05\n\x03msg\"|\n\x0bSitePrivacy\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x31\n\x06report\x18\x02 \x01(\x0b\x32!.protos.selector.v1.PrivacyReport\x12\x13\n\x0bparticipant\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\"\x0f\n\rRosterRequest\"]\n\x05Hello\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x30\n\x05nodes\x18\x03 \x03(\x0b\x32!.protos.coordinator.v1.NodeJoined\"H\n\nNodeJoined\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0bparticipant\x18\x03 \x01(\t\"+\n\x08NodeLeft\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"P\n\x0cTaskProgress\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x0b\n\tHeartbeat\"\xe0\x02\n\x12\x43oordinatorMessage\x12\x31\n\x07welcome\x18\x01 \x01(\x0b\x32\x1e.protos.coordinator.v1.WelcomeH\x00\x12;\n\x0cinstructions\x18\x02 \x01(\x0b\x32#.protos.coordinator.v1.InstructionsH\x00\x12-\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x1c.protos.coordinator.v1.FlushH\x00\x12/\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1d.protos.coordinator.v1.CancelH\x00\x12\x36\n\x08\x66inished\x18\x05 \x01(\x0b\x32\".protos.coordinator.v1.RunFinishedH\x00\x12;\n\x0cparticipants\x18\x06 \x01(\x0b\x32#.protos.coordinator.v1.ParticipantsH\x00\x42\x05\n\x03msg\"X\n\x0cParticipants\x12\x0c\n\x04open\x18\x01 \x01(\x08\x12:\n\x07\x61llowed\x18\x02 \x03(\x0b\x32).protos.coordinator.v1.AllowedParticipant\"D\n\x12\x41llowedParticipant\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x19\n\x11\x63redential_sha256\x18\x02 \x01(\t\"X\n\x07Welcome\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x12\n\nfab_sha256\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61\x62_size\x18\x03 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x04 \x01(\t\"\x86\x01\n\x0bInstruction\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\x12\n\ncontent_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\t\"\xba\x01\n\x0cInstructions\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x37\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\".protos.coordinator.v1.Aggregation\x12\x12\n\nweight_key\x18\x03 \x01(\t\x12\x31\n\x05items\x18\x04 \x03(\x0b\x32\".protos.coordinator.v1.Instruction\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\x01\"\x19\n\x05\x46lush\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"O\n\x0bRunFinished\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .protos.coordinator.v1.RunStatus\"-\n\x06\x43\x61ncel\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x12PullContentRequest\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\ncontent_id\x18\x03 \x01(\t\"\xed\x01\n\x0cResultHeader\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x37\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32\".protos.coordinator.v1.Aggregation\x12\x31\n\x07payload\x18\x05 \x01(\x0b\x32 .protos.payload.v1.PayloadHeader\x12\x13\n\x0bmessage_ids\x18\x06 \x03(\t\x12\x10\n\x08node_ids\x18\x07 \x03(\x04\x12\x14\n\x0ctotal_weight\x18\x08 \x01(\x01\"v\n\nResultPart\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.protos.coordinator.v1.ResultHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.protos.payload.v1.ChunkH\x00\x42\x06\n\x04part\"6\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"3\n\rGetFabRequest\x12\x13\n\x0bselector_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t*e\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GGREGATION_INDIVIDUAL\x10\x01\x12\x1d\n\x19\x41GGREGATION_WEIGHTED_MEAN\x10\x02*o\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x01\x12\x15\n\x11RUN_STATUS_FAILED\x10\x02\x12\x16\n\x12RUN_STATUS_STOPPED\x10\x03\x32\xee\x02\n\x0b\x43oordinator\x12_\n\x06\x41ttach\x12&.protos.coordinator.v1.SelectorMessage\x1a).protos.coordinator.v1.CoordinatorMessage(\x01\x30\x01\x12T\n\x0bPullContent\x12).protos.coordinator.v1.PullContentRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x12\\\n\nPushResult\x12!.protos.coordinator.v1.ResultPart\x1a).protos.coordinator.v1.PushResultResponse(\x01\x12J\n\x06GetFab\x12$.protos.coordinator.v1.GetFabRequest\x1a\x18.protos.payload.v1.Chunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.coordinator.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGGREGATION']._serialized_start=2420
-  _globals['_AGGREGATION']._serialized_end=2521
-  _globals['_RUNSTATUS']._serialized_start=2523
-  _globals['_RUNSTATUS']._serialized_end=2634
-  _globals['_SELECTORMESSAGE']._serialized_start=100
-  _globals['_SELECTORMESSAGE']._serialized_end=459
-  _globals['_ROSTERREQUEST']._serialized_start=461
-  _globals['_ROSTERREQUEST']._serialized_end=476
-  _globals['_HELLO']._serialized_start=478
-  _globals['_HELLO']._serialized_end=571
-  _globals['_NODEJOINED']._serialized_start=573
-  _globals['_NODEJOINED']._serialized_end=645
-  _globals['_NODELEFT']._serialized_start=647
-  _globals['_NODELEFT']._serialized_end=690
-  _globals['_TASKPROGRESS']._serialized_start=692
-  _globals['_TASKPROGRESS']._serialized_end=772
-  _globals['_HEARTBEAT']._serialized_start=774
-  _globals['_HEARTBEAT']._serialized_end=785
-  _globals['_COORDINATORMESSAGE']._serialized_start=788
-  _globals['_COORDINATORMESSAGE']._serialized_end=1140
-  _globals['_PARTICIPANTS']._serialized_start=1142
-  _globals['_PARTICIPANTS']._serialized_end=1230
-  _globals['_ALLOWEDPARTICIPANT']._serialized_start=1232
-  _globals['_ALLOWEDPARTICIPANT']._serialized_end=1300
-  _globals['_WELCOME']._serialized_start=1302
-  _globals['_WELCOME']._serialized_end=1390
-  _globals['_INSTRUCTION']._serialized_start=1393
-  _globals['_INSTRUCTION']._serialized_end=1527
-  _globals['_INSTRUCTIONS']._serialized_start=1530
-  _globals['_INSTRUCTIONS']._serialized_end=1716
-  _globals['_FLUSH']._serialized_start=1718
-  _globals['_FLUSH']._serialized_end=1743
-  _globals['_RUNFINISHED']._serialized_start=1745
-  _globals['_RUNFINISHED']._serialized_end=1824
-  _globals['_CANCEL']._serialized_start=1826
-  _globals['_CANCEL']._serialized_end=1871
-  _globals['_PULLCONTENTREQUEST']._serialized_start=1873
-  _globals['_PULLCONTENTREQUEST']._serialized_end=1949
-  _globals['_RESULTHEADER']._serialized_start=1952
-  _globals['_RESULTHEADER']._serialized_end=2189
-  _globals['_RESULTPART']._serialized_start=2191
-  _globals['_RESULTPART']._serialized_end=2309
-  _globals['_PUSHRESULTRESPONSE']._serialized_start=2311
-  _globals['_PUSHRESULTRESPONSE']._serialized_end=2365
-  _globals['_GETFABREQUEST']._serialized_start=2367
-  _globals['_GETFABREQUEST']._serialized_end=2418
-  _globals['_COORDINATOR']._serialized_start=2637
-  _globals['_COORDINATOR']._serialized_end=3003
+  _globals['_AGGREGATION']._serialized_start=2641
+  _globals['_AGGREGATION']._serialized_end=2742
+  _globals['_RUNSTATUS']._serialized_start=2744
+  _globals['_RUNSTATUS']._serialized_end=2855
+  _globals['_SELECTORMESSAGE']._serialized_start=135
+  _globals['_SELECTORMESSAGE']._serialized_end=554
+  _globals['_SITEPRIVACY']._serialized_start=556
+  _globals['_SITEPRIVACY']._serialized_end=680
+  _globals['_ROSTERREQUEST']._serialized_start=682
+  _globals['_ROSTERREQUEST']._serialized_end=697
+  _globals['_HELLO']._serialized_start=699
+  _globals['_HELLO']._serialized_end=792
+  _globals['_NODEJOINED']._serialized_start=794
+  _globals['_NODEJOINED']._serialized_end=866
+  _globals['_NODELEFT']._serialized_start=868
+  _globals['_NODELEFT']._serialized_end=911
+  _globals['_TASKPROGRESS']._serialized_start=913
+  _globals['_TASKPROGRESS']._serialized_end=993
+  _globals['_HEARTBEAT']._serialized_start=995
+  _globals['_HEARTBEAT']._serialized_end=1006
+  _globals['_COORDINATORMESSAGE']._serialized_start=1009
+  _globals['_COORDINATORMESSAGE']._serialized_end=1361
+  _globals['_PARTICIPANTS']._serialized_start=1363
+  _globals['_PARTICIPANTS']._serialized_end=1451
+  _globals['_ALLOWEDPARTICIPANT']._serialized_start=1453
+  _globals['_ALLOWEDPARTICIPANT']._serialized_end=1521
+  _globals['_WELCOME']._serialized_start=1523
+  _globals['_WELCOME']._serialized_end=1611
+  _globals['_INSTRUCTION']._serialized_start=1614
+  _globals['_INSTRUCTION']._serialized_end=1748
+  _globals['_INSTRUCTIONS']._serialized_start=1751
+  _globals['_INSTRUCTIONS']._serialized_end=1937
+  _globals['_FLUSH']._serialized_start=1939
+  _globals['_FLUSH']._serialized_end=1964
+  _globals['_RUNFINISHED']._serialized_start=1966
+  _globals['_RUNFINISHED']._serialized_end=2045
+  _globals['_CANCEL']._serialized_start=2047
+  _globals['_CANCEL']._serialized_end=2092
+  _globals['_PULLCONTENTREQUEST']._serialized_start=2094
+  _globals['_PULLCONTENTREQUEST']._serialized_end=2170
+  _globals['_RESULTHEADER']._serialized_start=2173
+  _globals['_RESULTHEADER']._serialized_end=2410
+  _globals['_RESULTPART']._serialized_start=2412
+  _globals['_RESULTPART']._serialized_end=2530
+  _globals['_PUSHRESULTRESPONSE']._serialized_start=2532
+  _globals['_PUSHRESULTRESPONSE']._serialized_end=2586
+  _globals['_GETFABREQUEST']._serialized_start=2588
+  _globals['_GETFABREQUEST']._serialized_end=2639
+  _globals['_COORDINATOR']._serialized_start=2858
+  _globals['_COORDINATOR']._serialized_end=3224
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from protos.payload.v1 import payload_pb2 as _payload_pb2
+from protos.selector.v1 import selector_pb2 as _selector_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -29,20 +30,34 @@ RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_STOPPED: RunStatus
 
 class SelectorMessage(_message.Message):
-    __slots__ = ("hello", "node_joined", "node_left", "progress", "heartbeat", "roster_request")
+    __slots__ = ("hello", "node_joined", "node_left", "progress", "heartbeat", "roster_request", "site_privacy")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     NODE_JOINED_FIELD_NUMBER: _ClassVar[int]
     NODE_LEFT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ROSTER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    SITE_PRIVACY_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     node_joined: NodeJoined
     node_left: NodeLeft
     progress: TaskProgress
     heartbeat: Heartbeat
     roster_request: RosterRequest
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., node_joined: _Optional[_Union[NodeJoined, _Mapping]] = ..., node_left: _Optional[_Union[NodeLeft, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., roster_request: _Optional[_Union[RosterRequest, _Mapping]] = ...) -> None: ...
+    site_privacy: SitePrivacy
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., node_joined: _Optional[_Union[NodeJoined, _Mapping]] = ..., node_left: _Optional[_Union[NodeLeft, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., roster_request: _Optional[_Union[RosterRequest, _Mapping]] = ..., site_privacy: _Optional[_Union[SitePrivacy, _Mapping]] = ...) -> None: ...
+
+class SitePrivacy(_message.Message):
+    __slots__ = ("node_id", "report", "participant", "display_name")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    report: _selector_pb2.PrivacyReport
+    participant: str
+    display_name: str
+    def __init__(self, node_id: _Optional[int] = ..., report: _Optional[_Union[_selector_pb2.PrivacyReport, _Mapping]] = ..., participant: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
 
 class RosterRequest(_message.Message):
     __slots__ = ()

@@ -55,16 +55,42 @@ class RunInfo(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., fab_sha256: _Optional[str] = ..., run_config_json: _Optional[str] = ..., fab_size: _Optional[int] = ...) -> None: ...
 
 class ClientEvent(_message.Message):
-    __slots__ = ("session_id", "heartbeat")
+    __slots__ = ("session_id", "heartbeat", "privacy")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat: Heartbeat
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    privacy: PrivacyReport
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyReport, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class PrivacyReport(_message.Message):
+    __slots__ = ("state", "epsilon", "delta", "epsilon_cap", "noise_multiplier", "clipping_norm", "releases", "run_releases", "round", "reason")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_CAP_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    CLIPPING_NORM_FIELD_NUMBER: _ClassVar[int]
+    RELEASES_FIELD_NUMBER: _ClassVar[int]
+    RUN_RELEASES_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    epsilon: float
+    delta: float
+    epsilon_cap: float
+    noise_multiplier: float
+    clipping_norm: float
+    releases: int
+    run_releases: int
+    round: int
+    reason: str
+    def __init__(self, state: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., epsilon_cap: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., clipping_norm: _Optional[float] = ..., releases: _Optional[int] = ..., run_releases: _Optional[int] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SelectorEvent(_message.Message):
     __slots__ = ("welcome", "task", "cancelled", "shutdown")
@@ -159,12 +185,14 @@ class GetFabRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
-    __slots__ = ("session_id", "reason")
+    __slots__ = ("session_id", "reason", "privacy")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     reason: str
-    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    privacy: PrivacyReport
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ..., privacy: _Optional[_Union[PrivacyReport, _Mapping]] = ...) -> None: ...
 
 class LeaveResponse(_message.Message):
     __slots__ = ()

@@ -34,6 +34,35 @@ def record_fit(metrics: list[tuple[int, Metrics]]) -> Metrics:
     return {}
 
 
+class RecordingGrid:
+    """Writes down what every train reply the ServerApp receives holds (replies.jsonl).
+
+    On Fedota the ServerApp runs in the coordinator, so this is what the coordinator holds:
+    the test of client-side DP under SecAgg+ checks that no reply carries a site's update.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages, *args, **kwargs):  # type: ignore[no-untyped-def]
+        replies = list(self.grid.send_and_receive(messages, *args, **kwargs))
+        with open("replies.jsonl", "a") as fh:
+            for reply in replies:
+                if reply.metadata.message_type != "train" or reply.has_error():
+                    continue
+                content = reply.content
+                doc = {
+                    "node_id": reply.metadata.src_node_id,
+                    "arrays": sum(len(rec) for rec in content.array_records.values()),
+                    "configs": {name: sorted(rec.keys()) for name, rec in content.config_records.items()},
+                }
+                fh.write(json.dumps(doc) + "\n")
+        return replies
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
@@ -59,6 +88,6 @@ def main(grid: Grid, context: Context) -> None:
             reconstruction_threshold=int(cfg["reconstruction-threshold"]),
         )
     )
-    workflow(grid, legacy)
+    workflow(RecordingGrid(grid) if cfg.get("record-replies") else grid, legacy)
     with open("final.json", "w") as fh:
         json.dump({"model": latest, "losses_distributed": legacy.history.losses_distributed}, fh)

@@ -1,0 +1,210 @@
+"""A real Prometheus server scrapes a live federation and answers for its rounds.
+
+A local federation (`python -m coordinator.local`, the echo app, two selectors, two
+clients) runs with FEDOTA_METRICS_LISTEN on loopback; Debian's `prometheus` (installed by
+scripts/system-deps.sh) scrapes the coordinator's and both selectors' /metrics every
+second, and the test asks Prometheus's own HTTP API what an operator's dashboard would.
+
+No Prometheus binary: the test fails under CI or FEDOTA_REQUIRE_DOCKER=1 (CI installs it),
+and elsewhere is skipped with the reason. Never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from tests.e2e.conftest import ENV, REPO
+from tests.ports import free_port
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+ECHO = str(REPO / "tests" / "apps" / "echo")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    message = f"NO PROMETHEUS: {reason}. Install Debian's package: bash scripts/system-deps.sh"
+    if os.environ.get("FEDOTA_REQUIRE_DOCKER") == "1" or os.environ.get("CI"):
+        pytest.fail(message + " (CI: this test must run)", pytrace=False)
+    pytest.skip(message)
+
+
+def _state(path: Path, proc: subprocess.Popen[str], timeout: float = 90.0) -> dict[str, Any]:
+    """A service's state file once it names its metrics address."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists():
+            try:
+                state: dict[str, Any] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                state = {}
+            if state.get("metrics"):
+                return state
+        assert proc.poll() is None, f"the federation exited with {proc.returncode}: {proc.communicate()}"
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not name a metrics address within {timeout:.0f} s")
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A running federation's metrics addresses: {"coordinator": ..., "selector-1": ..., "selector-2": ...}."""
+    data = tmp_path / "clients"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.local", "--out", str(out), "--app", ECHO, "--data-dir", str(data)]
+        + ["--selectors", "2", "--insecure", "--run-config", "model-size-mb=0.01 num-server-rounds=100000"],
+        cwd=REPO,
+        # Every service the launcher starts serves its metrics on a loopback port of its own.
+        env={**ENV, "FEDOTA_METRICS_LISTEN": "127.0.0.1:0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        addresses = {"coordinator": str(_state(out / "coordinator" / "coordinator.json", proc)["metrics"])}
+        for name in ("selector-1", "selector-2"):
+            addresses[name] = str(_state(out / "selectors" / f"{name}.json", proc)["metrics"])
+        yield addresses
+    finally:
+        # On SIGINT (Ctrl-C) the launcher stops every service it started; SIGTERM would leave them.
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, federation: dict[str, str]) -> Iterator[str]:
+    """A Prometheus server scraping the federation every second; its base URL."""
+    if not PROMETHEUS.is_file() or not os.access(PROMETHEUS, os.X_OK):
+        _unavailable(f"{PROMETHEUS} is not installed")
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": "fedota-coordinator", "static_configs": [{"targets": [federation["coordinator"]]}]},
+            {
+                "job_name": "fedota-selector",
+                "static_configs": [{"targets": [federation["selector-1"], federation["selector-2"]]}],
+            },
+        ],
+    }
+    # JSON is YAML: Prometheus reads it as its configuration file.
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(PROMETHEUS),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < end, "Prometheus was not ready within 60 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def query(url: str, promql: str) -> list[dict[str, Any]]:
+    """An instant query through Prometheus's HTTP API: the result vector."""
+    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}", timeout=5) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    vector: list[dict[str, Any]] = body["data"]["result"]
+    return vector
+
+
+def _eventually(url: str, promql: str, ok: Any, timeout: float = 90.0) -> list[dict[str, Any]]:
+    end = time.monotonic() + timeout
+    while True:
+        result = query(url, promql)
+        if ok(result):
+            return result
+        assert time.monotonic() < end, f"{promql}: {result} after {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+@pytest.mark.timeout(300)
+def test_prometheus_scrapes_the_rounds_of_a_live_federation(prometheus: str) -> None:
+    rounds = _eventually(
+        prometheus,
+        "fedota_coordinator_rounds_completed_total",
+        lambda r: len(r) == 1 and float(r[0]["value"][1]) >= 2,
+    )
+    assert rounds[0]["metric"]["job"] == "fedota-coordinator"
+    print(f"Prometheus: fedota_coordinator_rounds_completed_total = {rounds[0]['value'][1]}")
+    # Every target answers, and what they say adds up: two clients, spread over two selectors.
+    up = _eventually(prometheus, "up == 1", lambda r: len(r) == 3)
+    assert {s["metric"]["job"] for s in up} == {"fedota-coordinator", "fedota-selector"}
+    clients = _eventually(
+        prometheus, "sum(fedota_selector_clients_connected)", lambda r: bool(r) and float(r[0]["value"][1]) == 2
+    )
+    assert float(clients[0]["value"][1]) == 2
+    assert float(query(prometheus, "fedota_coordinator_clients_connected")[0]["value"][1]) == 2
+    # The histogram answers the dashboard's question (a finite median round time).
+    median = _eventually(
+        prometheus,
+        "histogram_quantile(0.5, rate(fedota_coordinator_round_duration_seconds_bucket[10s]))",
+        lambda r: bool(r) and r[0]["value"][1] not in ("NaN", "+Inf"),
+    )
+    assert 0 < float(median[0]["value"][1]) < 60
+    moved = _eventually(prometheus, "sum(fedota_selector_received_bytes_total)", lambda r: bool(r))
+    assert float(moved[0]["value"][1]) > 0
+
+
+@pytest.mark.timeout(300)
+def test_every_query_of_the_grafana_board_runs_on_prometheus(prometheus: str) -> None:
+    board = json.loads((REPO / "deploy" / "grafana" / "fedota.json").read_text())
+    website = {"HTTP latency p95 by route", "HTTP requests by status class", "Celery task outcomes per minute"}
+    end = time.monotonic() + 90
+    while True:
+        answered: dict[str, bool] = {}
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                # Grafana's own variable, as it would fill it in for a 1 s scrape interval.
+                expr = target["expr"].replace("$__rate_interval", "15s")
+                answered[panel["title"]] = bool(query(prometheus, expr)) or answered.get(panel["title"], False)
+        # The website is not scraped here: only its panels may stay empty.
+        empty = {title for title, ok in answered.items() if not ok} - website
+        if not empty:
+            break
+        assert time.monotonic() < end, f"panels without data after 90 s: {sorted(empty)}"
+        time.sleep(1.0)
+    assert len(answered) >= 14
