@@ -22,6 +22,12 @@ port=${FEDOTA_PORT:-8000}
 export FEDOTA_PUBLIC_URL=${FEDOTA_PUBLIC_URL:-http://127.0.0.1:$port}
 export FEDOTA_INTERNAL_URL=${FEDOTA_INTERNAL_URL:-http://127.0.0.1:$port}
 export FEDOTA_SPAWNER=${FEDOTA_SPAWNER:-process}
+# The demo runs as production does: DEBUG off (a bad URL gets the site's own 404 page, not
+# Django's debug page), static files collected into var/static and served by WhiteNoise.
+# Its secret key is the one settings.py generates in var/dev-secret-key (never committed);
+# it answers to the hosts of FEDOTA_PUBLIC_URL and this machine (settings.py's ALLOWED_HOSTS).
+# DJANGO_DEBUG=1 brings Django's debug pages back.
+export DJANGO_DEBUG=${DJANGO_DEBUG:-0}
 var=${FEDOTA_VAR_DIR:-var}
 logs="$var/demo/logs"
 mkdir -p "$logs"
@@ -62,6 +68,7 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 python manage.py migrate --noinput >"$logs/migrate.log"
+python manage.py collectstatic --noinput >"$logs/collectstatic.log"
 python -m scripts.make_demo_data --out demo-data --holders 3 >"$logs/demo-data.log"
 
 binds=(--bind "127.0.0.1:$port")

@@ -8,6 +8,11 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webserver.settings")
 
+from webserver.metrics import connect_celery  # noqa: E402 - needs the settings module named first
+
 app = Celery("webserver")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# How each task ended, counted in the process that ran it (docs/metrics.md).
+connect_celery()

@@ -126,7 +126,20 @@ elif PRODUCTION and (SECRET_KEY.startswith("django-insecure") or SECRET_KEY == "
 # again with SECRET_KEY (webserver/problems/pki.py).
 SECRET_KEY_FALLBACKS = [k for k in (env("DJANGO_SECRET_KEY_FALLBACKS") or "").split(",") if k]
 
-ALLOWED_HOSTS = [h for h in (env("DJANGO_ALLOWED_HOSTS") or ("*" if DEBUG else "localhost")).split(",") if h]
+
+def _own_hosts() -> str:
+    """With DEBUG off and no DJANGO_ALLOWED_HOSTS (the demo of scripts/start.sh): this machine's
+    names, the hosts of FEDOTA_PUBLIC_URL and FEDOTA_INTERNAL_URL, and host.docker.internal,
+    the name the docker backend's coordinators report to."""
+    hosts = ["localhost", "127.0.0.1", "[::1]", "host.docker.internal"]
+    for name in ("FEDOTA_PUBLIC_URL", "FEDOTA_INTERNAL_URL"):
+        host = urlsplit(env(name) or "").hostname
+        if host:
+            hosts.append(f"[{host}]" if ":" in host else host)
+    return ",".join(dict.fromkeys(hosts))
+
+
+ALLOWED_HOSTS = [h for h in (env("DJANGO_ALLOWED_HOSTS") or ("*" if DEBUG else _own_hosts())).split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in (env("DJANGO_CSRF_TRUSTED_ORIGINS") or "").split(",") if o]
 
 INSTALLED_APPS = [
@@ -149,6 +162,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so a request's time covers every other middleware (webserver/metrics.py).
+    "webserver.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files straight from the app server (gunicorn), no separate web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -198,10 +213,18 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "webserver" / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # plotly.js for the dashboard's charts, from the installed `plotly` package (no CDN, no copy).
+    "webserver.monitoring.finders.PlotlyFinder",
+]
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request while it is missing
 # Development serves static files from the source folders; production from collectstatic's output.
 WHITENOISE_USE_FINDERS = DEBUG
+# Files served at the site's root (/favicon.ico), from the source folder in every mode.
+WHITENOISE_ROOT = BASE_DIR / "webserver" / "site-root"
 MEDIA_ROOT = Path(env("FEDOTA_MEDIA_ROOT") or VAR_DIR / "media")
 MEDIA_URL = "media/"
 
@@ -316,6 +339,9 @@ FEDOTA_SWARM_ENCRYPTED = env_bool("FEDOTA_SWARM_ENCRYPTED", True)
 FEDOTA_SWARM_SELECTOR_CONSTRAINTS = [
     c.strip() for c in (env("FEDOTA_SWARM_SELECTOR_CONSTRAINTS") or "").split(",") if c.strip()
 ]
+# Seconds a start may take until every service passed its health check. Many problems
+# starting at once on a small manager need more: 20 took 130-163 s on 2 cores (bench/README.md).
+FEDOTA_SWARM_START_TIMEOUT = env_float("FEDOTA_SWARM_START_TIMEOUT", 120.0)
 
 
 # The kubernetes backend (webserver/spawner/kubernetes.py, docs/kubernetes.md). Validated
@@ -425,6 +451,20 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# Prometheus metrics at /metrics (webserver/metrics.py, docs/metrics.md), for a scraper that
+# sends `Authorization: Bearer <FEDOTA_METRICS_TOKEN>` or comes from FEDOTA_METRICS_NETWORKS
+# (comma-separated CIDRs, matched against REMOTE_ADDR); with neither, /metrics is a 404.
+FEDOTA_METRICS_TOKEN = env("FEDOTA_METRICS_TOKEN") or ""
+FEDOTA_METRICS_NETWORKS = [n.strip() for n in (env("FEDOTA_METRICS_NETWORKS") or "").split(",") if n.strip()]
+for _net in FEDOTA_METRICS_NETWORKS:
+    try:
+        ipaddress.ip_network(_net, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"FEDOTA_METRICS_NETWORKS: {_net!r} is not a network ({_exc})") from _exc
+# prometheus_client's multiprocess mode: a folder every gunicorn worker and Celery process of
+# this host writes its numbers to, so /metrics adds them up (empty: each process its own).
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR") or ""
 
 # Celery: Redis when CELERY_BROKER_URL is set, otherwise an embedded broker on SQLite.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL") or f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"

@@ -100,11 +100,21 @@ def test_signup_mails_a_link_that_activates_the_account_and_logs_in(client: Clie
     assert "invalid or has expired" in text(again)
 
 
-def test_signup_done_page_points_at_the_console_in_development(client: Client, settings: Any) -> None:
-    settings.DEBUG = True
+@pytest.mark.parametrize("debug", [True, False])
+def test_signup_done_page_points_at_the_console_without_a_mail_server(
+    client: Client, settings: Any, debug: bool
+) -> None:
+    # The demo runs with DEBUG off: the console backend alone decides the hint.
+    settings.DEBUG = debug
     settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
     response = client.post(reverse("signup"), signup_data(), follow=True)
-    assert "printed in the terminal" in text(response)
+    assert "printed in the web server's log" in text(response)
+
+
+def test_signup_done_page_says_nothing_of_a_console_with_a_mail_server(client: Client, settings: Any) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    response = client.post(reverse("signup"), signup_data(), follow=True)
+    assert "console backend" not in text(response)
 
 
 def test_setter_may_sign_up_without_organisation(client: Client) -> None:

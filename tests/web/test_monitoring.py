@@ -137,14 +137,14 @@ def test_a_problem_without_runs_shows_an_empty_dashboard(
     assert b"No run yet" in client.get(f"/monitoring/problems/{problem.pk}/").content
 
 
-def test_the_dashboard_page_is_live_with_its_own_chart_code(
+def test_the_dashboard_page_is_live_with_plotly_charts(
     client: Client, users: dict[str, Any], setup: dict[str, Any]
 ) -> None:
     problem = setup["problem"]
     page = _login(client, users["owner"]).get(f"/monitoring/problems/{problem.pk}/")
     html = page.content.decode()
     assert page.status_code == 200
-    assert "monitoring/chart.js" in html and "monitoring/dashboard.js" in html
+    assert "plotly/plotly.min.js" in html and "monitoring/charts.js" in html and "monitoring/dashboard.js" in html
     assert f'data-api="/api/v1/problems/{problem.pk}/dashboard/"' in html
     # The small parts are rendered before the first poll; the rounds come from the API.
     assert "General Hospital" in html and "line 59" in html

@@ -1,6 +1,6 @@
 """Every downloadable model has a signed provenance manifest next to it: downloaded through the real
 views, the pair verifies against the problem's CA, names the run, round, app, contract, sites (under
-pseudonyms), reply policy and the privacy settings it cannot vouch for; a tampered model fails."""
+pseudonyms), reply policy and the privacy requirement and self-reported budgets; a tampered model fails."""
 
 from __future__ import annotations
 
@@ -148,8 +148,16 @@ def test_a_downloaded_model_and_its_manifest_verify_and_say_what_made_the_model(
     assert m["app"]["fab_sha256"] == run.fab_sha256
     assert m["data_contract"]["sha256"] == provenance.canonical_sha256(run.problem.contract)
     assert m["reply_policy"] == {"name": "strict", "source": "reported by the run's coordinator"}
-    assert m["aggregation"]["strategy"] == "FedAvg" and m["aggregation"]["secure_aggregation"] is None
-    assert m["privacy"]["settings"] is None and m["privacy"]["budgets_spent"] is None
+    assert m["aggregation"]["strategy"] == "FedAvg"
+    # These rounds' events do not say (as an older coordinator's): unknown, not "not used".
+    assert m["aggregation"]["secure_aggregation"] == {
+        "completed": [],
+        "halted": [],
+        "not_used": [],
+        "unknown": [[1, 3]],
+    }
+    # No requirement and no site reported a budget: said so, not left null (tests/web/test_privacy.py has the rest).
+    assert m["privacy"]["settings"]["requirement"] == {} and m["privacy"]["budgets_spent"] == {}
     assert m["platform"]["fedota_version"] == provenance.FEDOTA_VERSION
     assert m["rounds"]["by_attempt"] == [{"attempt": 1, "rounds": [[1, 3]]}]
     # Sites by pseudonym only, each with the rounds it took part in.
@@ -272,3 +280,34 @@ def test_a_contract_json_cannot_carry_never_stops_a_model_upload() -> None:
 
     assert contract_sha256({"fields": [{"minimum": float("nan")}]}) is None
     assert contract_sha256({"kind": "none"}) == provenance.canonical_sha256({"kind": "none"})
+
+
+def test_the_manifest_says_which_rounds_secure_aggregation_made(
+    client: Client, owner: Client, run: Run, sites: list[Participant]
+) -> None:
+    hospital, clinic = sites
+    outcomes = {1: "completed", 2: "completed", 3: "Insufficient available nodes.", 4: ""}
+    _events(client, run, [{"kind": "run_started", "reply_policy": "flower", "attempt": 1}])
+    _events(
+        client,
+        run,
+        [
+            {
+                "kind": "round_finished",
+                "round": number,
+                "attempt": 1,
+                "participants": [{"participant": str(p.pk), "site": p.site_name} for p in (hospital, clinic)],
+                "secure_aggregation": outcome,
+            }
+            for number, outcome in outcomes.items()
+        ],
+    )
+    _put(client, run, 4, "npz", NPZ)
+    model, _ = _download(owner, f"/monitoring/runs/{run.pk}/checkpoints/4.npz")
+    manifest, _ = _download(owner, f"/monitoring/runs/{run.pk}/checkpoints/4.npz.manifest.json")
+    assert _verified(model, manifest, run)["aggregation"]["secure_aggregation"] == {
+        "completed": [[1, 2]],
+        "halted": [[3, 3]],
+        "not_used": [[4, 4]],
+        "unknown": [],
+    }

@@ -17,6 +17,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
+from tests.web.test_dashboard_charts_browser import plotted, wait_for_points
 from webserver.monitoring.models import Checkpoint
 from webserver.problems.models import Run
 
@@ -48,29 +49,6 @@ def _round(number: int, train_loss: float = 0.3, **extra: Any) -> dict[str, Any]
         participants=[{"node_id": 7, "participant": "", "site": "site 7"}],
         train_loss=train_loss,
         **extra,
-    )
-
-
-def _chart(tab: Any, chart: str) -> dict[str, Any]:
-    """What the chart drew: its markers, and each series' path starts and points (faded ones apart)."""
-    return dict(
-        tab.evaluate(
-            """(id) => {
-              const root = document.getElementById(id);
-              const series = [...root.querySelectorAll("g.fchart-series")].map((g) => ({
-                faded: g.classList.contains("faded"),
-                moves: (g.querySelector("path").getAttribute("d").match(/M/g) || []).length,
-                xs: [...g.querySelectorAll("circle")].map((c) => Number(c.getAttribute("cx"))),
-              }));
-              return {
-                markers: [...root.querySelectorAll(".fchart-marker-label")].map((t) => t.textContent),
-                marker_xs: [...root.querySelectorAll("line.fchart-marker")].map((l) => Number(l.getAttribute("x1"))),
-                series: series.filter((s) => s.xs.length),
-                legend: [...root.querySelectorAll(".fchart-legend li")].map((li) => li.textContent),
-              };
-            }""",
-            chart,
-        )
     )
 
 
@@ -159,14 +137,16 @@ def test_the_rounds_table_marks_where_a_restarted_coordinator_resumed(
     flag = marked.locator(".badge.resumed")
     assert flag.inner_text() == "resumed (attempt 2)" and "after round 3" in (flag.get_attribute("title") or "")
 
-    # The chart marks it too, at round 4, and the run stays one curve: rounds 1 to 5 in one stroke.
-    tab.wait_for_selector("#chart-loss .fchart-marker-label")
-    chart = _chart(tab, "chart-loss")
-    assert chart["markers"] == ["resumed, attempt 2"]
+    # The chart marks it too, at round 4, and the run stays one curve: rounds 1 to 5 in one line.
+    wait_for_points(tab, "chart-loss", 5)
+    chart = plotted(tab, "chart-loss")
+    assert chart["markers"] == ["resumed (attempt 2)"] and chart["marker_xs"] == [4]
     [train] = chart["series"]
-    assert not train["faded"] and train["moves"] == 1 and len(train["xs"]) == 5
-    assert chart["marker_xs"] == [train["xs"][3]]
-    assert _chart(tab, "chart-acc")["markers"] == ["resumed, attempt 2"]
+    assert train["name"] == "train loss" and train["xs"] == [1, 2, 3, 4, 5] and train["opacity"] == 1
+    acc = plotted(tab, "chart-acc")
+    # The app reports no accuracy: the chart says so, and still marks the resume.
+    assert acc["series"] == [] and acc["notes"] == ["no accuracy reported"]
+    assert acc["markers"] == ["resumed (attempt 2)"] and acc["marker_xs"] == [4]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -179,17 +159,17 @@ def test_the_chart_draws_an_attempt_that_restarted_at_round_1_apart_from_the_ear
     events += [_event("run_started", total_rounds=5)]
     events += [_round(n, attempt=2, train_loss=0.5 - n / 10) for n in (1, 2)]
     tab = _dashboard(live_server, page, users["owner"], make_problem, events)
-    tab.wait_for_selector("#chart-loss .fchart-marker-label")
+    wait_for_points(tab, "chart-loss", 2)
 
-    chart = _chart(tab, "chart-loss")
-    assert chart["markers"] == ["restarted, attempt 2"]
-    latest = [s for s in chart["series"] if not s["faded"]]
-    earlier = [s for s in chart["series"] if s["faded"]]
+    chart = plotted(tab, "chart-loss")
+    assert chart["markers"] == ["restarted (attempt 2)"] and chart["marker_xs"] == [1]
+    drawn = chart["series"]
     # The latest attempt is the curve, never zig-zagging back to round 1; attempt 1 is a lighter line beside it.
-    assert len(latest) == 1 and latest[0]["moves"] == 1 and len(latest[0]["xs"]) == 2
-    assert latest[0]["xs"] == sorted(latest[0]["xs"])
-    assert len(earlier) == 1 and earlier[0]["moves"] == 1 and len(earlier[0]["xs"]) == 3
-    assert chart["marker_xs"] == [latest[0]["xs"][0]] == [earlier[0]["xs"][0]]
+    assert [(s["name"], s["xs"], s["opacity"]) for s in drawn] == [
+        ("train loss", [1, 2], 1),
+        ("train loss, earlier attempts", [1, 2, 3], 0.4),
+    ]
+    assert drawn[0]["color"] == drawn[1]["color"]
     assert "train loss, earlier attempts" in chart["legend"]
     assert tab.locator("#rounds-body tr[data-attempt='2']").locator(".badge.resumed").inner_text() == (
         "restarted (attempt 2)"

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord
+from webserver.monitoring.models import Checkpoint, LogLine, PrivacyReport, RoundRecord
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -47,3 +47,22 @@ class LogLineAdmin(_ReadOnly):
     list_display = ("run", "ts", "level", "source", "message")
     list_filter = ("level",)
     search_fields = ("message",)
+
+
+@admin.register(PrivacyReport)
+class PrivacyReportAdmin(_ReadOnly):
+    list_display = (
+        "run",
+        "site_name",
+        "state",
+        "epsilon",
+        "delta",
+        "epsilon_cap",
+        "noise_multiplier",
+        "releases",
+        "run_releases",
+        "round",
+        "reported_at",
+    )
+    list_filter = ("state", "run__problem")
+    search_fields = ("site_name",)

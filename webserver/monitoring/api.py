@@ -115,7 +115,16 @@ class ProblemDashboardApi(APIView):
         "of the coordinator (`attempt`, `first_round`: where it resumed, or 1 when it could not), and each "
         "round says its `attempt`; no attempt's model overwrites another's, and a round number that several "
         "attempts have links each attempt's model with `?attempt=K`. `since` "
-        "in the response echoes the parameter (null when every round is included).",
+        "in the response echoes the parameter (null when every round is included). `privacy` lists each site's "
+        "latest differential-privacy report in the run, those stopped for budget first (at most 200): `site`, "
+        "`participant_id`, `self_reported` (always true: the site noises its update on its own machine, so the "
+        "platform cannot verify any of it), `state` (`active`, or `exhausted`: the site stopped for budget, `reason` "
+        "says why) with `state_label`, `epsilon` (cumulative over every run of the problem, at `delta`), "
+        "`epsilon_cap` (null: the site set none), `noise_multiplier`, `clipping_norm`, `releases` (noised updates, "
+        "every run) and `run_releases` (this run), `round` (of the latest release, null when unknown) and "
+        "`reported_at`; each participant says `stopped_for_budget`. `privacy_summary` has the problem's "
+        "`requirement` (as set, `{}` for none) and `requirement_text`, the sites listed (`shown`) of `total`, and how "
+        "many are `exhausted`.",
     )
     def get(self, request: Request, problem_id: int) -> Response:
         problem = queries.problem_for_monitoring(user=request.user, pk=problem_id)

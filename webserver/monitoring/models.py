@@ -84,3 +84,52 @@ class LogLine(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "event_id"], name="logline_unique")]
         # The dashboard reads a run's last 50 lines on every poll; without it, every line is sorted.
         indexes = [models.Index(fields=["run", "ts", "id"], name="logline_run_ts")]
+
+
+class PrivacyState(models.TextChoices):
+    ACTIVE = "active", "active"
+    EXHAUSTED = "exhausted", "stopped for budget"
+
+
+class PrivacyReport(models.Model):
+    """What one site said of its differential-privacy spending, as the coordinator passed it on (issue 18).
+
+    Self-reported: the site adds its noise before the update leaves it, so the platform
+    cannot check any of it. Append-only: every report is a row of its own (a retry of the
+    same event is not), and readers take each site's latest.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="privacy_reports")
+    # The participant the coordinator named, when it is one of the problem's; else only the site name.
+    participant = models.ForeignKey(
+        "participation.Participant", on_delete=models.SET_NULL, null=True, blank=True, related_name="privacy_reports"
+    )
+    site_name = models.CharField(max_length=120)
+    event_id = models.CharField(max_length=64)  # from the coordinator, makes retries idempotent
+    node_id = models.PositiveBigIntegerField()
+    state = models.CharField(max_length=16, choices=PrivacyState.choices)
+    # Cumulative ε the site has spent on this problem (every run), at `delta`.
+    epsilon = models.FloatField()
+    delta = models.FloatField()
+    # The site's own cap; None when it set none (DP only because the problem requires it).
+    epsilon_cap = models.FloatField(null=True, blank=True)
+    noise_multiplier = models.FloatField()
+    clipping_norm = models.FloatField()
+    # Noised updates released for this problem: over every run, and in this run.
+    releases = models.PositiveIntegerField()
+    run_releases = models.PositiveIntegerField()
+    # The server round of the latest release, when known.
+    round = models.PositiveIntegerField(null=True, blank=True)
+    # Why the site stopped, for `exhausted`.
+    reason = models.TextField(blank=True)
+    reported_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "site_name", "id"]
+        constraints = [models.UniqueConstraint(fields=["run", "event_id"], name="privacyreport_unique_event")]
+        # The dashboard reads each site's latest report of a run on every poll.
+        indexes = [models.Index(fields=["run", "site_name", "id"], name="privacyreport_run_site")]
+
+    def __str__(self) -> str:
+        return f"{self.site_name} in {self.run}: ε {self.epsilon:g} ({self.state})"

@@ -33,10 +33,11 @@ from django.utils import timezone
 
 from fedota_common import provenance
 from webserver.monitoring import queries
-from webserver.monitoring.models import Checkpoint, RoundRecord
+from webserver.monitoring.models import Checkpoint, PrivacyReport, RoundRecord
 from webserver.participation.models import Contribution
 from webserver.problems.models import Run
 from webserver.problems.pki import problem_ca
+from webserver.problems.privacy import privacy_sentence
 
 PSEUDONYM_HEX = 16
 
@@ -51,13 +52,20 @@ PARTICIPATION_NOTE = (
     "listed for round r replied in round r of at least one of the attempts that ran it."
 )
 PRIVACY_NOTE = (
-    "This version of Fedota applies and accounts no differential privacy: settings and budgets_spent are "
-    "null, meaning not available (not zero). An uploaded app may apply its own (Flower's DP strategy "
-    "wrappers or client mods); the platform neither knows nor accounts it."
+    "Differential privacy is applied on each data holder's machine: the client clips and noises the site's update "
+    "before it leaves, and accounts the site's spending across every round and run of the problem. settings.requirement "
+    "is what the problem required of every site ({}: none, each site decided). budgets_spent maps each site's "
+    "pseudonym to its latest report as of this model (reports of rounds up to the model's; every report of the run "
+    "for a final model) and is SELF-REPORTED by the site: the platform never sees the noise and cannot verify it. "
+    "epsilon is cumulative over every run of the problem, at delta. A site absent from budgets_spent reported "
+    "nothing (no budget of its own and no requirement, or a client older than privacy reports). An uploaded app "
+    "may also apply its own DP (Flower's DP strategy wrappers or client mods); the platform neither knows nor "
+    "accounts it."
 )
 SECURE_AGGREGATION_NOTE = (
-    "Not recorded: the coordinator does not yet report to the website whether a round's model came from "
-    "Flower's SecAgg+ workflow (null means unknown, not 'no')."
+    "Rounds whose fit went through Flower's SecAgg+ workflow, as the run's coordinator reported them: completed "
+    "(the model is the sum SecAgg+ revealed), halted (that round's model was not updated) or not used; unknown "
+    "for rounds reported by a coordinator older than this record."
 )
 
 
@@ -117,6 +125,23 @@ def _rounds(run: Run, attempt: int, through: int, chosen: dict[int, int]) -> dic
     }
 
 
+def _secure_aggregation(run: Run, chosen: dict[int, int]) -> dict[str, list[list[int]]]:
+    """The model's rounds by what SecAgg+ did in them (completed, halted, not used, unknown)."""
+    found: dict[str, list[int]] = {"completed": [], "halted": [], "not_used": [], "unknown": []}
+    records = RoundRecord.objects.filter(run=run, attempt__in=set(chosen.values())).order_by()
+    for number, of_attempt, metrics in records.values_list("number", "attempt", "metrics"):
+        if chosen.get(number) != of_attempt:
+            continue
+        outcome = (metrics or {}).get("secure_aggregation")
+        if not isinstance(outcome, str):
+            found["unknown"].append(number)
+        elif outcome == "completed":
+            found["completed"].append(number)
+        else:
+            found["halted" if outcome else "not_used"].append(number)
+    return {what: _ranges(numbers) for what, numbers in found.items()}
+
+
 def _counts(run: Run, attempt: int, through: int) -> dict[int, int]:
     """Round number -> how many of the run's attempts up to `attempt` reported it."""
     counts: dict[int, int] = {}
@@ -146,6 +171,39 @@ def _sites(run: Run, through: int, key: bytes) -> dict[str, Any]:
         "pseudonyms": PSEUDONYMS,
         "note": PARTICIPATION_NOTE,
         **{kind: {name: _ranges(ns) for name, ns in sorted(sites.items())} for kind, sites in rounds.items()},
+    }
+
+
+def _privacy(run: Run, served: int, through: int, key: bytes) -> dict[str, Any]:
+    """The problem's requirement and each site's latest self-reported spending as of the model."""
+    reports = PrivacyReport.objects.filter(run=run)
+    if served != 0:
+        # A round's model: what the sites had reported by that round (a report of no known round cannot be placed).
+        reports = reports.filter(round__lte=through)
+    latest = reports.order_by().values("site_name").annotate(last=Max("pk")).values("last")
+    spent: dict[str, Any] = {}
+    for r in PrivacyReport.objects.filter(pk__in=latest).order_by("pk"):
+        spent[pseudonym(key, r.participant_id, r.site_name)] = {
+            "epsilon": r.epsilon,
+            "delta": r.delta,
+            "epsilon_cap": r.epsilon_cap,
+            "noise_multiplier": r.noise_multiplier,
+            "clipping_norm": r.clipping_norm,
+            "releases": r.releases,
+            "run_releases": r.run_releases,
+            "round": r.round,
+            "state": r.state,
+        }
+    requirement = dict(run.problem.privacy or {})
+    return {
+        "settings": {
+            "requirement": requirement,
+            "requirement_text": privacy_sentence(requirement),
+            "applied_by": "each site's client, on the data holder's machine",
+        },
+        "budgets_spent": dict(sorted(spent.items())),
+        "self_reported": True,
+        "note": PRIVACY_NOTE,
     }
 
 
@@ -191,6 +249,7 @@ def manifest_build(
         contract = {"sha256": None, "recorded": "never: the contract holds a number JSON cannot carry (NaN, infinity)"}
     contract["hash_of"] = "the contract's canonical JSON (sorted keys, no spaces, ASCII), as in join bundles"
     through, chosen = _lineage(run, attempt, served)
+    key = _pseudonym_key(ca_key_pem)
     config = dict(run.config or {})
     strategy = config.get("strategy")
     policy = queries.run_reply_policy(run=run)
@@ -202,7 +261,7 @@ def manifest_build(
         "app": {"fab_sha256": run.fab_sha256, "app_version": run.app_version},
         "data_contract": contract,
         "rounds": _rounds(run, attempt, through, chosen),
-        "sites": _sites(run, through, _pseudonym_key(ca_key_pem)),
+        "sites": _sites(run, through, key),
         "reply_policy": {
             "name": policy["name"] or None,
             "source": "reported by the run's coordinator" if policy["reported"] else "the run's configuration",
@@ -210,11 +269,11 @@ def manifest_build(
         "aggregation": {
             "strategy": strategy if isinstance(strategy, str) else None,
             "chosen_by": "the run configuration" if isinstance(strategy, str) else "the app's own code",
-            "secure_aggregation": None,
+            "secure_aggregation": _secure_aggregation(run, chosen),
             "secure_aggregation_note": SECURE_AGGREGATION_NOTE,
         },
         "run_config": config,
-        "privacy": {"settings": None, "budgets_spent": None, "note": PRIVACY_NOTE},
+        "privacy": _privacy(run, served, through, key),
         "platform": {"fedota_version": provenance.FEDOTA_VERSION, "site": settings.FEDOTA_PUBLIC_URL},
         "signed_at": timezone.now().isoformat(),
         "what_it_proves": provenance.WHAT_IT_PROVES,

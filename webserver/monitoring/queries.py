@@ -13,9 +13,10 @@ from django.utils.text import slugify
 
 from webserver import permissions
 from webserver.errors import NotAllowed
-from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord, RunReport
+from webserver.monitoring.models import Checkpoint, LogLine, PrivacyReport, PrivacyState, RoundRecord, RunReport
 from webserver.participation.models import Contribution, Participant, ParticipantStatus
 from webserver.problems.models import Problem, Run, RunStatus, ServiceHealth, ServiceRole
+from webserver.problems.privacy import privacy_sentence
 from webserver.problems.queries import problem_get_visible
 
 RECENT_LOGS = 50
@@ -25,6 +26,8 @@ RECENT_RESTARTS = 20
 # carried and redrew all of them. The others are counted in `participants_summary` and
 # listed whole in the participants CSV.
 PARTICIPANTS_SHOWN = 50
+# Sites' privacy reports listed on the dashboard, those stopped for budget first; the rest are counted.
+PRIVACY_SHOWN = 200
 
 
 def problem_for_monitoring(*, user: Any, pk: Any) -> Problem:
@@ -302,6 +305,65 @@ def run_reply_policy(*, run: Run) -> dict[str, Any]:
     return {"name": configured if isinstance(configured, str) else "", "reported": False}
 
 
+# ---- privacy (issue 18): what each site says it spent -------------------------------------------
+
+
+def _latest_privacy(reports: QuerySet[PrivacyReport], by: str) -> QuerySet[PrivacyReport]:
+    """The latest of `reports` per value of `by` (reports are append-only: the highest id is the latest)."""
+    latest = reports.order_by().values(by).annotate(last=Max("pk")).values("last")
+    return PrivacyReport.objects.filter(pk__in=latest)
+
+
+def privacy_json(report: PrivacyReport) -> dict[str, Any]:
+    """One site's latest report, for the dashboard, the API and the data holder's page."""
+    return {
+        "site": report.site_name,
+        "participant_id": report.participant_id,
+        # The site adds its noise before the update leaves it: nothing here can be checked by the platform.
+        "self_reported": True,
+        "state": report.state,
+        "state_label": PrivacyState(report.state).label,
+        "epsilon": report.epsilon,
+        "delta": report.delta,
+        "epsilon_cap": report.epsilon_cap,
+        "noise_multiplier": report.noise_multiplier,
+        "clipping_norm": report.clipping_norm,
+        "releases": report.releases,
+        "run_releases": report.run_releases,
+        "round": report.round,
+        "reason": report.reason,
+        "reported_at": report.reported_at.isoformat(),
+    }
+
+
+def run_privacy(*, run: Run) -> list[dict[str, Any]]:
+    """Each site's latest privacy report in the run: those stopped for budget first, then by site name."""
+    rows = _latest_privacy(PrivacyReport.objects.filter(run=run), "site_name")
+    ordered = sorted(rows, key=lambda r: (r.state != PrivacyState.EXHAUSTED, r.site_name.lower()))
+    return [privacy_json(r) for r in ordered]
+
+
+def privacy_summary(problem: Problem, rows: list[dict[str, Any]], *, shown: int) -> dict[str, Any]:
+    """What the dashboard says around the sites' privacy reports of a run."""
+    return {
+        "requirement": dict(problem.privacy or {}),
+        "requirement_text": privacy_sentence(problem.privacy),
+        "total": len(rows),
+        "shown": min(shown, len(rows)),
+        "exhausted": sum(1 for r in rows if r["state"] == PrivacyState.EXHAUSTED),
+    }
+
+
+def participant_privacy(*, participant: Participant) -> list[dict[str, Any]]:
+    """The participant's own site's latest privacy report in each run of its problem, newest run first.
+
+    Only reports the coordinator attributed to this participant: a report filed under a
+    site name alone could be another site's of the same name.
+    """
+    rows = _latest_privacy(PrivacyReport.objects.filter(participant=participant), "run").select_related("run")
+    return [{"run": r.run.number, **privacy_json(r)} for r in sorted(rows, key=lambda r: r.run.number, reverse=True)]
+
+
 def run_json(run: Run) -> dict[str, Any]:
     return {
         "id": run.pk,
@@ -350,6 +412,8 @@ def dashboard(
         "final_model": {**NO_LINKS, "round": 0},
         "participants": [],
         "participants_summary": participants_summary([], shown=PARTICIPANTS_SHOWN),
+        "privacy": [],
+        "privacy_summary": privacy_summary(problem, [], shown=PRIVACY_SHOWN),
         "logs": [],
     }
     if run is None:
@@ -366,6 +430,11 @@ def dashboard(
         for s in run.services.exclude(health=ServiceHealth.REMOVED).order_by("role", "index")
     ]
     participants = run_participants(run=run)
+    privacy = run_privacy(run=run)
+    # A site stopped for budget is marked in the participants list too, never silently absent.
+    stopped = {r["site"] for r in privacy if r["state"] == PrivacyState.EXHAUSTED}
+    for row in participants:
+        row["stopped_for_budget"] = row["site"] in stopped
     rounds: list[dict[str, Any]] = []
     if with_rounds:
         downloads = run_checkpoints(run=run, since=since)
@@ -383,6 +452,8 @@ def dashboard(
         final_model=run_final_model(run=run),
         participants=participants[:PARTICIPANTS_SHOWN],
         participants_summary=participants_summary(participants, shown=PARTICIPANTS_SHOWN),
+        privacy=privacy[:PRIVACY_SHOWN],
+        privacy_summary=privacy_summary(problem, privacy, shown=PRIVACY_SHOWN),
         logs=[log_json(line) for line in run_logs(run=run)],
     )
     return doc

@@ -1,8 +1,8 @@
 """Writes for monitoring: what a run's coordinator reports.
 
 The coordinator retries until the webserver answers, so every write here is
-idempotent: log lines dedupe by `event_id`, rounds by (run, attempt, round
-number), contributions by (run, site, round, kind), and a checkpoint re-upload
+idempotent: log lines and sites' privacy reports dedupe by `event_id`, rounds by
+(run, attempt, round number), contributions by (run, site, round, kind), and a checkpoint re-upload
 replaces the file of the same (run, attempt, round, kind), never another
 attempt's. An event is validated whole before anything is written, so a
 malformed one changes nothing.
@@ -27,12 +27,12 @@ from django.utils import timezone
 from rest_framework import status
 
 from webserver.errors import ApplicationError
-from webserver.monitoring.models import Checkpoint, LogLine, RoundRecord, RunReport
+from webserver.monitoring.models import Checkpoint, LogLine, PrivacyReport, PrivacyState, RoundRecord, RunReport
 from webserver.monitoring.provenance import contract_sha256
 from webserver.participation.models import Contribution, Participant
 from webserver.problems.models import ACTIVE_RUN_STATUSES, Run, RunStatus, Service, ServiceRole
 
-EVENT_KINDS = ("run_started", "round_finished", "pool", "log", "run_finished")
+EVENT_KINDS = ("run_started", "round_finished", "pool", "log", "run_finished", "site_privacy")
 CHECKPOINT_KINDS = ("npz", "pt")
 COPY_CHUNK = 1 << 20
 # The largest value a PositiveIntegerField holds on every database Django supports.
@@ -47,6 +47,8 @@ PLATFORM_SOURCE = "platform"
 # What the coordinator sends (coordinator/rounds.py): its 10 most common reasons, each cut to 300 characters.
 MAX_REASONS = 10
 MAX_REASON_LENGTH = 300
+# What the coordinator passes on of a site's reason for stopping (coordinator/report.py cuts it there).
+MAX_PRIVACY_REASON = 2000
 
 
 class TooLarge(ApplicationError):
@@ -150,6 +152,13 @@ class _Field:
             raise self.fail(name, "must be true or false")
         return value
 
+    def amount(self, name: str, *, required: bool = False, below: float | None = None) -> float | None:
+        """A finite number ≥ 0 (and < `below`, when given)."""
+        value = self.number(name, required=required)
+        if value is not None and (value < 0 or (below is not None and value >= below)):
+            raise self.fail(name, "must be a number ≥ 0" + (f" and < {below:g}" if below is not None else ""))
+        return value
+
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, max_length=100)
         if value and value not in choices:
@@ -234,6 +243,8 @@ def run_event_apply(*, run: Run, event: Any, prefix: str = "") -> None:
             _pool(run, f)
         elif kind == "log":
             _log(run, f)
+        elif kind == "site_privacy":
+            _site_privacy(run, f)
         else:
             _run_finished(run, f)
 
@@ -295,13 +306,17 @@ def _round_finished(run: Run, f: _Field) -> None:
         )
     if no_results and results:
         raise f.fail("no_results", f"cannot be true when results is {results}")
+    metrics: dict[str, Any] = {"train": train, "evaluate": evaluate, "failures": failures or 0}
+    if "secure_aggregation" in f.event:
+        # "completed", why Flower's SecAgg+ halted, or "" (not used); absent from older coordinators.
+        metrics["secure_aggregation"] = f.text("secure_aggregation", max_length=MAX_REASON_LENGTH)
     values = {
         "phase": "done",
         "clients": len(trainers),
         "train_loss": f.number("train_loss"),
         "eval_loss": f.number("eval_loss"),
         "eval_acc": f.number("eval_acc"),
-        "metrics": {"train": train, "evaluate": evaluate, "failures": failures or 0},
+        "metrics": metrics,
         "rejected": rejected or 0,
         "rejected_reasons": reasons,
         "results": results,
@@ -377,6 +392,62 @@ def _log(run: Run, f: _Field) -> None:
         run=run,
         event_id=f.event["event_id"],
         defaults={"ts": ts, "level": level, "source": source, "message": message},
+    )
+
+
+def _participant_of(run: Run, ident: str) -> Participant | None:
+    """The problem's participant a coordinator names by id (as in `participants[].participant`), if any."""
+    # Longer digit strings cannot be a row id (and overflow a bigint column).
+    if not (ident.isascii() and ident.isdigit() and len(ident) <= 18):
+        return None
+    return Participant.objects.filter(problem_id=run.problem_id, pk=int(ident)).first()
+
+
+def _site_privacy(run: Run, f: _Field) -> None:
+    """A site's self-reported privacy spending, stored as a new row (history is never overwritten)."""
+    node = f.whole("node_id", required=True, maximum=MAX_NODE_ID)
+    ident = f.text("participant", max_length=64)
+    site = f.text("site", max_length=120)
+    if "\x00" in site:
+        raise f.fail("site", "must not hold a NUL character")
+    state = f.choice("state", tuple(PrivacyState.values))
+    if not state:
+        raise f.fail("state", f"must be one of {', '.join(PrivacyState.values)}")
+    epsilon = f.amount("epsilon", required=True)
+    delta = f.amount("delta", required=True, below=1)
+    cap = f.amount("epsilon_cap")
+    noise = f.amount("noise_multiplier", required=True)
+    clipping = f.amount("clipping_norm", required=True)
+    releases = f.whole("releases", required=True)
+    run_releases = f.whole("run_releases", required=True)
+    number = f.whole("round")
+    reason = f.text("reason", max_length=MAX_PRIVACY_REASON)
+    if "\x00" in reason:
+        raise f.fail("reason", "must not hold a NUL character")
+    assert releases is not None and run_releases is not None and node is not None
+    if run_releases > releases:
+        raise f.fail("run_releases", f"cannot exceed releases ({releases}): this run's are among them")
+    participant = _participant_of(run, ident)
+    name = (participant.site_name if participant is not None else site or f"site {node}")[:120]
+    PrivacyReport.objects.get_or_create(
+        run=run,
+        event_id=f.event["event_id"],
+        defaults={
+            "participant": participant,
+            "site_name": name,
+            "node_id": node,
+            "state": state,
+            "epsilon": epsilon,
+            "delta": delta,
+            "epsilon_cap": cap,
+            "noise_multiplier": noise,
+            "clipping_norm": clipping,
+            "releases": releases,
+            "run_releases": run_releases,
+            "round": number,
+            "reason": reason,
+            "reported_at": f.moment("ts", required=True),
+        },
     )
 
 

@@ -30,6 +30,26 @@ def docker_run_command(problem: Problem) -> str:
     )
 
 
+# Where the client keeps its privacy ledger on the data holder's machine (mounted at /state).
+PRIVACY_STATE = "/path/on/your/machine/fedota-privacy"
+# An example budget for the commands the page shows; the data holder picks their own.
+EXAMPLE_EPSILON = "8"
+EXAMPLE_DELTA = "1e-5"
+
+
+def docker_run_command_with_budget(problem: Problem) -> str:
+    """`docker_run_command` with a privacy budget: a cap on ε and the ledger's folder mounted at /state.
+
+    Run as the folder's owner: the image's own user could not write a folder made on the host
+    (the client's own refusal says the same).
+    """
+    return (
+        'docker run --rm --user "$(id -u):$(id -g)" -v /path/to/your/data:/data:ro '
+        f"-v /path/to/{bundle_filename(problem)}:/join.json:ro -v {PRIVACY_STATE}:/state "
+        f"{settings.FEDOTA_CLIENT_IMAGE} --dp-epsilon {EXAMPLE_EPSILON} --dp-delta {EXAMPLE_DELTA}"
+    )
+
+
 def client_command(problem: Problem) -> str:
     """The same without Docker, with the `fedota-client` package installed."""
     return f"fedota-client --join-bundle {bundle_filename(problem)} --data-path /path/to/your/data"
@@ -81,6 +101,9 @@ def bundle_build(
     """
     problem = participant.problem
     extra: dict[str, Any] = {"node_config": dict(node_config)} if node_config else {}
+    if problem.privacy:
+        # What every site must apply at least (problems.privacy); absent: no requirement.
+        extra["privacy"] = dict(problem.privacy)
     return {
         "format": BUNDLE_FORMAT,
         "problem_id": problem.pk,

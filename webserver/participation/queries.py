@@ -13,6 +13,7 @@ from webserver import permissions
 from webserver.participation import bundles
 from webserver.participation.models import Contribution, Participant, ParticipantStatus
 from webserver.problems.models import Problem, ProblemState
+from webserver.problems.privacy import privacy_sentence
 from webserver.problems.queries import problem_reply_policy
 
 # Train before evaluate; any other kind after, alphabetically.
@@ -179,6 +180,8 @@ def problem_panel(*, problem: Problem, user: Any) -> dict[str, Any]:
             context["partition_outdated"] = bundle_partition_outdated(mine)
             context["bundle_filename"] = bundles.bundle_filename(problem)
             context["docker_run"] = bundles.docker_run_command(problem)
+            context["docker_run_budget"] = bundles.docker_run_command_with_budget(problem)
+            context["privacy_sentence"] = privacy_sentence(problem.privacy)
             context["client_command"] = bundles.client_command(problem)
             context["selector_addresses"] = bundles.problem_selector_endpoints(problem)
             context["selectors_local_only"] = bundles.selectors_local_only()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webserver.participation import queries
@@ -91,6 +92,7 @@ class MyParticipationSerializer(ParticipantSerializer):
     problem_app_version = serializers.IntegerField(source="problem.app_version", read_only=True)
     bundle_stale = serializers.SerializerMethodField()
     contributions = serializers.SerializerMethodField()
+    privacy = serializers.SerializerMethodField()
 
     class Meta(ParticipantSerializer.Meta):
         fields = [
@@ -99,11 +101,26 @@ class MyParticipationSerializer(ParticipantSerializer):
             "problem_app_version",
             "bundle_stale",
             "contributions",
+            "privacy",
         ]
         read_only_fields = fields
 
     def get_bundle_stale(self, obj: Participant) -> bool:
         return queries.bundle_is_stale(obj)
+
+    @extend_schema_field(
+        {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "Per run of the problem, newest first: your site's latest differential-privacy report as "
+            "your client sent it (`run`, `epsilon` spent over every run at `delta`, `epsilon_cap`, `noise_multiplier`, "
+            "`clipping_norm`, `releases`, `run_releases`, `round`, `state`: active or exhausted, `reason`).",
+        }
+    )
+    def get_privacy(self, obj: Participant) -> list[dict[str, Any]]:
+        from webserver.monitoring.queries import participant_privacy
+
+        return participant_privacy(participant=obj)
 
     def get_contributions(self, obj: Participant) -> list[dict[str, Any]]:
         return [
@@ -130,6 +147,12 @@ class JoinBundleSerializer(serializers.Serializer[Any]):
         child=serializers.IntegerField(),
         required=False,
         help_text="`partition-id` and `num-partitions`, passed to the ClientApp in context.node_config.",
+    )
+    privacy = serializers.DictField(
+        child=serializers.FloatField(),
+        required=False,
+        help_text="The problem's privacy requirement (min_noise_multiplier, clipping_norm, delta; all optional); "
+        "absent when the problem has none.",
     )
     issued_at = serializers.DateTimeField()
     docker_run = serializers.CharField()

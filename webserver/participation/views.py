@@ -18,10 +18,12 @@ from django.views.decorators.http import require_POST
 
 from webserver import permissions
 from webserver.errors import ApplicationError, NotAllowed
+from webserver.monitoring.queries import participant_privacy
 from webserver.participation import bundles, queries, services
 from webserver.participation.forms import DecisionForm, JoinRequestForm, NumPartitionsForm, PartitionForm
 from webserver.participation.models import Participant, ParticipantStatus
 from webserver.problems.models import Problem
+from webserver.problems.privacy import privacy_sentence
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -60,7 +62,7 @@ def participant_request(request: HttpRequest, problem_pk: int) -> HttpResponse:
     user = cast("User", request.user)  # @login_required: never AnonymousUser here
     initial = {"site_name": getattr(profile, "organisation", ""), "contact_email": user.email}
     form = JoinRequestForm(request.POST or None, initial=initial)
-    context = {"problem": problem, "form": form}
+    context = {"problem": problem, "form": form, "privacy_sentence": privacy_sentence(problem.privacy)}
     try:
         services.participant_request_check(problem=problem, user=request.user)
     except ApplicationError as exc:
@@ -193,6 +195,8 @@ def my_participations(request: HttpRequest) -> HttpResponse:
                 "problem": participant.problem,
                 "bundle_stale": queries.bundle_is_stale(participant),
                 "contributions": queries.contributions_by_run(participant),
+                # Only this holder's own site's reports (attributed to their participant row).
+                "privacy": participant_privacy(participant=participant),
             }
         )
     return render(request, "participation/mine.html", {"rows": rows})

@@ -16,10 +16,13 @@ from typing import Any, cast
 
 from django import forms
 from django.forms import formset_factory
+from django.utils.safestring import mark_safe
 
 from webserver.errors import ApplicationError
 from webserver.problems import contracts, fabs
-from webserver.problems.models import JoinPolicy, Problem
+from webserver.problems.models import JoinPolicy, Problem, ProblemState
+from webserver.problems.privacy import KEYS as PRIVACY_KEYS
+from webserver.problems.privacy import PrivacyError
 from webserver.problems.runconfig import (
     DEFAULTS,
     STRATEGIES,
@@ -41,7 +44,11 @@ class ProblemForm(forms.Form):
     )
     join_policy = forms.ChoiceField(choices=JoinPolicy.choices, initial=JoinPolicy.APPROVAL)
     app_source = forms.ChoiceField(
-        choices=[("template", "A built-in app"), ("upload", "Upload a FAB (made with `flwr build`)")],
+        # A choice label is not a help text: its <code> is written here, a constant marked safe.
+        choices=[
+            ("template", "A built-in app"),
+            ("upload", mark_safe("Upload a FAB (made with <code>flwr build</code>)")),
+        ],
         widget=forms.RadioSelect,
         initial="template",
         label="Flower app",
@@ -138,7 +145,7 @@ class RunConfigForm(forms.Form):
             widget=forms.Textarea(attrs={"rows": 4}),
             required=False,
             label="Overrides of the app's config",
-            help_text="One `key = value` a line, keys of the app's [tool.flwr.app.config]. After saving, this "
+            help_text="One `key = value` a line, keys of the app's `[tool.flwr.app.config]`. After saving, this "
             "form shows each key of the app with its default. Settings above that the app does not declare "
             "are refused unless left at their defaults.",
         )
@@ -193,6 +200,43 @@ class RunConfigForm(forms.Form):
         initial = {k: v for k, v in config.items() if k not in ("strategy_params", "app_config")}
         initial["app_config"] = {**(config.get("strategy_params") or {}), **(config.get("app_config") or {})}
         return initial
+
+
+def _privacy_field(label: str, help_text: str) -> forms.FloatField:
+    # No bounds here: problems.privacy judges the value, in the same words as for the API.
+    return forms.FloatField(
+        required=False, label=label, help_text=help_text, widget=forms.NumberInput(attrs={"step": "any"})
+    )
+
+
+class PrivacyForm(forms.Form):
+    """The privacy requirement: the differential privacy every site must apply; empty boxes are not required.
+
+    Fixed once the problem is published (its join bundles carry it): the boxes are then read-only.
+    """
+
+    min_noise_multiplier = _privacy_field(
+        "Minimum noise multiplier",
+        "Every site clips its update and adds Gaussian noise with at least this multiplier (noise std = multiplier "
+        "× 2 × clipping norm), even a site whose data holder set no budget. Empty: no minimum; each site decides.",
+    )
+    clipping_norm = _privacy_field(
+        "Clipping norm", "The L2 norm each site's update is clipped to unless the site sets its own."
+    )
+    delta = _privacy_field(
+        "δ (delta)", "The δ sites report their ε at unless they set their own (the client's default is 1e-5)."
+    )
+
+    def __init__(self, *args: Any, frozen: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frozen = frozen
+        if frozen:
+            for field in self.fields.values():
+                field.disabled = True  # Django then keeps the stored value whatever is posted
+
+    def document(self) -> dict[str, Any]:
+        """The requirement as given (not yet judged): the filled-in boxes."""
+        return {key: self.cleaned_data[key] for key in PRIVACY_KEYS if self.cleaned_data.get(key) is not None}
 
 
 def _app_field(key: str, default: Any) -> forms.Field:
@@ -366,6 +410,7 @@ class ProblemEditor:
         self.notes: list[str] = []
         problem_initial: dict[str, Any] = {}
         rc_initial: dict[str, Any] = {}
+        pv_initial: dict[str, Any] = {}
         ct_initial: dict[str, Any] = {}
         rows: list[dict[str, Any]] = []
         arrays: list[dict[str, Any]] = []
@@ -376,6 +421,7 @@ class ProblemEditor:
                 "join_policy": problem.join_policy,
             }
             rc_initial = RunConfigForm.initial_from(problem.run_config)
+            pv_initial = dict(problem.privacy or {})
             if contract_initial is None and contract_json is None:
                 contract_initial = contracts.contract_to_form(problem.contract)
                 if contract_initial is None:
@@ -397,13 +443,25 @@ class ProblemEditor:
                 # A damaged app: the overrides are typed as lines, and saving needs a working app anyway.
                 self.notes.append("The problem's app cannot be read, so its settings are shown as text.")
         self.run_config_form = RunConfigForm(data, initial=rc_initial, prefix="rc", app_config=app_config)
+        # A published problem's requirement is fixed: the boxes show the stored one, read-only.
+        frozen = problem is not None and problem.state != ProblemState.DRAFT
+        if frozen and problem is not None:
+            pv_initial = dict(problem.privacy or {})
+        self.privacy_form = PrivacyForm(data, initial=pv_initial, prefix="pv", frozen=frozen)
         self.contract_form = ContractForm(data, files, initial=ct_initial, prefix="ct")
         self.field_rows = FieldRowFormSet(data, initial=rows or None, prefix="fields")
         self.array_rows = ArrayRowFormSet(data, initial=arrays or None, prefix="arrays")
 
     @property
     def forms(self) -> list[Any]:
-        return [self.problem_form, self.run_config_form, self.contract_form, self.field_rows, self.array_rows]
+        return [
+            self.problem_form,
+            self.run_config_form,
+            self.privacy_form,
+            self.contract_form,
+            self.field_rows,
+            self.array_rows,
+        ]
 
     def is_valid(self) -> bool:
         return all([f.is_valid() for f in self.forms])  # a list, so every form gets its errors
@@ -435,6 +493,7 @@ class ProblemEditor:
             "title": data["title"],
             "description": data["description"],
             "join_policy": data["join_policy"],
+            "privacy": self.privacy_form.document(),
         }
         failures: list[ApplicationError] = []
         try:
@@ -475,6 +534,13 @@ class ProblemEditor:
                 for message in messages:
                     self.run_config_form.add_error(target, message)
             return
+        privacy = exc.errors if isinstance(exc, PrivacyError) else exc.extra.get("privacy")
+        if isinstance(privacy, Mapping):
+            for key, messages in privacy.items():
+                target = key if key in self.privacy_form.fields else None
+                for message in messages:
+                    self.privacy_form.add_error(target, message)
+            return
         if isinstance(exc, contracts.ContractFormError):
             for key, messages in exc.errors.items():
                 for message in messages:
@@ -510,7 +576,12 @@ class ProblemEditor:
 def _refilled(posted: ProblemEditor, contract_initial: contracts.ContractFormData) -> ProblemEditor:
     """A fresh (unbound, so no errors yet) editor holding what was posted, with `contract_initial`."""
     editor = ProblemEditor(problem=posted.problem, contract_initial=contract_initial, contract_json="")
-    for fresh, source in ((editor.problem_form, posted.problem_form), (editor.run_config_form, posted.run_config_form)):
+    pairs: tuple[tuple[forms.Form, forms.Form], ...] = (
+        (editor.problem_form, posted.problem_form),
+        (editor.run_config_form, posted.run_config_form),
+        (editor.privacy_form, posted.privacy_form),
+    )
+    for fresh, source in pairs:
         source.is_valid()
         fresh.initial.update({k: v for k, v in source.cleaned_data.items() if k != "fab" and v is not None})
     if posted.problem_form.cleaned_data.get("fab") is not None:

@@ -33,6 +33,9 @@ class Problem(models.Model):
     app_version = models.PositiveIntegerField(default=1)
     # Platform-level run settings (validated by problems.runconfig).
     run_config = models.JSONField(default=dict)
+    # The differential privacy every site must apply (validated by problems.privacy); {}: none,
+    # each site decides. Fixed once the problem is published: its join bundles carry it.
+    privacy = models.JSONField(default=dict, blank=True)
     join_policy = models.CharField(max_length=16, choices=JoinPolicy.choices, default=JoinPolicy.APPROVAL)
     # `num-partitions` in every site's context.node_config; None: as many as there are
     # approved sites (participation.partitions decides).

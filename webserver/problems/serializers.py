@@ -28,6 +28,22 @@ class JSONTextField(serializers.JSONField):
             raise serializers.ValidationError("the JSON nests too deeply") from None
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            # OpenAPI 3.0: exclusiveMinimum/Maximum are flags on minimum/maximum.
+            "min_noise_multiplier": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+            "clipping_norm": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+            "delta": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "exclusiveMaximum": True},
+        },
+        "additionalProperties": False,
+    }
+)
+class PrivacyField(JSONTextField):
+    """The privacy requirement (webserver/problems/privacy.py judges it)."""
+
+
 class ResumabilitySerializer(serializers.Serializer):
     resumes = serializers.BooleanField(allow_null=True)
     reason = serializers.CharField()
@@ -43,6 +59,11 @@ class ProblemSerializer(serializers.ModelSerializer):
     app_config = serializers.SerializerMethodField(
         help_text="The app's own [tool.flwr.app.config]: each key with its default (its type is the default's). "
         "`run_config.app_config` overrides these; a key not listed is refused."
+    )
+    privacy = PrivacyField(
+        read_only=True,
+        help_text="The differential privacy every site must apply ({}: none, each site decides); see the write "
+        "field of the same name.",
     )
     resumability = serializers.SerializerMethodField(
         help_text="What a coordinator restart does to a run of this app, read from the app's source: `resumes` "
@@ -66,6 +87,7 @@ class ProblemSerializer(serializers.ModelSerializer):
             "fab_sha256",
             "app_version",
             "run_config",
+            "privacy",
             "app_config",
             "resumability",
             "num_partitions",
@@ -138,6 +160,15 @@ class ProblemWriteSerializer(serializers.Serializer):
         "app does not declare is refused, naming the keys it does.",
     )
     join_policy = serializers.ChoiceField(choices=JoinPolicy.choices, required=False, default=JoinPolicy.APPROVAL)
+    privacy = PrivacyField(
+        required=False,
+        help_text="The differential privacy every site must apply (docs/privacy.md); {} or absent: none, each site "
+        "decides. All keys optional: min_noise_multiplier (> 0: every site clips its update and adds Gaussian noise "
+        "with at least this multiplier, noise std = multiplier × 2 × clipping norm, even a site whose data holder "
+        "set no budget), clipping_norm (> 0: the L2 norm updates are clipped to unless a site sets its own), delta "
+        "(between 0 and 1: the δ sites report ε at unless they set their own). Other keys are refused. Fixed once "
+        "the problem is published (409).",
+    )
 
 
 class RunSerializer(serializers.ModelSerializer):

@@ -19,12 +19,27 @@ from webserver.permissions import is_setter, owns_problem
 from webserver.problems import fabs
 from webserver.problems.contracts import validate_contract
 from webserver.problems.models import ACTIVE_RUN_STATUSES, JoinPolicy, Problem, ProblemState, Run
+from webserver.problems.privacy import validate_privacy
 from webserver.problems.runconfig import validate_run_config
 
 MAX_TITLE = 200
 # Characters of Markdown; the page renders it on every view (about 0.3 s at worst for this many).
 MAX_DESCRIPTION = 20_000
-EDITABLE = ("title", "description", "contract", "app_template", "fab_bytes", "fab_name", "run_config", "join_policy")
+EDITABLE = (
+    "title",
+    "description",
+    "contract",
+    "app_template",
+    "fab_bytes",
+    "fab_name",
+    "run_config",
+    "join_policy",
+    "privacy",
+)
+PRIVACY_FROZEN = (
+    "the privacy requirement cannot change once the problem is published: data holders joined under it and "
+    "their join bundles carry it; create a new problem for another requirement"
+)
 
 
 def _check_title(title: str) -> str:
@@ -141,12 +156,14 @@ def problem_create(
     fab_name: str = "",
     run_config: dict[str, Any] | None = None,
     join_policy: str = JoinPolicy.APPROVAL,
+    privacy: dict[str, Any] | None = None,
 ) -> Problem:
     """A new draft problem owned by `owner` (a problem setter)."""
     problem_create_check(owner=owner)
     title = _check_title(title)
     description = _check_description(description)
     contract = validate_contract(_check_no_nul(contract, field="contract"))
+    requirement = validate_privacy(privacy)
     app, template, name = _resolve_app(app_template=app_template, fab_bytes=fab_bytes, fab_name=fab_name)
     config = validate_run_config(
         _check_no_nul(run_config, field="run_config"), app.default_config, builtin=bool(template)
@@ -160,6 +177,7 @@ def problem_create(
         fab_name=name[:200],
         run_config=config,
         join_policy=_check_join_policy(join_policy),
+        privacy=requirement,
         state=ProblemState.DRAFT,
     )
     return _saved_with_fab(problem, app)
@@ -192,6 +210,12 @@ def problem_update(*, problem: Problem, user: Any, **changes: Any) -> Problem:
         problem.contract = validate_contract(_check_no_nul(changes["contract"], field="contract"))
     if "join_policy" in changes:
         problem.join_policy = _check_join_policy(changes["join_policy"])
+    if "privacy" in changes:
+        requirement = validate_privacy(changes["privacy"])
+        if requirement != (problem.privacy or {}) and problem.state != ProblemState.DRAFT:
+            # Keyed like PrivacyError's errors, so API clients and the form find it in one place.
+            raise Conflict(PRIVACY_FROZEN, extra={"privacy": {"privacy": [PRIVACY_FROZEN]}})
+        problem.privacy = requirement
 
     new_app: App | None = None
     was_builtin = bool(problem.app_template)
@@ -221,6 +245,7 @@ def _check_complete(problem: Problem) -> None:
     """Everything a run needs is there and valid (it may have been stored by an older version)."""
     _check_title(problem.title)
     validate_contract(problem.contract)
+    validate_privacy(problem.privacy)
     app = problem_app(problem)
     if app.sha256 != problem.fab_sha256:
         raise ApplicationError("the stored FAB does not match its recorded hash; upload the app again", field="fab")

@@ -16,6 +16,7 @@ from webserver.permissions import is_setter, owns_problem
 from webserver.problems import contracts, fabs, queries, services
 from webserver.problems.forms import ProblemEditor, editor_importing_contract, editor_with_more_rows
 from webserver.problems.models import Problem, ProblemState
+from webserver.problems.privacy import privacy_sentence
 from webserver.problems.queries import problem_reply_policy
 from webserver.problems.resumability import Resumability
 from webserver.problems.runconfig import app_overrides
@@ -139,6 +140,7 @@ def problem_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "active_run": active,
         "run_config": problem.run_config,
         "reply_policy": problem_reply_policy(problem),
+        "privacy_sentence": privacy_sentence(problem.privacy),
     }
     return render(request, "problems/detail.html", context)
 

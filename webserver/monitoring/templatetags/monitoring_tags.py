@@ -7,8 +7,15 @@ from typing import Any
 from django import template
 
 from webserver.monitoring import queries
+from webserver.problems.privacy import format_number
 
 register = template.Library()
+
+
+@register.filter(name="privacy_number")
+def privacy_number(value: float | None) -> str:
+    """A site's reported ε, δ, noise multiplier or clipping norm (dashboard.js formats them the same way)."""
+    return format_number(value)
 
 
 @register.inclusion_tag("monitoring/_problem_panel.html", takes_context=True)

@@ -1,7 +1,7 @@
 /*
  * The training dashboard: polls the dashboard API every 2 s (every 10 s once the
- * run is over) and redraws status, infrastructure, rounds, charts, participants
- * and logs. Everything shown comes from the coordinator, which runs the problem's
+ * run is over) and redraws status, infrastructure, rounds, charts, participants,
+ * the sites' privacy reports and logs. Everything shown comes from the coordinator, which runs the problem's
  * own code, so it is inserted as text, never as HTML.
  *
  * The page arrives without rounds. The first request fetches them all; later ones
@@ -22,7 +22,6 @@
   const FAST = 2000;
   const SLOW = 10000;
   const TABLE_ROWS = 50; // the table shows the latest rounds; "show all" shows the rest
-  const CHART_POINTS = 500; // per series; more cannot be told apart at a chart's width
   const RECHECK = 2; // rounds always asked for again
   const MODEL_WINDOW = 10; // how far back a round without a model yet is asked for again
   const REJECTED_WHY = "Client replies the coordinator refused as malformed or hostile (NaN/Inf, wrong shapes, …)";
@@ -257,6 +256,11 @@
     const rows = d.participants.map((p) => {
       const tr = node("tr");
       cell(tr, p.site);
+      if (p.stopped_for_budget) {
+        const flag = node("span", "stopped for budget", "badge exhausted");
+        flag.title = "The site's privacy budget is spent: it stopped training (see Privacy below).";
+        tr.lastChild.append(" ", flag);
+      }
       cell(tr, p.last_round === null ? "–" : p.last_round);
       cell(tr, p.last_kind || "–");
       cell(tr, p.rounds);
@@ -275,6 +279,49 @@
       line.append(text + ". ");
       if (d.run) line.append(link(d.run.participants_csv, "All sites as CSV"));
     }
+  }
+
+  // Numbers as the page renders them (the privacy_number filter): at most 3 decimals, tiny ones as 1e-5.
+  function num(v) {
+    if (v === null || v === undefined) return "–";
+    const n = Number(v);
+    if (n !== 0 && Math.abs(n) < 1e-3) return n.toExponential();
+    return String(Number(n.toFixed(3)));
+  }
+
+  function renderPrivacy(d) {
+    const s = d.privacy_summary || { requirement: {}, requirement_text: "", total: 0, shown: 0, exhausted: 0 };
+    $("privacy-requirement").textContent = `Requirement: ${s.requirement_text}`;
+    const rows = (d.privacy || []).map((r) => {
+      const tr = node("tr");
+      tr.dataset.siteState = r.state;
+      cell(tr, r.site);
+      cell(tr, num(r.epsilon));
+      cell(tr, num(r.delta));
+      if (r.epsilon_cap === null) cell(tr, "none", "muted"); else cell(tr, num(r.epsilon_cap));
+      cell(tr, num(r.noise_multiplier));
+      cell(tr, num(r.clipping_norm));
+      cell(tr, `${r.run_releases} / ${r.releases}`);
+      const td = node("td");
+      if (r.state === "exhausted") {
+        td.append(node("span", "stopped for budget", "badge exhausted"));
+        if (r.reason) td.append(" ", node("span", r.reason, "muted"));
+      } else {
+        td.append(node("span", "active", "badge active"));
+      }
+      tr.appendChild(td);
+      return tr;
+    });
+    let empty = "No site reported a privacy budget in this run.";
+    if (s.requirement && s.requirement.min_noise_multiplier) {
+      empty += " This problem requires noise of every site: a site that reports nothing is running an older client.";
+    }
+    fill($("privacy-body"), rows, 8, empty);
+    const line = $("privacy-summary");
+    let text = s.exhausted ? `${s.exhausted} site${s.exhausted === 1 ? "" : "s"} stopped for budget. ` : "";
+    if (s.total > s.shown) text += `The first ${s.shown} of ${s.total} sites are listed (those stopped for budget first).`;
+    line.textContent = text;
+    line.hidden = !text;
   }
 
   function renderLogs(d) {
@@ -320,86 +367,15 @@
     box.replaceChildren(...labels);
   }
 
-  // At most `max` rounds, evenly spread, the first and the last always among them.
-  function downsample(rounds, max) {
-    if (rounds.length <= max) return rounds;
-    const step = (rounds.length - 1) / (max - 1);
-    const out = [];
-    for (let i = 0; i < max; i++) out.push(rounds[Math.round(i * step)]);
-    return out;
-  }
-
-  function points(rounds, key) {
-    return downsample(rounds, CHART_POINTS).map((r) => [r.round, r[key]]);
-  }
-
-  // How a run's attempts are drawn. A resumed attempt continues the line where the one before
-  // stopped (round numbers go on), so a resumed run is one curve; an attempt that could not resume
-  // counts from round 1 again and starts the line anew. Either way the rounds an attempt did again
-  // leave the line, which is always the latest attempt's view of the run. They are drawn as one
-  // lighter "earlier attempts" series, broken between attempts, so the chart never zig-zags back to
-  // round 1 and nothing reported is hidden. Each attempt after the first gets a marker where it began.
-  function attemptLines(rounds) {
-    const byAttempt = new Map();
-    for (const r of rounds) {
-      const a = r.attempt || 1;
-      if (!byAttempt.has(a)) byAttempt.set(a, []);
-      byAttempt.get(a).push(r);
-    }
-    let line = [];
-    const earlier = []; // segments of rounds a later attempt did again
-    const markers = [];
-    for (const [attempt, own] of [...byAttempt.entries()].sort((a, b) => a[0] - b[0])) {
-      own.sort((a, b) => a.round - b.round);
-      const first = own[0].round;
-      const redone = line.filter((r) => r.round >= first);
-      if (redone.length) earlier.push(redone);
-      line = line.filter((r) => r.round < first).concat(own);
-      if (attempt > 1) markers.push({ x: first, label: `${first > 1 ? "resumed" : "restarted"}, attempt ${attempt}` });
-    }
-    return { line, earlier, markers };
-  }
-
-  // The earlier attempts' segments as one series, with a gap (a null point) between segments.
-  function segmentPoints(segments, key) {
-    return segments.flatMap((seg, i) => (i ? [[seg[0].round, null]] : []).concat(points(seg, key)));
-  }
-
-  const palette = window.FedotaChart.palette;
-  let lossChart = null;
-  let accChart = null;
-
   function drawCharts() {
     const d = state.data;
     if (!d) return;
     const runs = [];
     if (d.run) runs.push({ number: d.run.number, rounds: state.rounds || [], current: true });
     for (const r of state.compared) if (!d.run || r.number !== d.run.number) runs.push(r);
-    const label = (r, what) => (runs.length > 1 ? `run ${r.number} ${what}` : what);
-    const loss = [];
-    const acc = [];
-    let markers = [];
-    runs.forEach((r, i) => {
-      const color = palette[i % palette.length];
-      const { line, earlier, markers: began } = attemptLines(r.rounds);
-      // Where the shown run's coordinator was restarted; compared runs' restarts would crowd the chart.
-      if (r.current) markers = began;
-      loss.push({ name: label(r, "train loss"), points: points(line, "train_loss"), color });
-      loss.push({ name: label(r, "eval loss"), points: points(line, "eval_loss"), color, dashed: true });
-      acc.push({ name: label(r, "eval accuracy"), points: points(line, "eval_acc"), color });
-      if (!earlier.length) return;
-      const before = (what) => label(r, `${what}, earlier attempts`);
-      loss.push({ name: before("train loss"), points: segmentPoints(earlier, "train_loss"), color, faded: true });
-      loss.push({
-        name: before("eval loss"), points: segmentPoints(earlier, "eval_loss"), color, dashed: true, faded: true,
-      });
-      acc.push({ name: before("eval accuracy"), points: segmentPoints(earlier, "eval_acc"), color, faded: true });
-    });
-    const lossOpts = { xLabel: "round", yLabel: "loss", series: loss, markers };
-    // Fitted to the data (small gains stay visible), but never beyond the [0, 1] an accuracy lives in.
-    const accOpts = { xLabel: "round", yLabel: "accuracy", series: acc, yClamp: [0, 1], markers };
-    if (!lossChart) lossChart = window.FedotaChart.line($("chart-loss"), lossOpts); else lossChart.update(lossOpts);
-    if (!accChart) accChart = window.FedotaChart.line($("chart-acc"), accOpts); else accChart.update(accOpts);
+    // A zoom, a pan or a series hidden in the legend lasts across polls, until another run is shown.
+    const revision = d.run ? `run ${d.run.number}` : "no run";
+    window.FedotaCharts.draw({ loss: $("chart-loss"), acc: $("chart-acc") }, runs, revision);
   }
 
   async function refreshCompared() {
@@ -420,6 +396,7 @@
     renderServices(d);
     if (roundsChanged) renderRounds();
     renderParticipants(d);
+    renderPrivacy(d);
     renderLogs(d);
     renderCompare(d);
     if (roundsChanged) drawCharts();
