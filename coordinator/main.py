@@ -22,11 +22,12 @@ from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
 from coordinator.roster import RosterPoller
 from coordinator.rounds import RoundTracker, SecAggWatch
 from coordinator.servicer import CoordinatorServicer
+from fedota_common import metrics as metrics_lib
 from fedota_common import payload
 from fedota_common import tls as tlsconf
 from fedota_common.fab import FabError, extract, load_app
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
-from fedota_common.metrics import CoordinatorMetrics, MetricsServer, serve
+from fedota_common.metrics import CoordinatorMetrics
 from fedota_common.replies import NAMES as REPLY_POLICIES
 from fedota_common.replies import builtin_app_names, default_policy_name, reply_policy
 from fedota_common.settings import (
@@ -57,13 +58,7 @@ KEYS = [
     tlsconf.KEY,
     tlsconf.insecure_key("serve selectors over plaintext gRPC, no token needed"),
     Key("health-listen", str, "127.0.0.1:0", "plaintext loopback address for health checks (port 0 picks one)"),
-    Key(
-        "metrics-listen",
-        str,
-        "",
-        "address:port serving Prometheus metrics over HTTP at /metrics, for the platform's network only "
-        "(empty: off; port 0 picks one; docs/metrics.md)",
-    ),
+    metrics_lib.LISTEN,
     Key("run-config", run_config, {}, "run config overrides: JSON object or 'key=value key2=value2'"),
     Key("run-id", int, 1, "run id passed to the ServerApp's Context"),
     Key("round-timeout", positive_float, 600.0, "seconds a round waits for replies at most"),
@@ -303,13 +298,7 @@ def run(settings: Settings) -> int:
     if bound is None:
         return 2
     address, health_address = bound
-    metrics_server: MetricsServer | None = None
-    if settings.metrics_listen:
-        try:
-            metrics_server = serve(settings.metrics_listen, metrics.registry)
-        except OSError as exc:
-            print(f"error: cannot serve metrics on {settings.metrics_listen}: {exc}", file=sys.stderr)
-            return 2
+    metrics_server = metrics_lib.start(settings.metrics_listen, metrics.registry)
     server.start()
     _stop_on_signal(hub, server)
     (state_dir / "coordinator.json").write_text(

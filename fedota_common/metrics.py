@@ -13,6 +13,7 @@ Labels are bounded: a rejection's reason is one of `REASONS` (anything else coun
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
@@ -21,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from fedota_common.settings import Key
 
 # Why replies are refused, as `RejectedReply.reason` and the selector's claim checks name it.
 REASONS = (
@@ -166,3 +169,28 @@ def serve(listen: str, registry: CollectorRegistry) -> MetricsServer:
     bound = server.server_port
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     return MetricsServer(server, thread, f"{shown}:{bound}")
+
+
+# The setting every service that serves metrics takes (coordinator, selector).
+LISTEN = Key(
+    "metrics-listen",
+    str,
+    "",
+    "address:port serving Prometheus metrics over HTTP at /metrics, for the platform's network only, "
+    "on a port of its own (empty: off; port 0 picks one; docs/metrics.md)",
+)
+
+
+def start(listen: str, registry: CollectorRegistry) -> MetricsServer | None:
+    """`serve` at `listen` (the LISTEN setting), or None when it is empty (metrics off).
+
+    A service that was asked for metrics and cannot serve them does not start: it says
+    why on stderr and exits with status 2, as for any other bad setting.
+    """
+    if not listen:
+        return None
+    try:
+        return serve(listen, registry)
+    except OSError as exc:
+        print(f"error: cannot serve metrics on {listen}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc

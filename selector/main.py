@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedota_common import chunkwire, payload
+from fedota_common import metrics as metrics_lib
 from fedota_common import tls as tlsconf
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
-from fedota_common.metrics import MetricsServer, SelectorMetrics, serve
+from fedota_common.metrics import SelectorMetrics
 from fedota_common.replies import FLOWER, ReplyPolicy, reply_policy
 from fedota_common.settings import Key, SettingsError, load, positive_float, service_main
 from protos.coordinator.v1 import coordinator_pb2 as cpb
@@ -64,13 +65,7 @@ KEYS = [
     COORDINATOR_CA,
     tlsconf.insecure_key("plaintext gRPC to clients and to the coordinator, no token needed"),
     Key("health-listen", str, "127.0.0.1:0", "plaintext loopback address for health checks (port 0 picks one)"),
-    Key(
-        "metrics-listen",
-        str,
-        "",
-        "address:port serving Prometheus metrics over HTTP at /metrics, for the platform's network only, "
-        "never the clients' port (empty: off; port 0 picks one; docs/metrics.md)",
-    ),
+    metrics_lib.LISTEN,
     Key("log-level", str, "INFO", "log level"),
 ]
 
@@ -161,13 +156,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     if bound is None:
         return 2
     address, health_address = bound
-    metrics_server: MetricsServer | None = None
-    if settings.metrics_listen:
-        try:
-            metrics_server = serve(settings.metrics_listen, metrics.registry)
-        except OSError as exc:
-            print(f"error: cannot serve metrics on {settings.metrics_listen}: {exc}", file=sys.stderr)
-            return 2
+    metrics_server = metrics_lib.start(settings.metrics_listen, metrics.registry)
     metrics_address = metrics_server.address if metrics_server else ""
     server.start()
     if settings.state_file is not None:

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.hub import Hub
-from fedota_common.metrics import REASONS, CoordinatorMetrics, SelectorMetrics, reason_label, serve
+from fedota_common.metrics import REASONS, CoordinatorMetrics, SelectorMetrics, reason_label, serve, start
 
 
 def _value(metrics: CoordinatorMetrics | SelectorMetrics, name: str, **labels: str) -> float:
@@ -89,3 +89,13 @@ def test_the_endpoint_serves_prometheus_text_with_process_metrics() -> None:
 def test_a_bad_listen_address_is_an_error() -> None:
     with pytest.raises(OSError):
         serve("nonsense", SelectorMetrics().registry)
+
+
+def test_a_service_starts_metrics_only_when_asked_and_stops_on_a_bad_address(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert start("", CoordinatorMetrics().registry) is None
+    with pytest.raises(SystemExit) as stopped:
+        start("nowhere", CoordinatorMetrics().registry)
+    assert stopped.value.code == 2
+    assert "cannot serve metrics on nowhere" in capsys.readouterr().err
