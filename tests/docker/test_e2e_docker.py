@@ -200,12 +200,23 @@ class Platform:
     # -- HTTP ------------------------------------------------------------------------------------
 
     def api(
-        self, method: str, path: str, token: str | None = None, body: Any = None, expect: tuple[int, ...] = (200,)
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        expect: tuple[int, ...] = (200,),
+        files: dict[str, Any] | None = None,
     ) -> Any:
+        """The JSON answer of an API call that must answer one of `expect` (multipart with `body` as fields when
+        `files`)."""
         import requests
 
         headers = {"Authorization": f"Token {token}"} if token else {}
-        resp = requests.request(method, self.url + path, json=body, headers=headers, timeout=60)
+        if files is None:
+            resp = requests.request(method, self.url + path, json=body, headers=headers, timeout=60)
+        else:
+            resp = requests.request(method, self.url + path, data=body, files=files, headers=headers, timeout=60)
         assert resp.status_code in expect, (
             f"{method} {path} answered {resp.status_code} (expected {expect}): {resp.text[:2000]}"
         )

@@ -34,8 +34,13 @@ from tests.docker.test_swarm_spawner import _nothing_left
 from webserver.spawner.swarm import SwarmSpawner
 
 WORKERS = 2
-# Long enough (about 0.7 s a round here) for the lost node to be replaced mid-run.
+# A trains tests/apps/counting, paced by its clients (CLIENT_DELAY s a round) until the lost
+# node's selector is back, so that the run outlasts the reschedule (up to 180 s) on any
+# machine: the built-in app's pace (0.4 to 0.7 s a round) once ended all its rounds
+# first. Then `.no-delay` in the data folders lets the rest of the rounds run at once.
 ROUNDS = 120
+CLIENT_DELAY = 2.0
+COUNTING = Path(__file__).resolve().parents[1] / "apps" / "counting"
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -98,6 +103,7 @@ def test_two_problems_published_on_the_website_spread_over_nodes_and_survive_a_l
     cluster: dict[str, Any], docker_prefix: str, tmp_path: Path
 ) -> None:
     """Issue 17 part 3: the website's API, the bundles' `docker run` lines, a node lost mid-run."""
+    from fedota_common.fab import load_app
     from scripts.make_demo_data import make_breast_cancer
     from tests.docker.test_e2e_docker import HOLDERS, SETTER, running_platform
 
@@ -121,28 +127,36 @@ def test_two_problems_published_on_the_website_spread_over_nodes_and_survive_a_l
         try:
             setter = site.token(SETTER)
 
-            def publish(title: str, run_config: dict[str, Any]) -> int:
-                made = site.api(
-                    "POST",
-                    "/api/v1/problems/",
-                    setter,
-                    {
-                        "title": title,
-                        "description": "Tell malignant from benign tumours.",
-                        "contract": contract,
-                        "app_template": "tabular",
-                        "run_config": run_config,
-                        "join_policy": "approval",
-                    },
-                    expect=(201,),
-                )
+            def publish(title: str, run_config: dict[str, Any], fab: bytes | None = None) -> int:
+                fields = {
+                    "title": title,
+                    "description": "Tell malignant from benign tumours.",
+                    "contract": contract,
+                    "run_config": run_config,
+                    "join_policy": "approval",
+                }
+                if fab is None:
+                    made = site.api("POST", "/api/v1/problems/", setter, {**fields, "app_template": "tabular"}, (201,))
+                else:
+                    form = {
+                        name: value if isinstance(value, str) else json.dumps(value) for name, value in fields.items()
+                    }
+                    made = site.api("POST", "/api/v1/problems/", setter, form, (201,), files={"fab": ("app.fab", fab)})
                 site.api("POST", f"/api/v1/problems/{made['id']}/publish/", setter, expect=(201,))
                 return int(made["id"])
 
             # A: two hospitals on two selectors, long enough to lose a node in the middle. B: one.
             a = publish(
                 "Across nodes A",
-                {"rounds": ROUNDS, "num_selectors": 2, "min_clients": 2, "clients_per_round": 0, "round_timeout": 120},
+                {
+                    "rounds": ROUNDS,
+                    "num_selectors": 2,
+                    "min_clients": 2,
+                    "clients_per_round": 0,
+                    "round_timeout": 120,
+                    "app_config": {"client-delay": CLIENT_DELAY},
+                },
+                load_app(COUNTING).content,
             )
             b = publish("Across nodes B", {"rounds": 3, "num_selectors": 1, "min_clients": 1, "round_timeout": 120})
             site.wait_run(setter, a, "running", 300)
@@ -209,6 +223,8 @@ def test_two_problems_published_on_the_website_spread_over_nodes_and_survive_a_l
                 f"(lost after round {lost_at}): {spawner.nodes(a)}"
             )
             assert len(rounds(a)) < ROUNDS, "A ended before its selector came back: the test proves nothing"
+            for folder in data[:2]:
+                (folder / ".no-delay").touch()
 
             def finished(problem_id: int, total: int) -> bool:
                 run = site.latest_run(setter, problem_id)
