@@ -2,8 +2,8 @@
 # shellcheck disable=SC2317  # the phase functions are only called through `phase`
 # Everything CI checks, as phases: install, locks match pyproject.toml, generated-code
 # drift, lint, types, the Docker engine and images, all tests on SQLite (on parallel
-# workers; tests/docker alone after the rest), then the web tests again on a throwaway
-# PostgreSQL server. Every phase runs even when an earlier one failed (only a failed
+# workers; tests/docker after the rest, its swarm files alone), then the web tests again
+# on a throwaway PostgreSQL server. Every phase runs even when an earlier one failed (only a failed
 # install stops the rest: nothing else could run); the end is one summary of all phases,
 # and the exit status is non-zero if any failed.
 # With arguments, only `pytest ARGS` runs after the checks (e.g. tests/unit; add -n 3 to
@@ -124,12 +124,22 @@ fi
 # them fill the gaps (--no-loadscope-reorder keeps that order: xdist's default puts the
 # files with most tests first, and so the e2e files last). Each worker has its own test
 # database and var folder (tests/conftest.py).
-# tests/docker runs alone afterwards: its tests share one engine, and the session ends
-# by checking that nothing labelled with its prefix is left.
+# tests/docker runs afterwards, on 2 workers: its tests share one engine, and each
+# worker's session ends by checking that nothing labelled with its own prefix is left.
+# Its swarm files run after the rest, alone: each makes this engine a swarm manager and
+# leaves the swarm at its end, and the multi-node one loads gigabytes of images into
+# engines in containers; beside them, other tests' containers saw their DNS time out.
 xdist=(-n "${PYTEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder)
 phase "pytest (SQLite, ${PYTEST_WORKERS:-3} workers; all but tests/docker)" \
   python -m pytest -q "${xdist[@]}" --ignore=tests/docker
-phase "pytest tests/docker (SQLite, serial)" python -m pytest -q tests/docker
+docker_tests() {
+  local rc=0
+  python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests/docker \
+    --ignore-glob='tests/docker/test_swarm_*' || rc=1
+  python -m pytest -q tests/docker/test_swarm_*.py || rc=1
+  return "$rc"
+}
+phase "pytest tests/docker (SQLite; 2 workers, then the swarm files alone)" docker_tests
 
 postgres() {
   local rc

@@ -7,6 +7,7 @@ several threads, must all open the same database.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 from collections.abc import Iterator
@@ -79,28 +80,49 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# Files that take longest, handed out first so that the short ones fill the other workers
+# around them: tests/e2e's federations, and in tests/docker whole platforms and swarms.
+LONG_FIRST = (
+    "tests/e2e/",
+    SWARM_SCOPE := "tests/docker/test_swarm_*",
+    "tests/docker/test_chaos.py",
+    "tests/docker/test_e2e_docker.py",
+    "tests/docker/test_compose_platform.py",
+    "tests/docker/test_arm64_client.py",
+)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Under `--dist loadfile`, hand out tests/e2e's files first.
+    """Under `--dist loadfile`, hand out the longest files first, and the swarm files as one.
 
     They are the long ones (whole federations; test_federation.py alone takes minutes),
     but pytest-django moves tests without a database behind the rest, so in collection
     order they came last and the run ended with one worker still training. Started
     first, the many short files fill the other workers around them.
+
+    tests/docker's swarm files each make this engine a swarm manager and leave the swarm
+    at their end: on two workers at once, one would pull the swarm from under the other,
+    so they are one unit of work, run one after the other on one worker.
     """
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class E2eFirst(LoadFileScheduling):  # type: ignore[misc]
+    class LongFirst(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            scope = str(super()._split_scope(nodeid))
+            return SWARM_SCOPE if fnmatch.fnmatch(scope, SWARM_SCOPE) else scope
+
         # Only the queue of files is reordered: workers are sent indexes into the
         # collection, which must stay as every worker collected it.
         def _assign_work_unit(self, node: Any) -> None:
-            for scope in reversed([s for s in self.workqueue if s.startswith("tests/e2e/")]):
-                self.workqueue.move_to_end(scope, last=False)
+            for first in reversed(LONG_FIRST):
+                for scope in reversed([s for s in self.workqueue if s.startswith(first) or s == first]):
+                    self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
 
-    return E2eFirst(config, log)
+    return LongFirst(config, log)
 
 
 @pytest.fixture
