@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from tests.web.test_dashboard_charts_browser import plotted, wait_for_points
+from tests.web.test_dashboard_charts_browser import _event, plotted, wait_for_points
 from webserver.monitoring.models import Checkpoint
 from webserver.problems.models import Run
 
@@ -34,10 +32,6 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 1100})
     yield context
     context.close()
-
-
-def _event(kind: str, **data: Any) -> dict[str, Any]:
-    return {"event_id": uuid.uuid4().hex, "ts": time.time(), "kind": kind, **data}
 
 
 def _round(number: int, train_loss: float = 0.3, **extra: Any) -> dict[str, Any]:
