@@ -342,7 +342,15 @@ def test_a_multipart_contract_nested_too_deep_is_a_400(api: APIClient, tabular_f
 
 
 @pytest.mark.parametrize(
-    "url", ["/api/v1/problems/abc/", "/api/v1/problems/1%0A/publish/", "/api/v1/runs/x/rounds/", "/api/v1/nothing"]
+    "url",
+    [
+        "/api/v1/problems/abc/",
+        "/api/v1/problems/1%0A/publish/",
+        "/api/v1/runs/x/rounds/",
+        "/api/v1/nothing",
+        "/api/v2/problems/",
+        "/api/nothing",
+    ],
 )
 def test_a_path_no_route_takes_is_a_json_404(api: APIClient, url: str) -> None:
     # It was Django's HTML page (for a POST, a CSRF 403 in HTML), which the schema does not declare.
@@ -354,6 +362,8 @@ def test_a_path_no_route_takes_is_a_json_404(api: APIClient, url: str) -> None:
 def test_a_path_without_its_slash_is_still_redirected(api: APIClient) -> None:
     response = api.get("/api/v1/problems", {"q": "x"})
     assert response.status_code == 301 and response["Location"] == "/api/v1/problems/?q=x"
+    response = api.get("/api/schema", {"format": "json"})
+    assert response.status_code == 301 and response["Location"] == "/api/schema/?format=json"
 
 
 @pytest.mark.parametrize("runs", ["-1", "1_0", "+1", "one", "1 2"])
