@@ -21,7 +21,7 @@ from typing import Any
 
 from celery.signals import task_failure, task_retry, task_success
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -130,3 +130,37 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if not _allowed(request):
         raise Http404("not found")
     return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+@never_cache
+@require_safe
+def targets_view(request: HttpRequest) -> JsonResponse:
+    """Prometheus's HTTP service discovery: every running problem's services that serve metrics.
+
+    For `http_sd_configs` (same access as /metrics). Each target group is one service, labelled
+    with its problem, run number, role and index, so a series says which problem it is of.
+    """
+    from webserver.problems.models import RunStatus, Service, ServiceHealth
+
+    if not _allowed(request):
+        raise Http404("not found")
+    services = (
+        Service.objects.filter(run__status=RunStatus.RUNNING)
+        .exclude(metrics="")
+        .exclude(health__in=(ServiceHealth.EXITED, ServiceHealth.REMOVED))
+        .select_related("run")
+        .order_by("run__problem_id", "role", "index")
+    )
+    groups = [
+        {
+            "targets": [service.metrics],
+            "labels": {
+                "fedota_problem": str(service.run.problem_id),
+                "fedota_run": str(service.run.number),
+                "fedota_role": service.role,
+                "fedota_index": str(service.index),
+            },
+        }
+        for service in services
+    ]
+    return JsonResponse(groups, safe=False)

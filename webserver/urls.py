@@ -13,6 +13,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", health.healthz, name="healthz"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    path("metrics/targets", metrics.targets_view, name="metrics-targets"),
     path("admin/", admin.site.urls),
     path("accounts/", include("webserver.accounts.urls")),
     path("problems/", include("webserver.problems.urls")),

@@ -20,6 +20,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -88,20 +89,14 @@ def federation(tmp_path: Path) -> Iterator[dict[str, str]]:
                 proc.communicate()
 
 
-@pytest.fixture
-def prometheus(tmp_path: Path, federation: dict[str, str]) -> Iterator[str]:
-    """A Prometheus server scraping the federation every second; its base URL."""
+@contextmanager
+def running_prometheus(tmp_path: Path, scrape_configs: list[dict[str, Any]]) -> Iterator[str]:
+    """A Prometheus server with these scrape configs, scraping every second; its base URL."""
     if not PROMETHEUS.is_file() or not os.access(PROMETHEUS, os.X_OK):
         _unavailable(f"{PROMETHEUS} is not installed")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "fedota-coordinator", "static_configs": [{"targets": [federation["coordinator"]]}]},
-            {
-                "job_name": "fedota-selector",
-                "static_configs": [{"targets": [federation["selector-1"], federation["selector-2"]]}],
-            },
-        ],
+        "scrape_configs": scrape_configs,
     }
     # JSON is YAML: Prometheus reads it as its configuration file.
     (tmp_path / "prometheus.yml").write_text(json.dumps(config))
@@ -140,6 +135,20 @@ def prometheus(tmp_path: Path, federation: dict[str, str]) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, federation: dict[str, str]) -> Iterator[str]:
+    """A Prometheus server scraping the federation every second; its base URL."""
+    scrape = [
+        {"job_name": "fedota-coordinator", "static_configs": [{"targets": [federation["coordinator"]]}]},
+        {
+            "job_name": "fedota-selector",
+            "static_configs": [{"targets": [federation["selector-1"], federation["selector-2"]]}],
+        },
+    ]
+    with running_prometheus(tmp_path, scrape) as url:
+        yield url
 
 
 def query(url: str, promql: str) -> list[dict[str, Any]]:
@@ -208,3 +217,66 @@ def test_every_query_of_the_grafana_board_runs_on_prometheus(prometheus: str) ->
         assert time.monotonic() < end, f"panels without data after 90 s: {sorted(empty)}"
         time.sleep(1.0)
     assert len(answered) >= 14
+
+
+DISCOVERY_TOKEN = "prometheus-discovery-token"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.django_db(transaction=True)
+def test_prometheus_finds_a_published_problems_services_through_the_website(
+    settings: Any, tmp_path: Path, live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process backend serves each service's metrics on loopback; /metrics/targets lists them
+    for Prometheus's HTTP service discovery, labelled with their problem; Prometheus scrapes them."""
+    from tests.integration.conftest import make_user
+    from tests.integration.test_celery_worker import _port_base_for, _problem
+    from webserver.problems import lifecycle, tasks
+    from webserver.problems.models import Run, RunStatus
+    from webserver.spawner.process import ProcessSpawner
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.FEDOTA_STATE_DIR = tmp_path / "problems"
+    settings.FEDOTA_METRICS_TOKEN = DISCOVERY_TOKEN
+    settings.FEDOTA_INTERNAL_URL = "http://127.0.0.1:9"
+    owner = make_user("owner", "setter")
+    problem = _problem(owner)
+    settings.FEDOTA_SELECTOR_PORT_BASE = _port_base_for(problem.pk)
+    spawner = ProcessSpawner(settings.FEDOTA_STATE_DIR, metrics=True)
+    scrape = [
+        {
+            "job_name": "fedota-problems",
+            "http_sd_configs": [
+                {
+                    "url": f"{live_server.url}/metrics/targets",
+                    "refresh_interval": "1s",
+                    # `type` spelled out: Debian's Prometheus 2.42 sent the bare token without it.
+                    "authorization": {"type": "Bearer", "credentials": DISCOVERY_TOKEN},
+                }
+            ],
+        }
+    ]
+    # The launch runs here, not in a worker: nothing is left in the broker for another test's worker.
+    monkeypatch.setattr(tasks.publish, "delay_on_commit", lambda *args, **kwargs: None)
+    try:
+        run = lifecycle.run_start(problem=problem, user=owner)
+        lifecycle.run_launch(run_id=run.pk, spawner=spawner)
+        run = Run.objects.get(pk=run.pk)
+        assert run.status == RunStatus.RUNNING, run.status_detail
+        served = dict(run.services.values_list("role", "metrics").order_by("role", "index"))
+        assert all(address.startswith("127.0.0.1:") for address in served.values()), served
+        with running_prometheus(tmp_path, scrape) as url:
+            up = _eventually(url, 'up{job="fedota-problems"} == 1', lambda r: len(r) == 3)
+            labels = sorted((s["metric"]["fedota_role"], s["metric"]["fedota_index"]) for s in up)
+            assert labels == [("coordinator", "0"), ("selector", "0"), ("selector", "1")]
+            assert {s["metric"]["fedota_problem"] for s in up} == {str(problem.pk)}
+            assert {s["metric"]["fedota_run"] for s in up} == {str(run.number)}
+            # What the operator asks per problem: both selectors attached to its coordinator.
+            attached = _eventually(
+                url,
+                f'fedota_coordinator_selectors_connected{{fedota_problem="{problem.pk}"}}',
+                lambda r: bool(r) and float(r[0]["value"][1]) == 2,
+            )
+            assert attached[0]["metric"]["fedota_role"] == "coordinator"
+    finally:
+        spawner.stop(problem.pk)

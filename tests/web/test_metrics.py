@@ -86,3 +86,38 @@ def test_celery_task_outcomes_are_counted_by_task_name() -> None:
     assert broken.apply().failed()
     assert _sample("fedota_celery_tasks_total", task="tests.metrics.ok", outcome="success") == succeeded + 1
     assert _sample("fedota_celery_tasks_total", task="tests.metrics.broken", outcome="failure") == failed + 1
+
+
+def test_targets_list_running_problems_services_that_serve_metrics_for_prometheus_discovery(
+    settings: Any, users: dict[str, Any], make_problem: Any
+) -> None:
+    from webserver.problems.models import Run, RunStatus, Service, ServiceHealth
+
+    settings.FEDOTA_METRICS_TOKEN = TOKEN
+    settings.FEDOTA_METRICS_NETWORKS = []
+    running = Run.objects.create(problem=make_problem(users["owner"]), number=2, status=RunStatus.RUNNING)
+    Service.objects.create(run=running, role="coordinator", health=ServiceHealth.HEALTHY, metrics="127.0.0.1:9301")
+    Service.objects.create(
+        run=running, role="selector", index=1, health=ServiceHealth.STARTING, metrics="127.0.0.1:9302"
+    )
+    # Not listed: a dead service, one without metrics, and the services of a run that ended.
+    Service.objects.create(run=running, role="selector", index=0, health=ServiceHealth.EXITED, metrics="127.0.0.1:9303")
+    Service.objects.create(run=running, role="selector", index=2, health=ServiceHealth.HEALTHY)
+    ended = Run.objects.create(problem=make_problem(users["owner"]), number=1, status=RunStatus.FINISHED)
+    Service.objects.create(run=ended, role="coordinator", health=ServiceHealth.HEALTHY, metrics="127.0.0.1:9304")
+
+    assert Client().get("/metrics/targets").status_code == 404
+    assert Client().get("/metrics/targets", HTTP_AUTHORIZATION="Bearer wrong").status_code == 404
+    resp = Client().get("/metrics/targets", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert resp.status_code == 200 and resp["Content-Type"] == "application/json"
+    problem = str(running.problem_id)
+    assert resp.json() == [
+        {
+            "targets": ["127.0.0.1:9301"],
+            "labels": {"fedota_problem": problem, "fedota_run": "2", "fedota_role": "coordinator", "fedota_index": "0"},
+        },
+        {
+            "targets": ["127.0.0.1:9302"],
+            "labels": {"fedota_problem": problem, "fedota_run": "2", "fedota_role": "selector", "fedota_index": "1"},
+        },
+    ]

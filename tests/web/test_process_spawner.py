@@ -96,6 +96,40 @@ def test_services_come_up_on_the_problems_ports_and_stop_leaves_nothing(spawner:
     assert all(s.health == "healthy" for s in again), again
 
 
+def test_services_serve_metrics_on_loopback_only_when_asked_and_a_restart_serves_them_again(
+    tmp_path: Path, spec: RunSpec
+) -> None:
+    import time
+    import urllib.request
+
+    spec = replace(spec, num_selectors=1, selector_ports=spec.selector_ports[:1])
+    quiet = ProcessSpawner(tmp_path / "quiet")
+    try:
+        assert [s.metrics for s in quiet.start(spec)] == ["", ""]
+    finally:
+        quiet.stop(PROBLEM)
+
+    served = ProcessSpawner(tmp_path / "served", metrics=True)
+    try:
+        states = {s.role: s for s in served.start(spec)}
+        for role, state in states.items():
+            assert state.metrics.startswith("127.0.0.1:"), state
+            with urllib.request.urlopen(f"http://{state.metrics}/metrics", timeout=5) as resp:
+                assert f"fedota_{role}_".encode() in resp.read()
+        # A killed selector serves nothing; restarted, it serves again (on a port of its own).
+        os.killpg(int(states["selector"].handle), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (dead := next(s for s in served.status(PROBLEM) if s.role == "selector")).health != "exited":
+            assert time.monotonic() < deadline, dead
+            time.sleep(0.1)
+        assert dead.metrics == ""
+        again = served.restart(PROBLEM, "selector", 0)
+        with urllib.request.urlopen(f"http://{again.metrics}/metrics", timeout=5) as resp:
+            assert b"fedota_selector_" in resp.read()
+    finally:
+        served.stop(PROBLEM)
+
+
 def test_a_killed_selector_shows_as_exited(spawner: ProcessSpawner, spec: RunSpec) -> None:
     states = spawner.start(replace(spec, num_selectors=1, selector_ports=spec.selector_ports[:1]))
     selector = next(s for s in states if s.role == "selector")

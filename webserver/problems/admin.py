@@ -18,7 +18,7 @@ class ProblemAdmin(admin.ModelAdmin):
 class ServiceInline(admin.TabularInline):
     model = Service
     extra = 0
-    fields = ("role", "index", "handle", "address", "health", "clients_connected", "detail", "updated_at")
+    fields = ("role", "index", "handle", "address", "metrics", "health", "clients_connected", "detail", "updated_at")
     readonly_fields = fields
     can_delete = False
 

@@ -225,7 +225,13 @@ def _record_services(run: Run, states: list[ServiceState]) -> None:
             run=run,
             role=state.role,
             index=state.index,
-            defaults={"handle": state.handle, "address": state.address, "health": state.health, "detail": state.detail},
+            defaults={
+                "handle": state.handle,
+                "address": state.address,
+                "health": state.health,
+                "detail": state.detail,
+                "metrics": state.metrics,
+            },
         )
         seen.add((state.role, state.index))
     for service in run.services.exclude(health=ServiceHealth.REMOVED):
@@ -594,6 +600,7 @@ def _reconcile_running(spawner: Spawner, run: Run, report: ReconcileReport) -> N
                 address=state.address,
                 health=state.health,
                 detail=state.detail,
+                metrics=state.metrics,
                 updated_at=timezone.now(),
             )
             _event(run, f"{name} restarted ({state.handle}, {state.address or 'no address'})", level="INFO")

@@ -128,6 +128,8 @@ class Service(models.Model):
     health = models.CharField(max_length=16, choices=ServiceHealth.choices, default=ServiceHealth.STARTING)
     detail = models.TextField(blank=True)
     clients_connected = models.PositiveIntegerField(default=0)
+    # host:port of its Prometheus metrics for the platform's own Prometheus; "" when not served.
+    metrics = models.CharField(max_length=200, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

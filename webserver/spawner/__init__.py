@@ -34,6 +34,7 @@ def get_spawner(name: str | None = None) -> Spawner:
             settings.FEDOTA_STATE_DIR,
             selector_host=selector_host(),
             niceness=settings.FEDOTA_SERVICE_NICE,
+            metrics=settings.FEDOTA_PROBLEM_METRICS,
         )
     if choice == "docker":
         try:

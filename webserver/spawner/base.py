@@ -106,6 +106,9 @@ class ServiceState:
     # How often the backend itself restarted this service after a crash (Docker's restart
     # policy) since it was last started; backends that never do say 0.
     restarts: int = 0
+    # host:port serving the service's Prometheus metrics (plain HTTP, /metrics) where the
+    # platform's Prometheus reaches it; "" when the backend does not serve them (docs/metrics.md).
+    metrics: str = ""
 
 
 # Each problem owns a block of this many consecutive selector ports.

@@ -140,9 +140,18 @@ class ProcessSpawner:
     name = "process"
 
     def __init__(
-        self, state_dir: Path, *, selector_host: str = "127.0.0.1", python: str | None = None, niceness: int = 0
+        self,
+        state_dir: Path,
+        *,
+        selector_host: str = "127.0.0.1",
+        python: str | None = None,
+        niceness: int = 0,
+        metrics: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # Each service serves Prometheus metrics on a loopback port of its own (plain HTTP, no
+        # credentials: never where data holders reach), listed for discovery (`ServiceState.metrics`).
+        self.metrics = metrics
         self.selector_host = selector_host
         self.python = python or sys.executable
         # On a shared host the website serves people and training is batch work: a positive
@@ -205,7 +214,11 @@ class ProcessSpawner:
         )
         coord_address = str(coord_state["address"])
         # Its gRPC port may speak TLS; the health port is plaintext on loopback.
-        records[0].update(address=coord_address, probe=str(coord_state.get("health") or coord_address))
+        records[0].update(
+            address=coord_address,
+            probe=str(coord_state.get("health") or coord_address),
+            metrics=str(coord_state.get("metrics") or ""),
+        )
         self._write(root, records)
 
         for i, port in enumerate(ports):
@@ -231,7 +244,11 @@ class ProcessSpawner:
             listening = str(state["address"])
             # The health port is plaintext on loopback; the clients' port may speak TLS.
             probe = str(state.get("health") or listening)
-            records[-1].update(address=f"{self.selector_host}:{listening.rsplit(':', 1)[1]}", probe=probe)
+            records[-1].update(
+                address=f"{self.selector_host}:{listening.rsplit(':', 1)[1]}",
+                probe=probe,
+                metrics=str(state.get("metrics") or ""),
+            )
             self._write(root, records)
         return self.status(spec.problem_id)
 
@@ -256,7 +273,16 @@ class ProcessSpawner:
             else:
                 health, detail = "unhealthy", "the gRPC health check did not answer SERVING"
             out.append(
-                ServiceState(str(rec["role"]), int(str(rec["index"])), str(pid), address, health, detail, exit_code)
+                ServiceState(
+                    str(rec["role"]),
+                    int(str(rec["index"])),
+                    str(pid),
+                    address,
+                    health,
+                    detail,
+                    exit_code,
+                    metrics=str(rec.get("metrics", "")) if health != "exited" else "",
+                )
             )
         return out
 
@@ -301,7 +327,7 @@ class ProcessSpawner:
         state_file.unlink(missing_ok=True)
         log_path = Path(str(rec.get("log", "")))
         proc = self._spawn(cmd, env, log_path, Path(str(rec["exit_file"])))
-        rec.update(pid=proc.pid, probe="")
+        rec.update(pid=proc.pid, probe="", metrics="")
         state = self._await_file(proc, state_file, time.monotonic() + RESTART_TIMEOUT)
         if state is None:
             if proc.poll() is None:
@@ -309,6 +335,7 @@ class ProcessSpawner:
             proc.wait()
             raise SpawnError(f"the restarted {what} did not come up (exit code {proc.returncode}):\n{_tail(log_path)}")
         rec["probe"] = str(state.get("health") or state["address"])
+        rec["metrics"] = str(state.get("metrics") or "")
 
     @staticmethod
     def _keep_launch(path: Path, cmd: list[str], env: dict[str, str]) -> str:
@@ -411,6 +438,8 @@ class ProcessSpawner:
                 "FEDOTA_SELECTOR_TOKEN": spec.selector_token,
             }
         )
+        if self.metrics:
+            env["FEDOTA_METRICS_LISTEN"] = "127.0.0.1:0"
         env.update(spec.extra_env)
         return env
 
