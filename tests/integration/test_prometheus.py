@@ -79,14 +79,23 @@ def federation(tmp_path: Path) -> Iterator[dict[str, str]]:
             addresses[name] = str(_state(out / "selectors" / f"{name}.json", proc)["metrics"])
         yield addresses
     finally:
-        # On SIGINT (Ctrl-C) the launcher stops every service it started; SIGTERM would leave them.
+        # On SIGTERM the launcher stops every service it started. Not SIGINT: a process started
+        # in the background by a non-interactive shell (as CI may start this suite) ignores it,
+        # and the federations of two tests went on training through the rest of a CI run.
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.communicate(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+        # Whatever outlived the launcher: each service leads a process group of its own.
+        pids = out / "pids.json"
+        for pid in json.loads(pids.read_text()).values() if pids.exists() else ():
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @contextmanager
