@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,59 @@ def _own_var_dir(worker: str) -> None:
         MEDIA_ROOT=moved(settings.MEDIA_ROOT),
         FEDOTA_STATE_DIR=moved(settings.FEDOTA_STATE_DIR),
     ).enable()
+
+
+# The services a test starts as processes (each leads a process group of its own).
+SERVICE_MODULES = ("coordinator", "coordinator.local", "selector", "client_image")
+
+
+def _services_left(folder: str) -> dict[int, str]:
+    """Fedota services still running whose command line names `folder` (this session's temporary files)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if folder in " ".join(argv) and any(argv[i : i + 2] == ["-m", m] for m in SERVICE_MODULES for i in range(3)):
+            found[int(entry.name)] = " ".join(argv)[:200]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No federation outlives the tests: what is left is killed, named, and fails the session.
+
+    A test that stopped only a launcher (its services lead process groups of their own) once
+    left two federations training through the rest of a CI run.
+    """
+    import signal
+    import time
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    # Under pytest-xdist the controller looks, once every worker has ended: its temporary
+    # folder holds the workers' (popen-gwN), and a worker's exit status would not count.
+    if factory is None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    folder = str(factory.getbasetemp()) + "/"  # not pytest-80's files for pytest-8's
+    end = time.monotonic() + 15  # services told to stop may still be ending
+    while (left := _services_left(folder)) and time.monotonic() < end:
+        time.sleep(0.5)
+    if not left:
+        return
+    for pid in left:
+        try:
+            group = os.getpgid(pid)
+            if group == os.getpgid(0):
+                os.kill(pid, signal.SIGKILL)  # never this session's own group
+            else:
+                os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    listed = "\n".join(f"  {pid}: {cmd}" for pid, cmd in left.items())
+    print(f"\n!! services left running by the tests (killed now):\n{listed}", file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
