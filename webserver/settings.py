@@ -464,7 +464,8 @@ for _net in FEDOTA_METRICS_NETWORKS:
         raise ImproperlyConfigured(f"FEDOTA_METRICS_NETWORKS: {_net!r} is not a network ({_exc})") from _exc
 # Problems' coordinators and selectors serve metrics too, listed for Prometheus's HTTP service
 # discovery at /metrics/targets (same access as /metrics). The process backend serves them
-# on loopback ports; the container backends do not serve them yet (docs/metrics.md).
+# on loopback ports, the Docker backend on the problem's own network (never published);
+# Swarm and Kubernetes do not serve them yet (docs/metrics.md).
 FEDOTA_PROBLEM_METRICS = env_bool("FEDOTA_PROBLEM_METRICS", True)
 # prometheus_client's multiprocess mode: a folder every gunicorn worker and Celery process of
 # this host writes its numbers to, so /metrics adds them up (empty: each process its own).

@@ -149,6 +149,39 @@ def test_problems_cannot_reach_each_others_coordinator(
     assert leftovers(docker_client, docker_prefix, 201) == leftovers(docker_client, docker_prefix, 202) == []
 
 
+def test_metrics_are_served_on_the_problems_network_only(
+    docker_client: Any, docker_prefix: str, fab: tuple[Path, str]
+) -> None:
+    """With metrics on, each service serves Prometheus text on its address on the problem's
+    network: the host's Prometheus scrapes it there; it is not published, and another problem's
+    containers do not reach it."""
+    import urllib.request
+
+    served = DockerSpawner(
+        client=docker_client, prefix=docker_prefix, coordinator_memory="2g", selector_memory="1g", metrics=True
+    )
+    quiet = DockerSpawner(client=docker_client, prefix=docker_prefix, coordinator_memory="2g", selector_memory="1g")
+    try:
+        states = served.start(_spec(fab, 261, selectors=1))
+        other = quiet.start(_spec(fab, 262, selectors=1))
+        assert [s.metrics for s in other] == ["", ""]
+        network = f"{docker_prefix}-p261"
+        for state in states:
+            container = docker_client.containers.get(state.handle)
+            ip = container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+            assert state.metrics == f"{ip}:9094", state
+            with urllib.request.urlopen(f"http://{state.metrics}/metrics", timeout=10) as resp:
+                assert f"fedota_{state.role}_".encode() in resp.read()
+            assert not container.attrs["NetworkSettings"]["Ports"].get("9094/tcp"), "metrics must not be published"
+        stranger = docker_client.containers.get(f"{docker_prefix}-p262-selector-0")
+        probed = reach(stranger, [(s.metrics.split(":")[0], 9094) for s in states])
+        assert not any(ok for ok, _ in probed), f"problem 262 reached problem 261's metrics: {probed}"
+    finally:
+        served.stop(261)
+        quiet.stop(262)
+    assert leftovers(docker_client, docker_prefix, 261) == leftovers(docker_client, docker_prefix, 262) == []
+
+
 def test_services_on_the_hosts_loopback_are_out_of_reach(
     spawner: DockerSpawner, docker_client: Any, docker_prefix: str, fab: tuple[Path, str]
 ) -> None:

@@ -66,6 +66,10 @@ COORDINATOR_PORT = 9091
 SELECTOR_PORT = 9092
 # Each service's plaintext health port, on the container's loopback only (its gRPC port speaks TLS).
 HEALTH_PORT = 9093
+# Each service's Prometheus metrics (plain HTTP, no credentials) when they are on: on the
+# problem's own network only, never published, so the host's Prometheus dials the
+# container's address there and data holders never reach it (docs/metrics.md).
+METRICS_PORT = 9094
 STATE_MOUNT = "/state"
 # The whole start (every container answering its health check) must fit in this.
 START_TIMEOUT = 120.0
@@ -137,8 +141,10 @@ class DockerSpawner:
         cpu_shares: int = 256,
         pids_limit: int = 1024,
         restart_retries: int = 3,
+        metrics: bool = False,
     ) -> None:
         self._client = client
+        self.metrics = metrics
         self.prefix = prefix
         self.coordinator_image = coordinator_image
         self.selector_image = selector_image
@@ -170,6 +176,7 @@ class DockerSpawner:
             selector_memory=settings.FEDOTA_DOCKER_SELECTOR_MEMORY,
             cpus=settings.FEDOTA_DOCKER_CPUS,
             cpu_shares=settings.FEDOTA_DOCKER_CPU_SHARES,
+            metrics=settings.FEDOTA_PROBLEM_METRICS,
         )
 
     @property
@@ -368,6 +375,9 @@ class DockerSpawner:
             "log_config": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
         }
 
+    def _metrics_env(self) -> dict[str, str]:
+        return {"FEDOTA_METRICS_LISTEN": f"0.0.0.0:{METRICS_PORT}"} if self.metrics else {}
+
     def _create_coordinator(self, spec: RunSpec, network: Any, volume: Any) -> Any:
         name = self.container_name(spec.problem_id, "coordinator")
         try:
@@ -389,6 +399,7 @@ class DockerSpawner:
             **({"FEDOTA_REPLY_POLICY": spec.reply_policy} if spec.reply_policy else {}),
             "FEDOTA_REPORT_URL": container_url(spec.report_url),
             "FEDOTA_REPORT_TOKEN": spec.service_token,
+            **self._metrics_env(),
             **spec.coordinator_tls_env(),
             **spec.extra_env,
         }
@@ -423,6 +434,7 @@ class DockerSpawner:
             "FEDOTA_SELECTOR_ID": f"p{spec.problem_id}-r{spec.run_number}-s{index}",
             "FEDOTA_SELECTOR_TOKEN": spec.selector_token,
             "FEDOTA_HEALTH_LISTEN": f"127.0.0.1:{HEALTH_PORT}",
+            **self._metrics_env(),
             **spec.selector_tls_env(),
             **spec.extra_env,
         }
@@ -500,7 +512,19 @@ class DockerSpawner:
         else:
             address = f"{attrs['Name'].lstrip('/')}:{COORDINATOR_PORT}"
         restarts = int(attrs.get("RestartCount") or 0)
-        return ServiceState(role, index, container.id[:12], address, health, detail, exit_code, restarts)
+        return ServiceState(
+            role, index, container.id[:12], address, health, detail, exit_code, restarts, self._metrics_at(attrs)
+        )
+
+    @staticmethod
+    def _metrics_at(attrs: dict[str, Any]) -> str:
+        """Where the running container serves its metrics: its address on the problem's network."""
+        env = (attrs.get("Config") or {}).get("Env") or []
+        if attrs["State"]["Status"] != "running" or f"FEDOTA_METRICS_LISTEN=0.0.0.0:{METRICS_PORT}" not in env:
+            return ""
+        networks = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).values()
+        address = next((str(n.get("IPAddress")) for n in networks if n.get("IPAddress")), "")
+        return f"{address}:{METRICS_PORT}" if address else ""
 
     @staticmethod
     def _listening(container: Any) -> bool:
