@@ -26,6 +26,7 @@ _ERRORS = errors(
 )
 # The run numbers `?runs=` takes: digits between commas, spaces allowed around them, empty parts skipped.
 _RUN_NUMBERS = r"^ *([0-9]+ *)?(, *([0-9]+ *)?)*$"
+_LARGEST_RUN_NUMBER = 2**31 - 1  # Run.number is a PositiveIntegerField
 
 
 class RoundSerializer(serializers.Serializer[Any]):
@@ -199,5 +200,7 @@ class RunsMetricsApi(APIView):
         raw = request.query_params.get("runs", "")
         if not re.fullmatch(_RUN_NUMBERS, raw, flags=re.ASCII):
             raise ApplicationError("runs: give run numbers separated by commas, e.g. 1,2", field="runs") from None
-        numbers = [int(n) for n in raw.split(",") if n.strip()]
+        # A number past what the database's run numbers hold names no run, like any other unknown
+        # number (it is not a mistake the pattern can refuse); unbounded, SQLite's driver overflowed.
+        numbers = [n for n in (int(part) for part in raw.split(",") if part.strip()) if n <= _LARGEST_RUN_NUMBER]
         return Response(queries.runs_metrics(problem=problem, numbers=numbers))
