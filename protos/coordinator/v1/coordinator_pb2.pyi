@@ -168,18 +168,27 @@ class Instruction(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., node_id: _Optional[int] = ..., metadata: _Optional[bytes] = ..., content_id: _Optional[str] = ..., content_size: _Optional[int] = ..., content_sha256: _Optional[str] = ...) -> None: ...
 
 class Instructions(_message.Message):
-    __slots__ = ("batch_id", "aggregation", "weight_key", "items", "deadline_seconds")
+    __slots__ = ("batch_id", "aggregation", "weight_key", "items", "deadline_seconds", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_KEY_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     aggregation: Aggregation
     weight_key: str
     items: _containers.RepeatedCompositeFieldContainer[Instruction]
     deadline_seconds: float
-    def __init__(self, batch_id: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., weight_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Instruction, _Mapping]]] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, batch_id: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., weight_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Instruction, _Mapping]]] = ..., deadline_seconds: _Optional[float] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Flush(_message.Message):
     __slots__ = ("batch_id",)
