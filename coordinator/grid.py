@@ -95,13 +95,20 @@ class SelectorTierGrid(Grid):
     """A Flower Grid whose nodes are the clients checked in at our selectors."""
 
     def __init__(
-        self, hub: Hub, policy: GridPolicy, observer: RoundObserver, say: Callable[[str], None] | None = None
+        self,
+        hub: Hub,
+        policy: GridPolicy,
+        observer: RoundObserver,
+        say: Callable[[str], None] | None = None,
+        trace_context: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self.hub = hub
         self.policy = policy
         self.observer = observer
         # Where waiting for clients is reported (the run's warnings: terminal and dashboard).
         self.say = say or (lambda line: log.warning(line))
+        # The trace context a round's instructions carry to the selectors (its span's; {}: none).
+        self.trace_context = trace_context or (lambda _group_id: {})
         # A Flower strategy waiting for its minimum of clients: since when, last count said, when.
         self._wait_since: float | None = None
         self._wait_said = (-1, 0.0)
@@ -340,6 +347,7 @@ class SelectorTierGrid(Grid):
         instrs: dict[str, Instr] = {}
         all_msgs = [(m, True) for m in originals] + [(m, False) for m in extras]
         self.observer.on_push(message_type, group_id, originals)
+        trace_context = self.trace_context(group_id)
         for msg, original in all_msgs:
             if msg.metadata.message_type != message_type:
                 raise ValueError("all messages pushed together must have the same message type")
@@ -374,6 +382,7 @@ class SelectorTierGrid(Grid):
                     aggregation=cast(cpb.Aggregation, aggregation),
                     weight_key=weight_key,
                     deadline_seconds=self.policy.round_timeout,
+                    trace_context=trace_context,
                 ),
             )
             group.items.append(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from coordinator.hub import Hub
 from coordinator.report import NodeInfo, Reporter, ReportHandler, Target
@@ -23,7 +24,7 @@ from coordinator.roster import RosterPoller
 from coordinator.rounds import RoundTracker, SecAggWatch
 from coordinator.servicer import CoordinatorServicer
 from fedota_common import metrics as metrics_lib
-from fedota_common import payload
+from fedota_common import payload, tracing
 from fedota_common import tls as tlsconf
 from fedota_common.fab import FabError, extract, load_app
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
@@ -59,6 +60,9 @@ KEYS = [
     tlsconf.insecure_key("serve selectors over plaintext gRPC, no token needed"),
     Key("health-listen", str, "127.0.0.1:0", "plaintext loopback address for health checks (port 0 picks one)"),
     metrics_lib.LISTEN,
+    tracing.OTLP_ENDPOINT,
+    tracing.TRACE_FILE,
+    tracing.TRACEPARENT,
     Key("run-config", run_config, {}, "run config overrides: JSON object or 'key=value key2=value2'"),
     Key("run-id", int, 1, "run id passed to the ServerApp's Context"),
     Key("round-timeout", positive_float, 600.0, "seconds a round waits for replies at most"),
@@ -119,6 +123,9 @@ class Settings:
     insecure: bool
     health_listen: str
     metrics_listen: str
+    otlp_endpoint: str
+    trace_file: str
+    traceparent: str
     run_config: dict[str, Any]
     run_id: int
     round_timeout: float
@@ -141,6 +148,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
         values = load("fedota-coordinator", "Run a problem's Flower ServerApp over the selectors.", KEYS, argv, environ)
+        values["otlp_endpoint"] = tracing.otlp_endpoint(values["otlp_endpoint"], environ)
         problems: list[str | None] = []
         if values["aggregation"] not in ("auto", "weighted-mean", "individual"):
             problems.append(f"FEDOTA_AGGREGATION={values['aggregation']!r} must be auto, weighted-mean or individual")
@@ -250,7 +258,26 @@ def _start_reporter(settings: Settings, hub: Hub, state_dir: Path) -> Reporter |
 
 
 def run(settings: Settings) -> int:
-    """Serve the selectors and run the ServerApp to completion; returns the exit code."""
+    """Serve the selectors and run the ServerApp to completion; returns the exit code.
+
+    All of it is one span (a child of the website's spawn when FEDOTA_TRACEPARENT names it),
+    each round a span under it (coordinator/rounds.py).
+    """
+    tracing.configure("fedota-coordinator", endpoint=settings.otlp_endpoint, trace_file=settings.trace_file)
+    with tracing.tracer().start_as_current_span(
+        "coordinator.run",
+        context=tracing.from_traceparent(settings.traceparent),
+        kind=trace.SpanKind.SERVER,
+        attributes={"fedota.run_id": settings.run_id},
+    ) as span:
+        code = _run(settings, span)
+        span.set_attribute("fedota.exit_code", code)
+        if code:
+            span.set_status(trace.StatusCode.ERROR, f"exit code {code}")
+        return code
+
+
+def _run(settings: Settings, span: tracing.Span) -> int:
     _flower_env()
     try:
         server_tls = settings.tls()
@@ -417,6 +444,7 @@ def run(settings: Settings) -> int:
         warn=warn,
         on_round=round_finished,
         on_checkpoint=reporter.checkpoint if reporter is not None else None,
+        trace_parent=trace.set_span_in_context(span),
     )
     if reporter is not None:
         reporter.run_started(
@@ -430,7 +458,7 @@ def run(settings: Settings) -> int:
         weight_key=settings.weight_key,
         node_wait=settings.max_wait_for_clients,
     )
-    grid = SelectorTierGrid(hub, policy, tracker, say=warn)
+    grid = SelectorTierGrid(hub, policy, tracker, say=warn, trace_context=tracker.trace_context)
     logging.getLogger("flwr").addHandler(SecAggWatch(tracker))
     run_info = Run.create_empty(settings.run_id)
     run_info.fab_hash = app.sha256

@@ -29,6 +29,7 @@ from typing import IO, Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 
+from fedota_common import tracing
 from fedota_common.aggregate import LEGACY_WEIGHT_KEY, REJECTED, NotAggregatable, reply_weight
 from fedota_common.payload import NUMPY_STYPE, PayloadError, WireArray, npy_view
 
@@ -78,6 +79,8 @@ class RoundRecord:
     eval_participants: set[int] = field(default_factory=set)
     # Flower's SecAgg+ workflow: "completed", or why it halted ("" if the round used none).
     secure_aggregation: str = ""
+    # The round's trace span (tracing off: a no-op one), ended with the record.
+    span: tracing.Span | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -190,6 +193,7 @@ class RoundTracker:
         on_checkpoint: Callable[[int, Path], None] | None = None,
         warn: Callable[[str], None] | None = None,
         attempt: int = 1,
+        trace_parent: tracing.Context | None = None,
     ) -> None:
         self.dir = state_dir
         # Attempt K > 1 writes its own checkpoints: a restart never overwrites an earlier attempt's.
@@ -203,6 +207,8 @@ class RoundTracker:
         # A round with rejected replies or no results says so on its own line.
         self.warn = warn or echo
         self.on_round = on_round
+        # Each round's span is a child of this (the coordinator's run span).
+        self.trace_parent = trace_parent
         # Over the whole run: replies asked for, delivered with content, rejected (and why).
         self.asked = collections.Counter[str]()
         self.results = collections.Counter[str]()
@@ -254,11 +260,33 @@ class RoundTracker:
                 self._finish_round()
             self._pending_state = None
             if self.current is None:
-                self.current = RoundRecord(group_id)
+                self.current = self._new_round(group_id)
         elif message_type == MessageType.EVALUATE and arrays is not None:
             self._model_after[group_id] = arrays
             if self.current is None:
-                self.current = RoundRecord(group_id)
+                self.current = self._new_round(group_id)
+
+    def _new_round(self, group_id: str) -> RoundRecord:
+        rec = RoundRecord(group_id)
+        attributes: dict[str, str | int] = {"fedota.round": int(group_id) if group_id.isdigit() else group_id}
+        if self.attempt > 1:
+            attributes["fedota.attempt"] = self.attempt
+        rec.span = tracing.tracer().start_span(
+            "coordinator.round",
+            context=self.trace_parent,
+            attributes=attributes,
+            start_time=int(rec.started * 1e9),
+        )
+        return rec
+
+    def trace_context(self, group_id: str) -> dict[str, str]:
+        """The trace context a batch of round `group_id` carries to the selectors: the round's
+        span, or the run's for messages outside any round ({} when tracing is off)."""
+        with self._lock:
+            rec = self.current
+            if rec is not None and rec.round == group_id and rec.span is not None:
+                return tracing.inject(rec.span)
+        return tracing.inject(self.trace_parent) if self.trace_parent is not None else {}
 
     def on_close(self, message_type: str, group_id: str, replies: list[Message], participants: list[int]) -> None:
         with self._lock:
@@ -380,6 +408,18 @@ class RoundTracker:
         if not rec.finished:
             rec.finished = time.time()
         doc = rec.as_json()
+        if rec.span is not None:
+            rec.span.set_attributes(
+                {
+                    "fedota.participants": len(rec.participants),
+                    "fedota.asked": rec.asked,
+                    "fedota.results": rec.results,
+                    "fedota.failures": rec.failures,
+                    "fedota.rejected": rec.rejected,
+                }
+            )
+            rec.span.end(end_time=int(rec.finished * 1e9))
+            rec.span = None
         arrays = self._model_after.get(rec.round)
         if arrays is not None:
             self._latest = arrays

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
+from opentelemetry import trace
 
+from fedota_common import tracing
 from fedota_common.aggregate import (
     REJECTED,
     ModelSpec,
@@ -160,6 +162,9 @@ class BatchState:
     covered_nodes: list[int] = field(default_factory=list)
     first_metadata: bytes = b""
     finalized: bool = False
+    # This selector's part of the round, a child of the coordinator's round span (tracing
+    # off: a no-op span); ended once the batch is done here (`_end_span`).
+    span: tracing.Span | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,18 @@ class SelectorCore:
         """Store a batch's tasks, fetch each distinct content once, then announce."""
         acc = WeightedMean(ins.weight_key) if ins.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN else None
         batch = BatchState(ins.batch_id, ins.aggregation, ins.weight_key, {i.message_id for i in ins.items}, acc)
+        batch.span = tracing.tracer().start_span(
+            "selector.round",
+            context=tracing.extract(ins.trace_context),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "fedota.selector": self.selector_id,
+                "fedota.batch": ins.batch_id,
+                "fedota.tasks": len(ins.items),
+                "fedota.type": _message_type(ins.items[0].metadata) if ins.items else "",
+                "fedota.aggregation": "weighted-mean" if acc is not None else "individual",
+            },
+        )
         to_fetch: dict[str, tuple[int, str]] = {}
         with self._lock:
             self.batches[ins.batch_id] = batch
@@ -868,8 +885,27 @@ class SelectorCore:
             )
         except Exception as exc:  # noqa: BLE001 - the coordinator times the round out instead
             log.warning("partial aggregate upload failed", extra={"batch": batch.batch_id, "error": str(exc)})
+            error = f"partial aggregate upload failed: {exc}"
+        else:
+            error = ""
+        self._end_span(batch, error)
         batch.acc = None
         del content, acc
+
+    @staticmethod
+    def _end_span(batch: BatchState, error: str = "") -> None:
+        """End the batch's span, once: its results are with the coordinator (or given up)."""
+        with batch.lock:
+            span, batch.span = batch.span, None
+        if span is None:
+            return
+        span.set_attribute(
+            "fedota.folded" if batch.acc is not None else "fedota.resolved",
+            len(batch.covered) if batch.acc is not None else len(batch.resolved),
+        )
+        if error:
+            span.set_status(trace.StatusCode.ERROR, error)
+        span.end()
 
     def _gc(self) -> None:
         """Drop finished batches and contents nobody needs any more."""
@@ -887,6 +923,9 @@ class SelectorCore:
                             self._untrack(task)
                             self._remember_closed(task, task.state)
                     del self.batches[bid]
+                    if batch.aggregation != cpb.AGGREGATION_WEIGHTED_MEAN:
+                        # Each reply went on by itself; a partial aggregate's upload ends its span.
+                        self._end_span(batch)
             needed = {t.content_id for t in self.tasks.values() if t.state in ("pending", "announced")}
             for cid in list(self.contents):
                 if cid not in needed:

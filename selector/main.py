@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedota_common import chunkwire, payload
+from fedota_common import chunkwire, payload, tracing
 from fedota_common import metrics as metrics_lib
 from fedota_common import tls as tlsconf
 from fedota_common.grpcutil import add_health, bind_with_health, make_server
@@ -66,6 +66,8 @@ KEYS = [
     tlsconf.insecure_key("plaintext gRPC to clients and to the coordinator, no token needed"),
     Key("health-listen", str, "127.0.0.1:0", "plaintext loopback address for health checks (port 0 picks one)"),
     metrics_lib.LISTEN,
+    tracing.OTLP_ENDPOINT,
+    tracing.TRACE_FILE,
     Key("log-level", str, "INFO", "log level"),
 ]
 
@@ -87,11 +89,14 @@ class Settings:
     insecure: bool
     health_listen: str
     metrics_listen: str
+    otlp_endpoint: str
+    trace_file: str
     log_level: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
         values = load("fedota-selector", "Hold data-holder clients for one problem.", KEYS, argv, environ)
+        values["otlp_endpoint"] = tracing.otlp_endpoint(values["otlp_endpoint"], environ)
         if not values["selector_id"]:
             values["selector_id"] = f"{socket.gethostname()}-{os.getpid()}"
         tlsconf.check(
@@ -121,6 +126,8 @@ class Settings:
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> int:
+    # Each batch of instructions is a span under the coordinator's round (selector/core.py).
+    tracing.configure("fedota-selector", endpoint=settings.otlp_endpoint, trace_file=settings.trace_file)
     try:
         server_tls = settings.tls()
         coordinator_ca = settings.coordinator_trust()
