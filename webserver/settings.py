@@ -467,6 +467,16 @@ for _net in FEDOTA_METRICS_NETWORKS:
 # on loopback ports, the Docker backend on the problem's own network (never published);
 # Swarm and Kubernetes do not serve them yet (docs/metrics.md).
 FEDOTA_PROBLEM_METRICS = env_bool("FEDOTA_PROBLEM_METRICS", True)
+# OpenTelemetry tracing (fedota_common/tracing.py, docs/tracing.md), off unless a collector is
+# named: the OTLP/gRPC endpoint this site's spans go to (publish, launch, spawn), and the one
+# handed to problems' coordinators and selectors (by default the same; a container may need
+# another name for it). FEDOTA_TRACE_FILE appends every span as JSON lines instead (debugging,
+# tests; the process backend's services share it).
+FEDOTA_OTLP_ENDPOINT = (
+    env("FEDOTA_OTLP_ENDPOINT") or env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
+)
+FEDOTA_PROBLEM_OTLP_ENDPOINT = env("FEDOTA_PROBLEM_OTLP_ENDPOINT") or FEDOTA_OTLP_ENDPOINT
+FEDOTA_TRACE_FILE = env("FEDOTA_TRACE_FILE") or ""
 # prometheus_client's multiprocess mode: a folder every gunicorn worker and Celery process of
 # this host writes its numbers to, so /metrics adds them up (empty: each process its own).
 PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR") or ""

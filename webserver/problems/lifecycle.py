@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, Prefetch, QuerySet
 from django.utils import timezone
+from opentelemetry.trace import SpanKind, StatusCode
 
+from fedota_common import tracing
 from fedota_common.pki import issue_server_cert
 from webserver.errors import ApplicationError, Conflict, NotAllowed
 from webserver.permissions import owns_problem
@@ -79,6 +82,25 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def tracer() -> tracing.Tracer:
+    """The website's tracer (the no-op one unless settings name a collector or a trace file)."""
+    return tracing.configure(
+        "fedota-web", endpoint=settings.FEDOTA_OTLP_ENDPOINT, trace_file=settings.FEDOTA_TRACE_FILE
+    )
+
+
+def _service_trace_env() -> dict[str, str]:
+    """What a run's coordinator and selectors need to trace into the current trace ({} when off)."""
+    if not tracing.enabled():
+        return {}
+    env = {
+        tracing.OTLP_ENDPOINT.env: settings.FEDOTA_PROBLEM_OTLP_ENDPOINT,
+        tracing.TRACE_FILE.env: settings.FEDOTA_TRACE_FILE,
+        tracing.TRACEPARENT_ENV: tracing.inject().get("traceparent", ""),
+    }
+    return {k: v for k, v in env.items() if v}
+
+
 # ---- reads ------------------------------------------------------------------------------------
 
 
@@ -121,7 +143,10 @@ def run_start(*, problem: Problem, user: Any) -> Run:
 
     if not owns_problem(user, problem):
         raise NotAllowed("only the problem's owner can start a run")
-    with transaction.atomic():
+    with (
+        tracer().start_as_current_span("run.start", attributes={"fedota.problem_id": problem.pk}) as span,
+        transaction.atomic(),
+    ):
         problem = Problem.objects.select_for_update().get(pk=problem.pk)
         if problem.state != ProblemState.PUBLISHED:
             raise Conflict(f"the problem is {problem.get_state_display().lower()}; only a published problem can run")
@@ -140,7 +165,13 @@ def run_start(*, problem: Problem, user: Any) -> Run:
             app_version=problem.app_version,
             status=RunStatus.QUEUED,
         )
-        tasks.publish.delay_on_commit(run.pk)
+        span.set_attributes({"fedota.run_id": run.pk, "fedota.run_number": run.number})
+        # The launch continues this trace; nothing extra is queued while tracing is off.
+        carrier = tracing.inject()
+        if carrier:
+            tasks.publish.delay_on_commit(run.pk, trace=carrier)
+        else:
+            tasks.publish.delay_on_commit(run.pk)
     return run
 
 
@@ -245,14 +276,25 @@ def _mark_removed(run: Run) -> None:
     run.services.exclude(health=ServiceHealth.REMOVED).update(health=ServiceHealth.REMOVED, updated_at=timezone.now())
 
 
-def run_launch(*, run_id: int, spawner: Spawner | None = None) -> Run | None:
+def run_launch(*, run_id: int, spawner: Spawner | None = None, trace: Mapping[str, str] | None = None) -> Run | None:
     """Start the run's coordinator and selectors; idempotent.
 
     Does nothing unless the run is queued or starting (a redelivered or
     duplicate task finds it running, stopped, ...). On success the run is
     running with one Service row per process; if the backend cannot start it
     the run is failed with the backend's reason and nothing is left running.
+    `trace`: the trace context of the run's start (`run_start`), which the launch continues.
     """
+    with tracer().start_as_current_span(
+        "run.launch",
+        context=tracing.extract(trace) if trace else None,
+        kind=SpanKind.CONSUMER,
+        attributes={"fedota.run_id": run_id},
+    ) as span:
+        return _launch(run_id, spawner, span)
+
+
+def _launch(run_id: int, spawner: Spawner | None, span: tracing.Span) -> Run | None:
     with transaction.atomic():
         run = Run.objects.select_for_update().select_related("problem").filter(pk=run_id).first()
         if run is None or run.status not in (RunStatus.QUEUED, RunStatus.STARTING):
@@ -271,8 +313,15 @@ def run_launch(*, run_id: int, spawner: Spawner | None = None) -> Run | None:
             selector_token=secrets.token_urlsafe(32),
             coordinator_hosts=spawner.coordinator_hosts(run.problem_id),
         )
-        states = spawner.start(spec)
+        with tracer().start_as_current_span(
+            "spawner.start",
+            attributes={"fedota.spawner": spawner.name, "fedota.selectors": spec.num_selectors},
+        ):
+            # The coordinator's run span is a child of this one (FEDOTA_TRACEPARENT).
+            spec = replace(spec, extra_env={**spec.extra_env, **_service_trace_env()})
+            states = spawner.start(spec)
     except (SpawnError, ApplicationError) as exc:
+        span.set_status(StatusCode.ERROR, str(exc))
         run_fail(run_id=run.pk, reason=str(exc), spawner=spawner)
         run.refresh_from_db()
         return run

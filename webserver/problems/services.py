@@ -259,17 +259,19 @@ def problem_publish(*, problem: Problem, user: Any) -> Run:
 
     if not owns_problem(user, problem):
         raise NotAllowed("only the problem's owner can publish it or start a run")
-    problem = Problem.objects.select_for_update().get(pk=problem.pk)
-    if problem.state == ProblemState.ARCHIVED:
-        raise Conflict("this problem is archived; archived problems cannot run again")
-    _check_complete(problem)
-    if problem.runs.filter(status__in=ACTIVE_RUN_STATUSES).exists():
-        raise Conflict("a run of this problem is still active; stop it before starting a new one")
-    if problem.state != ProblemState.PUBLISHED:
-        problem.state = ProblemState.PUBLISHED
-        problem.save(update_fields=["state", "updated_at"])
-    run: Run = lifecycle.run_start(problem=problem, user=user)
-    return run
+    # The root of the run's trace: the launch, the spawn and the coordinator's rounds follow.
+    with lifecycle.tracer().start_as_current_span("problem.publish", attributes={"fedota.problem_id": problem.pk}):
+        problem = Problem.objects.select_for_update().get(pk=problem.pk)
+        if problem.state == ProblemState.ARCHIVED:
+            raise Conflict("this problem is archived; archived problems cannot run again")
+        _check_complete(problem)
+        if problem.runs.filter(status__in=ACTIVE_RUN_STATUSES).exists():
+            raise Conflict("a run of this problem is still active; stop it before starting a new one")
+        if problem.state != ProblemState.PUBLISHED:
+            problem.state = ProblemState.PUBLISHED
+            problem.save(update_fields=["state", "updated_at"])
+        run: Run = lifecycle.run_start(problem=problem, user=user)
+        return run
 
 
 def problem_stop(*, problem: Problem, user: Any) -> None:

@@ -24,10 +24,13 @@ PUBLISH_HARD_LIMIT = 200
 
 
 @shared_task(name="problems.publish", soft_time_limit=PUBLISH_SOFT_LIMIT, time_limit=PUBLISH_HARD_LIMIT)
-def publish(run_id: int) -> None:
-    """Launch run `run_id`'s coordinator and selectors (the service tokens are made here, never queued)."""
+def publish(run_id: int, trace: dict[str, str] | None = None) -> None:
+    """Launch run `run_id`'s coordinator and selectors (the service tokens are made here, never queued).
+
+    `trace`: the W3C trace context of the request that started the run (only when tracing is on).
+    """
     try:
-        lifecycle.run_launch(run_id=run_id)
+        lifecycle.run_launch(run_id=run_id, trace=trace)
     except SoftTimeLimitExceeded:
         lifecycle.run_fail(run_id=run_id, reason=f"the infrastructure did not start within {PUBLISH_SOFT_LIMIT} s")
     except Exception as exc:
