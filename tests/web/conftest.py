@@ -76,26 +76,33 @@ def users(db: Any) -> dict[str, Any]:
 @pytest.fixture
 def make_problem(db: Any, tabular_fab: bytes, breast_cancer_contract: dict[str, Any]) -> Callable[..., Any]:
     """Create a problem row directly (no services), published unless `state` says otherwise."""
-    import hashlib
-
-    from webserver.problems.models import JoinPolicy, Problem, ProblemState
+    from webserver.problems.models import ProblemState
 
     def make(owner: Any, *, state: str = ProblemState.PUBLISHED, title: str = "Breast cancer", **extra: Any) -> Any:
-        problem = Problem(
-            owner=owner,
-            title=title,
-            description="Predict **malignant** tumours.",
-            contract=breast_cancer_contract,
-            app_template="tabular",
-            fab_sha256=hashlib.sha256(tabular_fab).hexdigest(),
-            fab_name="tabular.fab",
-            run_config={"rounds": 3, "num_selectors": 1},
-            join_policy=extra.pop("join_policy", JoinPolicy.APPROVAL),
-            state=state,
-            **extra,
-        )
-        problem.fab.save("tabular.fab", ContentFile(tabular_fab), save=False)
-        problem.save()
-        return problem
+        return problem_row(owner, tabular_fab, breast_cancer_contract, state=state, title=title, **extra)
 
     return make
+
+
+def problem_row(owner: Any, fab: bytes, contract: dict[str, Any], *, state: str, title: str, **extra: Any) -> Any:
+    """A problem row on the built-in tabular app, saved with its FAB (no services started)."""
+    import hashlib
+
+    from webserver.problems.models import JoinPolicy, Problem
+
+    problem = Problem(
+        owner=owner,
+        title=title,
+        description="Predict **malignant** tumours.",
+        contract=contract,
+        app_template="tabular",
+        fab_sha256=hashlib.sha256(fab).hexdigest(),
+        fab_name="tabular.fab",
+        run_config={"rounds": 3, "num_selectors": 1},
+        join_policy=extra.pop("join_policy", JoinPolicy.APPROVAL),
+        state=state,
+        **extra,
+    )
+    problem.fab.save("tabular.fab", ContentFile(fab), save=False)
+    problem.save()
+    return problem

@@ -38,6 +38,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
+from tests.web import api_world
+from tests.web.api_world import NOT_ALL_VALID_ACCEPTED
 from webserver.wsgi import application
 
 # Each operation's test writes rows in autocommit mode, as the site does in production.
@@ -49,17 +51,6 @@ _REAL_IDS: list[int] = []
 
 load_all_checks()
 ALL_CHECKS = list(CHECKS.get_all())
-# `positive_data_acceptance` expects every schema-valid request to succeed. These operations refuse some
-# with a 400 by rules no schema can state, and answering otherwise would be wrong for users:
-NOT_ALL_VALID_ACCEPTED = {
-    # Django's password validators (too short, too common, like the username) and names already taken.
-    "POST /api/v1/auth/signup/",
-    # A username and password that match no account are a 400 naming the mistake.
-    "POST /api/v1/auth/token/",
-    # The data contract document (docs/data-contract.md) and the app are judged by the services.
-    "POST /api/v1/problems/",
-    "PATCH /api/v1/problems/{id}/",
-}
 FORM_MEDIA_TYPES = {"multipart/form-data", "application/x-www-form-urlencoded"}
 
 schema = schemathesis.openapi.from_dict(SchemaGenerator().get_schema(request=None, public=True))
@@ -91,30 +82,10 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]
 
 @pytest.fixture(params=["owner", "holder"])
 def token(request: pytest.FixtureRequest, users: dict[str, Any], make_problem: Any, queued: list[Any]) -> str:
-    """The token of a problem setter (`owner`) or a data holder, over a small world of rows.
-
-    The owner has a published problem with a finished run and a draft; the data
-    holder takes part in the published one, another holder has asked to join.
-    """
+    """The token of a problem setter (`owner`) or a data holder, over the small world of tests/web/api_world.py."""
     from rest_framework.authtoken.models import Token
 
-    from webserver.participation.models import Participant, ParticipantStatus
-    from webserver.problems.models import ProblemState, Run, RunStatus
-
-    published = make_problem(users["owner"])
-    draft = make_problem(users["owner"], state=ProblemState.DRAFT, title="Draft")
-    run = Run.objects.create(problem=published, number=1, status=RunStatus.FINISHED, current_round=3, total_rounds=3)
-    approved = Participant.objects.create(
-        problem=published,
-        user=users["holder"],
-        site_name="St Elsewhere",
-        contact_email="holder@example.org",
-        status=ParticipantStatus.APPROVED,
-    )
-    pending = Participant.objects.create(
-        problem=published, user=users["participant"], site_name="General", contact_email="participant@example.org"
-    )
-    _REAL_IDS[:] = sorted({published.pk, draft.pk, run.pk, approved.pk, pending.pk})
+    _REAL_IDS[:] = sorted(set(api_world.build(users, make_problem).values()))
     return str(Token.objects.create(user=users[request.param]).key)
 
 
