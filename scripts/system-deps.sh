@@ -13,6 +13,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck) # lints the YunoHost package and install-debian.sh
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
