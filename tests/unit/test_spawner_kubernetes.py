@@ -11,6 +11,7 @@ docs/kubernetes.md says what was and was not validated.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -1207,6 +1208,59 @@ def test_network_policies_allow_only_the_intended_flows(tmp_path: Path) -> None:
     assert not allowed(policies, selector, other_coordinator, 9091)
     assert not allowed(policies, other_coordinator, coordinator, 9091)
     assert not allowed(policies, coordinator, web, 5432)
+
+
+def test_with_metrics_on_only_the_platforms_prometheus_reaches_each_pods_metrics_port(tmp_path: Path) -> None:
+    config = dataclasses.replace(CONFIG, metrics=True, prometheus_namespace="monitoring")
+    policies = [SERIALISE(p) for p in build_network_policies(config, 7)]
+    ns = "fedota-p7"
+    coordinator = (ns, {"fedota.install": "fedota", "fedota.problem": "7", "fedota.role": "coordinator"})
+    selector = (ns, {"fedota.install": "fedota", "fedota.problem": "7", "fedota.role": "selector", "fedota.index": "1"})
+    prometheus = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    assert allowed(policies, prometheus, coordinator, 9094) and allowed(policies, prometheus, selector, 9094)
+    # Nobody else, and Prometheus nowhere else.
+    assert not allowed(policies, ("internet", {}), selector, 9094)
+    assert not allowed(policies, ("fedota", {"app.kubernetes.io/name": "prometheus"}), selector, 9094)
+    assert not allowed(policies, ("monitoring", {"app.kubernetes.io/name": "grafana"}), selector, 9094)
+    assert not allowed(policies, ("fedota-p8", coordinator[1]), coordinator, 9094)
+    assert not allowed(policies, selector, coordinator, 9094)
+    assert not allowed(policies, prometheus, coordinator, 9091) and not allowed(policies, prometheus, selector, 9093)
+    # Off (the builders' default): no such policy.
+    assert len(build_network_policies(CONFIG, 7)) == len(policies) - 1
+
+
+def test_with_metrics_on_each_service_serves_them_and_reports_its_pods_address(
+    tmp_path: Path, cluster: FakeCluster
+) -> None:
+    def ready_at(ip: str) -> Callable[[str], k8s.V1PodStatus]:
+        def status(container: str) -> k8s.V1PodStatus:
+            return ready(container).model_copy(update={"pod_ip": ip})
+
+        return status
+
+    cluster.kubelet[("coordinator", 0)] = ready_at("10.42.0.7")
+    cluster.kubelet[("selector", 0)] = ready_at("10.42.1.3")
+    cluster.kubelet[("selector", 1)] = ready_at("10.42.2.9")
+    config = dataclasses.replace(CONFIG, metrics=True)
+    spawner = KubernetesSpawner(
+        config, apis=cluster.apis, start_timeout=5.0, delete_timeout=5.0, poll=0.0, sleep=lambda _s: None
+    )
+    states = spawner.start(make_spec(tmp_path))  # every object passes the schemas (the fake validates)
+    assert [s.metrics for s in states] == ["10.42.0.7:9094", "10.42.1.3:9094", "10.42.2.9:9094"]
+    for pod in _pod_specs([o for o in cluster.created if o["kind"] in ("Job", "Deployment")]):
+        (main,) = pod["containers"]
+        assert {"name": "FEDOTA_METRICS_LISTEN", "value": "0.0.0.0:9094"} in main["env"]
+        assert {"name": "metrics", "containerPort": 9094, "protocol": "TCP"} in main["ports"]
+    assert "metrics-from-prometheus" in cluster.kinds("fedota-p7")["NetworkPolicy"]
+
+    # Off: nothing served, nothing reported, no port.
+    off = KubernetesSpawner(
+        CONFIG, apis=FakeCluster().apis, start_timeout=5.0, delete_timeout=5.0, poll=0.0, sleep=lambda _s: None
+    )
+    assert [s.metrics for s in off.start(make_spec(tmp_path))] == ["", "", ""]
+    for pod in _pod_specs(validate(o) for o in build_run_objects(CONFIG, make_spec(tmp_path), FAB, (30056, 30057))):
+        assert all(e["name"] != "FEDOTA_METRICS_LISTEN" for e in pod["containers"][0]["env"])
+        assert [p["name"] for p in pod["containers"][0]["ports"]] == ["grpc"]
 
 
 # ---- RBAC ------------------------------------------------------------------------------------------

@@ -111,6 +111,19 @@ class ServiceState:
     metrics: str = ""
 
 
+# The container backends' port for each service's Prometheus metrics (plain HTTP, no
+# credentials) when FEDOTA_PROBLEM_METRICS is on: reachable on the problem's own network
+# (Docker, Swarm) or from the platform's Prometheus pods only (Kubernetes NetworkPolicy),
+# never published to data holders (docs/metrics.md).
+METRICS_PORT = 9094
+METRICS_LISTEN = f"0.0.0.0:{METRICS_PORT}"
+
+
+def metrics_env(on: bool) -> dict[str, str]:
+    """The environment that makes a container's coordinator or selector serve its metrics."""
+    return {"FEDOTA_METRICS_LISTEN": METRICS_LISTEN} if on else {}
+
+
 # Each problem owns a block of this many consecutive selector ports.
 MAX_SELECTORS = 8
 

@@ -57,7 +57,7 @@ import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import requests
 
-from webserver.spawner.base import RunSpec, ServiceState, SpawnError
+from webserver.spawner.base import METRICS_LISTEN, METRICS_PORT, RunSpec, ServiceState, SpawnError, metrics_env
 from webserver.spawner.process import _bind_host
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,6 @@ COORDINATOR_PORT = 9091
 SELECTOR_PORT = 9092
 # Each service's plaintext health port, on the container's loopback only (its gRPC port speaks TLS).
 HEALTH_PORT = 9093
-# Each service's Prometheus metrics (plain HTTP, no credentials) when they are on: on the
-# problem's own network only, never published, so the host's Prometheus dials the
-# container's address there and data holders never reach it (docs/metrics.md).
-METRICS_PORT = 9094
 STATE_MOUNT = "/state"
 # The whole start (every container answering its health check) must fit in this.
 START_TIMEOUT = 120.0
@@ -375,9 +371,6 @@ class DockerSpawner:
             "log_config": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
         }
 
-    def _metrics_env(self) -> dict[str, str]:
-        return {"FEDOTA_METRICS_LISTEN": f"0.0.0.0:{METRICS_PORT}"} if self.metrics else {}
-
     def _create_coordinator(self, spec: RunSpec, network: Any, volume: Any) -> Any:
         name = self.container_name(spec.problem_id, "coordinator")
         try:
@@ -399,7 +392,7 @@ class DockerSpawner:
             **({"FEDOTA_REPLY_POLICY": spec.reply_policy} if spec.reply_policy else {}),
             "FEDOTA_REPORT_URL": container_url(spec.report_url),
             "FEDOTA_REPORT_TOKEN": spec.service_token,
-            **self._metrics_env(),
+            **metrics_env(self.metrics),
             **spec.coordinator_tls_env(),
             **spec.extra_env,
         }
@@ -434,7 +427,7 @@ class DockerSpawner:
             "FEDOTA_SELECTOR_ID": f"p{spec.problem_id}-r{spec.run_number}-s{index}",
             "FEDOTA_SELECTOR_TOKEN": spec.selector_token,
             "FEDOTA_HEALTH_LISTEN": f"127.0.0.1:{HEALTH_PORT}",
-            **self._metrics_env(),
+            **metrics_env(self.metrics),
             **spec.selector_tls_env(),
             **spec.extra_env,
         }
@@ -520,7 +513,7 @@ class DockerSpawner:
     def _metrics_at(attrs: dict[str, Any]) -> str:
         """Where the running container serves its metrics: its address on the problem's network."""
         env = (attrs.get("Config") or {}).get("Env") or []
-        if attrs["State"]["Status"] != "running" or f"FEDOTA_METRICS_LISTEN=0.0.0.0:{METRICS_PORT}" not in env:
+        if attrs["State"]["Status"] != "running" or f"FEDOTA_METRICS_LISTEN={METRICS_LISTEN}" not in env:
             return ""
         networks = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).values()
         address = next((str(n.get("IPAddress")) for n in networks if n.get("IPAddress")), "")

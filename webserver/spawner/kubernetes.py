@@ -63,7 +63,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from fedota_common.hosts import is_loopback
-from webserver.spawner.base import RunSpec, ServiceState, SpawnError
+from webserver.spawner.base import METRICS_PORT, RunSpec, ServiceState, SpawnError, metrics_env
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,11 @@ class KubernetesConfig:
     coordinator_memory: str = "8Gi"
     selector_memory: str = "4Gi"
     cpus: str = "2"
+    # Coordinators and selectors serve Prometheus metrics on METRICS_PORT (FEDOTA_PROBLEM_METRICS),
+    # which only the platform's Prometheus pods may reach (namespace "": platform_namespace).
+    metrics: bool = False
+    prometheus_namespace: str = ""
+    prometheus_pod_labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "prometheus"})
 
     def __post_init__(self) -> None:
         if self.selector_service_type not in ("NodePort", "LoadBalancer"):
@@ -316,6 +321,10 @@ def _pod_spec(
     )
 
 
+def _metrics_ports(config: KubernetesConfig) -> list[k8s.V1ContainerPort]:
+    return [k8s.V1ContainerPort(name="metrics", container_port=METRICS_PORT, protocol="TCP")] if config.metrics else []
+
+
 def _tmp_volume() -> k8s.V1Volume:
     return k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=WRITABLE_TMP))
 
@@ -346,6 +355,7 @@ def build_coordinator_job(config: KubernetesConfig, spec: RunSpec, fab_parts: in
         **({"FEDOTA_REPLY_POLICY": spec.reply_policy} if spec.reply_policy else {}),
         "FEDOTA_REPORT_URL": report_url(spec.report_url),
         **({} if spec.tls else {"FEDOTA_INSECURE": "1"}),
+        **metrics_env(config.metrics),
         **spec.extra_env,
     }
     secret_env = [
@@ -376,7 +386,8 @@ def build_coordinator_job(config: KubernetesConfig, spec: RunSpec, fab_parts: in
         image=config.coordinator_image,
         image_pull_policy=config.image_pull_policy,
         env=_plain_env(env) + secret_env,
-        ports=[k8s.V1ContainerPort(name="grpc", container_port=COORDINATOR_PORT, protocol="TCP")],
+        ports=[k8s.V1ContainerPort(name="grpc", container_port=COORDINATOR_PORT, protocol="TCP")]
+        + _metrics_ports(config),
         volume_mounts=[state, tmp],
         security_context=_container_security(),
         resources=_resources(config, config.coordinator_memory),
@@ -462,6 +473,7 @@ def build_selector_deployment(
         "FEDOTA_SELECTOR_ID": f"p{spec.problem_id}-r{spec.run_number}-s{index}",
         "FEDOTA_HEALTH_LISTEN": f"127.0.0.1:{HEALTH_PORT}",
         **({} if spec.tls else {"FEDOTA_INSECURE": "1"}),
+        **metrics_env(config.metrics),
         **spec.extra_env,
     }
     secret_env = [_secret_env("FEDOTA_SELECTOR_TOKEN", "selector", "selector-token")]
@@ -476,7 +488,7 @@ def build_selector_deployment(
         image=config.selector_image,
         image_pull_policy=config.image_pull_policy,
         env=_plain_env(env) + secret_env,
-        ports=[k8s.V1ContainerPort(name="grpc", container_port=SELECTOR_PORT, protocol="TCP")],
+        ports=[k8s.V1ContainerPort(name="grpc", container_port=SELECTOR_PORT, protocol="TCP")] + _metrics_ports(config),
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
         security_context=_container_security(),
         resources=_resources(config, config.selector_memory),
@@ -543,7 +555,8 @@ def build_selector_service(config: KubernetesConfig, problem_id: int, index: int
 
 
 def build_network_policies(config: KubernetesConfig, problem_id: int) -> list[k8s.V1NetworkPolicy]:
-    """Deny everything, then allow clients → selectors, selectors → coordinator, coordinator → website, DNS."""
+    """Deny everything, then allow clients → selectors, selectors → coordinator, coordinator → website, DNS,
+    and, with metrics on, the platform's Prometheus → every pod's metrics port."""
 
     def policy(name: str, pods: dict[str, str], **rules: Any) -> k8s.V1NetworkPolicy:
         types = [t for t, key in (("Ingress", "ingress"), ("Egress", "egress")) if key in rules]
@@ -619,7 +632,22 @@ def build_network_policies(config: KubernetesConfig, problem_id: int) -> list[k8
                 dns,
             ],
         ),
-    ]
+    ] + ([_metrics_policy(config, policy, tcp)] if config.metrics else [])
+
+
+def _metrics_policy(config: KubernetesConfig, policy: Any, tcp: Any) -> k8s.V1NetworkPolicy:
+    # Every pod of the namespace is the problem's coordinator or one of its selectors.
+    prometheus = k8s.V1NetworkPolicyPeer(
+        namespace_selector=k8s.V1LabelSelector(
+            match_labels={"kubernetes.io/metadata.name": config.prometheus_namespace or config.platform_namespace}
+        ),
+        pod_selector=k8s.V1LabelSelector(match_labels=config.prometheus_pod_labels),
+    )
+    return policy(  # type: ignore[no-any-return]
+        "metrics-from-prometheus",
+        {},
+        ingress=[k8s.V1NetworkPolicyIngressRule(_from=[prometheus], ports=tcp(METRICS_PORT))],
+    )
 
 
 def build_run_objects(config: KubernetesConfig, spec: RunSpec, fab: bytes, ports: Sequence[int | None]) -> list[Any]:
@@ -757,14 +785,17 @@ def service_state(
         detail = _hopeless_wait(pod) or f"the pod failed: {reason} {message}".strip()
         return ServiceState(role, index, handle, address, "exited", detail, None, restarts)
     if state is not None and state.running is not None:
+        pod_ip = (pod.status.pod_ip or "") if pod.status else ""
+        # Dialled at the pod's own address: a Service would pick any pod, and the metrics policy admits Prometheus.
+        metrics = f"{pod_ip}:{METRICS_PORT}" if config.metrics and pod_ip else ""
         if status is not None and status.ready:
-            return ServiceState(role, index, handle, address, "healthy", "", None, restarts)
+            return ServiceState(role, index, handle, address, "healthy", "", None, restarts, metrics)
         started = state.running.started_at
         now = now or datetime.now(UTC)
         if started is not None and (now - started).total_seconds() > 120:
             detail = "the gRPC health check did not answer SERVING"
-            return ServiceState(role, index, handle, address, "unhealthy", detail, None, restarts)
-        return ServiceState(role, index, handle, address, "starting", "", None, restarts)
+            return ServiceState(role, index, handle, address, "unhealthy", detail, None, restarts, metrics)
+        return ServiceState(role, index, handle, address, "starting", "", None, restarts, metrics)
     detail = _hopeless_wait(pod) or _unschedulable(pod) or _waiting(pod, container)
     if state is not None and state.waiting is not None and status is not None and status.last_state is not None:
         last = status.last_state.terminated
@@ -887,6 +918,9 @@ class KubernetesSpawner:
                 coordinator_memory=settings.FEDOTA_KUBERNETES_COORDINATOR_MEMORY,
                 selector_memory=settings.FEDOTA_KUBERNETES_SELECTOR_MEMORY,
                 cpus=settings.FEDOTA_KUBERNETES_CPUS,
+                metrics=settings.FEDOTA_PROBLEM_METRICS,
+                prometheus_namespace=settings.FEDOTA_KUBERNETES_PROMETHEUS_NAMESPACE,
+                prometheus_pod_labels=settings.FEDOTA_KUBERNETES_PROMETHEUS_POD_LABELS,
             ),
             kubeconfig=settings.FEDOTA_KUBERNETES_KUBECONFIG,
         )
