@@ -364,6 +364,41 @@ def participant_privacy(*, participant: Participant) -> list[dict[str, Any]]:
     return [{"run": r.run.number, **privacy_json(r)} for r in sorted(rows, key=lambda r: r.run.number, reverse=True)]
 
 
+def run_mlflow(*, run: Run) -> dict[str, Any] | None:
+    """The run's MLflow export as the dashboard shows it; None when its problem is not linked and it never exported.
+
+    `url` is the MLflow run's page ("" until it exists); `error` the last failure to reach MLflow
+    ("" once an export succeeded again), with `error_at`.
+    """
+    from webserver.problems.mlflow_export import mlflow_run_url
+    from webserver.problems.models import MlflowExport
+
+    export = MlflowExport.objects.filter(run=run).first()
+    if export is None:
+        if not run.problem.mlflow_tracking_url:
+            return None
+        return {
+            "tracking_url": run.problem.mlflow_tracking_url,
+            "url": "",
+            "run_id": "",
+            "status": "pending",
+            "rounds_logged": 0,
+            "error": "",
+            "error_at": None,
+            "exported_at": None,
+        }
+    return {
+        "tracking_url": export.tracking_url,
+        "url": mlflow_run_url(export),
+        "run_id": export.mlflow_run_id,
+        "status": export.status_logged or ("exporting" if export.mlflow_run_id else "pending"),
+        "rounds_logged": len(export.rounds_logged or []),
+        "error": export.last_error,
+        "error_at": export.last_error_at.isoformat() if export.last_error_at else None,
+        "exported_at": export.last_success_at.isoformat() if export.last_success_at else None,
+    }
+
+
 def run_json(run: Run) -> dict[str, Any]:
     return {
         "id": run.pk,
@@ -384,6 +419,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "attempts": run_attempts(run=run),
         "restart_count": len(run.restarts or []),
         "restarts": list(run.restarts or [])[-RECENT_RESTARTS:],
+        # The run's export to MLflow (docs/mlflow.md); null when its problem is not linked.
+        "mlflow": run_mlflow(run=run),
     }
 
 

@@ -30,9 +30,12 @@ from webserver.errors import ApplicationError
 from webserver.monitoring.models import Checkpoint, LogLine, PrivacyReport, PrivacyState, RoundRecord, RunReport
 from webserver.monitoring.provenance import contract_sha256
 from webserver.participation.models import Contribution, Participant
+from webserver.problems.mlflow_export import mlflow_export_enqueue
 from webserver.problems.models import ACTIVE_RUN_STATUSES, Run, RunStatus, Service, ServiceRole
 
 EVENT_KINDS = ("run_started", "round_finished", "pool", "log", "run_finished", "site_privacy")
+# Events after which a run linked to MLflow is exported (problems.mlflow_export); its final model too.
+EXPORTED_KINDS = ("round_finished", "run_finished")
 CHECKPOINT_KINDS = ("npz", "pt")
 COPY_CHUNK = 1 << 20
 # The largest value a PositiveIntegerField holds on every database Django supports.
@@ -254,6 +257,9 @@ def run_events_apply(*, run: Run, events: list[Any]) -> int:
     with transaction.atomic():
         for i, event in enumerate(events):
             run_event_apply(run=run, event=event, prefix=f"events[{i}].")
+        if any(isinstance(e, dict) and e.get("kind") in EXPORTED_KINDS for e in events):
+            # Once per batch, after it commits: a batch of 100 rounds is one export.
+            mlflow_export_enqueue(run=run)
     return len(events)
 
 
@@ -530,6 +536,8 @@ def checkpoint_store(
             # Never a reason to refuse a model: a contract that cannot be hashed leaves the field blank.
             checkpoint.contract_sha256 = contract_sha256(run.problem.contract) or ""
             checkpoint.save()
+            if round == 0:
+                mlflow_export_enqueue(run=run)
     return checkpoint
 
 

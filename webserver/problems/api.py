@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -17,7 +18,7 @@ from rest_framework.views import APIView
 
 from webserver.api_bounds import JSONParser
 from webserver.api_schema import errors
-from webserver.problems import fabs, queries, services
+from webserver.problems import fabs, mlflow_export, queries, services
 from webserver.problems.serializers import (
     BuiltinAppSerializer,
     FabFileSerializer,
@@ -26,6 +27,15 @@ from webserver.problems.serializers import (
     RunSerializer,
     as_data,
 )
+
+# The write fields `mlflow_<name>` (problems.mlflow_export stores them, not problem_create/update).
+MLFLOW_NAMES = ("tracking_url", "token", "experiment")
+
+
+def _mlflow_changes(data: dict[str, Any]) -> mlflow_export.MlflowSettings | None:
+    """The MLflow settings among validated write input (taken out of it), checked; None when none were sent."""
+    sent = {name: data.pop(f"mlflow_{name}") for name in MLFLOW_NAMES if f"mlflow_{name}" in data}
+    return mlflow_export.mlflow_settings_check(**sent) if sent else None
 
 
 def _write_kwargs(data: dict[str, Any]) -> dict[str, Any]:
@@ -57,8 +67,8 @@ class ProblemListCreate(GenericAPIView):
         problems = self.get_queryset()
         page = self.paginate_queryset(problems)
         if page is not None:
-            return self.get_paginated_response(ProblemSerializer(page, many=True).data)
-        return Response(ProblemSerializer(problems, many=True).data)
+            return self.get_paginated_response(ProblemSerializer(page, many=True, context={"request": request}).data)
+        return Response(ProblemSerializer(problems, many=True, context={"request": request}).data)
 
     @extend_schema(request=ProblemWriteSerializer, responses={201: ProblemSerializer, **errors(400, 403, 409, 413)})
     def post(self, request: Request) -> Response:
@@ -67,8 +77,13 @@ class ProblemListCreate(GenericAPIView):
         services.problem_create_check(owner=request.user)
         serializer = ProblemWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        problem = services.problem_create(owner=request.user, **_write_kwargs(serializer.validated_data))
-        return Response(ProblemSerializer(problem).data, status=status.HTTP_201_CREATED)
+        data = dict(serializer.validated_data)
+        mlflow = _mlflow_changes(data)
+        with transaction.atomic():
+            problem = services.problem_create(owner=request.user, **_write_kwargs(data))
+            if mlflow is not None:
+                problem = mlflow_export.problem_mlflow_update(problem=problem, user=request.user, changes=mlflow)
+        return Response(ProblemSerializer(problem, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
 
 class ProblemDetail(APIView):
@@ -77,7 +92,7 @@ class ProblemDetail(APIView):
     @extend_schema(responses={200: ProblemSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         problem = queries.problem_get_visible(user=request.user, pk=pk)
-        return Response(ProblemSerializer(problem).data)
+        return Response(ProblemSerializer(problem, context={"request": request}).data)
 
     @extend_schema(
         request=ProblemWriteSerializer, responses={200: ProblemSerializer, **errors(400, 403, 404, 409, 413)}
@@ -89,8 +104,13 @@ class ProblemDetail(APIView):
         serializer.is_valid(raise_exception=True)
         # Only what was sent: partial validation still fills in defaults.
         sent = {k: v for k, v in serializer.validated_data.items() if k in request.data}
-        problem = services.problem_update(problem=problem, user=request.user, **_write_kwargs(sent))
-        return Response(ProblemSerializer(problem).data)
+        mlflow = _mlflow_changes(sent)
+        with transaction.atomic():
+            if sent or mlflow is None:
+                problem = services.problem_update(problem=problem, user=request.user, **_write_kwargs(sent))
+            if mlflow is not None:
+                problem = mlflow_export.problem_mlflow_update(problem=problem, user=request.user, changes=mlflow)
+        return Response(ProblemSerializer(problem, context={"request": request}).data)
 
     @extend_schema(responses={204: None, **errors(403, 404, 409)})
     def delete(self, request: Request, pk: int) -> Response:
@@ -127,7 +147,7 @@ class ProblemArchive(APIView):
         """Archive the problem (its active run is stopped)."""
         problem = queries.problem_get_visible(user=request.user, pk=pk)
         problem = services.problem_archive(problem=problem, user=request.user)
-        return Response(ProblemSerializer(problem).data)
+        return Response(ProblemSerializer(problem, context={"request": request}).data)
 
 
 class ProblemFiles(APIView):

@@ -239,6 +239,54 @@ class PrivacyForm(forms.Form):
         return {key: self.cleaned_data[key] for key in PRIVACY_KEYS if self.cleaned_data.get(key) is not None}
 
 
+class MlflowForm(forms.Form):
+    """The MLflow tracking server the problem's runs are exported to (docs/mlflow.md).
+
+    The token box is write-only: it is never filled in from the stored token. Left empty it
+    keeps the stored token; "remove the token" removes it.
+    """
+
+    tracking_url = forms.CharField(
+        required=False,
+        max_length=500,
+        label="MLflow tracking URL",
+        help_text="For example https://mlflow.example.org or http://127.0.0.1:5000. Every run is then logged there as "
+        "an MLflow run: its settings and app hash, each round's metrics and the final model. Empty: not linked.",
+        widget=forms.URLInput(attrs={"placeholder": "https://mlflow.example.org"}),
+    )
+    token = forms.CharField(
+        required=False,
+        max_length=4000,
+        label="MLflow token",
+        strip=True,
+        help_text="Sent as Authorization: Bearer <token>. Stored sealed; never shown again.",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
+    remove_token = forms.BooleanField(required=False, label="Remove the stored token")
+    experiment = forms.CharField(
+        required=False,
+        max_length=250,
+        label="MLflow experiment",
+        help_text="Made if it does not exist. Empty: one named after the problem.",
+    )
+
+    def __init__(self, *args: Any, token_set: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.token_set = token_set
+
+    def changes(self) -> Any:
+        """The settings to store, checked (ApplicationError names the box at fault)."""
+        from webserver.problems.mlflow_export import mlflow_settings_check
+
+        data = self.cleaned_data
+        token: str | None = data.get("token") or None
+        if data.get("remove_token") and not token:
+            token = ""
+        return mlflow_settings_check(
+            tracking_url=data.get("tracking_url") or "", token=token, experiment=data.get("experiment") or ""
+        )
+
+
 def _app_field(key: str, default: Any) -> forms.Field:
     """An input for one key of the app's config, typed like its default (Flower's UserConfig types)."""
     label = key
@@ -448,6 +496,12 @@ class ProblemEditor:
         if frozen and problem is not None:
             pv_initial = dict(problem.privacy or {})
         self.privacy_form = PrivacyForm(data, initial=pv_initial, prefix="pv", frozen=frozen)
+        ml_initial: dict[str, Any] = {}
+        if problem is not None:
+            ml_initial = {"tracking_url": problem.mlflow_tracking_url, "experiment": problem.mlflow_experiment}
+        self.mlflow_form = MlflowForm(
+            data, initial=ml_initial, prefix="ml", token_set=bool(problem is not None and problem.mlflow_token)
+        )
         self.contract_form = ContractForm(data, files, initial=ct_initial, prefix="ct")
         self.field_rows = FieldRowFormSet(data, initial=rows or None, prefix="fields")
         self.array_rows = ArrayRowFormSet(data, initial=arrays or None, prefix="arrays")
@@ -458,6 +512,7 @@ class ProblemEditor:
             self.problem_form,
             self.run_config_form,
             self.privacy_form,
+            self.mlflow_form,
             self.contract_form,
             self.field_rows,
             self.array_rows,
@@ -547,6 +602,9 @@ class ProblemEditor:
                     self._contract_error(key, message)
             return
         field = exc.field
+        if field is not None and field.startswith("mlflow_") and field[len("mlflow_") :] in self.mlflow_form.fields:
+            self.mlflow_form.add_error(field[len("mlflow_") :], exc.message)
+            return
         if field == "contract":
             for message in exc.extra.get("issues") or [exc.message]:
                 self.contract_form.add_error(None, message)

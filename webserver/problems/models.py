@@ -47,6 +47,12 @@ class Problem(models.Model):
     # certificate goes into join bundles, its key signs the selectors' certificates.
     ca_certificate = models.TextField(blank=True, editable=False)
     ca_private_key = models.TextField(blank=True, editable=False)
+    # Where runs are exported as MLflow runs (problems.mlflow_export); "" when not linked.
+    mlflow_tracking_url = models.CharField(max_length=500, blank=True)
+    # The MLflow token, sealed with SECRET_KEY (problems.mlflow_export): write-only, never shown back.
+    mlflow_token = models.TextField(blank=True, editable=False)
+    # The MLflow experiment the runs go to; "" means one named after the problem.
+    mlflow_experiment = models.CharField(max_length=250, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -138,3 +144,35 @@ class Service(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} {self.index} of {self.run}"
+
+
+class MlflowExport(models.Model):
+    """What the export of one run to its problem's MLflow tracking server has done so far.
+
+    Written only by `problems.mlflow_export`. The MLflow run id is kept so that a retried or
+    redelivered export never creates a second MLflow run; `key` is tagged on the MLflow run
+    before its id is known here, so a worker that died between creating it and saving the id
+    finds it again.
+    """
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, primary_key=True, related_name="mlflow_export")
+    key = models.CharField(max_length=32)
+    # The server this run exports to (the problem's URL when the export began).
+    tracking_url = models.CharField(max_length=500)
+    experiment_id = models.CharField(max_length=64, blank=True)
+    mlflow_run_id = models.CharField(max_length=64, blank=True)
+    params_logged = models.BooleanField(default=False)
+    # "attempt.round" of every round whose metrics were logged.
+    rounds_logged = models.JSONField(default=list, blank=True)
+    # Artifact path -> SHA-256 of the model file uploaded there.
+    models_logged = models.JSONField(default=dict, blank=True)
+    # The MLflow status the run was ended with (FINISHED, FAILED, KILLED); "" while it runs.
+    status_logged = models.CharField(max_length=16, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    # One export of a run at a time: a task holds this lease while it talks to MLflow.
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"MLflow export of {self.run}"

@@ -50,6 +50,12 @@ class ResumabilitySerializer(serializers.Serializer):
     sentence = serializers.CharField()
 
 
+class MlflowLinkSerializer(serializers.Serializer):
+    tracking_url = serializers.CharField(help_text="The MLflow tracking server runs are exported to.")
+    experiment = serializers.CharField(help_text="The MLflow experiment; empty: one named after the problem.")
+    token_set = serializers.BooleanField(help_text="Whether a token is stored (the token itself is never shown).")
+
+
 class ProblemSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     active_run = serializers.SerializerMethodField()
@@ -70,6 +76,10 @@ class ProblemSerializer(serializers.ModelSerializer):
         "is true (it resumes from its last checkpoint), false (it starts again at round 1 as a new attempt) or "
         "null (Fedota cannot tell); `reason` says why and `sentence` is what the problem page says "
         '(docs/architecture.md, "Which apps resume after a restart"). Null when the app cannot be read.'
+    )
+    mlflow = serializers.SerializerMethodField(
+        help_text="Where the problem's runs are exported as MLflow runs (docs/mlflow.md); shown to the problem's "
+        "owner only, null for everyone else and when the problem is not linked. The token is never returned."
     )
 
     class Meta:
@@ -93,6 +103,7 @@ class ProblemSerializer(serializers.ModelSerializer):
             "num_partitions",
             "join_policy",
             "active_run",
+            "mlflow",
             "created_at",
             "updated_at",
         ]
@@ -126,6 +137,20 @@ class ProblemSerializer(serializers.ModelSerializer):
         except ApplicationError:
             return None  # a damaged app: the problem page says why
         return {"resumes": result.resumes, "reason": result.reason, "sentence": result.sentence}
+
+    @extend_schema_field(MlflowLinkSerializer(allow_null=True))
+    def get_mlflow(self, problem: Problem) -> dict[str, Any] | None:
+        from webserver.permissions import owns_problem
+
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        if not problem.mlflow_tracking_url or user is None or not owns_problem(user, problem):
+            return None
+        return {
+            "tracking_url": problem.mlflow_tracking_url,
+            "experiment": problem.mlflow_experiment,
+            "token_set": bool(problem.mlflow_token),
+        }
 
     def get_description_html(self, problem: Problem) -> str:
         return _description_html(problem.description)
@@ -168,6 +193,27 @@ class ProblemWriteSerializer(serializers.Serializer):
         "set no budget), clipping_norm (> 0: the L2 norm updates are clipped to unless a site sets its own), delta "
         "(between 0 and 1: the δ sites report ε at unless they set their own). Other keys are refused. Fixed once "
         "the problem is published (409).",
+    )
+    mlflow_tracking_url = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text="An MLflow tracking server (http:// or https://) to export every run to as an MLflow run: params, "
+        "per-round metrics, the final model (docs/mlflow.md). Empty: not linked.",
+    )
+    mlflow_token = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=4000,
+        write_only=True,
+        help_text="A token the MLflow server takes as `Authorization: Bearer <token>`; stored sealed and never "
+        "returned (`mlflow.token_set` says whether one is stored). Empty: remove it; absent: keep it.",
+    )
+    mlflow_experiment = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=250,
+        help_text="The MLflow experiment runs go to, made if missing. Empty: `<title> (Fedota problem <id>)`.",
     )
 
 
