@@ -103,6 +103,9 @@ def test_the_edit_page_links_a_problem(client: Client, users: dict[str, Any], pr
     assert stored.mlflow_tracking_url == "http://127.0.0.1:5000" and open_token(stored.mlflow_token) == TOKEN
     page = client.get(url).content.decode()
     assert "A token is stored" in page and TOKEN not in page
+    detail = client.get(f"/problems/{problem.pk}/").content.decode()
+    assert "each run is logged to http://127.0.0.1:5000" in detail and "a token is set" in detail
+    assert TOKEN not in detail
     # Saved again with the token box empty: the token stays; ticking "remove" removes it.
     client.post(url, {**data, "ml-token": ""})
     assert open_token(Problem.objects.get(pk=problem.pk).mlflow_token) == TOKEN

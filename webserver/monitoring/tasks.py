@@ -16,7 +16,7 @@ from webserver.problems.mlflow_export import ExportBusy, run_mlflow_export
 log = logging.getLogger(__name__)
 
 # Backoff between tries when MLflow cannot be reached: 30 s, 1, 2, 4, 8 min, then every 10 min, for about
-# 1 h 15 min in all; after that the next round or the run's end of the run tries again.
+# an hour in all; after that the next round or the run's end tries again.
 MAX_RETRIES = 10
 MAX_BACKOFF = 600
 # Another copy of the task holds the run's export: look again shortly.

@@ -259,7 +259,7 @@ class MlflowForm(forms.Form):
         max_length=4000,
         label="MLflow token",
         strip=True,
-        help_text="Sent as Authorization: Bearer <token>. Stored sealed; never shown again.",
+        help_text="Sent as `Authorization: Bearer <token>`. Stored sealed; never shown again.",
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
     )
     remove_token = forms.BooleanField(required=False, label="Remove the stored token")
