@@ -342,6 +342,10 @@ FEDOTA_SWARM_SELECTOR_CONSTRAINTS = [
 # Seconds a start may take until every service passed its health check. Many problems
 # starting at once on a small manager need more: 20 took 130-163 s on 2 cores (bench/README.md).
 FEDOTA_SWARM_START_TIMEOUT = env_float("FEDOTA_SWARM_START_TIMEOUT", 120.0)
+# The platform's Prometheus, a container on the manager's engine (name or id): with
+# FEDOTA_PROBLEM_METRICS on, it is connected to each problem's overlay network while the
+# problem runs, the only way to reach the services' metrics (docs/metrics.md). Empty: none.
+FEDOTA_SWARM_PROMETHEUS_CONTAINER = env("FEDOTA_SWARM_PROMETHEUS_CONTAINER") or ""
 
 
 # The kubernetes backend (webserver/spawner/kubernetes.py, docs/kubernetes.md). Validated
@@ -470,8 +474,8 @@ for _net in FEDOTA_METRICS_NETWORKS:
         raise ImproperlyConfigured(f"FEDOTA_METRICS_NETWORKS: {_net!r} is not a network ({_exc})") from _exc
 # Problems' coordinators and selectors serve metrics too, listed for Prometheus's HTTP service
 # discovery at /metrics/targets (same access as /metrics). The process backend serves them
-# on loopback ports, the Docker backend on the problem's own network (never published);
-# Swarm and Kubernetes do not serve them yet (docs/metrics.md).
+# on loopback ports, the Docker and Swarm backends on the problem's own network (never
+# published), Kubernetes to the Prometheus pods its NetworkPolicy admits (docs/metrics.md).
 FEDOTA_PROBLEM_METRICS = env_bool("FEDOTA_PROBLEM_METRICS", True)
 # OpenTelemetry tracing (fedota_common/tracing.py, docs/tracing.md), off unless a collector is
 # named: the OTLP/gRPC endpoint this site's spans go to (publish, launch, spawn), and the one

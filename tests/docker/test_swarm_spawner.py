@@ -9,6 +9,7 @@ The module makes the engine a swarm manager (`docker swarm init --advertise-addr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import subprocess
@@ -417,6 +418,75 @@ def test_the_reconciler_restarts_only_what_died_removes_orphans_and_relaunches(
     run.refresh_from_db()
     assert run.status == RunStatus.STOPPED
     _nothing_left(swarm, docker_prefix, problem.pk)
+
+
+# GET argv[1] from inside a container: prints the body, or what went wrong.
+SCRAPE = (
+    "import sys, urllib.request\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
+    "except Exception as exc:\n"
+    "    print(f'no answer: {type(exc).__name__} {exc}')\n"
+)
+
+
+def test_metrics_reach_the_platforms_prometheus_on_the_problems_network_only(
+    swarm: Any, docker_prefix: str, fab: tuple[Path, str]
+) -> None:
+    """With metrics on, every task serves them on its overlay address; the container named as the
+    platform's Prometheus is connected to the problem's network for the problem's life (and let go at
+    stop) and scrapes them there; a container on no problem network reaches none of them."""
+    here = f"node.id=={swarm.info()['Swarm']['NodeID']}"
+    idle = ["python", "-c", "import time; time.sleep(900)"]
+    labels = {"fedota.install": docker_prefix, "fedota.test": "prometheus-stand-in"}
+    prometheus = swarm.containers.run(
+        "fedota/selector:latest", entrypoint=idle, detach=True, name=f"{docker_prefix}-prometheus", labels=labels
+    )
+    stranger = swarm.containers.run(
+        "fedota/selector:latest", entrypoint=idle, detach=True, name=f"{docker_prefix}-stranger", labels=labels
+    )
+    spawner = SwarmSpawner(
+        client=swarm,
+        prefix=docker_prefix,
+        coordinator_memory="1g",
+        selector_memory="512m",
+        selector_constraints=(here,),
+        metrics=True,
+        prometheus_container=prometheus.name,
+    )
+    problem = 8104
+    try:
+        states = spawner.start(_spec(fab, problem, spawner, selectors=2))
+        network = swarm.networks.get(f"{docker_prefix}-p{problem}")
+        assert network.attrs["Attachable"] is True  # for the Prometheus container alone
+        prometheus.reload()
+        assert network.name in prometheus.attrs["NetworkSettings"]["Networks"]
+        subnet = network.attrs["IPAM"]["Config"][0]["Subnet"]
+        for state in states:
+            address = state.metrics
+            host = ipaddress.ip_address(address.rpartition(":")[0])
+            assert address.endswith(":9094") and host in ipaddress.ip_network(subnet), (state, subnet)
+            code, out = exec_python(prometheus, "-c", SCRAPE, f"http://{address}/metrics")
+            assert code == 0 and f"fedota_{state.role}_" in out, (state, out[-2000:])
+        # (Not a bare TCP probe: this machine's gateway accepts any connection to an address it routes.)
+        for state in states:
+            code, out = exec_python(stranger, "-c", SCRAPE, f"http://{state.metrics}/metrics")
+            assert code == 0 and "fedota_" not in out, f"a container on no problem network scraped {state}: {out}"
+        # Nothing of it is published on the node.
+        for name in (f"{docker_prefix}-p{problem}-coordinator", f"{docker_prefix}-p{problem}-selector-0"):
+            ports = swarm.services.get(name).attrs["Spec"].get("EndpointSpec", {}).get("Ports") or []
+            assert all(p["TargetPort"] != 9094 for p in ports), ports
+
+        spawner.stop(problem)
+        prometheus.reload()
+        assert network.name not in prometheus.attrs["NetworkSettings"]["Networks"]
+        assert prometheus.status == "running"
+        _nothing_left(swarm, docker_prefix, problem)
+    finally:
+        for problem_id in spawner.problems():
+            spawner.stop(problem_id)
+        for container in (prometheus, stranger):
+            container.remove(force=True)
 
 
 def test_bad_settings_fail_the_start_saying_what_to_fix(

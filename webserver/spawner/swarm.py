@@ -59,6 +59,7 @@ Manager errors become `SpawnError` here, with what the manager said.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ from docker.types import (  # type: ignore[import-untyped]
 )
 from docker.utils import parse_bytes  # type: ignore[import-untyped]
 
-from webserver.spawner.base import RunSpec, ServiceState, SpawnError
+from webserver.spawner.base import METRICS_LISTEN, METRICS_PORT, RunSpec, ServiceState, SpawnError, metrics_env
 from webserver.spawner.docker import (
     COORDINATOR_PORT,
     HEALTH_PORT,
@@ -91,6 +92,8 @@ from webserver.spawner.docker import (
     _fab_archive,
     container_url,
 )
+
+log = logging.getLogger(__name__)
 
 # The whole start (every service's task running, i.e. past its health check) must fit in this.
 START_TIMEOUT = 120.0
@@ -163,6 +166,8 @@ class SwarmSpawner:
         encrypted: bool = True,
         selector_constraints: tuple[str, ...] = (),
         start_timeout: float = START_TIMEOUT,
+        metrics: bool = False,
+        prometheus_container: str = "",
     ) -> None:
         self._client = client
         self.manager = manager
@@ -180,6 +185,11 @@ class SwarmSpawner:
         # Swarm placement constraints of the selectors, e.g. the nodes FEDOTA_SELECTOR_HOST reaches.
         self.selector_constraints = selector_constraints
         self.start_timeout = start_timeout
+        # Coordinators and selectors serve Prometheus metrics on METRICS_PORT, reachable on the
+        # problem's own overlay network only; the platform's Prometheus, a container on the
+        # manager's engine, is connected to each problem's network while the problem runs.
+        self.metrics = metrics
+        self.prometheus_container = prometheus_container if metrics else ""
         self._node_id = ""
 
     @classmethod
@@ -200,6 +210,8 @@ class SwarmSpawner:
             encrypted=settings.FEDOTA_SWARM_ENCRYPTED,
             selector_constraints=tuple(settings.FEDOTA_SWARM_SELECTOR_CONSTRAINTS),
             start_timeout=settings.FEDOTA_SWARM_START_TIMEOUT,
+            metrics=settings.FEDOTA_PROBLEM_METRICS,
+            prometheus_container=settings.FEDOTA_SWARM_PROMETHEUS_CONTAINER,
         )
 
     @property
@@ -271,6 +283,7 @@ class SwarmSpawner:
         self._remove_services(spec.problem_id)
         self._remove_secrets(spec.problem_id)
         network = self._ensure_network(spec.problem_id)
+        self._connect_prometheus(network)
         volume = self._ensure_volume(spec.problem_id)
         self._copy_app(spec, volume)
         deadline = time.monotonic() + self.start_timeout
@@ -342,6 +355,7 @@ class SwarmSpawner:
             networks = self.client.networks.list(filters=self._filters(problem_id))
         # Until every node has let the removed services' containers go, the network is in use.
         for network in networks:
+            self._disconnect_prometheus(network)
             self._retry(lambda n=network: n.remove(), f"removing the network {network.name}")
         with _manager(f"removing the volume of problem {problem_id}"):
             volumes = self.client.volumes.list(filters=self._filters(problem_id))
@@ -398,10 +412,40 @@ class SwarmSpawner:
                 name,
                 driver="overlay",
                 scope="swarm",
-                attachable=False,
+                # No container joins it by itself, but the platform's Prometheus (a plain container).
+                attachable=bool(self.prometheus_container),
                 options={"encrypted": "true"} if self.encrypted else {},
                 labels=self.labels(problem_id, **{f"{LABEL}.role": "network"}),
             )
+
+    def _connect_prometheus(self, network: Any) -> None:
+        """Let the platform's Prometheus reach the problem's metrics: a missing one is logged, not a failed publish."""
+        if not self.prometheus_container:
+            return
+        try:
+            network.reload()
+            attached = (network.attrs.get("Containers") or {}).keys()
+            container = self.client.containers.get(self.prometheus_container)
+            if container.id not in attached:
+                network.connect(container)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            if "already exists" in str(exc):  # connected meanwhile (another problem's start reloaded it)
+                return
+            log.warning(
+                "the problem's metrics are served, but Prometheus (FEDOTA_SWARM_PROMETHEUS_CONTAINER=%s) "
+                "could not join the network %s to scrape them: %s",
+                self.prometheus_container,
+                network.name,
+                exc,
+            )
+
+    def _disconnect_prometheus(self, network: Any) -> None:
+        if not self.prometheus_container:
+            return
+        try:
+            network.disconnect(self.prometheus_container, force=True)
+        except (docker.errors.DockerException, requests.RequestException):
+            pass  # not connected (or gone): the network's removal says if anything still holds it
 
     def _ensure_volume(self, problem_id: int) -> Any:
         name = self.volume_name(problem_id)
@@ -499,6 +543,7 @@ class SwarmSpawner:
             "FEDOTA_WAIT_FOR_NODES": str(spec.min_clients),
             **({"FEDOTA_REPLY_POLICY": spec.reply_policy} if spec.reply_policy else {}),
             "FEDOTA_REPORT_URL": container_url(spec.report_url) if spec.report_url else "",
+            **metrics_env(self.metrics),
             **spec.extra_env,
         }
         refs = []
@@ -549,6 +594,7 @@ class SwarmSpawner:
             "FEDOTA_LISTEN": f"0.0.0.0:{SELECTOR_PORT}",
             "FEDOTA_SELECTOR_ID": f"p{spec.problem_id}-r{spec.run_number}-s{index}",
             "FEDOTA_HEALTH_LISTEN": f"127.0.0.1:{HEALTH_PORT}",
+            **metrics_env(self.metrics),
             **spec.extra_env,
         }
         refs = []
@@ -745,7 +791,21 @@ class SwarmSpawner:
         force = spec["TaskTemplate"].get("ForceUpdate", 0)
         era = [t for t in tasks if (t.get("Spec") or {}).get("ForceUpdate", 0) == force]
         restarts = max(0, len(era) - 1)
-        return ServiceState(role, index, service.id[:12], address, health, detail, exit_code, restarts)
+        metrics = self._metrics_at(spec, tasks[-1]) if task is not None and task.state == "running" else ""
+        return ServiceState(role, index, service.id[:12], address, health, detail, exit_code, restarts, metrics)
+
+    def _metrics_at(self, spec: dict[str, Any], task: dict[str, Any]) -> str:
+        """Where a running task serves its metrics: its address on the problem's overlay network."""
+        env = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Env") or []
+        if f"FEDOTA_METRICS_LISTEN={METRICS_LISTEN}" not in env:
+            return ""
+        problem = (spec.get("Labels") or {}).get(f"{LABEL}.problem", "")
+        wanted = self.network_name(int(problem)) if problem.isdigit() else ""
+        for attachment in task.get("NetworksAttachments") or []:
+            if ((attachment.get("Network") or {}).get("Spec") or {}).get("Name") == wanted:
+                addresses = attachment.get("Addresses") or []
+                return f"{addresses[0].split('/')[0]}:{METRICS_PORT}" if addresses else ""
+        return ""
 
     def _remove_services(self, problem_id: int) -> None:
         """Remove the problem's services, coordinator first, and wait until their tasks have ended."""
