@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from fedota_common import privacy_rules as rules
 from protos.selector.v1 import selector_pb2 as spb
 
 log = logging.getLogger(__name__)
@@ -81,24 +82,22 @@ class Requirement:
             return cls()
         if not isinstance(data, dict):
             raise PrivacyError(f"the join bundle's 'privacy' must be an object, not {data!r}")
-        unknown = sorted(set(data) - {"min_noise_multiplier", "clipping_norm", "delta"})
+        unknown = rules.unknown_keys(data)
         if unknown:
             raise PrivacyError(
                 f"the join bundle's 'privacy' has unknown keys {unknown}: this client is older than the problem's "
                 "requirement; use the client image the problem page names"
             )
 
-        def number(key: str, low: float, high: float = math.inf) -> float | None:
+        def number(key: str) -> float | None:
             value = data.get(key)
             if value is None:
                 return None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
-                raise PrivacyError(
-                    f"the join bundle's privacy.{key} must be a number in ({low}, {high}), not {value!r}"
-                )
+            if not rules.valid(key, value):
+                raise PrivacyError(f"the join bundle's privacy.{key} must be {rules.BOUNDS[key]}, not {value!r}")
             return float(value)
 
-        return cls(number("min_noise_multiplier", 0.0) or 0.0, number("clipping_norm", 0.0), number("delta", 0.0, 1.0))
+        return cls(number("min_noise_multiplier") or 0.0, number("clipping_norm"), number("delta"))
 
     @property
     def requires_noise(self) -> bool:

@@ -95,6 +95,9 @@ def test_requirement_parses_and_refuses_with_the_key_named() -> None:
         ({"delta": 1.0}, "privacy.delta"),
         ({"min_noise_multiplier": True}, "privacy.min_noise_multiplier"),
         ({"min_noise_multiplier": "1"}, "privacy.min_noise_multiplier"),
+        # Past a float (was an OverflowError, not a PrivacyError), and not a number at all.
+        ({"clipping_norm": 10**400}, "privacy.clipping_norm"),
+        ({"min_noise_multiplier": float("nan")}, "privacy.min_noise_multiplier"),
         ({"max_epsilon": 3}, "unknown keys ['max_epsilon']"),
         ([1], "must be an object"),
     ]:

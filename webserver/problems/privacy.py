@@ -12,13 +12,11 @@ the run config uses.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from fedota_common.privacy_rules import BOUNDS, KEYS, unknown_keys, valid
 from webserver.errors import ApplicationError
-
-KEYS = ("min_noise_multiplier", "clipping_norm", "delta")
 
 
 class PrivacyError(ApplicationError):
@@ -28,10 +26,6 @@ class PrivacyError(ApplicationError):
         self.errors = errors
         lines = [msg for msgs in errors.values() for msg in msgs]
         super().__init__("invalid privacy requirement: " + "; ".join(lines), field=None, extra={"privacy": errors})
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_privacy(doc: Mapping[str, Any] | None) -> dict[str, float]:
@@ -44,22 +38,16 @@ def validate_privacy(doc: Mapping[str, Any] | None) -> dict[str, float]:
         )
     errors: dict[str, list[str]] = {}
     out: dict[str, float] = {}
-    for key in doc:
-        if key not in KEYS:
-            errors.setdefault(str(key), []).append(
-                f"unknown setting {key!r}; the privacy requirement accepts: {', '.join(KEYS)}"
-            )
+    for key in unknown_keys(doc):
+        errors.setdefault(key, []).append(
+            f"unknown setting {key!r}; the privacy requirement accepts: {', '.join(KEYS)}"
+        )
     for key in KEYS:
         if key not in doc:
             continue
         value = doc[key]
-        try:
-            ok = _is_number(value) and value > 0 and (key != "delta" or value < 1)
-        except OverflowError:  # an integer too large for a float
-            ok = False
-        if not ok:
-            bound = "a number between 0 and 1 (both excluded)" if key == "delta" else "a number above 0"
-            errors.setdefault(key, []).append(f"{key} must be {bound}; got {value!r}")
+        if not valid(key, value):
+            errors.setdefault(key, []).append(f"{key} must be {BOUNDS[key]}; got {value!r}")
             continue
         out[key] = float(value)
     if errors:
