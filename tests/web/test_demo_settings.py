@@ -33,8 +33,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+def _get(url: str, host: str | None = None, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers={**({"Host": host} if host else {}), **headers})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, dict(response.headers), response.read()
@@ -126,6 +126,18 @@ def test_favicon_and_static_files_are_served_by_whitenoise(demo_site: dict[str, 
     assert (demo_site["var"] / "static" / "fedota" / "site.css").read_bytes() == body
     home = _get(f"{demo_site['base']}/")[2].decode()
     assert 'rel="icon" href="/favicon.ico"' in home and "/static/fedota/favicon.svg" in home
+
+
+def test_static_files_go_out_gzipped_to_browsers_that_accept_it(demo_site: dict[str, Any]) -> None:
+    import gzip
+
+    url = f"{demo_site['base']}/static/plotly/plotly.min.js"
+    status, plain_headers, plain = _get(url)
+    assert status == 200 and "Content-Encoding" not in plain_headers and len(plain) > 3_000_000
+    status, headers, packed = _get(url, **{"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    # What a data holder's browser downloads for the charts: well under half, the same file once unpacked.
+    assert len(packed) < len(plain) / 2 and gzip.decompress(packed) == plain
 
 
 def test_the_demo_answers_at_its_address_only_and_keeps_its_key_in_var(demo_site: dict[str, Any]) -> None:
