@@ -141,3 +141,90 @@ def test_installer_refuses_unknown_commands_and_options() -> None:
         assert result.returncode != 0 and message in result.stderr, (argv, result.stderr)
     shown = subprocess.run(["bash", str(INSTALLER), "--help"], capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0 and "--wheelhouse DIR" in shown.stdout
+
+
+# Stand-ins for YunoHost's helpers and commands, recording each call: enough to run the
+# package's scripts under `set -eu` here (an unset variable, a typo in one, fails them).
+# They are not YunoHost: what the helpers do is not simulated.
+STUB_HELPERS = """
+record() { printf '%s\\n' "$*" >>"$CALLS"; }
+for helper in HELPERS; do
+    eval "$helper() { record $helper \\"\\$@\\"; }"
+done
+ynh_user_get_info() { record ynh_user_get_info "$@"; echo "$admin@$domain"; }
+yunohost() { record yunohost "$@"; }
+systemctl() { record systemctl "$@"; }
+chown() { record chown "$@"; }
+"""
+# What YunoHost sets before a script runs: the app's settings and the install questions' answers.
+SETTINGS = {
+    "app": "fedota",
+    "domain": "fedota.example.org",
+    "path": "/",
+    "port": "8095",
+    "admin": "organiser",
+    "password": "a-password",
+    "old_domain": "fedota.example.org",
+    "new_domain": "fl.example.org",
+    "old_path": "/",
+    "new_path": "/",
+}
+
+
+def _run_script(name: str, tmp_path: Path) -> list[str]:
+    """Run scripts/<name> with the stand-ins; the installer's command lines and the helpers' calls."""
+    install_dir, data_dir, work = tmp_path / "install", tmp_path / "data", tmp_path / "work"
+    installer = install_dir / "source" / "scripts" / "install-debian.sh"
+    installer.parent.mkdir(parents=True, exist_ok=True)
+    installer.write_text(
+        'printf \'installer %s FEDOTA_ADMIN_PASSWORD=%s\\n\' "$*" "${FEDOTA_ADMIN_PASSWORD:-}" >>"$CALLS"\n'
+    )
+    # backup and restore run from YunoHost's archive folder and read _common.sh from ../settings.
+    (tmp_path / "settings" / "scripts").mkdir(parents=True, exist_ok=True)
+    shutil.copy(PACKAGE / "scripts" / "_common.sh", tmp_path / "settings" / "scripts" / "_common.sh")
+    work.mkdir(exist_ok=True)
+    shutil.copy(PACKAGE / "scripts" / "_common.sh", work / "_common.sh")
+    helpers = tmp_path / "helpers"
+    helpers.write_text(STUB_HELPERS.replace("HELPERS", " ".join(sorted(HELPERS_2_1))))
+    script = (PACKAGE / "scripts" / name).read_text()
+    assert "source /usr/share/yunohost/helpers\n" in script
+    script = script.replace("source /usr/share/yunohost/helpers\n", f"source {helpers}\n")
+    calls = tmp_path / f"{name}.calls"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CALLS": str(calls),
+        "install_dir": str(install_dir),
+        "data_dir": str(data_dir),
+        **SETTINGS,
+    }
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, f"{name}: {result.stderr}"
+    return calls.read_text().splitlines()
+
+
+def test_scripts_run_with_every_variable_set(tmp_path: Path) -> None:
+    for name in SCRIPTS:
+        calls = _run_script(name, tmp_path / name)
+        installer = [line for line in calls if line.startswith("installer ")]
+        for line in installer:
+            # The package's own units run the services; the installer only prepares them.
+            assert "--services none" in line and f"--data-dir {tmp_path / name / 'data'}" in line, line
+            assert "--public-url https://fedota.example.org --selector-host fedota.example.org" in line, line
+        if name == "install":
+            assert installer and installer[0].startswith("installer install "), calls
+            assert "--admin organiser --admin-email organiser@fedota.example.org" in installer[0]
+            assert installer[0].endswith("FEDOTA_ADMIN_PASSWORD=a-password")
+            for role in ROLES:
+                assert f"ynh_config_add_systemd --service=fedota-{role} --template={role}.service" in calls
+        if name == "upgrade":
+            assert [line.split()[1] for line in installer] == ["upgrade"], calls
+        if name == "remove":
+            assert [line.split()[1] for line in installer] == ["remove"], calls
+            assert "ynh_config_remove_systemd fedota-worker" in calls
+        if name == "restore":
+            assert [line.split()[1] for line in installer] == ["install"], calls
+        if name == "change_url":
+            assert "ynh_config_change_url_nginx" in calls
+            assert any("--key=FEDOTA_PUBLIC_URL --value=https://fl.example.org" in line for line in calls), calls
