@@ -428,3 +428,50 @@ def test_an_unreachable_server_is_said_and_nothing_is_lost(
     (logged,) = _runs_of(mlflow, "fedota-test-unreachable")
     assert sorted(m.step for m in mlflow.get_metric_history(logged.info.run_id, "eval_loss")) == [1, 2, 3]
     assert logged.info.status == "FINISHED"
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_exports_a_run(
+    settings: Any, tmp_path: Path, mlflow_url: str, celery_worker_process: Any
+) -> None:
+    """The website enqueues on commit, a `celery -A webserver worker` finds the task and logs the run."""
+    from webserver.problems.mlflow_export import MlflowSettings, problem_mlflow_update
+    from webserver.problems.models import MlflowExport
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    owner = make_user(f"owner-{uuid.uuid4().hex[:8]}", "setter")
+    run = _run(_problem(owner))
+    experiment = f"fedota-test-worker-{uuid.uuid4().hex[:6]}"
+    problem_mlflow_update(
+        problem=run.problem,
+        user=owner,
+        changes=MlflowSettings(tracking_url=mlflow_url, token=MLFLOW_TOKEN, experiment=experiment),
+    )
+    # The site's processes share one SECRET_KEY (the token is sealed with it); here the test's own.
+    celery_worker_process(FEDOTA_MEDIA_ROOT=str(settings.MEDIA_ROOT), DJANGO_SECRET_KEY=settings.SECRET_KEY)
+    client = Client()
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {SERVICE_TOKEN}"}
+    events = [_round(1), _round(2), _event("run_finished", ok=True)]
+    model = b"final model bytes " + os.urandom(64)
+    put = client.put(f"/internal/v1/runs/{run.pk}/checkpoints/0/npz", data=model, content_type="x", **auth)
+    assert put.status_code == 201
+    posted = client.post(
+        f"/internal/v1/runs/{run.pk}/events", data=json.dumps(events), content_type="application/json", **auth
+    )
+    assert posted.status_code == 200
+    deadline = time.monotonic() + 90
+    while not MlflowExport.objects.filter(run=run, status_logged="FINISHED").exists():
+        last = MlflowExport.objects.filter(run=run).values_list("last_error", flat=True).first()
+        assert time.monotonic() < deadline, f"the worker did not export the run within 90 s; last error: {last}"
+        time.sleep(0.5)
+    export = MlflowExport.objects.get(run=run)
+    assert export.last_error == "" and sorted(export.rounds_logged) == ["1.1", "1.2"]
+    mlflow = _mlflow(mlflow_url)
+    (logged,) = _runs_of(mlflow, experiment)
+    assert logged.info.status == "FINISHED"
+    assert sorted(m.step for m in mlflow.get_metric_history(logged.info.run_id, "eval_acc")) == [1, 2]
+    assert (
+        Path(mlflow.download_artifacts(logged.info.run_id, "model/final_model.npz", str(tmp_path))).read_bytes()
+        == model
+    )
