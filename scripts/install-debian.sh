@@ -258,7 +258,8 @@ write_commands() {
     cat >"$prefix/bin/fedota-$role.new" <<EOF
 #!/bin/sh
 # Written by scripts/install-debian.sh. Runs as the user $user (systemd's User=, or
-# install-debian.sh start); fedota-manage may run as root for one-off commands.
+# install-debian.sh start). Run fedota-manage as $user too (sudo -u $user): files it makes
+# in the data folder as root would lock the services out.
 set -eu
 venv=$venv
 set -a
