@@ -326,6 +326,7 @@ def _run(settings: Settings, span: tracing.Span) -> int:
         return 2
     address, health_address = bound
     metrics_server = metrics_lib.start(settings.metrics_listen, metrics.registry)
+    metrics_address = metrics_server.address if metrics_server else ""
     server.start()
     _stop_on_signal(hub, server)
     (state_dir / "coordinator.json").write_text(
@@ -333,7 +334,7 @@ def _run(settings: Settings, span: tracing.Span) -> int:
             {
                 "address": address,
                 "health": health_address,
-                "metrics": metrics_server.address if metrics_server else "",
+                "metrics": metrics_address,
                 "tls": server_tls is not None,
                 "pid": os.getpid(),
                 "fab_sha256": app.sha256,
@@ -346,7 +347,7 @@ def _run(settings: Settings, span: tracing.Span) -> int:
         extra={
             "address": address,
             "health": health_address,
-            "metrics": metrics_server.address if metrics_server else "",
+            "metrics": metrics_address,
             "tls": server_tls is not None,
             "app": app.name,
             "fab_sha256": app.sha256,
