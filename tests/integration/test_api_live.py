@@ -23,17 +23,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.ports import free_port
+from tests.servers import serving
 from tests.web.api_world import NOT_ALL_VALID_ACCEPTED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,38 +87,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
     )
     world = json.loads(seeded.stdout.strip().splitlines()[-1])
     port = free_port()
-    log = (var / "gunicorn.log").open("wb")
-    server = subprocess.Popen(
-        [str(Path(python).with_name("gunicorn")), "webserver.wsgi", "--bind", f"127.0.0.1:{port}"]
-        + ["--worker-class", "gthread", "--workers", "2", "--threads", "4"],
+    gunicorn = [str(Path(python).with_name("gunicorn")), "webserver.wsgi", "--bind", f"127.0.0.1:{port}"]
+    url = f"http://127.0.0.1:{port}"
+    with serving(
+        gunicorn + ["--worker-class", "gthread", "--workers", "2", "--threads", "4"],
+        ready_url=f"{url}/healthz",
+        log=var / "gunicorn.log",
         cwd=REPO,
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (var / "gunicorn.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not answer /healthz within 60 s"
-            time.sleep(0.3)
+    ):
         yield {"url": url, "var": var, **world}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(5)
-        log.close()
 
 
 @pytest.mark.parametrize("role", ["owner", "holder"])

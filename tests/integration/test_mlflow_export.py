@@ -18,12 +18,9 @@ import http.server
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +34,7 @@ from django.test import Client
 from fedota_common.fab import load_app
 from tests.integration.conftest import make_user
 from tests.ports import free_port
+from tests.servers import serving
 
 pytestmark = [pytest.mark.web, pytest.mark.django_db]
 
@@ -64,54 +62,18 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # No background job runner (huey consumers): the export needs tracking and artifacts only.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [
-            _mlflow_binary(),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
+    argv = [_mlflow_binary(), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    argv += ["--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with serving(
+        argv + ["--workers", "1"],
+        ready_url=f"{url}/health",
+        log=folder / "server.log",
         cwd=folder,
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({proc.returncode}):\n{(folder / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer within {START_TIMEOUT} s")
-            time.sleep(0.5)
+        timeout=START_TIMEOUT,
+    ):
         yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.close()
 
 
 class Proxy:

@@ -28,6 +28,7 @@ import pytest
 
 from tests.e2e.conftest import ENV, REPO
 from tests.ports import free_port
+from tests.servers import serving
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 ECHO = str(REPO / "tests" / "apps" / "echo")
@@ -110,40 +111,11 @@ def running_prometheus(tmp_path: Path, scrape_configs: list[dict[str, Any]]) -> 
     # JSON is YAML: Prometheus reads it as its configuration file.
     (tmp_path / "prometheus.yml").write_text(json.dumps(config))
     port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(PROMETHEUS),
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [str(PROMETHEUS), f"--config.file={tmp_path / 'prometheus.yml'}"]
+    argv += [f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < end, "Prometheus was not ready within 60 s"
-            time.sleep(0.2)
+    with serving(argv, ready_url=f"{url}/-/ready", log=tmp_path / "prometheus.log", cwd=tmp_path):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture
