@@ -143,6 +143,10 @@ LONG_FIRST = (
     "tests/docker/test_e2e_docker.py",
     "tests/docker/test_compose_platform.py",
     "tests/docker/test_arm64_client.py",
+    "tests/docker/test_debian_install.py",
+    # A live gunicorn fuzzed by schemathesis (1 to 1.5 min), a real MLflow server.
+    "tests/integration/test_api_live.py",
+    "tests/integration/test_mlflow_export.py",
 )
 
 
