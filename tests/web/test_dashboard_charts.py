@@ -86,8 +86,8 @@ for url in ("/static/plotly/plotly.min.js", "/static/monitoring/charts.js", "/st
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    # collectstatic copied the bundle alone, not the package's data sets.
-    assert lines[0] == "['plotly.min.js']"
+    # collectstatic copied the bundle alone (with the gzip copy WhiteNoise sends), not the package's data sets.
+    assert lines[0] == "['plotly.min.js', 'plotly.min.js.gz']"
     size = BUNDLE.stat().st_size
     assert lines[1].startswith(f"/static/plotly/plotly.min.js 200 {size} b'/**\\n* plotly.js v"), lines[1]
     assert all(" 200 " in line for line in lines[2:]) and len(lines) == 4, lines
