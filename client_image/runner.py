@@ -74,6 +74,44 @@ class FederationLost(Exception):
     """After this client had joined, no selector answered for `max_reconnect_wait` seconds."""
 
 
+# A selector past its concurrent-call limit refuses a transfer with RESOURCE_EXHAUSTED before
+# sending anything; the call is tried again this often, waiting these seconds (plus jitter)
+# in between, before the task counts as failed ("task transfer failed").
+PULL_RETRY_WAITS = (0.5, 1.0, 2.0, 4.0)
+
+
+def pull_task(
+    stub: Any, session: str, task_id: str, *, waits: tuple[float, ...] = PULL_RETRY_WAITS, sleep: Any = time.sleep
+) -> tuple[payload_pb2.PayloadHeader, Any]:
+    """Download one task's header and content, again after a refusal for load (RESOURCE_EXHAUSTED)."""
+    for attempt in range(len(waits) + 1):
+        try:
+            parts = stub.PullTask(spb.PullTaskRequest(session_id=session, task_id=task_id), timeout=TRANSFER_DEADLINE)
+            header: payload_pb2.PayloadHeader | None = None
+            asm: Assembler | None = None
+            for part in parts:
+                data = chunkwire.chunk_data(part)
+                if data is None:
+                    header = part.header
+                    asm = Assembler(header.content_size, header.content_sha256)
+                elif asm is not None:
+                    asm.add(data)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or attempt == len(waits):
+                raise
+            wait = waits[attempt] * (1 + random.random() / 2)
+            log.info(
+                "the selector is busy; pulling the task again",
+                extra={"task": task_id, "detail": exc.details(), "wait_seconds": round(wait, 2)},
+            )
+            sleep(wait)
+            continue
+        if header is None or asm is None:
+            raise ClientError("the selector sent a task without a header")
+        return header, asm.finish()
+    raise AssertionError("unreachable")
+
+
 class _Dropped(Exception):
     """The session ended but the run did not: join again (another selector, or the same later)."""
 
@@ -483,19 +521,8 @@ class Node:
         from flwr.common.constant import ErrorCode
         from flwr.supercore.task_identity import TaskIdentity
 
-        parts = stub.PullTask(spb.PullTaskRequest(session_id=session, task_id=task_id), timeout=TRANSFER_DEADLINE)
-        header: payload_pb2.PayloadHeader | None = None
-        asm: Assembler | None = None
-        for part in parts:
-            data = chunkwire.chunk_data(part)
-            if data is None:
-                header = part.header
-                asm = Assembler(header.content_size, header.content_sha256)
-            elif asm is not None:
-                asm.add(data)
-        if header is None or asm is None:
-            raise ClientError("the selector sent a task without a header")
-        message = payload_to_message(header, asm.finish())
+        header, content = pull_task(stub, session, task_id)
+        message = payload_to_message(header, content)
         received = time.monotonic()
         TaskIdentity.run_id = message.metadata.run_id
         TaskIdentity.node_id = node_id
