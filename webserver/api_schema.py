@@ -26,7 +26,8 @@ ERROR_BODY = inline_serializer(
 
 _MEANING = {
     400: "Invalid input; the body names the input at fault.",
-    403: "Not signed in, or not allowed for your role or ownership.",
+    401: "No credentials, or credentials that name no account: send `Authorization: Token <key>`.",
+    403: "Not allowed for your role or ownership.",
     404: "No such object, or not visible to you.",
     409: "Not possible in the object's current state.",
     413: "The request body is too large.",
@@ -47,7 +48,8 @@ def declare_generic_errors(result: dict[str, Any], **_: Any) -> dict[str, Any]:
 
     An operation with a path parameter answers 404 for an id that names nothing (or does not parse); one
     with a request body, 413 and 415 for a body too large or of another type; one that needs credentials,
-    403 without them (session authentication comes first, so DRF says 403, not 401).
+    401 without them (token authentication comes first, so DRF says 401 and names the scheme) and 403
+    when they name an account that may not do it.
     """
     ref = {"$ref": "#/components/schemas/Error"}
     for path, operations in result.get("paths", {}).items():
@@ -60,7 +62,7 @@ def declare_generic_errors(result: dict[str, Any], **_: Any) -> dict[str, Any]:
                 codes += [413, 415]
             security = operation.get("security")
             if security and {} not in security:
-                codes.append(403)
+                codes += [401, 403]
             for code in codes:
                 responses.setdefault(
                     str(code), {"content": {"application/json": {"schema": ref}}, "description": _MEANING[code]}

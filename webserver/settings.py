@@ -436,9 +436,12 @@ FEDOTA_KUBERNETES_PROMETHEUS_POD_LABELS = _kubernetes_labels(
 )
 
 REST_FRAMEWORK = {
+    # Token first: a request without credentials is then answered 401 with `WWW-Authenticate: Token`
+    # (with session authentication first, DRF says 403, which means "known, but not allowed").
+    # A browser's session still authenticates when no token is sent.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -454,7 +457,9 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Fedota API",
-    "DESCRIPTION": "Publish and join federated-learning problems; coordinators report through /internal/.",
+    "DESCRIPTION": "Publish and join federated-learning problems; coordinators report through /internal/. "
+    "No text, in a field or anywhere in a JSON document (keys too), may hold a NUL character (U+0000): "
+    "such input is refused with 400 naming the input.",
     "VERSION": "1",
     # Request bodies get their own components, so a file input is an upload (`format: binary`), not a URI.
     "COMPONENT_SPLIT_REQUEST": True,
@@ -462,6 +467,11 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "webserver.api_schema.declare_generic_errors",
     ],
+    # Two models have a `status` with other choices: each enum is named by its model's.
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "webserver.problems.models.RunStatus",
+        "ParticipantStatusEnum": "webserver.participation.models.ParticipantStatus",
+    },
     "SERVE_INCLUDE_SCHEMA": False,
     # Served from STATIC_URL (drf-spectacular-sidecar), never from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",

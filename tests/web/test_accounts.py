@@ -459,7 +459,8 @@ def test_token_create_and_regenerate(client: Client, users: dict[str, Any]) -> N
     assert "the old one no longer works" in text(response)
 
     api = Client()
-    assert api.get(reverse("api-me"), HTTP_AUTHORIZATION=f"Token {first}").status_code in (401, 403)
+    old = api.get(reverse("api-me"), HTTP_AUTHORIZATION=f"Token {first}")
+    assert old.status_code == 401 and old["WWW-Authenticate"] == "Token"
     assert api.get(reverse("api-me"), HTTP_AUTHORIZATION=f"Token {second}").json()["username"] == "owner"
 
 
@@ -568,7 +569,11 @@ def test_api_token_is_rate_limited_like_login(client: Client, users: dict[str, A
 
 
 def test_api_me(client: Client, users: dict[str, Any]) -> None:
-    assert client.get(reverse("api-me")).status_code in (401, 403)
+    # No credentials: 401, naming the scheme to use (it was 403, "known but not allowed").
+    anonymous = client.get(reverse("api-me"))
+    assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"] == "Token"
+    assert "credentials were not provided" in anonymous.json()["detail"]
+    # A browser's session still authenticates without a token.
     client.force_login(users["admin"])
     body = client.get(reverse("api-me")).json()
     assert body["is_site_admin"] is True

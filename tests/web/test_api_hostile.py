@@ -395,4 +395,4 @@ def test_the_schema_says_fab_is_a_file_upload_and_contract_an_object(api: APICli
     assert write["fab"] == {**write["fab"], "type": "string", "format": "binary"}
     assert write["contract"]["type"] == "object" and "nullable" not in write["contract"]
     create = schema["paths"]["/api/v1/problems/"]["post"]["responses"]
-    assert {"201", "400", "403", "409", "413", "415"} <= set(create)
+    assert {"201", "400", "401", "403", "409", "413", "415"} <= set(create)
