@@ -189,3 +189,40 @@ def test_an_unreachable_server_fails_the_export_visibly_not_the_run(
     assert dashboard.json()["run"]["mlflow"]["error"] == export.last_error
     page = client.get(f"/monitoring/problems/{problem.pk}/").content.decode()
     assert "The last export failed" in page and TOKEN not in page
+
+
+def test_a_run_the_platform_ends_is_exported_too(
+    problem: Problem,
+    make_problem: Any,
+    users: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """A run failed by the platform (a broken start, the reconciler) or stopped by its owner may never
+    hear from its coordinator again: its MLflow run is closed from there, not left RUNNING."""
+    from webserver.monitoring import tasks
+    from webserver.problems import lifecycle
+
+    class Spawner:
+        def stop(self, problem_id: int, **_: Any) -> None:
+            pass
+
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.mlflow_export, "delay", lambda run_id: queued.append(run_id))
+    problem.mlflow_tracking_url = "http://mlflow.example.org"
+    problem.save(update_fields=["mlflow_tracking_url"])
+    failed = Run.objects.create(problem=problem, number=1, fab_sha256=problem.fab_sha256, status="running")
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.run_fail(run_id=failed.pk, reason="the coordinator's image is missing", spawner=Spawner())
+    stopped = Run.objects.create(problem=problem, number=2, fab_sha256=problem.fab_sha256, status="stopping")
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.run_teardown(problem_id=problem.pk, spawner=Spawner())  # type: ignore[arg-type]
+    assert queued == [failed.pk, stopped.pk]
+    assert Run.objects.get(pk=stopped.pk).status == "stopped"
+
+    # A problem linked to no MLflow server enqueues nothing.
+    other = make_problem(users["owner"], title="Not linked")
+    unlinked = Run.objects.create(problem=other, number=1, fab_sha256=other.fab_sha256, status="running")
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.run_fail(run_id=unlinked.pk, reason="broken", spawner=Spawner())
+    assert queued == [failed.pk, stopped.pk]

@@ -41,6 +41,7 @@ from fedota_common import tracing
 from fedota_common.pki import issue_server_cert
 from webserver.errors import ApplicationError, Conflict, NotAllowed
 from webserver.permissions import owns_problem
+from webserver.problems.mlflow_export import mlflow_export_enqueue
 from webserver.problems.models import (
     ACTIVE_RUN_STATUSES,
     Problem,
@@ -359,6 +360,8 @@ def run_fail(*, run_id: int, reason: str, spawner: Spawner | None = None) -> Non
         run.finished_at = timezone.now()
         run.save(update_fields=["status", "status_detail", "finished_at"])
         problem_id = run.problem_id
+        # Its coordinator may never say so: the MLflow run is closed from here.
+        mlflow_export_enqueue(run=run)
     try:
         (spawner or get_spawner()).stop(problem_id)
     except SpawnError as exc:
@@ -416,6 +419,7 @@ def run_teardown(*, problem_id: int, spawner: Spawner | None = None) -> Run | No
         run.status = RunStatus.STOPPED
         run.finished_at = timezone.now()
         run.save(update_fields=["status", "finished_at"])
+        mlflow_export_enqueue(run=run)
     return run
 
 
@@ -561,6 +565,7 @@ def _fail_locked(run: Run, reason: str, report: ReconcileReport) -> None:
     run.save(update_fields=["status", "status_detail", "phase", "finished_at"])
     _event(run, f"the run failed: {reason}", level="ERROR")
     report.failed.append(run.pk)
+    mlflow_export_enqueue(run=run)
 
 
 def _relaunch_locked(run: Run, reason: str, report: ReconcileReport) -> None:
