@@ -494,6 +494,10 @@ for _net in FEDOTA_METRICS_NETWORKS:
 # on loopback ports, the Docker and Swarm backends on the problem's own network (never
 # published), Kubernetes to the Prometheus pods its NetworkPolicy admits (docs/metrics.md).
 FEDOTA_PROBLEM_METRICS = env_bool("FEDOTA_PROBLEM_METRICS", True)
+# MLflow export (docs/mlflow.md): a problem setter's tracking URL may lead only to public
+# addresses unless this is on (an MLflow server on this host or the organisation's own network:
+# loopback, private, link-local addresses). Off, the worker dials nothing a setter should not reach.
+FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK = env_bool("FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK", False)
 # OpenTelemetry tracing (fedota_common/tracing.py, docs/tracing.md), off unless a collector is
 # named: the OTLP/gRPC endpoint this site's spans go to (publish, launch, spawn), and the one
 # handed to problems' coordinators and selectors (by default the same; a container may need

@@ -76,6 +76,12 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(autouse=True)
+def _local_mlflow(settings: Any) -> None:
+    """This module's MLflow server listens on loopback, which the export refuses by default."""
+    settings.FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK = True
+
+
 class Proxy:
     """Forwards HTTP to `upstream`, recording each request's method, path and Authorization header.
 
@@ -411,7 +417,11 @@ def test_a_real_worker_exports_a_run(
         changes=MlflowSettings(tracking_url=mlflow_url, token=MLFLOW_TOKEN, experiment=experiment),
     )
     # The site's processes share one SECRET_KEY (the token is sealed with it); here the test's own.
-    celery_worker_process(FEDOTA_MEDIA_ROOT=str(settings.MEDIA_ROOT), DJANGO_SECRET_KEY=settings.SECRET_KEY)
+    celery_worker_process(
+        FEDOTA_MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        DJANGO_SECRET_KEY=settings.SECRET_KEY,
+        FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK="1",  # the test's MLflow server is on loopback
+    )
     client = Client()
     auth = {"HTTP_AUTHORIZATION": f"Bearer {SERVICE_TOKEN}"}
     events = [_round(1), _round(2), _event("run_finished", ok=True)]

@@ -147,15 +147,62 @@ def recorder() -> Iterator[Recorder]:
 
 
 def test_the_token_is_sent_as_a_bearer_token(recorder: Recorder) -> None:
-    assert MlflowClient(recorder.url, TOKEN).experiment_id("x") == "7"
-    assert MlflowClient(recorder.url).experiment_id("x") == "7"
+    assert MlflowClient(recorder.url, TOKEN, local_network=True).experiment_id("x") == "7"
+    assert MlflowClient(recorder.url, local_network=True).experiment_id("x") == "7"
     assert recorder.headers == [f"Bearer {TOKEN}", ""]
 
 
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["127.0.0.1"],
+        ["10.1.2.3"],
+        ["169.254.169.254"],
+        ["::1"],
+        ["fd00::5"],
+        ["100.64.0.9"],
+        ["8.8.8.8", "192.168.1.4"],
+    ],
+)
+def test_a_tracking_url_off_the_public_internet_is_refused_before_any_connection(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch, addresses: list[str]
+) -> None:
+    """A setter's URL is dialled by the website's worker: loopback, private and link-local addresses (a cloud's
+    metadata service) are refused unless the installation allows them, whatever name leads there."""
+    import socket
+
+    def resolve(host: str, port: int, *_: Any) -> list[Any]:
+        family = {4: socket.AF_INET, 6: socket.AF_INET6}
+        return [(family[6 if ":" in a else 4], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    before = len(recorder.headers)
+    with pytest.raises(MlflowError, match="off the public internet.*FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK=1"):
+        MlflowClient(f"http://mlflow.example.org:{recorder.url.rsplit(':', 1)[1]}", TOKEN).experiment_id("x")
+    assert len(recorder.headers) == before  # nothing reached the (loopback) server
+
+
+def test_the_export_refuses_a_loopback_server_unless_allowed(
+    problem: Problem, recorder: Recorder, settings: Any
+) -> None:
+    from webserver.problems.mlflow_export import seal_token
+
+    problem.mlflow_tracking_url, problem.mlflow_token = recorder.url, seal_token(TOKEN)
+    problem.save(update_fields=["mlflow_tracking_url", "mlflow_token"])
+    run = Run.objects.create(problem=problem, number=1, fab_sha256=problem.fab_sha256, status="running")
+    settings.FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK = False
+    with pytest.raises(MlflowError, match="refused: 127.0.0.1 is an address off the public internet"):
+        run_mlflow_export(run_id=run.pk)
+    assert recorder.headers == []
+    assert "FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK" in MlflowExport.objects.get(run=run).last_error
+
+
 def test_an_unreachable_server_fails_the_export_visibly_not_the_run(
-    client: Client, users: dict[str, Any], problem: Problem, monkeypatch: pytest.MonkeyPatch
+    client: Client, users: dict[str, Any], problem: Problem, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
     from webserver.monitoring import tasks
+
+    settings.FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK = True  # a loopback port nobody listens on
     from webserver.monitoring.models import LogLine, RoundRecord
 
     queued: list[int] = []

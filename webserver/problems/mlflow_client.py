@@ -8,12 +8,21 @@ through the server's artifact proxy (`/api/2.0/mlflow-artifacts/artifacts/...`, 
 
 Every failure leaves as `MlflowError`, whose message says what was asked and why it failed
 and never holds the token.
+
+The URL is a problem setter's, and the website's worker dials it: unless the installation
+allows it (FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK), an address that is not on the public
+internet (loopback, the platform's private networks, link-local such as a cloud's metadata
+service) is refused before any connection is made, also when a redirect or a DNS answer
+leads there: the check is made on the addresses actually dialled.
 """
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
 import re
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +41,70 @@ MAX_BATCH_TAGS = 100
 MAX_PARAM_VALUE = 6000
 MAX_KEY = 250
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+class LocalAddressRefused(OSError):
+    """The tracking server's name leads to an address this installation does not let problem setters dial."""
+
+
+def _public(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%", 1)[0]).is_global
+
+
+def _guarded_connection(address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> socket.socket:
+    """`socket.create_connection`, refusing a name with any address off the public internet before dialling."""
+    host, port = address
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    for *_, sockaddr in infos:
+        if not _public(str(sockaddr[0])):
+            named = f"{host} is" if host == sockaddr[0] else f"{host} is {sockaddr[0]},"
+            raise LocalAddressRefused(
+                f"{named} an address off the public internet, which problem settings may not reach here "
+                "(an administrator allows them with FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK=1)"
+            )
+    error: OSError | None = None
+    for family, kind, proto, _name, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if isinstance(timeout, int | float):  # else http.client's "no timeout given" marker
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"{host} has no address")
+
+
+class _GuardedHTTP(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_connection
+
+
+class _GuardedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_connection
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_GuardedHTTP, req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_GuardedHTTPS, req, context=self._context)  # type: ignore[attr-defined]
+
+
+# No proxy from the environment: a proxy would dial the address for us, past the check.
+_PUBLIC_ONLY = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), _GuardedHTTPHandler(), _GuardedHTTPSHandler()
+)
+_ANY = urllib.request.build_opener()
 
 
 class MlflowError(Exception):
@@ -56,6 +129,8 @@ class MlflowClient:
     tracking_url: str
     token: str = ""
     timeout: float = TIMEOUT
+    # Whether addresses off the public internet may be dialled (FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK).
+    local_network: bool = False
 
     # ---- plumbing ------------------------------------------------------------------------------
 
@@ -72,7 +147,8 @@ class MlflowClient:
 
     def _send(self, request: urllib.request.Request, what: str) -> bytes:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - http(s) only
+            opener = _ANY if self.local_network else _PUBLIC_ONLY
+            with opener.open(request, timeout=self.timeout) as response:
                 body: bytes = response.read()
                 return body
         except urllib.error.HTTPError as exc:
@@ -84,6 +160,8 @@ class MlflowClient:
             ) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, LocalAddressRefused):
+                raise MlflowError(f"{what}: refused: {reason}") from None
             raise MlflowError(
                 f"{what}: the MLflow server at {self.tracking_url} cannot be reached ({reason})"
             ) from None

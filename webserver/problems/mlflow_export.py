@@ -259,7 +259,11 @@ def run_mlflow_export(*, run_id: int) -> str:
         raise ExportBusy(f"run {run_id} is being exported by another task")
     export.refresh_from_db()
     try:
-        client = MlflowClient(export.tracking_url, open_token(problem.mlflow_token))
+        client = MlflowClient(
+            export.tracking_url,
+            open_token(problem.mlflow_token),
+            local_network=settings.FEDOTA_MLFLOW_ALLOW_LOCAL_NETWORK,
+        )
         done = _export(client, export, run)
     except MlflowError as exc:
         _failed(export, run, exc.message)
