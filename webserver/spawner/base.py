@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedota_common.metrics import LISTEN
+
 
 class SpawnError(Exception):
     """Infrastructure could not be started, inspected or stopped; the message says why."""
@@ -119,9 +121,14 @@ METRICS_PORT = 9094
 METRICS_LISTEN = f"0.0.0.0:{METRICS_PORT}"
 
 
-def metrics_env(on: bool) -> dict[str, str]:
-    """The environment that makes a container's coordinator or selector serve its metrics."""
-    return {"FEDOTA_METRICS_LISTEN": METRICS_LISTEN} if on else {}
+def metrics_env(on: bool, listen: str = METRICS_LISTEN) -> dict[str, str]:
+    """The environment that makes a coordinator or selector serve its metrics at `listen`."""
+    return {LISTEN.env: listen} if on else {}
+
+
+def serves_metrics(env: list[str]) -> bool:
+    """Whether a container started with `env` (NAME=value entries) serves its metrics on METRICS_PORT."""
+    return f"{LISTEN.env}={METRICS_LISTEN}" in env
 
 
 # Each problem owns a block of this many consecutive selector ports.

@@ -57,7 +57,7 @@ import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import requests
 
-from webserver.spawner.base import METRICS_LISTEN, METRICS_PORT, RunSpec, ServiceState, SpawnError, metrics_env
+from webserver.spawner.base import METRICS_PORT, RunSpec, ServiceState, SpawnError, metrics_env, serves_metrics
 from webserver.spawner.process import _bind_host
 
 log = logging.getLogger(__name__)
@@ -513,7 +513,7 @@ class DockerSpawner:
     def _metrics_at(attrs: dict[str, Any]) -> str:
         """Where the running container serves its metrics: its address on the problem's network."""
         env = (attrs.get("Config") or {}).get("Env") or []
-        if attrs["State"]["Status"] != "running" or f"FEDOTA_METRICS_LISTEN={METRICS_LISTEN}" not in env:
+        if attrs["State"]["Status"] != "running" or not serves_metrics(env):
             return ""
         networks = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).values()
         address = next((str(n.get("IPAddress")) for n in networks if n.get("IPAddress")), "")

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from fedota_common.grpcutil import check_health
 from fedota_common.priority import start_service
-from webserver.spawner.base import RunSpec, ServiceState, SpawnError
+from webserver.spawner.base import RunSpec, ServiceState, SpawnError, metrics_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TAG_VAR = "FEDOTA_SPAWN_TAG"
@@ -438,8 +438,7 @@ class ProcessSpawner:
                 "FEDOTA_SELECTOR_TOKEN": spec.selector_token,
             }
         )
-        if self.metrics:
-            env["FEDOTA_METRICS_LISTEN"] = "127.0.0.1:0"
+        env.update(metrics_env(self.metrics, "127.0.0.1:0"))
         env.update(spec.extra_env)
         return env
 

@@ -80,7 +80,7 @@ from docker.types import (  # type: ignore[import-untyped]
 )
 from docker.utils import parse_bytes  # type: ignore[import-untyped]
 
-from webserver.spawner.base import METRICS_LISTEN, METRICS_PORT, RunSpec, ServiceState, SpawnError, metrics_env
+from webserver.spawner.base import METRICS_PORT, RunSpec, ServiceState, SpawnError, metrics_env, serves_metrics
 from webserver.spawner.docker import (
     COORDINATOR_PORT,
     HEALTH_PORT,
@@ -797,7 +797,7 @@ class SwarmSpawner:
     def _metrics_at(self, spec: dict[str, Any], task: dict[str, Any]) -> str:
         """Where a running task serves its metrics: its address on the problem's overlay network."""
         env = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Env") or []
-        if f"FEDOTA_METRICS_LISTEN={METRICS_LISTEN}" not in env:
+        if not serves_metrics(env):
             return ""
         problem = (spec.get("Labels") or {}).get(f"{LABEL}.problem", "")
         wanted = self.network_name(int(problem)) if problem.isdigit() else ""
