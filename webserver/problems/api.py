@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -28,7 +27,7 @@ from webserver.problems.serializers import (
     as_data,
 )
 
-# The write fields `mlflow_<name>` (problems.mlflow_export stores them, not problem_create/update).
+# The write fields `mlflow_<name>` (problems.mlflow_export checks and stores them, through problem_save).
 MLFLOW_NAMES = ("tracking_url", "token", "experiment")
 
 
@@ -79,10 +78,7 @@ class ProblemListCreate(GenericAPIView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         mlflow = _mlflow_changes(data)
-        with transaction.atomic():
-            problem = services.problem_create(owner=request.user, **_write_kwargs(data))
-            if mlflow is not None:
-                problem = mlflow_export.problem_mlflow_update(problem=problem, user=request.user, changes=mlflow)
+        problem = services.problem_save(problem=None, user=request.user, mlflow=mlflow, **_write_kwargs(data))
         return Response(ProblemSerializer(problem, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
 
@@ -105,11 +101,7 @@ class ProblemDetail(APIView):
         # Only what was sent: partial validation still fills in defaults.
         sent = {k: v for k, v in serializer.validated_data.items() if k in request.data}
         mlflow = _mlflow_changes(sent)
-        with transaction.atomic():
-            if sent or mlflow is None:
-                problem = services.problem_update(problem=problem, user=request.user, **_write_kwargs(sent))
-            if mlflow is not None:
-                problem = mlflow_export.problem_mlflow_update(problem=problem, user=request.user, changes=mlflow)
+        problem = services.problem_save(problem=problem, user=request.user, mlflow=mlflow, **_write_kwargs(sent))
         return Response(ProblemSerializer(problem, context={"request": request}).data)
 
     @extend_schema(responses={204: None, **errors(403, 404, 409)})

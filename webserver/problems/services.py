@@ -18,6 +18,7 @@ from webserver.errors import ApplicationError, Conflict, NotAllowed
 from webserver.permissions import is_setter, owns_problem
 from webserver.problems import fabs
 from webserver.problems.contracts import validate_contract
+from webserver.problems.mlflow_export import MlflowSettings, problem_mlflow_update
 from webserver.problems.models import ACTIVE_RUN_STATUSES, JoinPolicy, Problem, ProblemState, Run
 from webserver.problems.privacy import validate_privacy
 from webserver.problems.runconfig import validate_run_config
@@ -186,6 +187,21 @@ def problem_create(
 def problem_app(problem: Problem) -> App:
     """The problem's stored app, checked again (it is about to be run)."""
     return fabs.check_fab(fabs.fab_bytes(problem), name=problem.fab_name)
+
+
+def problem_save(*, problem: Problem | None, user: Any, mlflow: MlflowSettings | None = None, **fields: Any) -> Problem:
+    """Create a problem (`problem` None) or change it, and store its MLflow settings with it, in one transaction.
+
+    A change that sends MLflow settings alone leaves the problem's own fields as they are.
+    """
+    with transaction.atomic():
+        if problem is None:
+            problem = problem_create(owner=user, **fields)
+        elif fields or mlflow is None:
+            problem = problem_update(problem=problem, user=user, **fields)
+        if mlflow is not None:
+            problem = problem_mlflow_update(problem=problem, user=user, changes=mlflow)
+    return problem
 
 
 def problem_update(*, problem: Problem, user: Any, **changes: Any) -> Problem:

@@ -7,14 +7,13 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from webserver.errors import ApplicationError
 from webserver.permissions import is_setter, owns_problem
-from webserver.problems import contracts, fabs, mlflow_export, queries, services
+from webserver.problems import contracts, fabs, queries, services
 from webserver.problems.forms import ProblemEditor, editor_importing_contract, editor_with_more_rows
 from webserver.problems.models import Problem, ProblemState
 from webserver.problems.privacy import privacy_sentence
@@ -66,12 +65,7 @@ def _save(request: HttpRequest, problem: Problem | None) -> HttpResponse:
             kwargs = editor.service_kwargs()
             mlflow = editor.mlflow_form.changes()
             before = problem.app_version if problem is not None else 0
-            with transaction.atomic():
-                if problem is None:
-                    saved = services.problem_create(owner=request.user, **kwargs)
-                else:
-                    saved = services.problem_update(problem=problem, user=request.user, **kwargs)
-                saved = mlflow_export.problem_mlflow_update(problem=saved, user=request.user, changes=mlflow)
+            saved = services.problem_save(problem=problem, user=request.user, mlflow=mlflow, **kwargs)
             if problem is None:
                 messages.success(request, "The problem was saved as a draft. Publish it to start a run.")
             else:
