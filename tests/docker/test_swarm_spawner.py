@@ -89,17 +89,23 @@ def _until(done: Callable[[], bool], timeout: float, show: Callable[[], object] 
         time.sleep(0.5)
 
 
-@pytest.fixture
-def spawner(swarm: Any, docker_prefix: str) -> Iterator[SwarmSpawner]:
-    # The selectors on this node, whose ports the clients here dial (the swarm may have others).
+def _spawner_here(swarm: Any, docker_prefix: str, **options: Any) -> SwarmSpawner:
+    """A spawner with small limits whose selectors run on this node, where the clients here dial their ports
+    (the swarm may have others)."""
     here = f"node.id=={swarm.info()['Swarm']['NodeID']}"
-    made = SwarmSpawner(
+    return SwarmSpawner(
         client=swarm,
         prefix=docker_prefix,
         coordinator_memory="1g",
         selector_memory="512m",
         selector_constraints=(here,),
+        **options,
     )
+
+
+@pytest.fixture
+def spawner(swarm: Any, docker_prefix: str) -> Iterator[SwarmSpawner]:
+    made = _spawner_here(swarm, docker_prefix)
     yield made
     for problem_id in made.problems():
         made.stop(problem_id)
@@ -436,7 +442,6 @@ def test_metrics_reach_the_platforms_prometheus_on_the_problems_network_only(
     """With metrics on, every task serves them on its overlay address; the container named as the
     platform's Prometheus is connected to the problem's network for the problem's life (and let go at
     stop) and scrapes them there; a container on no problem network reaches none of them."""
-    here = f"node.id=={swarm.info()['Swarm']['NodeID']}"
     idle = ["python", "-c", "import time; time.sleep(900)"]
     labels = {"fedota.install": docker_prefix, "fedota.test": "prometheus-stand-in"}
     prometheus = swarm.containers.run(
@@ -445,15 +450,7 @@ def test_metrics_reach_the_platforms_prometheus_on_the_problems_network_only(
     stranger = swarm.containers.run(
         "fedota/selector:latest", entrypoint=idle, detach=True, name=f"{docker_prefix}-stranger", labels=labels
     )
-    spawner = SwarmSpawner(
-        client=swarm,
-        prefix=docker_prefix,
-        coordinator_memory="1g",
-        selector_memory="512m",
-        selector_constraints=(here,),
-        metrics=True,
-        prometheus_container=prometheus.name,
-    )
+    spawner = _spawner_here(swarm, docker_prefix, metrics=True, prometheus_container=prometheus.name)
     problem = 8104
     try:
         states = spawner.start(_spec(fab, problem, spawner, selectors=2))
