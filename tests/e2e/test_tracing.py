@@ -11,11 +11,6 @@ every hop: publish → run start → (Celery task) launch → spawn → coordina
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import format_span_id, format_trace_id
 
 from fedota_common import tracing
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.e2e.test_credentials import _client, _join, _stop, _user, _wait
 
 pytestmark = [pytest.mark.e2e]
 
@@ -60,15 +54,6 @@ def _file_spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_one_trace_from_publish_to_the_first_round(
     process_site: str,
@@ -78,14 +63,6 @@ def test_one_trace_from_publish_to_the_first_round(
     tmp_path: Path,
     demo: Path,
 ) -> None:
-    from django.contrib.auth import get_user_model
-
-    from webserver.accounts.models import Profile
-    from webserver.participation.services import (
-        participant_approve,
-        participant_issue_bundle,
-        participant_request,
-    )
     from webserver.problems import tasks
     from webserver.problems.models import Run
     from webserver.problems.services import problem_create, problem_publish
@@ -96,12 +73,7 @@ def test_one_trace_from_publish_to_the_first_round(
     queued: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     monkeypatch.setattr(tasks.publish, "delay", lambda *args, **kwargs: queued.append((args, kwargs)))
 
-    def user(name: str, role: str) -> Any:
-        made = get_user_model().objects.create_user(username=name, email=f"{name}@example.org", password="x" * 20)
-        Profile.objects.create(user=made, role=role, organisation=name.title(), email_verified=True)
-        return made
-
-    owner, holder = user("setter", "setter"), user("ada", "holder")
+    owner, holder = _user("setter", "setter"), _user("ada", "holder")
     problem = problem_create(
         owner=owner,
         title="Traced",
@@ -119,33 +91,9 @@ def test_one_trace_from_publish_to_the_first_round(
     assert run.status == "running", run.status_detail
     problem.refresh_from_db()
 
-    participant = participant_request(problem=problem, user=holder, site_name="ada", contact_email="ada@example.org")
-    participant_approve(participant=participant, by=owner)
-    bundle = tmp_path / "bundle.json"
-    bundle.write_text(json.dumps(participant_issue_bundle(participant=participant, by=holder)))
+    _, bundle = _join(problem, holder, tmp_path)
     log = tmp_path / "client.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    with log.open("wb") as out:
-        client = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "client_image",
-                "--join-bundle",
-                str(bundle),
-                "--data-path",
-                str(demo / "breast_cancer" / "clients" / "hospital_0"),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--max-join-wait",
-                "30",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    client = _client(bundle, demo / "breast_cancer" / "clients" / "hospital_0", log)
     try:
         # The run span ends when the coordinator is done (one round), after the round's.
         _wait(
@@ -154,9 +102,7 @@ def test_one_trace_from_publish_to_the_first_round(
             f"the coordinator to finish its run\n{log.read_text()[-2000:] if log.exists() else ''}",
         )
     finally:
-        if client.poll() is None:
-            os.killpg(client.pid, signal.SIGTERM)
-        client.wait(timeout=30)
+        _stop(client)
     assert Run.objects.get(pk=run.pk).rounds.filter(number=1).exists()
 
     # The website's part, in this process: publish → run start → launch → spawn.
