@@ -798,7 +798,10 @@ def test_two_problems_train_in_containers_isolated_and_leave_nothing(platform: P
                 )
             if run["status"] in ("failed", "stopped"):
                 raise AssertionError(f"problem {problem_id}'s run {run['status']}: {run['status_detail']}")
-            if not (run["status"] == "finished" and len(dash["rounds"]) == rounds and dash["final_model"]["pt"]):
+            # The last round's checkpoint may be uploaded after the final model: wait for both.
+            last = (dash["rounds"] or [{}])[-1].get("downloads") or {}
+            finished = run["status"] == "finished" and len(dash["rounds"]) == rounds
+            if not (finished and dash["final_model"]["pt"] and last.get("npz")):
                 done = False
         for client in clients:
             code = client.code()
