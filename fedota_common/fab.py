@@ -14,6 +14,8 @@ import lzma
 import re
 import shutil
 import stat
+import tempfile
+import time
 import tomllib
 import zipfile
 import zlib
@@ -235,9 +237,11 @@ def extract(app: App, root: Path) -> Path:
     target = root / digest
     if (target / ".complete").exists():
         return target
-    tmp = root / f".{digest}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    _drop_abandoned(root, digest)
+    # A folder of its own: several processes (clients sharing one cache, a
+    # restarted coordinator beside a dying one) may extract the same app at once.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", suffix=".tmp", dir=root))
     base = tmp.resolve()
     try:
         with zipfile.ZipFile(io.BytesIO(app.content)) as zf:
@@ -258,6 +262,44 @@ def extract(app: App, root: Path) -> Path:
         if isinstance(exc, FabError) or not isinstance(exc, UNPACK_ERRORS):
             raise
         raise FabError(f"app {app.name} cannot be unpacked ({exc}); build it again with `flwr build`") from exc
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    _publish(tmp, target)
     return target
+
+
+ABANDONED_AFTER = 3600.0  # seconds; an extraction never takes this long
+
+
+def _drop_abandoned(root: Path, digest: str) -> None:
+    """Remove folders left by extractions of this app whose process was killed."""
+    cutoff = time.time() - ABANDONED_AFTER
+    for left in root.glob(f".{digest}.*.tmp"):
+        try:
+            if left.stat().st_mtime < cutoff:
+                shutil.rmtree(left, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move a finished extraction into place without ever removing a complete one.
+
+    Another process may be importing from `target`, so a complete folder is
+    kept and this one dropped; only a leftover without `.complete` (from a
+    crash before this scheme) is moved aside first.
+    """
+    for _ in range(3):
+        try:
+            tmp.rename(target)
+            return
+        except OSError:
+            if (target / ".complete").exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".stale", dir=target.parent))
+            try:
+                target.rename(aside / "old")
+            except FileNotFoundError:
+                pass
+            shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise FabError(f"cannot move the unpacked app into {target}; another process keeps replacing it")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 import stat
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from fedota_common import fab
 from fedota_common.fab import FabError, extract, load_app, parse_fab
 
 PYPROJECT = """
@@ -60,6 +64,66 @@ def test_folder_is_built_like_flwr_build_and_config_fused(tmp_path: Path) -> Non
     folder = extract(app, tmp_path / "cache")
     assert (folder / "tiny" / "server.py").is_file()
     assert extract(app, tmp_path / "cache") == folder
+
+
+def _extract_and_read(args: tuple[Path, Path, str]) -> str:
+    app_folder, cache, start = args
+    app = load_app(app_folder)
+    while not Path(start).exists():  # all processes extract at the same moment
+        pass
+    folder = extract(app, cache)
+    return (folder / "tiny" / "server.py").read_text()
+
+
+def test_processes_sharing_a_cache_extract_one_app_at_once(tmp_path: Path) -> None:
+    # Three clients of a demo started together once raced on one fixed temporary
+    # folder: one failed with FileExistsError, and the others lost their app while
+    # importing it when a later extraction replaced the finished folder.
+    app_folder, cache, start = _app_dir(tmp_path), tmp_path / "cache", tmp_path / "go"
+    for i in range(400):  # long enough to unpack that the extractions overlap
+        (app_folder / "tiny" / f"part_{i}.py").write_text(f"N = {i}\n" * 50)
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        pending = pool.map_async(_extract_and_read, [(app_folder, cache, str(start))] * 8)
+        time.sleep(1.0)
+        start.touch()
+        assert pending.get(timeout=60) == ["app = None\n"] * 8
+    assert [p.name for p in cache.iterdir()] == [load_app(app_folder).sha256]
+
+
+def test_a_finished_folder_is_never_replaced_under_a_user(tmp_path: Path) -> None:
+    app = load_app(_app_dir(tmp_path))
+    folder = extract(app, tmp_path / "cache")
+    before = (folder / "tiny" / "server.py").stat().st_ino
+    (folder / ".complete").unlink()  # as if another process checked before this one finished
+    late = tmp_path / "cache" / f".{app.sha256}.late.tmp"
+    (late / "tiny").mkdir(parents=True)
+    (late / ".complete").write_text(app.sha256)
+    (folder / ".complete").write_text(app.sha256)
+    fab._publish(late, folder)
+    assert (folder / "tiny" / "server.py").stat().st_ino == before
+    assert not late.exists()
+
+
+def test_a_leftover_without_its_marker_is_replaced(tmp_path: Path) -> None:
+    app = load_app(_app_dir(tmp_path))
+    stale = tmp_path / "cache" / app.sha256
+    (stale / "half").mkdir(parents=True)
+    folder = extract(app, tmp_path / "cache")
+    assert folder == stale and not (folder / "half").exists()
+    assert (folder / "tiny" / "server.py").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [app.sha256]
+
+
+def test_a_killed_extraction_is_cleared_once_abandoned(tmp_path: Path) -> None:
+    app = load_app(_app_dir(tmp_path))
+    cache = tmp_path / "cache"
+    old, recent = cache / f".{app.sha256}.old.tmp", cache / f".{app.sha256}.recent.tmp"
+    old.mkdir(parents=True)
+    recent.mkdir()
+    long_ago = time.time() - fab.ABANDONED_AFTER - 60
+    os.utime(old, (long_ago, long_ago))
+    extract(app, cache)
+    assert not old.exists() and recent.exists()  # a recent one may still be in progress
 
 
 def test_unknown_run_config_key_names_the_accepted_keys(tmp_path: Path) -> None:
