@@ -316,6 +316,7 @@ class Node:
                         fab_sha256=self.setup.fab_sha256,
                         client_version="fedota-client/0.1",
                         display_name=self.setup.display_name,
+                        inline_tasks=True,
                     ),
                     timeout=UNARY_DEADLINE,
                 )
@@ -433,18 +434,19 @@ class Node:
         if self.setup.privacy is not None:
             self.setup.privacy.report = lambda report: outgoing.put(spb.ClientEvent(session_id=session, privacy=report))
 
-        tasks: queue.Queue[str | None] = queue.Queue()
+        tasks: queue.Queue[spb.TaskAvailable | None] = queue.Queue()
         cancelled: set[str] = set()
         events = stub.Subscribe(heartbeats())
         worker_error: list[BaseException] = []
         declined: list[RunEnd] = []
 
         def work() -> None:
-            while (task_id := tasks.get()) is not None:
+            while (task := tasks.get()) is not None:
+                task_id = task.task_id
                 if task_id in cancelled:
                     continue
                 try:
-                    self._run_task(stub, session, joined.node_id, task_id)
+                    self._run_task(stub, session, joined.node_id, task)
                 except grpc.RpcError as exc:
                     log.warning(
                         "task transfer failed",
@@ -472,7 +474,7 @@ class Node:
             for event in events:
                 kind = event.WhichOneof("event")
                 if kind == "task":
-                    tasks.put(event.task.task_id)
+                    tasks.put(event.task)
                 elif kind == "cancelled":
                     cancelled.add(event.cancelled.task_id)
                     log.info(
@@ -515,13 +517,23 @@ class Node:
             pass
         return end
 
-    def _run_task(self, stub: selector_pb2_grpc.SelectorStub, session: str, node_id: int, task_id: str) -> None:
+    def _run_task(
+        self, stub: selector_pb2_grpc.SelectorStub, session: str, node_id: int, task: spb.TaskAvailable
+    ) -> None:
         from flwr.app import Message
         from flwr.app.error import Error
         from flwr.common.constant import ErrorCode
         from flwr.supercore.task_identity import TaskIdentity
 
-        header, content = pull_task(stub, session, task_id)
+        task_id = task.task_id
+        if task.HasField("header"):  # announced with its content: nothing to pull
+            header, asm = task.header, Assembler(task.header.content_size, task.header.content_sha256)
+            for view in iter_views(task.content):
+                asm.add(view)
+            task.ClearField("content")  # the assembled copy is the one kept
+            content = asm.finish()
+        else:
+            header, content = pull_task(stub, session, task_id)
         message = payload_to_message(header, content)
         received = time.monotonic()
         TaskIdentity.run_id = message.metadata.run_id

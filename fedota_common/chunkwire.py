@@ -9,6 +9,11 @@ chunk part is framed straight from a view of the model (one copy) and read as a 
 the received message (no copy until the assembler's own). The bytes on the wire are
 exactly protobuf's (a test checks them both ways), so a peer that uses the generated
 classes, an older client or the load generator, is served and read the same.
+
+A task that fits one message goes whole in its announcement on the Subscribe stream
+(`inline_task_event`) to a client that asked for that when it joined: no PullTask call, and
+so a third fewer messages and calls per client and round, which at 1 MB were most of a
+round's cost (gRPC's thread hand-offs per message; bench/README.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message as ProtoMessage
 
+from fedota_common.payload import MAX_FRAME
+from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
 
@@ -27,6 +34,9 @@ CHUNK_FIELD = 2
 _LEN = 2  # protobuf's wire type for length-delimited fields
 _DATA_TAG = bytes([(1 << 3) | _LEN])
 _SELECTOR = "protos.selector.v1.Selector"
+# `SelectorEvent.task` and `TaskAvailable.content` (selector.proto).
+_EVENT_TASK_FIELD = 2
+_INLINE_CONTENT_FIELD = 4
 
 P = TypeVar("P", bound=ProtoMessage)
 
@@ -57,6 +67,26 @@ def frame_chunk(data: bytes | memoryview, field: int = CHUNK_FIELD) -> bytes:
     n = len(data)
     inner = _DATA_TAG + _varint(n) if n else b""
     return b"".join((bytes([(field << 3) | _LEN]) + _varint(len(inner) + n) + inner, data))
+
+
+def inline_task_event(
+    task_id: str, header: payload_pb2.PayloadHeader, content: bytes | bytearray | memoryview
+) -> bytes | None:
+    """`SelectorEvent(task=TaskAvailable(...))` with the task's header and content, in one copy of it.
+
+    None when the event would not fit one message (`MAX_FRAME`, which every client reads):
+    such a task is announced without its content and pulled.
+    """
+    n = len(content)
+    if n > MAX_FRAME:
+        return None
+    head = spb.TaskAvailable(task_id=task_id, content_size=n, header=header).SerializeToString()
+    data = bytes([(_INLINE_CONTENT_FIELD << 3) | _LEN]) + _varint(n) if n else b""
+    size = len(head) + len(data) + n
+    event = bytes([(_EVENT_TASK_FIELD << 3) | _LEN]) + _varint(size)
+    if len(event) + size > MAX_FRAME:
+        return None
+    return b"".join((event, head, data, content))
 
 
 def chunk_view(raw: bytes, field: int = CHUNK_FIELD) -> memoryview | None:
@@ -135,11 +165,13 @@ class _Handlers:
 
 
 def add_selector_servicer(servicer: selector_pb2_grpc.SelectorServicer, server: grpc.Server) -> None:
-    """Register the selector's servicer as the generated code does, PullTask and PushResult framed by hand."""
+    """Register the selector's servicer as the generated code does; PullTask, PushResult and inline
+    tasks in Subscribe framed by hand."""
     caught = _Handlers()
     selector_pb2_grpc.add_SelectorServicer_to_server(servicer, caught)
     handlers = caught.handlers
     handlers["PullTask"] = handlers["PullTask"]._replace(response_serializer=serialize_part)
+    handlers["Subscribe"] = handlers["Subscribe"]._replace(response_serializer=serialize_part)
     handlers["PushResult"] = handlers["PushResult"]._replace(request_deserializer=part_reader(spb.ResultPart))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SELECTOR, handlers),))
     server.add_registered_method_handlers(_SELECTOR, handlers)

@@ -32,6 +32,7 @@ from fedota_common.aggregate import (
     inspect_reply,
     model_spec,
 )
+from fedota_common.chunkwire import inline_task_event
 from fedota_common.payload import (
     CHUNK_SIZE,
     MAX_CONTENT_SIZE,
@@ -130,7 +131,9 @@ class Session:
     node_id: int
     display_name: str
     participant: str = ""
-    outbox: queue.Queue[spb.SelectorEvent | None] = field(default_factory=queue.Queue)
+    # The client reads small tasks from their announcement (JoinRequest.inline_tasks).
+    inline_tasks: bool = False
+    outbox: queue.Queue[spb.SelectorEvent | InlineTask | None] = field(default_factory=queue.Queue)
     subscribed: bool = False
     last_seen: float = field(default_factory=time.monotonic)
     closed: bool = False
@@ -147,6 +150,14 @@ class Task:
     content_sha256: str
     message_type: str = ""
     state: str = "pending"  # pending | announced | receiving | done | failed
+
+
+@dataclass(frozen=True)
+class InlineTask:
+    """A task announced with its content: the whole `SelectorEvent`, serialised (`inline_event`)."""
+
+    task: Task
+    wire: bytes
 
 
 @dataclass
@@ -386,8 +397,12 @@ class SelectorCore:
                     unreachable.append(task)
                     continue
                 task.state = "announced"
+                content = self.contents.get(task.content_id)
+                wire = _inline_event(task, content) if session.inline_tasks and content is not None else None
                 session.outbox.put(
-                    spb.SelectorEvent(task=spb.TaskAvailable(task_id=task.task_id, content_size=task.content_size))
+                    InlineTask(task, wire)
+                    if wire is not None
+                    else spb.SelectorEvent(task=spb.TaskAvailable(task_id=task.task_id, content_size=task.content_size))
                 )
         for task in unreachable:
             self._fail_task(task, "client is no longer connected")
@@ -464,7 +479,9 @@ class SelectorCore:
 
     # ---- client side ---------------------------------------------------------------------
 
-    def join(self, credential: str, fab_sha256: str, display_name: str, *, source: str = "") -> tuple[Session, RunInfo]:
+    def join(
+        self, credential: str, fab_sha256: str, display_name: str, *, source: str = "", inline_tasks: bool = False
+    ) -> tuple[Session, RunInfo]:
         participant = self.auth.check(credential, source)
         if participant is None:
             raise SelectorError(
@@ -496,7 +513,7 @@ class SelectorCore:
             node_id = self._rng.randrange(1 << 32, 1 << 63)
             # The display name is the client's own choice; never fall back to the credential.
             name = display_name.strip() or f"site {node_id}"
-            session = Session(secrets.token_urlsafe(24), node_id, name, participant)
+            session = Session(secrets.token_urlsafe(24), node_id, name, participant, inline_tasks)
             self.sessions[session.session_id] = session
             self.by_node[node_id] = session
         log.info(
@@ -967,6 +984,14 @@ def _closed_error(task_id: str, how: str) -> SelectorError:
             "ALREADY_EXISTS", f"task {task_id} is closed: an earlier reply to it failed or was rejected"
         )
     return SelectorError("ALREADY_EXISTS", f"task {task_id} was already answered; send one reply per task")
+
+
+def _inline_event(task: Task, content: Content) -> bytes | None:
+    """`task`'s announcement with its header and content, when that fits one message."""
+    header = payload_pb2.PayloadHeader(
+        metadata=task.metadata, content_size=task.content_size, content_sha256=task.content_sha256
+    )
+    return inline_task_event(task.task_id, header, content)
 
 
 def _message_type(metadata: bytes) -> str:

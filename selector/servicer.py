@@ -17,7 +17,7 @@ from fedota_common.payload import MAX_FRAME, PayloadError, iter_chunks, iter_vie
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
-from selector.core import SelectorCore, SelectorError
+from selector.core import InlineTask, SelectorCore, SelectorError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,11 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
     def Join(self, request: spb.JoinRequest, context: grpc.ServicerContext) -> spb.JoinResponse:
         try:
             session, run = self.core.join(
-                request.credential, request.fab_sha256, request.display_name, source=_source(context)
+                request.credential,
+                request.fab_sha256,
+                request.display_name,
+                source=_source(context),
+                inline_tasks=request.inline_tasks,
             )
         except SelectorError as err:
             _abort(context, err)
@@ -75,7 +79,7 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
 
     def Subscribe(
         self, request_iterator: Iterator[spb.ClientEvent], context: grpc.ServicerContext
-    ) -> Iterator[spb.SelectorEvent]:
+    ) -> Iterator[spb.SelectorEvent | bytes]:
         first = next(request_iterator, None)
         if first is None:
             return
@@ -108,7 +112,15 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         # calls leave): an idle session costs no wake-ups, where a 1 s poll woke every
         # session's thread each second (2,500 wake-ups a second at a selector of 2,500 clients).
         while (event := session.outbox.get()) is not None:
-            yield event
+            if not isinstance(event, InlineTask):
+                yield event
+                continue
+            # The task with its content (framed by hand): the client needs no PullTask for it.
+            yield event.wire
+            self.core.pulled(event.task)
+            if self.metrics is not None:
+                self.metrics.sent.inc(event.task.content_size)
+                self.metrics.tasks.inc()
 
     def PullTask(self, request: spb.PullTaskRequest, context: grpc.ServicerContext) -> Iterator[spb.TaskPart | bytes]:
         """The task's header, then its content as chunk parts framed by hand (`chunkwire`)."""

@@ -12,10 +12,11 @@ from fedota_common.chunkwire import (
     chunk_data,
     chunk_view,
     frame_chunk,
+    inline_task_event,
     part_reader,
     serialize_part,
 )
-from fedota_common.payload import CHUNK_SIZE, Segments, iter_chunks, iter_views
+from fedota_common.payload import CHUNK_SIZE, MAX_FRAME, Segments, iter_chunks, iter_views
 from protos.coordinator.v1 import coordinator_pb2 as cpb
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
@@ -87,3 +88,22 @@ def test_the_selector_registers_framed_pull_and_push() -> None:
     assert bytes(handlers["PushResult"].request_deserializer(raw)) == b"data"
     # The others are the generated ones.
     assert handlers["Join"].request_deserializer == spb.JoinRequest.FromString
+
+
+@pytest.mark.parametrize("size", [0, 1, 300, CHUNK_SIZE, CHUNK_SIZE + 4096])
+def test_an_inline_task_is_what_protobuf_serialises(size: int) -> None:
+    content = os.urandom(size)
+    header = payload_pb2.PayloadHeader(metadata=b"m" * 200, content_size=size, content_sha256="ab" * 32)
+    wire = inline_task_event("t-1", header, content)
+    built = spb.SelectorEvent(task=spb.TaskAvailable(task_id="t-1", content_size=size, header=header, content=content))
+    assert wire == built.SerializeToString()
+    assert spb.SelectorEvent.FromString(wire) == built
+
+
+def test_an_inline_task_that_would_not_fit_one_message_is_not_made() -> None:
+    header = payload_pb2.PayloadHeader(content_size=MAX_FRAME)
+    assert inline_task_event("t-1", header, bytes(MAX_FRAME)) is None
+    # The header counts as well: what every client reads is at most MAX_FRAME bytes.
+    fits = MAX_FRAME - 64
+    assert inline_task_event("t-1", payload_pb2.PayloadHeader(), bytes(fits)) is not None
+    assert inline_task_event("t-1", payload_pb2.PayloadHeader(metadata=b"m" * 200), bytes(fits)) is None

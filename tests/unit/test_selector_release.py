@@ -7,7 +7,9 @@ a client that asks again later gets it fetched again from the coordinator.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from fedota_common.chunkwire import chunk_view
@@ -20,31 +22,38 @@ CONTENT = bytes(range(256)) * 9000  # a little over 2 MiB: several chunks
 
 
 class _Upstream:
-    def __init__(self) -> None:
+    def __init__(self, content: bytes) -> None:
         self.pulls: list[str] = []
+        self.content = content
 
     def send(self, msg: cpb.SelectorMessage) -> None:
         pass
 
     def pull_content(self, content_id: str, size: int, sha256: str) -> bytes:
-        assert size == len(CONTENT)
+        assert size == len(self.content)
         self.pulls.append(content_id)
-        return CONTENT
+        return self.content
 
 
 class _Context:
     def abort(self, code: Any, details: str) -> None:
         raise AssertionError(f"aborted: {code} {details}")
 
+    def add_callback(self, callback: Any) -> bool:
+        return True
 
-def _selector(names: str) -> tuple[SelectorCore, SelectorServicer, _Upstream, dict[str, Any]]:
+
+def _selector(
+    names: str, content: bytes = CONTENT, inline: str = ""
+) -> tuple[SelectorCore, SelectorServicer, _Upstream, dict[str, Any]]:
+    """A selector with a session per letter of `names` (those in `inline` take inline tasks) and one task each."""
     core = SelectorCore("sel", OpenAuthenticator())
-    upstream = _Upstream()
+    upstream = _Upstream(content)
     core.upstream = upstream  # type: ignore[assignment]
     core.on_welcome(cpb.Welcome(run_id=1, fab_sha256="f" * 64, fab_size=1))
     sessions = {}
     for name in names:
-        sessions[name], _ = core.join(f"fdp_1_{name}", "", name)
+        sessions[name], _ = core.join(f"fdp_1_{name}", "", name, inline_tasks=name in inline)
         core.subscribe(sessions[name])
     core.on_instructions(
         cpb.Instructions(
@@ -52,7 +61,7 @@ def _selector(names: str) -> tuple[SelectorCore, SelectorServicer, _Upstream, di
             aggregation=cpb.AGGREGATION_WEIGHTED_MEAN,
             weight_key="num-examples",
             items=[
-                cpb.Instruction(message_id=f"t-{n}", node_id=s.node_id, content_id="b1/0", content_size=len(CONTENT))
+                cpb.Instruction(message_id=f"t-{n}", node_id=s.node_id, content_id="b1/0", content_size=len(content))
                 for n, s in sessions.items()
             ],
         )
@@ -62,6 +71,21 @@ def _selector(names: str) -> tuple[SelectorCore, SelectorServicer, _Upstream, di
         assert time.monotonic() < deadline
         time.sleep(0.01)
     return core, SelectorServicer(core, FabSource(core, lambda: b"")), upstream, sessions
+
+
+def _announced(servicer: SelectorServicer, session: Any) -> spb.SelectorEvent:
+    """The first event after the welcome on `session`'s Subscribe stream, as the client parses it."""
+
+    def events() -> Iterator[spb.ClientEvent]:
+        yield spb.ClientEvent(session_id=session.session_id)
+        threading.Event().wait(60)  # the client stays: its end would end the session
+
+    stream = servicer.Subscribe(events(), _Context())  # type: ignore[arg-type]
+    assert next(stream).WhichOneof("event") == "welcome"
+    sent = next(stream)
+    session.outbox.put(None)  # then the stream ends, as gRPC asks for more once the event is sent
+    assert list(stream) == []
+    return spb.SelectorEvent.FromString(sent) if isinstance(sent, bytes) else sent
 
 
 def _pull(servicer: SelectorServicer, session: Any, task_id: str) -> bytes:
@@ -91,3 +115,27 @@ def test_a_pull_that_breaks_off_keeps_the_content() -> None:
     stream.close()  # the client went away after the first chunk
     assert _pull(servicer, sessions["b"], "t-b") == CONTENT
     assert "b1/0" in core.contents
+
+
+SMALL = bytes(range(256)) * 4097  # just over 1 MiB, as a "1 MB" model with its header is
+
+
+def test_a_small_task_goes_whole_in_its_announcement_to_a_client_that_asked() -> None:
+    core, servicer, upstream, sessions = _selector("ab", SMALL, inline="a")
+    event = _announced(servicer, sessions["a"])
+    assert event.task.task_id == "t-a" and event.task.HasField("header")
+    assert event.task.content == SMALL and event.task.content_size == len(SMALL)
+    assert event.task.header.content_size == len(SMALL)
+    assert "b1/0" in core.contents  # b has not had it yet
+    # An older client did not ask: it is told of the task and pulls it, as before.
+    plain = _announced(servicer, sessions["b"])
+    assert plain.task.task_id == "t-b" and not plain.task.HasField("header") and not plain.task.content
+    assert _pull(servicer, sessions["b"], "t-b") == SMALL
+    assert "b1/0" not in core.contents and upstream.pulls == ["b1/0"]  # both have it: let go, fetched once
+
+
+def test_a_task_too_large_for_one_message_is_pulled_even_by_a_client_that_asked() -> None:
+    core, servicer, _, sessions = _selector("a", CONTENT, inline="a")
+    event = _announced(servicer, sessions["a"])
+    assert event.task.task_id == "t-a" and not event.task.HasField("header")
+    assert _pull(servicer, sessions["a"], "t-a") == CONTENT

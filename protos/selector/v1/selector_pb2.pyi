@@ -19,16 +19,18 @@ RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_STOPPED: RunStatus
 
 class JoinRequest(_message.Message):
-    __slots__ = ("credential", "fab_sha256", "client_version", "display_name")
+    __slots__ = ("credential", "fab_sha256", "client_version", "display_name", "inline_tasks")
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     FAB_SHA256_FIELD_NUMBER: _ClassVar[int]
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    INLINE_TASKS_FIELD_NUMBER: _ClassVar[int]
     credential: str
     fab_sha256: str
     client_version: str
     display_name: str
-    def __init__(self, credential: _Optional[str] = ..., fab_sha256: _Optional[str] = ..., client_version: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
+    inline_tasks: bool
+    def __init__(self, credential: _Optional[str] = ..., fab_sha256: _Optional[str] = ..., client_version: _Optional[str] = ..., display_name: _Optional[str] = ..., inline_tasks: _Optional[bool] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("session_id", "node_id", "run", "heartbeat_interval")
@@ -111,12 +113,16 @@ class Welcome(_message.Message):
     def __init__(self, node_id: _Optional[int] = ...) -> None: ...
 
 class TaskAvailable(_message.Message):
-    __slots__ = ("task_id", "content_size")
+    __slots__ = ("task_id", "content_size", "header", "content")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     content_size: int
-    def __init__(self, task_id: _Optional[str] = ..., content_size: _Optional[int] = ...) -> None: ...
+    header: _payload_pb2.PayloadHeader
+    content: bytes
+    def __init__(self, task_id: _Optional[str] = ..., content_size: _Optional[int] = ..., header: _Optional[_Union[_payload_pb2.PayloadHeader, _Mapping]] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class TaskCancelled(_message.Message):
     __slots__ = ("task_id", "reason")
