@@ -446,7 +446,7 @@ class Node:
                 if task_id in cancelled:
                     continue
                 try:
-                    self._run_task(stub, session, joined.node_id, task)
+                    self._run_task(stub, session, joined, task)
                 except grpc.RpcError as exc:
                     log.warning(
                         "task transfer failed",
@@ -518,14 +518,14 @@ class Node:
         return end
 
     def _run_task(
-        self, stub: selector_pb2_grpc.SelectorStub, session: str, node_id: int, task: spb.TaskAvailable
+        self, stub: selector_pb2_grpc.SelectorStub, session: str, joined: spb.JoinResponse, task: spb.TaskAvailable
     ) -> None:
         from flwr.app import Message
         from flwr.app.error import Error
         from flwr.common.constant import ErrorCode
         from flwr.supercore.task_identity import TaskIdentity
 
-        task_id = task.task_id
+        task_id, node_id, inline_results = task.task_id, joined.node_id, joined.inline_results
         if task.HasField("header"):  # announced with its content: nothing to pull
             header, asm = task.header, Assembler(task.header.content_size, task.header.content_sha256)
             for view in iter_views(task.content):
@@ -558,6 +558,10 @@ class Node:
         del reply, message
 
         def upload(result: Payload) -> Iterator[spb.ResultPart | bytes]:
+            whole = chunkwire.whole_result(session, task_id, result.header, result.content) if inline_results else None
+            if whole is not None:  # the selector reads a small result whole from its header
+                yield whole
+                return
             yield spb.ResultPart(header=spb.ResultHeader(session_id=session, task_id=task_id, payload=result.header))
             for view in iter_views(result.content):
                 yield chunkwire.frame_chunk(view)

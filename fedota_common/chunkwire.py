@@ -11,9 +11,11 @@ exactly protobuf's (a test checks them both ways), so a peer that uses the gener
 classes, an older client or the load generator, is served and read the same.
 
 A task that fits one message goes whole in its announcement on the Subscribe stream
-(`inline_task_event`) to a client that asked for that when it joined: no PullTask call, and
-so a third fewer messages and calls per client and round, which at 1 MB were most of a
-round's cost (gRPC's thread hand-offs per message; bench/README.md).
+(`inline_task_event`) to a client that asked for that when it joined: no PullTask call.
+A result that fits one message goes whole in its header part (`whole_result`) to a
+selector that said it reads those. At 1 MB that is about half the messages and a third of
+the calls per client and round, which were most of a round's cost (gRPC's thread
+hand-offs per message; bench/README.md).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message as ProtoMessage
 
-from fedota_common.payload import MAX_FRAME
+from fedota_common.payload import MAX_FRAME, Segments, WireContent
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -34,9 +36,11 @@ CHUNK_FIELD = 2
 _LEN = 2  # protobuf's wire type for length-delimited fields
 _DATA_TAG = bytes([(1 << 3) | _LEN])
 _SELECTOR = "protos.selector.v1.Selector"
-# `SelectorEvent.task` and `TaskAvailable.content` (selector.proto).
+# `SelectorEvent.task` and `TaskAvailable.content`; `ResultPart.header` and `ResultHeader.content`.
 _EVENT_TASK_FIELD = 2
 _INLINE_CONTENT_FIELD = 4
+_RESULT_HEADER_FIELD = 1
+_RESULT_CONTENT_FIELD = 4
 
 P = TypeVar("P", bound=ProtoMessage)
 
@@ -69,24 +73,45 @@ def frame_chunk(data: bytes | memoryview, field: int = CHUNK_FIELD) -> bytes:
     return b"".join((bytes([(field << 3) | _LEN]) + _varint(len(inner) + n) + inner, data))
 
 
-def inline_task_event(
-    task_id: str, header: payload_pb2.PayloadHeader, content: bytes | bytearray | memoryview
-) -> bytes | None:
-    """`SelectorEvent(task=TaskAvailable(...))` with the task's header and content, in one copy of it.
+def _frame_whole(outer: int, head: bytes, field: int, content: WireContent) -> bytes | None:
+    """A message whose field `outer` is `head` plus bytes field `field` = `content`, in one copy of it.
 
-    None when the event would not fit one message (`MAX_FRAME`, which every client reads):
-    such a task is announced without its content and pulled.
+    `head` is the inner message serialised without `field`, whose number must be above all of
+    head's fields (protobuf writes fields in order). None above `MAX_FRAME`, which every peer reads.
     """
     n = len(content)
-    if n > MAX_FRAME:
-        return None
-    head = spb.TaskAvailable(task_id=task_id, content_size=n, header=header).SerializeToString()
-    data = bytes([(_INLINE_CONTENT_FIELD << 3) | _LEN]) + _varint(n) if n else b""
+    data = bytes([(field << 3) | _LEN]) + _varint(n) if n else b""
     size = len(head) + len(data) + n
-    event = bytes([(_EVENT_TASK_FIELD << 3) | _LEN]) + _varint(size)
-    if len(event) + size > MAX_FRAME:
+    prefix = bytes([(outer << 3) | _LEN]) + _varint(size)
+    if len(prefix) + size > MAX_FRAME:
         return None
-    return b"".join((event, head, data, content))
+    parts = content.parts if isinstance(content, Segments) else [content]
+    return b"".join((prefix, head, data, *parts))
+
+
+def inline_task_event(task_id: str, header: payload_pb2.PayloadHeader, content: WireContent) -> bytes | None:
+    """`SelectorEvent(task=TaskAvailable(...))` with the task's header and content, in one copy of it.
+
+    None when the event would not fit one message: such a task is announced without its
+    content and pulled.
+    """
+    if len(content) > MAX_FRAME:
+        return None
+    head = spb.TaskAvailable(task_id=task_id, content_size=len(content), header=header).SerializeToString()
+    return _frame_whole(_EVENT_TASK_FIELD, head, _INLINE_CONTENT_FIELD, content)
+
+
+def whole_result(
+    session_id: str, task_id: str, header: payload_pb2.PayloadHeader, content: WireContent
+) -> bytes | None:
+    """`ResultPart(header=ResultHeader(..., content=content))`: a result in one message, one copy of it.
+
+    None when it would not fit one message: such a result is sent as chunks after its header.
+    """
+    if len(content) > MAX_FRAME:
+        return None
+    head = spb.ResultHeader(session_id=session_id, task_id=task_id, payload=header).SerializeToString()
+    return _frame_whole(_RESULT_HEADER_FIELD, head, _RESULT_CONTENT_FIELD, content)
 
 
 def chunk_view(raw: bytes, field: int = CHUNK_FIELD) -> memoryview | None:

@@ -75,6 +75,7 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
                 fab_size=run.fab_size,
             ),
             heartbeat_interval=self.core.heartbeat_interval,
+            inline_results=True,
         )
 
     def Subscribe(
@@ -154,9 +155,17 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         if not isinstance(first, spb.ResultPart) or first.WhichOneof("part") != "header":
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the result header")
         header = first.header
+        whole = header.content
 
         def chunks() -> Iterator[bytes | memoryview]:
             got = 0
+            if whole:  # the result came whole in its header (ResultHeader.content)
+                if self.metrics is not None:
+                    self.metrics.received.inc(len(whole))
+                yield from iter_views(whole)
+                if next(request_iterator, None) is not None:
+                    raise PayloadError("a result sent whole in its header takes no chunks after it")
+                return
             try:
                 for part in request_iterator:
                     data = chunk_data(part)

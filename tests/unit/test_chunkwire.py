@@ -15,6 +15,7 @@ from fedota_common.chunkwire import (
     inline_task_event,
     part_reader,
     serialize_part,
+    whole_result,
 )
 from fedota_common.payload import CHUNK_SIZE, MAX_FRAME, Segments, iter_chunks, iter_views
 from protos.coordinator.v1 import coordinator_pb2 as cpb
@@ -107,3 +108,13 @@ def test_an_inline_task_that_would_not_fit_one_message_is_not_made() -> None:
     fits = MAX_FRAME - 64
     assert inline_task_event("t-1", payload_pb2.PayloadHeader(), bytes(fits)) is not None
     assert inline_task_event("t-1", payload_pb2.PayloadHeader(metadata=b"m" * 200), bytes(fits)) is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 300, CHUNK_SIZE + 4096])
+def test_a_whole_result_is_what_protobuf_serialises_from_bytes_or_segments(size: int) -> None:
+    content = os.urandom(size)
+    header = payload_pb2.PayloadHeader(metadata=b"m" * 200, content_size=size)
+    built = spb.ResultPart(header=spb.ResultHeader(session_id="s", task_id="t-1", payload=header, content=content))
+    for given in (content, Segments([content[:7], memoryview(content)[7:]])):
+        assert whole_result("s", "t-1", header, given) == built.SerializeToString()
+    assert whole_result("s", "t-1", header, bytes(MAX_FRAME)) is None

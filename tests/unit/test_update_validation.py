@@ -29,7 +29,8 @@ from coordinator.grid import GridPolicy, SelectorTierGrid
 from coordinator.hub import Hub, Result
 from coordinator.rounds import RoundTracker
 from fedota_common.aggregate import REJECTED, check_reply, model_spec
-from fedota_common.chunkwire import add_selector_servicer
+from fedota_common.chunkwire import add_selector_servicer, frame_chunk, whole_result
+from fedota_common.chunkwire import selector_stub as chunkwire_stub
 from fedota_common.grpcutil import bind, channel, make_server
 from fedota_common.payload import (
     PayloadError,
@@ -396,6 +397,43 @@ def test_a_stalled_upload_over_real_grpc_is_cancelled_and_the_next_reply_is_fold
             np.testing.assert_allclose(result[key], sel.model[key], rtol=1e-6)
     finally:
         release.set()
+        server.stop(0)
+
+
+def test_a_result_sent_whole_in_its_header_is_folded_as_its_chunks_would_be() -> None:
+    """A client whose selector reads whole results (JoinResponse.inline_results) sends one message."""
+    sel = Selector()
+    server = make_server(8)
+    servicer = SelectorServicer(sel.core, FabSource(sel.core, bytes))
+    add_selector_servicer(servicer, server)
+    address = bind(server, "127.0.0.1:0")
+    assert address is not None
+    server.start()
+
+    def whole(name: str, scale: float, then_a_chunk: bool = False) -> Iterator[bytes]:
+        update = {k: v * np.float32(scale) for k, v in sel.model.items()}
+        payload = message_to_payload(Message(_reply(update, 5), reply_to=sel.instruction))
+        wire = whole_result(sel.sessions[name].session_id, f"t-{name}", payload.header, payload.content)
+        assert wire is not None
+        yield wire
+        if then_a_chunk:
+            yield frame_chunk(b"more")
+
+    try:
+        with channel(address) as ch:
+            stub = chunkwire_stub(ch)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.PushResult(whole("a", 1.0, then_a_chunk=True), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "a result sent whole in its header takes no chunks after it" in (info.value.details() or "")
+            assert stub.PushResult(whole("b", 2.0), timeout=30).accepted
+            assert stub.PushResult(whole("c", 4.0), timeout=30).accepted
+            result = sel.aggregate()
+            for key in SHAPES:
+                np.testing.assert_allclose(result[key], sel.model[key] * 3, rtol=1e-6)  # (2 + 4) / 2
+            joined = stub.Join(spb.JoinRequest(credential="fdp_1_d"), timeout=30)
+            assert joined.inline_results
+    finally:
         server.stop(0)
 
 

@@ -33,16 +33,18 @@ class JoinRequest(_message.Message):
     def __init__(self, credential: _Optional[str] = ..., fab_sha256: _Optional[str] = ..., client_version: _Optional[str] = ..., display_name: _Optional[str] = ..., inline_tasks: _Optional[bool] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("session_id", "node_id", "run", "heartbeat_interval")
+    __slots__ = ("session_id", "node_id", "run", "heartbeat_interval", "inline_results")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    INLINE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     node_id: int
     run: RunInfo
     heartbeat_interval: float
-    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[int] = ..., run: _Optional[_Union[RunInfo, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    inline_results: bool
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[int] = ..., run: _Optional[_Union[RunInfo, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ..., inline_results: _Optional[bool] = ...) -> None: ...
 
 class RunInfo(_message.Message):
     __slots__ = ("run_id", "fab_sha256", "run_config_json", "fab_size")
@@ -159,14 +161,16 @@ class TaskPart(_message.Message):
     def __init__(self, header: _Optional[_Union[_payload_pb2.PayloadHeader, _Mapping]] = ..., chunk: _Optional[_Union[_payload_pb2.Chunk, _Mapping]] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("session_id", "task_id", "payload")
+    __slots__ = ("session_id", "task_id", "payload", "content")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task_id: str
     payload: _payload_pb2.PayloadHeader
-    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., payload: _Optional[_Union[_payload_pb2.PayloadHeader, _Mapping]] = ...) -> None: ...
+    content: bytes
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., payload: _Optional[_Union[_payload_pb2.PayloadHeader, _Mapping]] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class ResultPart(_message.Message):
     __slots__ = ("header", "chunk")
