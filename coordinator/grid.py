@@ -42,6 +42,8 @@ from coordinator.merging import merge_partial_means
 from coordinator.resume import capture
 from fedota_common.aggregate import ModelSpec, model_spec
 from fedota_common.payload import (
+    MAX_FRAME,
+    Segments,
     WireContent,
     content_digest,
     encode_segments,
@@ -89,6 +91,30 @@ class GridPolicy:
     flush_grace: float = 30.0
     # How long a Flower strategy may wait for its minimum of connected clients (0: round_timeout).
     node_wait: float = 0.0
+
+
+# Room kept in an inlined content's message for its field tags and lengths.
+_INLINE_SLACK = 64
+
+
+def inline_contents(groups: Iterable[cpb.Instructions], contents: dict[str, WireContent]) -> None:
+    """Carry each content a selector's instructions need in the message itself, where it fits one.
+
+    The selector can then announce its tasks at once, without a PullContent call first: one
+    round trip less on every round's critical path for a small model. A content that would
+    take the message past `MAX_FRAME` (what a selector reads) is pulled as before.
+    """
+    whole: dict[str, bytes] = {}
+    for group in groups:
+        room = MAX_FRAME - group.ByteSize() - _INLINE_SLACK
+        for cid in dict.fromkeys(item.content_id for item in group.items):
+            data = contents[cid]
+            if not len(data) or len(data) + _INLINE_SLACK > room:
+                continue
+            if cid not in whole:
+                whole[cid] = data.tobytes() if isinstance(data, Segments) else bytes(data)
+            group.contents.append(cpb.InlineContent(content_id=cid, data=whole[cid]))
+            room -= len(data) + _INLINE_SLACK
 
 
 class SelectorTierGrid(Grid):
@@ -395,6 +421,7 @@ class SelectorTierGrid(Grid):
                     content_sha256=sha,
                 )
             )
+        inline_contents(per_selector.values(), contents)
         batch = Batch(
             batch_id=batch_id,
             message_type=message_type,

@@ -45,6 +45,7 @@ from fedota_common.payload import (
     check_header,
     content_digest,
     iter_chunks,
+    iter_views,
     parse_content,
     reply_size_limit,
 )
@@ -335,6 +336,8 @@ class SelectorCore:
             },
         )
         to_fetch: dict[str, tuple[int, str]] = {}
+        carried = {c.content_id: c.data for c in ins.contents}  # small contents come with the batch
+        to_store: dict[str, bytes] = {}
         with self._lock:
             self.batches[ins.batch_id] = batch
             for item in ins.items:
@@ -351,8 +354,20 @@ class SelectorCore:
                 )
                 self._unpulled.setdefault(item.content_id, set()).add(item.message_id)
                 if item.content_id not in self.contents and item.content_id not in self._fetching:
-                    to_fetch[item.content_id] = (item.content_size, item.content_sha256)
                     self._fetching.add(item.content_id)
+                    if item.content_id in carried:
+                        to_store[item.content_id] = carried[item.content_id]
+                    else:
+                        to_fetch[item.content_id] = (item.content_size, item.content_sha256)
+        for cid, data in to_store.items():
+            item = next(i for i in ins.items if i.content_id == cid)
+            try:  # checked as a pulled content is: its size, and its hash where one was sent
+                self._store(cid, assemble(item.content_size, item.content_sha256, iter_views(data)))
+            except PayloadError as exc:
+                log.warning(
+                    "an instruction's content came damaged; pulling it", extra={"content_id": cid, "error": str(exc)}
+                )
+                to_fetch[cid] = (item.content_size, item.content_sha256)
         for cid, (size, sha) in to_fetch.items():
             threading.Thread(target=self._fetch, args=(cid, size, sha), name=f"fetch-{cid}", daemon=True).start()
         self._announce_ready()
@@ -369,6 +384,11 @@ class SelectorCore:
             for task in failed:
                 self._fail_task(task, f"selector could not fetch the instruction: {exc}")
             return
+        self._store(content_id, data)
+        self._announce_ready()
+
+    def _store(self, content_id: str, data: Content) -> None:
+        """Keep an instruction's content (fetched or carried by its batch) and the model it sends."""
         try:
             model = model_spec(parse_content(data))
         except PayloadError as exc:
@@ -381,7 +401,6 @@ class SelectorCore:
             self.contents[content_id] = data
             if model is not None:
                 self.models[content_id] = model
-        self._announce_ready()
 
     def _announce_ready(self, node_id: int | None = None) -> None:
         """Announce the tasks whose content is here (only `node_id`'s, when given)."""

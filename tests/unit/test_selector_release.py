@@ -7,6 +7,7 @@ a client that asks again later gets it fetched again from the coordinator.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -44,9 +45,12 @@ class _Context:
 
 
 def _selector(
-    names: str, content: bytes = CONTENT, inline: str = ""
+    names: str, content: bytes = CONTENT, inline: str = "", carried: bytes | None = None, sha256: str = ""
 ) -> tuple[SelectorCore, SelectorServicer, _Upstream, dict[str, Any]]:
-    """A selector with a session per letter of `names` (those in `inline` take inline tasks) and one task each."""
+    """A selector with a session per letter of `names` (those in `inline` take inline tasks) and one task each.
+
+    `carried`: the batch brings these bytes as its content (a small model), else the selector pulls it.
+    """
     core = SelectorCore("sel", OpenAuthenticator())
     upstream = _Upstream(content)
     core.upstream = upstream  # type: ignore[assignment]
@@ -61,9 +65,16 @@ def _selector(
             aggregation=cpb.AGGREGATION_WEIGHTED_MEAN,
             weight_key="num-examples",
             items=[
-                cpb.Instruction(message_id=f"t-{n}", node_id=s.node_id, content_id="b1/0", content_size=len(content))
+                cpb.Instruction(
+                    message_id=f"t-{n}",
+                    node_id=s.node_id,
+                    content_id="b1/0",
+                    content_size=len(content),
+                    content_sha256=sha256,
+                )
                 for n, s in sessions.items()
             ],
+            contents=[cpb.InlineContent(content_id="b1/0", data=carried)] if carried is not None else [],
         )
     )
     deadline = time.monotonic() + 10
@@ -139,3 +150,18 @@ def test_a_task_too_large_for_one_message_is_pulled_even_by_a_client_that_asked(
     event = _announced(servicer, sessions["a"])
     assert event.task.task_id == "t-a" and not event.task.HasField("header")
     assert _pull(servicer, sessions["a"], "t-a") == CONTENT
+
+
+def test_a_content_carried_by_its_batch_is_not_pulled() -> None:
+    core, servicer, upstream, sessions = _selector("ab", SMALL, inline="a", carried=SMALL)
+    assert upstream.pulls == []
+    assert _announced(servicer, sessions["a"]).task.content == SMALL
+    assert _pull(servicer, sessions["b"], "t-b") == SMALL
+    assert upstream.pulls == [] and "b1/0" not in core.contents
+
+
+def test_a_carried_content_that_does_not_match_its_hash_is_pulled_instead() -> None:
+    sha = hashlib.sha256(SMALL).hexdigest()
+    core, servicer, upstream, sessions = _selector("a", SMALL, carried=b"x" + SMALL[1:], sha256=sha)
+    assert upstream.pulls == ["b1/0"]
+    assert _pull(servicer, sessions["a"], "t-a") == SMALL

@@ -168,7 +168,7 @@ class Instruction(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., node_id: _Optional[int] = ..., metadata: _Optional[bytes] = ..., content_id: _Optional[str] = ..., content_size: _Optional[int] = ..., content_sha256: _Optional[str] = ...) -> None: ...
 
 class Instructions(_message.Message):
-    __slots__ = ("batch_id", "aggregation", "weight_key", "items", "deadline_seconds", "trace_context")
+    __slots__ = ("batch_id", "aggregation", "weight_key", "items", "deadline_seconds", "trace_context", "contents")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,13 +182,23 @@ class Instructions(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CONTENTS_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     aggregation: Aggregation
     weight_key: str
     items: _containers.RepeatedCompositeFieldContainer[Instruction]
     deadline_seconds: float
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, batch_id: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., weight_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Instruction, _Mapping]]] = ..., deadline_seconds: _Optional[float] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    contents: _containers.RepeatedCompositeFieldContainer[InlineContent]
+    def __init__(self, batch_id: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., weight_key: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Instruction, _Mapping]]] = ..., deadline_seconds: _Optional[float] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., contents: _Optional[_Iterable[_Union[InlineContent, _Mapping]]] = ...) -> None: ...
+
+class InlineContent(_message.Message):
+    __slots__ = ("content_id", "data")
+    CONTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    content_id: str
+    data: bytes
+    def __init__(self, content_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Flush(_message.Message):
     __slots__ = ("batch_id",)
