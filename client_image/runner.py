@@ -535,6 +535,7 @@ class Node:
         else:
             header, content = pull_task(stub, session, task_id)
         message = payload_to_message(header, content)
+        del content  # the received buffer: the message holds its own copy of the arrays
         received = time.monotonic()
         TaskIdentity.run_id = message.metadata.run_id
         TaskIdentity.node_id = node_id

@@ -1,4 +1,4 @@
-"""Selector memory stays bounded by a few copies of the model, whatever the number of clients."""
+"""Selector and client memory stay bounded by a few copies of the model, whatever the number of clients."""
 
 from __future__ import annotations
 
@@ -88,3 +88,62 @@ def test_selector_peak_memory_stays_a_few_model_copies(tmp_path: Path) -> None:
     growth = (peak[0] - idle) / 1024 / MODEL_MIB
     print(f"selector peak: idle {idle // 1024} MiB + {growth:.2f}x the model")  # shown with -s
     assert growth < BOUND, f"selector peak grew by {growth:.2f}x the model size (idle {idle // 1024} MiB)"
+
+
+# A client holds the decoded instruction (1x, Flower's Arrays) while the app builds its
+# reply: the distinct app's `Array.numpy()` copy, the sum, and `Array(nd)`'s bytes (up to 3x
+# more, briefly). The received buffer is freed once decoded; when the client kept it for
+# the whole task (a regression found at 100 MB) the peak was 1x higher.
+CLIENT_BOUND = 4.0
+
+
+def test_client_peak_memory_holds_no_received_buffer_beside_the_message(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for i in range(2):
+        (data / f"client_{i}").mkdir(parents=True)
+    out = tmp_path / "run"
+    proc = start_local(
+        out,
+        "--app",
+        str(REPO / "tests" / "apps" / "distinct"),
+        "--data-dir",
+        str(data),
+        "--selectors",
+        "1",
+        "--rounds",
+        "2",
+        "--overselect",
+        "1.0",
+        "--run-config",
+        json.dumps({"model-size-mb": float(MODEL_MIB), "min-available-nodes": 2}),
+    )
+    try:
+        pids = out / "pids.json"
+        wait_for(lambda: pids.exists() and "client-client_0" in pids.read_text(), 60, "the client to start")
+        pid = int(json.loads(pids.read_text())["client-client_0"])
+        log = out / "logs" / "client-client_0.log"
+        wait_for(lambda: log.exists() and "checked in" in log.read_text(), 60, "the client to check in")
+        idle = _kib(pid, "VmHWM")  # app loaded, no task yet
+        peak = [idle]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.2):
+                peak[0] = max(peak[0], _kib(pid, "VmHWM"))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            stdout, stderr = proc.communicate(timeout=240)
+        finally:
+            stop.set()
+            sampler.join()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"{stdout}\n{stderr}"
+    assert log.read_text().count('"task done"') == 2, log.read_text()[-3000:]
+    growth = (peak[0] - idle) / 1024 / MODEL_MIB
+    print(f"client peak: idle {idle // 1024} MiB + {growth:.2f}x the model")  # shown with -s
+    assert growth < CLIENT_BOUND, f"client peak grew by {growth:.2f}x the model size (idle {idle // 1024} MiB)"
