@@ -30,6 +30,7 @@ from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
 from fedota_common.payload import (
     Assembler,
     Payload,
+    assemble,
     iter_views,
     message_to_payload,
     payload_to_message,
@@ -527,11 +528,9 @@ class Node:
 
         task_id, node_id, inline_results = task.task_id, joined.node_id, joined.inline_results
         if task.HasField("header"):  # announced with its content: nothing to pull
-            header, asm = task.header, Assembler(task.header.content_size, task.header.content_sha256)
-            for view in iter_views(task.content):
-                asm.add(view)
+            header = task.header
+            content = assemble(header.content_size, header.content_sha256, iter_views(task.content))
             task.ClearField("content")  # the assembled copy is the one kept
-            content = asm.finish()
         else:
             header, content = pull_task(stub, session, task_id)
         message = payload_to_message(header, content)

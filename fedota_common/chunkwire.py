@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message as ProtoMessage
 
-from fedota_common.payload import MAX_FRAME, Segments, WireContent
+from fedota_common.payload import MAX_FRAME, Segments, WireContent, len_field
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -45,15 +45,6 @@ _RESULT_CONTENT_FIELD = 4
 P = TypeVar("P", bound=ProtoMessage)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     value, shift = 0, 0
     while pos < len(buf) and shift < 64:
@@ -69,8 +60,8 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
 def frame_chunk(data: bytes | memoryview, field: int = CHUNK_FIELD) -> bytes:
     """A part whose field `field` is `Chunk(data=data)`, serialised as protobuf does, in one copy of `data`."""
     n = len(data)
-    inner = _DATA_TAG + _varint(n) if n else b""
-    return b"".join((bytes([(field << 3) | _LEN]) + _varint(len(inner) + n) + inner, data))
+    inner = len_field(1, n) if n else b""
+    return b"".join((len_field(field, len(inner) + n) + inner, data))
 
 
 def _frame_whole(outer: int, head: bytes, field: int, content: WireContent) -> bytes | None:
@@ -80,9 +71,9 @@ def _frame_whole(outer: int, head: bytes, field: int, content: WireContent) -> b
     head's fields (protobuf writes fields in order). None above `MAX_FRAME`, which every peer reads.
     """
     n = len(content)
-    data = bytes([(field << 3) | _LEN]) + _varint(n) if n else b""
+    data = len_field(field, n) if n else b""
     size = len(head) + len(data) + n
-    prefix = bytes([(outer << 3) | _LEN]) + _varint(size)
+    prefix = len_field(outer, size)
     if len(prefix) + size > MAX_FRAME:
         return None
     parts = content.parts if isinstance(content, Segments) else [content]
@@ -95,8 +86,6 @@ def inline_task_event(task_id: str, header: payload_pb2.PayloadHeader, content: 
     None when the event would not fit one message: such a task is announced without its
     content and pulled.
     """
-    if len(content) > MAX_FRAME:
-        return None
     head = spb.TaskAvailable(task_id=task_id, content_size=len(content), header=header).SerializeToString()
     return _frame_whole(_EVENT_TASK_FIELD, head, _INLINE_CONTENT_FIELD, content)
 
@@ -108,8 +97,6 @@ def whole_result(
 
     None when it would not fit one message: such a result is sent as chunks after its header.
     """
-    if len(content) > MAX_FRAME:
-        return None
     head = spb.ResultHeader(session_id=session_id, task_id=task_id, payload=header).SerializeToString()
     return _frame_whole(_RESULT_HEADER_FIELD, head, _RESULT_CONTENT_FIELD, content)
 

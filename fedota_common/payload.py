@@ -206,7 +206,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _len_field(number: int, length: int) -> bytes:
+def len_field(number: int, length: int) -> bytes:
     """Tag and length of a length-delimited field (wire type 2)."""
     return _varint(number << 3 | 2) + _varint(length)
 
@@ -214,7 +214,7 @@ def _len_field(number: int, length: int) -> bytes:
 def _str_field(number: int, text: str) -> bytes:
     # proto3 leaves out empty strings.
     raw = text.encode()
-    return _len_field(number, len(raw)) + raw if raw else b""
+    return len_field(number, len(raw)) + raw if raw else b""
 
 
 def npy_header(array: np.ndarray[Any, Any]) -> bytes:
@@ -247,10 +247,10 @@ def _array_parts(name: str, dtype: str, shape: Iterable[int], stype: str, data: 
     size = sum(_nbytes(d) for d in data)
     # `data` is field 4, the last one, so appending it after the other fields
     # gives the bytes protobuf itself would write.
-    data_head = _len_field(4, size) if size else b""
+    data_head = len_field(4, size) if size else b""
     value_len = len(head) + len(data_head) + size
-    prefix = _str_field(1, name) + _len_field(2, value_len)
-    return [_len_field(1, len(prefix) + value_len), prefix, head, data_head, *data]
+    prefix = _str_field(1, name) + len_field(2, value_len)
+    return [len_field(1, len(prefix) + value_len), prefix, head, data_head, *data]
 
 
 ArraySource = Array | np.ndarray
@@ -274,7 +274,7 @@ def encode_segments(content: RecordDict | Iterable[tuple[str, RecordSource]]) ->
             else:
                 item.config_record.CopyFrom(config_record_to_proto(record))
             raw = item.SerializeToString()
-            parts += [_len_field(1, len(raw)), raw]
+            parts += [len_field(1, len(raw)), raw]
             continue
         if not isinstance(record, Mapping):
             raise ValueError(f"Unsupported record type: {type(record)}")
@@ -287,8 +287,8 @@ def encode_segments(content: RecordDict | Iterable[tuple[str, RecordSource]]) ->
             else:
                 raise ValueError(f"Unsupported array type: {type(array)}")
         rec_len = sum(_nbytes(p) for p in rec_parts)
-        prefix = _str_field(1, key) + _len_field(2, rec_len)
-        parts += [_len_field(1, len(prefix) + rec_len), prefix, *rec_parts]
+        prefix = _str_field(1, key) + len_field(2, rec_len)
+        parts += [len_field(1, len(prefix) + rec_len), prefix, *rec_parts]
     return Segments(parts)
 
 

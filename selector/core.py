@@ -155,7 +155,7 @@ class Task:
 
 @dataclass(frozen=True)
 class InlineTask:
-    """A task announced with its content: the whole `SelectorEvent`, serialised (`inline_event`)."""
+    """A task announced with its content: the whole `SelectorEvent`, serialised (`_inline_event`)."""
 
     task: Task
     wire: bytes
@@ -337,7 +337,7 @@ class SelectorCore:
         )
         to_fetch: dict[str, tuple[int, str]] = {}
         carried = {c.content_id: c.data for c in ins.contents}  # small contents come with the batch
-        to_store: dict[str, bytes] = {}
+        to_store: dict[str, tuple[bytes, int, str]] = {}
         with self._lock:
             self.batches[ins.batch_id] = batch
             for item in ins.items:
@@ -356,18 +356,17 @@ class SelectorCore:
                 if item.content_id not in self.contents and item.content_id not in self._fetching:
                     self._fetching.add(item.content_id)
                     if item.content_id in carried:
-                        to_store[item.content_id] = carried[item.content_id]
+                        to_store[item.content_id] = (carried[item.content_id], item.content_size, item.content_sha256)
                     else:
                         to_fetch[item.content_id] = (item.content_size, item.content_sha256)
-        for cid, data in to_store.items():
-            item = next(i for i in ins.items if i.content_id == cid)
+        for cid, (data, size, sha) in to_store.items():
             try:  # checked as a pulled content is: its size, and its hash where one was sent
-                self._store(cid, assemble(item.content_size, item.content_sha256, iter_views(data)))
+                self._store(cid, assemble(size, sha, iter_views(data)))
             except PayloadError as exc:
                 log.warning(
                     "an instruction's content came damaged; pulling it", extra={"content_id": cid, "error": str(exc)}
                 )
-                to_fetch[cid] = (item.content_size, item.content_sha256)
+                to_fetch[cid] = (size, sha)
         for cid, (size, sha) in to_fetch.items():
             threading.Thread(target=self._fetch, args=(cid, size, sha), name=f"fetch-{cid}", daemon=True).start()
         self._announce_ready()
