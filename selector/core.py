@@ -150,7 +150,11 @@ class Task:
     content_size: int
     content_sha256: str
     message_type: str = ""
-    state: str = "pending"  # pending | announced | receiving | done | failed
+    state: str = "pending"  # pending | announced | receiving | done | failed | cancelled
+
+
+# A task in one of these states may still be answered; its batch is not over.
+OPEN = ("pending", "announced", "receiving")
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,9 @@ class BatchState:
     acc: WeightedMean | None
     lock: threading.Lock = field(default_factory=threading.Lock)
     resolved: set[str] = field(default_factory=set)
+    # Tasks of the batch still OPEN here (`_close`): a reply forwarded on its own looks at
+    # this, not at every task of the round, to know whether the batch is over.
+    open: int = 0
     covered: list[str] = field(default_factory=list)
     covered_nodes: list[int] = field(default_factory=list)
     first_metadata: bytes = b""
@@ -323,6 +330,7 @@ class SelectorCore:
         """Store a batch's tasks, fetch each distinct content once, then announce."""
         acc = WeightedMean(ins.weight_key) if ins.aggregation == cpb.AGGREGATION_WEIGHTED_MEAN else None
         batch = BatchState(ins.batch_id, ins.aggregation, ins.weight_key, {i.message_id for i in ins.items}, acc)
+        batch.open = len(batch.task_ids)
         batch.span = tracing.tracer().start_span(
             "selector.round",
             context=tracing.extract(ins.trace_context),
@@ -444,8 +452,10 @@ class SelectorCore:
                     continue
                 self._untrack(task)
                 self._remember_closed(task, "cancelled")
+                announced = task.state == "announced"
+                self._close(task, "cancelled")
                 session = self.by_node.get(task.node_id)
-                if session is not None and task.state == "announced":
+                if session is not None and announced:
                     session.outbox.put(spb.SelectorEvent(cancelled=spb.TaskCancelled(task_id=mid, reason=reason)))
             self._gc()
 
@@ -719,6 +729,14 @@ class SelectorCore:
             if not ids:
                 del self._node_tasks[task.node_id]
 
+    def _close(self, task: Task, state: str) -> None:
+        """Move a task to a closed state ("done", "failed", "cancelled"); call with the lock held."""
+        if task.state in OPEN:
+            batch = self.batches.get(task.batch_id)
+            if batch is not None:
+                batch.open -= 1
+        task.state = state
+
     def _remember_closed(self, task: Task, how: str) -> None:
         self._closed[task.task_id] = (task.node_id, how)
         self._closed.move_to_end(task.task_id)
@@ -796,7 +814,7 @@ class SelectorCore:
         finally:
             wire = view = None  # the views pin the buffer; drop them with it
         with self._lock:
-            task.state = "done"
+            self._close(task, "done")
         self._progress(batch, task.task_id, True, "")
         self._maybe_finalize(batch)
         return True
@@ -822,13 +840,18 @@ class SelectorCore:
                 raise checked.error from exc
             raise
         with self._lock:
-            task.state = "done"
+            self._close(task, "done")
+            over = batch.open == 0
         with batch.lock:
             batch.resolved.add(task.task_id)
         if not res.accepted:
             log.info("coordinator refused a result", extra={"task": task.task_id, "detail": res.detail})
         self._maybe_finalize(batch)
-        self._gc()
+        if over:
+            # Only a batch with nothing left open has anything to let go: collecting after
+            # every reply walked every task of the round each time, O(n^2) a round when each
+            # of n replies goes on by itself (1.2 s a round at 2,500 clients a selector).
+            self._gc()
 
     def _push_forward(
         self,
@@ -861,9 +884,9 @@ class SelectorCore:
 
     def _fail_task(self, task: Task, detail: str) -> None:
         with self._lock:
-            if task.state in ("done", "failed"):
-                return
-            task.state = "failed"
+            if task.state not in OPEN:
+                return  # answered, failed or cancelled already
+            self._close(task, "failed")
             batch = self.batches.get(task.batch_id)
         if batch is None:
             return
@@ -874,7 +897,9 @@ class SelectorCore:
 
     def _maybe_finalize(self, batch: BatchState) -> None:
         with batch.lock:
-            done = batch.acc is not None and batch.resolved >= batch.task_ids
+            # `resolved` only ever holds the batch's own task ids: counting them says as much
+            # as comparing the sets, without a pass over the round's tasks per reply.
+            done = batch.acc is not None and len(batch.resolved) >= len(batch.task_ids)
         if done:
             self._finalize(batch)
 
@@ -946,12 +971,7 @@ class SelectorCore:
         """Drop finished batches and contents nobody needs any more."""
         with self._lock:
             for bid, batch in list(self.batches.items()):
-                open_tasks = [
-                    t
-                    for t in batch.task_ids
-                    if t in self.tasks and self.tasks[t].state in ("pending", "announced", "receiving")
-                ]
-                if not open_tasks and (batch.acc is None or batch.finalized):
+                if batch.open == 0 and (batch.acc is None or batch.finalized):
                     for t in batch.task_ids:
                         task = self.tasks.pop(t, None)
                         if task is not None:

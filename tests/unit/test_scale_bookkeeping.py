@@ -14,10 +14,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from flwr.app import MessageType, Metadata
+from flwr.common.serde_utils import metadata_to_proto
+
 from coordinator.hub import Batch, Hub, Instr
 from coordinator.report import Target
 from coordinator.roster import RosterPoller
 from protos.coordinator.v1 import coordinator_pb2 as cpb
+from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from selector.core import OpenAuthenticator, SelectorCore
 from selector.servicer import FabSource, SelectorServicer
@@ -217,3 +221,76 @@ def test_a_leaving_client_fails_its_own_open_tasks_and_no_one_elses() -> None:
     assert upstream.failed() == ["t-b"]
     core.leave(sessions["c"], "gone")
     assert upstream.failed() == ["t-b", "t-c"]
+
+
+class _ForwardingUpstream(_Upstream):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwarded: list[str] = []
+
+    def push_result(self, header: cpb.ResultHeader, content: Any) -> cpb.PushResultResponse:
+        for _ in content if not isinstance(content, bytes) else [content]:
+            pass
+        self.forwarded += list(header.message_ids)
+        return cpb.PushResultResponse(accepted=True)
+
+
+def _reply_header() -> payload_pb2.PayloadHeader:
+    metadata = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=1,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=MessageType.QUERY,
+    )
+    return payload_pb2.PayloadHeader(metadata=metadata_to_proto(metadata).SerializeToString())
+
+
+def _open_recount(core: SelectorCore, batch_id: str) -> int:
+    return sum(
+        1 for t in core.tasks.values() if t.batch_id == batch_id and t.state in ("pending", "announced", "receiving")
+    )
+
+
+def test_a_batch_of_forwarded_replies_counts_its_open_tasks_and_goes_with_its_last() -> None:
+    """Each reply forwarded on its own no longer walks the round's tasks; the batch still goes when it is over."""
+    core = SelectorCore("sel", OpenAuthenticator())
+    upstream = _ForwardingUpstream()
+    core.upstream = upstream  # type: ignore[assignment]
+    core.on_welcome(cpb.Welcome(run_id=1, fab_sha256="f" * 64, fab_size=1))
+    sessions = {}
+    for name in "abcde":
+        sessions[name], _ = core.join(f"fdp_1_{name}", "", name)
+        core.subscribe(sessions[name])
+    core.contents["b1/0"] = b""
+    core.on_instructions(
+        cpb.Instructions(
+            batch_id="b1",
+            aggregation=cpb.AGGREGATION_INDIVIDUAL,
+            items=[
+                cpb.Instruction(message_id=f"t-{n}", node_id=s.node_id, content_id="b1/0") for n, s in sessions.items()
+            ],
+        )
+    )
+    batch = core.batches["b1"]
+    assert batch.open == _open_recount(core, "b1") == 5
+
+    core.submit(sessions["a"], "t-a", _reply_header(), b"")
+    assert batch.open == _open_recount(core, "b1") == 4
+    core.leave(sessions["b"], "gone")  # fails its task
+    assert batch.open == _open_recount(core, "b1") == 3
+    core.on_cancel(["t-c"], "the strategy has enough")
+    assert batch.open == _open_recount(core, "b1") == 2
+    core.on_cancel(["t-c"], "again")  # a repeated cancel changes nothing
+    assert batch.open == 2
+    core.submit(sessions["d"], "t-d", _reply_header(), b"")
+    assert batch.open == 1 and "b1" in core.batches and "b1/0" in core.contents
+    core.submit(sessions["e"], "t-e", _reply_header(), b"")
+    # The last open task answered: the batch, its tasks and its content are let go.
+    assert batch.open == 0
+    assert "b1" not in core.batches and not core.tasks and "b1/0" not in core.contents
+    assert upstream.forwarded == ["t-a", "t-d", "t-e"]
