@@ -30,6 +30,7 @@ from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
 from fedota_common.payload import (
     Assembler,
     Payload,
+    Whole,
     assemble,
     iter_views,
     message_to_payload,
@@ -529,8 +530,10 @@ class Node:
         task_id, node_id, inline_results = task.task_id, joined.node_id, joined.inline_results
         if task.HasField("header"):  # announced with its content: nothing to pull
             header = task.header
-            content = assemble(header.content_size, header.content_sha256, iter_views(task.content))
-            task.ClearField("content")  # the assembled copy is the one kept
+            # Reading the field gives bytes of their own: those are the content (`Whole`: not
+            # copied again); the event's parsed copy goes.
+            content = assemble(header.content_size, header.content_sha256, Whole(task.content))
+            task.ClearField("content")
         else:
             header, content = pull_task(stub, session, task_id)
         message = payload_to_message(header, content)

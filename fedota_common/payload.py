@@ -599,8 +599,39 @@ class Assembler:
         return data
 
 
-def assemble(header_size: int, sha256: str, chunks: Iterable[bytes]) -> Content:
-    """Assemble an iterable of chunks into content."""
+class Whole:
+    """A content that came whole in one message (at most `MAX_FRAME`): a task in its announcement,
+    a result in its header part, an instruction's content in its batch.
+
+    It iterates as chunks (for a hop that passes it on), and `assemble` checks it and takes it
+    as it is, without copying it into a buffer of its own.
+    """
+
+    def __init__(self, data: bytes, rest: Iterator[Any] | None = None, what: str = "a content sent whole") -> None:
+        self.data = data
+        # What followed it on its stream, which must be nothing (`check_end`).
+        self.rest = rest
+        self.what = what
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        yield from iter_views(self.data)
+        self.check_end()
+
+    def check_end(self) -> None:
+        if self.rest is not None and next(self.rest, None) is not None:
+            raise PayloadError(f"{self.what} takes no chunks after it")
+
+
+def assemble(header_size: int, sha256: str, chunks: Iterable[bytes | memoryview]) -> Content:
+    """Assemble an iterable of chunks (or a `Whole` content) into content."""
+    if isinstance(chunks, Whole):
+        data = chunks.data
+        if len(data) != header_size:
+            raise PayloadError(f"content of {len(data)} bytes where its header announced {header_size}")
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise PayloadError("content checksum mismatch")
+        chunks.check_end()
+        return data
     asm = Assembler(header_size, sha256)
     for data in chunks:
         asm.add(data)

@@ -39,13 +39,13 @@ from fedota_common.payload import (
     Content,
     PayloadError,
     RejectedReply,
+    Whole,
     WireContent,
     WireRecords,
     assemble,
     check_header,
     content_digest,
     iter_chunks,
-    iter_views,
     parse_content,
     reply_size_limit,
 )
@@ -369,7 +369,7 @@ class SelectorCore:
                         to_fetch[item.content_id] = (item.content_size, item.content_sha256)
         for cid, (data, size, sha) in to_store.items():
             try:  # checked as a pulled content is: its size, and its hash where one was sent
-                self._store(cid, assemble(size, sha, iter_views(data)))
+                self._store(cid, assemble(size, sha, Whole(data)))
             except PayloadError as exc:
                 log.warning(
                     "an instruction's content came damaged; pulling it", extra={"content_id": cid, "error": str(exc)}
@@ -647,7 +647,7 @@ class SelectorCore:
         session: Session,
         task_id: str,
         header: payload_pb2.PayloadHeader,
-        chunks: Iterator[bytes],
+        chunks: Iterable[bytes | memoryview],
         cancel: Callable[[], None] | None = None,
     ) -> None:
         """Take a client's reply as it streams in: fold it into the partial aggregate or pass it on.
@@ -671,8 +671,8 @@ class SelectorCore:
         try:
             if batch.acc is not None and not header.error:
                 with self._fold_slots:
-                    if cancel is not None:
-                        chunks = UploadWatch(cancel, **self.upload_limits).chunks(chunks)
+                    if cancel is not None and not isinstance(chunks, Whole):  # a whole reply is all here
+                        chunks = UploadWatch(cancel, **self.upload_limits).chunks(iter(chunks))
                     content = assemble(header.content_size, header.content_sha256, chunks)
                     if self._fold(batch, task, session.node_id, header, content):
                         return
@@ -827,7 +827,7 @@ class SelectorCore:
         task: Task,
         node_id: int,
         header: payload_pb2.PayloadHeader,
-        content: Content | Iterator[bytes],
+        content: Content | Iterable[bytes | memoryview],
     ) -> None:
         assert self.upstream is not None
         source = iter_chunks(content) if isinstance(content, (bytes, bytearray, memoryview)) else content
@@ -1051,7 +1051,7 @@ class _Checked:
     announced bytes followed by more).
     """
 
-    def __init__(self, size: int, sha256: str, chunks: Iterator[bytes]) -> None:
+    def __init__(self, size: int, sha256: str, chunks: Iterable[bytes | memoryview]) -> None:
         self.size = size
         self.sha256 = sha256
         self.chunks = chunks

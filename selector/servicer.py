@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn
 
 import grpc
@@ -13,7 +13,7 @@ import grpc
 from fedota_common.chunkwire import chunk_data, frame_chunk
 from fedota_common.grpcutil import abort
 from fedota_common.metrics import SelectorMetrics
-from fedota_common.payload import MAX_FRAME, PayloadError, iter_chunks, iter_views
+from fedota_common.payload import MAX_FRAME, PayloadError, Whole, iter_chunks, iter_views
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -155,17 +155,9 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         if not isinstance(first, spb.ResultPart) or first.WhichOneof("part") != "header":
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first part must be the result header")
         header = first.header
-        whole = header.content
 
         def chunks() -> Iterator[bytes | memoryview]:
             got = 0
-            if whole:  # the result came whole in its header (ResultHeader.content)
-                if self.metrics is not None:
-                    self.metrics.received.inc(len(whole))
-                yield from iter_views(whole)
-                if next(request_iterator, None) is not None:
-                    raise PayloadError("a result sent whole in its header takes no chunks after it")
-                return
             try:
                 for part in request_iterator:
                     data = chunk_data(part)
@@ -182,10 +174,15 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
                     f"disconnected, or a message above the {MAX_FRAME}-byte limit)"
                 ) from exc
 
+        source: Iterable[bytes | memoryview] = chunks()
+        if header.content:  # the result came whole in its header (ResultHeader.content): folded as it is
+            source = Whole(header.content, rest=request_iterator, what="a result sent whole in its header")
+            if self.metrics is not None:
+                self.metrics.received.inc(header.payload.content_size)
         try:
             session = self.core.session(header.session_id)
             # Chunks are read as the core consumes them: folded or passed on, never queued here.
-            self.core.receive_result(session, header.task_id, header.payload, chunks(), cancel=context.cancel)
+            self.core.receive_result(session, header.task_id, header.payload, source, cancel=context.cancel)
             if self.metrics is not None:
                 self.metrics.results.inc()
         except SelectorError as err:

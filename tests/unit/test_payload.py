@@ -15,6 +15,7 @@ from fedota_common.payload import (
     CHUNK_SIZE,
     Assembler,
     PayloadError,
+    Whole,
     assemble,
     content_digest,
     decode_content,
@@ -272,3 +273,21 @@ def test_an_assembled_content_is_the_buffer_it_was_gathered_in() -> None:
     content = assemble(len(data), hashlib.sha256(data).hexdigest(), iter_chunks(data))
     assert isinstance(content, memoryview) and content.readonly is False
     assert bytes(content) == data and len(content) == len(data)
+
+
+def test_a_content_that_came_whole_is_checked_and_kept_as_it_is_not_copied() -> None:
+    data = bytes(range(256)) * 40
+    sha = hashlib.sha256(data).hexdigest()
+    assert assemble(len(data), sha, Whole(data)) is data
+    assert assemble(len(data), "", Whole(data)) is data  # sent without a hash (over TLS)
+    with pytest.raises(PayloadError, match="checksum"):
+        assemble(len(data), hashlib.sha256(b"other").hexdigest(), Whole(data))
+    with pytest.raises(PayloadError, match="announced 10241"):
+        assemble(len(data) + 1, "", Whole(data))
+    # Nothing may follow it on its stream; passed on as chunks, it is checked the same way.
+    with pytest.raises(PayloadError, match="a result sent whole takes no chunks after it"):
+        assemble(len(data), sha, Whole(data, rest=iter([b"more"]), what="a result sent whole"))
+    assert assemble(len(data), sha, Whole(data, rest=iter([]))) is data
+    assert b"".join(Whole(data, rest=iter([]))) == data
+    with pytest.raises(PayloadError, match="takes no chunks after it"):
+        list(Whole(data, rest=iter([b"more"])))
