@@ -12,8 +12,10 @@ dropped). Then it runs the clients in this process on one asyncio loop:
 
 - each client has its own TLS channel (its own TCP connection: no shared
   subchannel), its own `fdp_<id>_<secret>` credential, and speaks the selector
-  protocol exactly as `client_image.runner.Node` does: Join, Subscribe (the
-  heartbeat stream), PullTask, the ClientApp, PushResult, Leave;
+  protocol exactly as `client_image.runner.Node` does: Join (asking for small
+  tasks inline), Subscribe (the heartbeat stream, which brings a small task with
+  its content; a larger one is pulled with PullTask), the ClientApp, PushResult
+  (a small result whole in its header part, where the selector reads those), Leave;
 - the app is the echo app (tests/apps/echo, each client returns the arrays it
   received): it is fetched with GetFab, checked against its pinned SHA-256 and
   loaded by the real client's own code (`Node._prepare`) once for the process,
@@ -58,8 +60,9 @@ if str(REPO) not in sys.path:
 
 import grpc  # noqa: E402
 
+from fedota_common import chunkwire  # noqa: E402
 from fedota_common.grpcutil import OPTIONS, TRANSFER_DEADLINE, UNARY_DEADLINE  # noqa: E402
-from fedota_common.payload import Assembler, iter_chunks, message_to_payload, payload_to_message  # noqa: E402
+from fedota_common.payload import Assembler, assemble, iter_views, message_to_payload, payload_to_message  # noqa: E402
 from protos.payload.v1 import payload_pb2  # noqa: E402
 from protos.selector.v1 import selector_pb2 as spb  # noqa: E402
 from protos.selector.v1 import selector_pb2_grpc  # noqa: E402
@@ -247,6 +250,7 @@ class Driver:
                         fab_sha256=self.fab_sha256,
                         client_version="fedota-load/0.1",
                         display_name=name,
+                        inline_tasks=True,  # as the real client asks: a small task comes with its announcement
                     ),
                     timeout=UNARY_DEADLINE,
                 )
@@ -278,7 +282,7 @@ class Driver:
     async def _client(self, index: int, target: str, credential: str, connected: Callable[[], None]) -> None:
         stats = self.stats
         async with grpc.aio.secure_channel(target, self.creds, options=CLIENT_OPTIONS) as ch:
-            stub = selector_pb2_grpc.SelectorStub(ch)
+            stub = chunkwire.selector_stub(ch)
             if not stats.first_join_wall:
                 stats.first_join_wall = time.time()
             joined = await self._join(stub, credential, f"load-{index}")
@@ -309,9 +313,7 @@ class Driver:
                         stats.welcomed += 1
                         stats.last_welcome_wall = time.time()
                     elif kind == "task":
-                        job = asyncio.create_task(
-                            self._task(stub, session, joined.node_id, event.task.task_id, context)
-                        )
+                        job = asyncio.create_task(self._task(stub, session, joined, event.task, context))
                         work.add(job)
                         job.add_done_callback(work.discard)
                     elif kind == "shutdown":
@@ -332,35 +334,63 @@ class Driver:
                     pass
 
     async def _task(
-        self, stub: selector_pb2_grpc.SelectorStub, session: str, node_id: int, task_id: str, ctx: Any
+        self,
+        stub: selector_pb2_grpc.SelectorStub,
+        session: str,
+        joined: spb.JoinResponse,
+        task: spb.TaskAvailable,
+        ctx: Any,
     ) -> None:
         from flwr.supercore.task_identity import TaskIdentity
 
+        task_id = task.task_id
         try:
-            header: payload_pb2.PayloadHeader | None = None
-            asm: Assembler | None = None
-            parts = stub.PullTask(spb.PullTaskRequest(session_id=session, task_id=task_id), timeout=TRANSFER_DEADLINE)
-            async for part in parts:
-                if part.WhichOneof("part") == "header":
-                    header = part.header
-                    asm = Assembler(header.content_size, header.content_sha256)
-                elif asm is not None:
-                    asm.add(part.chunk.data)
-            if header is None or asm is None:
-                raise RuntimeError("a task without a header")
-            message = payload_to_message(header, asm.finish())
+            # As the real client (`client_image.runner.Node._run_task`): a task announced with
+            # its content needs no pull, and a result that fits one message goes whole where
+            # the selector said it reads those.
+            if task.HasField("header"):
+                header = task.header
+                content = assemble(header.content_size, header.content_sha256, iter_views(task.content))
+            else:
+                pulled: payload_pb2.PayloadHeader | None = None
+                asm: Assembler | None = None
+                parts = stub.PullTask(
+                    spb.PullTaskRequest(session_id=session, task_id=task_id), timeout=TRANSFER_DEADLINE
+                )
+                async for part in parts:
+                    data = chunkwire.chunk_data(part)
+                    if data is not None:
+                        if asm is None:
+                            raise RuntimeError("a chunk before the task's header")
+                        asm.add(data)
+                    elif part.WhichOneof("part") == "header":
+                        pulled = part.header
+                        asm = Assembler(pulled.content_size, pulled.content_sha256)
+                if pulled is None or asm is None:
+                    raise RuntimeError("a task without a header")
+                header, content = pulled, asm.finish()
+            message = payload_to_message(header, content)
+            del content
             TaskIdentity.run_id = message.metadata.run_id
-            TaskIdentity.node_id = node_id
+            TaskIdentity.node_id = joined.node_id
             TaskIdentity.task_id = (TaskIdentity._task_id or 0) + 1
             reply = self.node.client_app(message=message, context=ctx)
             result = message_to_payload(reply)
 
-            async def upload() -> AsyncIterator[spb.ResultPart]:
+            async def upload() -> AsyncIterator[spb.ResultPart | bytes]:
+                whole = (
+                    chunkwire.whole_result(session, task_id, result.header, result.content)
+                    if joined.inline_results
+                    else None
+                )
+                if whole is not None:
+                    yield whole
+                    return
                 yield spb.ResultPart(
                     header=spb.ResultHeader(session_id=session, task_id=task_id, payload=result.header)
                 )
-                for chunk in iter_chunks(result.content):
-                    yield spb.ResultPart(chunk=payload_pb2.Chunk(data=chunk))
+                for view in iter_views(result.content):
+                    yield chunkwire.frame_chunk(view)
 
             await stub.PushResult(upload(), timeout=TRANSFER_DEADLINE)
             self.stats.tasks += 1
