@@ -10,6 +10,10 @@ peak.
 
 `merge_partial_means` computes that same sum itself, reply by reply, as the
 results are turned into replies, freeing each received buffer once it is added.
+The sum is kept in the first reply's own buffer where its dtype allows (a float
+model), so merging holds the partial means it was given and nothing more: a
+buffer of its own for the sum made two selectors cost one model more at the
+coordinator's peak than one selector.
 The strategy then gets one reply weighing `W`: its weight factor is `W / W`,
 exactly 1.0, and `m * 1.0` is `m`, so the arrays and metrics it computes are
 the same bits as from the partial means themselves. Anything that would not
@@ -109,7 +113,7 @@ def merge_partial_means(contents: list[WireContent], weight_key: str, *, train: 
         return None
     order = wires[0].order if wires[0] is not None else []
     metrics = _merge_metrics([w.small.metric_records[metric_name] for w in wires if w is not None], weight_key, factors)
-    sums = [_Sum(key, nd, factors[0]) for key, nd in views[0]]
+    sums = [_Sum(key, nd, factors[0]) for key, nd in views[0]]  # in the first reply's buffer where it can
     for k, factor in enumerate(factors):
         for acc, (_, nd) in zip(sums, views[k], strict=True):
             fold(acc.array, nd, factor, first=k == 0)
@@ -126,25 +130,48 @@ def merge_partial_means(contents: list[WireContent], weight_key: str, *, train: 
 
 
 class _Sum:
-    """One array's running sum, kept in the .npy bytes Flower's `Array` will hold."""
+    """One array's running sum, kept in the .npy bytes Flower's `Array` will hold.
+
+    Where the sum's dtype is the first reply's own and its received buffer can be
+    written to, the sum is kept in that array itself (`fold` multiplies it in place
+    first, the same arithmetic as into a buffer of its own); the buffer is then
+    the sum's, and freed with it.
+    """
 
     def __init__(self, key: str, like: np.ndarray[Any, Any], factor: float) -> None:
         self.key = key
         # The dtype FedAvg's `value.numpy() * weight` takes (integers become float64).
         self.dtype = (np.empty(0, dtype=like.dtype) * factor).dtype
         self.shape = like.shape
+        self._buf: np.ndarray[Any, Any] | None = None
+        if self.dtype == like.dtype and _writable(like):
+            self.array = like
+            return
         header = npy_header(np.empty(like.shape, dtype=self.dtype))
-        self._buf: np.ndarray[Any, Any] | None = np.empty(len(header) + like.size * self.dtype.itemsize, np.uint8)
+        self._buf = np.empty(len(header) + like.size * self.dtype.itemsize, np.uint8)
         self._buf[: len(header)] = np.frombuffer(header, np.uint8)
         self.array = self._buf[len(header) :].view(self.dtype).reshape(like.shape)
 
     def take(self) -> Array:
         """The sum as Flower's Array (one copy into `bytes`); the buffer is freed."""
-        assert self._buf is not None
-        data = self._buf.tobytes()
-        self._buf = None
+        if self._buf is not None:
+            data = self._buf.tobytes()
+            self._buf = None
+        else:
+            data = b"".join((npy_header(self.array), self.array.data.cast("B")))
         del self.array
         return Array(str(self.dtype), tuple(self.shape), NUMPY_STYPE, data)
+
+
+def _writable(nd: np.ndarray[Any, Any]) -> bool:
+    """Make a received array writable in place, if its buffer allows it (an assembled reply's does)."""
+    if not nd.flags.c_contiguous:
+        return False
+    try:
+        nd.flags.writeable = True
+    except ValueError:  # a view of immutable bytes
+        return False
+    return True
 
 
 def _merge_metrics(records: list[MetricRecord], weight_key: str, factors: list[float]) -> MetricRecord:

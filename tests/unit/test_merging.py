@@ -7,6 +7,8 @@ twice: on the partial means as they come, and on the one merged reply.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from flwr.serverapp import strategy as fl
 
 from coordinator.merging import merge_partial_means
 from fedota_common.aggregate import WeightedMean
-from fedota_common.payload import decode_content, encode_content
+from fedota_common.payload import assemble, decode_content, encode_content, iter_chunks
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -57,13 +59,20 @@ def _same(a: ArrayRecord, b: ArrayRecord) -> None:
         assert x.tobytes() == y.tobytes(), key
 
 
+def _received(wire: list[bytes]) -> list[Any]:
+    """The contents as the coordinator holds them: each assembled into a (writable) buffer of its own."""
+    return [assemble(len(c), "", iter_chunks(c)) for c in wire]
+
+
 @pytest.mark.parametrize("strategy", [fl.FedAvg, fl.FedAdam, fl.FedAvgM, fl.FedProx])
 @pytest.mark.parametrize("selectors", [2, 3, 5])
-def test_the_strategy_computes_the_same_bits_from_the_merged_reply(strategy: type, selectors: int) -> None:
+@pytest.mark.parametrize("held", ["as bytes", "as received"])
+def test_the_strategy_computes_the_same_bits_from_the_merged_reply(strategy: type, selectors: int, held: str) -> None:
+    """`as received`: the sum is kept in the first reply's own buffer; `as bytes`: in one of its own."""
     wire = _partials(seed=selectors, selectors=selectors)
     assert len(set(wire)) == selectors
     partials = [decode_content(c) for c in wire]
-    merged = merge_partial_means(list(wire), KEY, train=True)
+    merged = merge_partial_means(list(wire) if held == "as bytes" else _received(wire), KEY, train=True)
     assert merged is not None
     results = []
     for replies in (partials, [merged]):
@@ -83,7 +92,8 @@ def test_the_strategy_computes_the_same_bits_from_the_merged_reply(strategy: typ
 def test_integer_arrays_and_evaluate_rounds_merge_exactly() -> None:
     wire = _partials(seed=7, selectors=2, dtype=np.int64)
     partials = [decode_content(c) for c in wire]
-    merged = merge_partial_means(list(wire), KEY, train=True)
+    # Integers average into float64: the sum cannot live in the first reply's buffer.
+    merged = merge_partial_means(_received(wire), KEY, train=True)
     assert merged is not None
     a, _ = fl.FedAvg().aggregate_train(1, _messages(partials))
     b, _ = fl.FedAvg().aggregate_train(1, _messages([merged]))
@@ -103,6 +113,13 @@ def test_each_received_buffer_is_let_go_once_added_and_left_alone_when_not_merge
     buffers: list[Any] = list(wire)
     assert merge_partial_means(buffers, KEY, train=True) is not None
     assert buffers == [b"", b"", b""]
+    # Received buffers: the first holds the sum while it is made, and goes with it.
+    received = _received(wire)
+    first = weakref.ref(received[0].obj)
+    merged = merge_partial_means(received, KEY, train=True)
+    assert merged is not None and received == [b"", b"", b""]
+    gc.collect()
+    assert first() is None
     # One reply is no merge; a wrong weight key neither: the list is as it was.
     for contents, key in (([wire[0]], KEY), (list(wire), "examples")):
         kept = list(contents)
