@@ -175,10 +175,12 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
                 ) from exc
 
         source: Iterable[bytes | memoryview] = chunks()
-        if header.content:  # the result came whole in its header (ResultHeader.content): folded as it is
-            source = Whole(header.content, rest=request_iterator, what="a result sent whole in its header")
+        whole = header.content  # read once: each read of a bytes field is a copy of it
+        if whole:  # the result came whole in its header (ResultHeader.content): folded as it is
+            header.ClearField("content")  # the parsed message's copy goes; `whole` is the one kept
+            source = Whole(whole, rest=request_iterator, what="a result sent whole in its header")
             if self.metrics is not None:
-                self.metrics.received.inc(header.payload.content_size)
+                self.metrics.received.inc(len(whole))
         try:
             session = self.core.session(header.session_id)
             # Chunks are read as the core consumes them: folded or passed on, never queued here.
