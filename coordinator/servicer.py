@@ -124,9 +124,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 header.payload.content_size, header.payload.content_sha256, limit=self.hub.reply_limit(header.batch_id)
             )
             for part in request_iterator:
-                asm.add(part.chunk.data)
+                data = part.chunk.data  # read once: each read of a bytes field is a copy of it
+                asm.add(data)
                 if self.metrics is not None:
-                    self.metrics.received.inc(len(part.chunk.data))
+                    self.metrics.received.inc(len(data))
             content = asm.finish()
         except PayloadError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
