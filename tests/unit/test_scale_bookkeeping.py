@@ -12,7 +12,7 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import MessageType, Metadata
 from flwr.common.serde_utils import metadata_to_proto
@@ -188,25 +188,31 @@ class _Upstream:
         return [m.progress.message_id for m in self.sent if m.WhichOneof("msg") == "progress" and not m.progress.ok]
 
 
-def test_a_leaving_client_fails_its_own_open_tasks_and_no_one_elses() -> None:
+def _one_batch(upstream: _Upstream, names: str, aggregation: int) -> tuple[SelectorCore, dict[str, Any]]:
+    """A selector with a subscribed session per letter of `names` and batch b1 of one task each (t-<letter>)."""
     core = SelectorCore("sel", OpenAuthenticator())
-    upstream = _Upstream()
     core.upstream = upstream  # type: ignore[assignment]
     core.on_welcome(cpb.Welcome(run_id=1, fab_sha256="f" * 64, fab_size=1))
     sessions = {}
-    for name in ("a", "b", "c"):
+    for name in names:
         sessions[name], _ = core.join(f"fdp_1_{name}", "", name)
         core.subscribe(sessions[name])
     core.contents["b1/0"] = b""  # already here: tasks are announced at once
     core.on_instructions(
         cpb.Instructions(
             batch_id="b1",
-            aggregation=cpb.AGGREGATION_WEIGHTED_MEAN,
+            aggregation=cast(cpb.Aggregation, aggregation),
             items=[
                 cpb.Instruction(message_id=f"t-{n}", node_id=s.node_id, content_id="b1/0") for n, s in sessions.items()
             ],
         )
     )
+    return core, sessions
+
+
+def test_a_leaving_client_fails_its_own_open_tasks_and_no_one_elses() -> None:
+    upstream = _Upstream()
+    core, sessions = _one_batch(upstream, "abc", cpb.AGGREGATION_WEIGHTED_MEAN)
     assert {t.task_id: t.state for t in core.tasks.values()} == {
         "t-a": "announced",
         "t-b": "announced",
@@ -258,24 +264,8 @@ def _open_recount(core: SelectorCore, batch_id: str) -> int:
 
 def test_a_batch_of_forwarded_replies_counts_its_open_tasks_and_goes_with_its_last() -> None:
     """Each reply forwarded on its own no longer walks the round's tasks; the batch still goes when it is over."""
-    core = SelectorCore("sel", OpenAuthenticator())
     upstream = _ForwardingUpstream()
-    core.upstream = upstream  # type: ignore[assignment]
-    core.on_welcome(cpb.Welcome(run_id=1, fab_sha256="f" * 64, fab_size=1))
-    sessions = {}
-    for name in "abcde":
-        sessions[name], _ = core.join(f"fdp_1_{name}", "", name)
-        core.subscribe(sessions[name])
-    core.contents["b1/0"] = b""
-    core.on_instructions(
-        cpb.Instructions(
-            batch_id="b1",
-            aggregation=cpb.AGGREGATION_INDIVIDUAL,
-            items=[
-                cpb.Instruction(message_id=f"t-{n}", node_id=s.node_id, content_id="b1/0") for n, s in sessions.items()
-            ],
-        )
-    )
+    core, sessions = _one_batch(upstream, "abcde", cpb.AGGREGATION_INDIVIDUAL)
     batch = core.batches["b1"]
     assert batch.open == _open_recount(core, "b1") == 5
 
