@@ -376,23 +376,8 @@ class Driver:
             TaskIdentity.task_id = (TaskIdentity._task_id or 0) + 1
             reply = self.node.client_app(message=message, context=ctx)
             result = message_to_payload(reply)
-
-            async def upload() -> AsyncIterator[spb.ResultPart | bytes]:
-                whole = (
-                    chunkwire.whole_result(session, task_id, result.header, result.content)
-                    if joined.inline_results
-                    else None
-                )
-                if whole is not None:
-                    yield whole
-                    return
-                yield spb.ResultPart(
-                    header=spb.ResultHeader(session_id=session, task_id=task_id, payload=result.header)
-                )
-                for view in iter_views(result.content):
-                    yield chunkwire.frame_chunk(view)
-
-            await stub.PushResult(upload(), timeout=TRANSFER_DEADLINE)
+            parts = chunkwire.result_parts(session, task_id, result.header, result.content, whole=joined.inline_results)
+            await stub.PushResult(parts, timeout=TRANSFER_DEADLINE)
             self.stats.tasks += 1
         except Exception as exc:  # noqa: BLE001 - counted; the session goes on, as the real client's does
             self.stats.errors.append(f"task {task_id}: {type(exc).__name__}: {exc}"[:300])

@@ -29,10 +29,8 @@ from fedota_common.fab import App, FabError, extract, parse_fab
 from fedota_common.grpcutil import TRANSFER_DEADLINE, UNARY_DEADLINE, channel
 from fedota_common.payload import (
     Assembler,
-    Payload,
     Whole,
     assemble,
-    iter_views,
     message_to_payload,
     payload_to_message,
     release_cycles,
@@ -560,19 +558,11 @@ class Node:
         payload = message_to_payload(reply)
         del reply, message
 
-        def upload(result: Payload) -> Iterator[spb.ResultPart | bytes]:
-            whole = chunkwire.whole_result(session, task_id, result.header, result.content) if inline_results else None
-            if whole is not None:  # the selector reads a small result whole from its header
-                yield whole
-                return
-            yield spb.ResultPart(header=spb.ResultHeader(session_id=session, task_id=task_id, payload=result.header))
-            for view in iter_views(result.content):
-                yield chunkwire.frame_chunk(view)
-
-        res: spb.PushResultResponse = stub.PushResult(upload(payload), timeout=TRANSFER_DEADLINE)
+        parts = chunkwire.result_parts(session, task_id, payload.header, payload.content, whole=inline_results)
+        res: spb.PushResultResponse = stub.PushResult(parts, timeout=TRANSFER_DEADLINE)
         uploaded = time.monotonic() - received - app_seconds
         size = max(header.content_size, len(payload.content))
-        del payload
+        del payload, parts
         # The instruction and reply are freed here, after the upload, off the round's critical path.
         release_cycles(size)
         self.tasks_done += 1

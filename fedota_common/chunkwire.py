@@ -20,13 +20,13 @@ hand-offs per message; bench/README.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message as ProtoMessage
 
-from fedota_common.payload import MAX_FRAME, Segments, WireContent, len_field
+from fedota_common.payload import MAX_FRAME, Segments, WireContent, iter_views, len_field
 from protos.payload.v1 import payload_pb2
 from protos.selector.v1 import selector_pb2 as spb
 from protos.selector.v1 import selector_pb2_grpc
@@ -99,6 +99,24 @@ def whole_result(
     """
     head = spb.ResultHeader(session_id=session_id, task_id=task_id, payload=header).SerializeToString()
     return _frame_whole(_RESULT_HEADER_FIELD, head, _RESULT_CONTENT_FIELD, content)
+
+
+def result_parts(
+    session_id: str, task_id: str, header: payload_pb2.PayloadHeader, content: WireContent, *, whole: bool
+) -> Iterator[spb.ResultPart | bytes]:
+    """A client's PushResult stream for one result.
+
+    Whole in its header part (`whole_result`) where the selector said it reads those
+    (`whole`: `JoinResponse.inline_results`) and it fits one message; otherwise the header
+    part, then the chunks, each framed from a view of the content (`frame_chunk`).
+    """
+    part = whole_result(session_id, task_id, header, content) if whole else None
+    if part is not None:
+        yield part
+        return
+    yield spb.ResultPart(header=spb.ResultHeader(session_id=session_id, task_id=task_id, payload=header))
+    for view in iter_views(content):
+        yield frame_chunk(view)
 
 
 def chunk_view(raw: bytes, field: int = CHUNK_FIELD) -> memoryview | None:

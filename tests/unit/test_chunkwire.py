@@ -14,6 +14,7 @@ from fedota_common.chunkwire import (
     frame_chunk,
     inline_task_event,
     part_reader,
+    result_parts,
     serialize_part,
     whole_result,
 )
@@ -118,3 +119,17 @@ def test_a_whole_result_is_what_protobuf_serialises_from_bytes_or_segments(size:
     for given in (content, Segments([content[:7], memoryview(content)[7:]])):
         assert whole_result("s", "t-1", header, given) == built.SerializeToString()
     assert whole_result("s", "t-1", header, bytes(MAX_FRAME)) is None
+
+
+@pytest.mark.parametrize(("size", "whole"), [(300, True), (300, False), (MAX_FRAME, True)])
+def test_a_result_goes_whole_only_where_the_selector_reads_it_so_and_it_fits(size: int, whole: bool) -> None:
+    content = os.urandom(size)
+    header = payload_pb2.PayloadHeader(content_size=size)
+    parts = list(result_parts("s", "t-1", header, content, whole=whole))
+    if whole and size < MAX_FRAME:
+        assert parts == [whole_result("s", "t-1", header, content)]
+        return
+    # The header part, then the content in chunks of at most CHUNK_SIZE, as protobuf frames them.
+    assert parts[0] == spb.ResultPart(header=spb.ResultHeader(session_id="s", task_id="t-1", payload=header))
+    assert parts[1:] == [frame_chunk(view) for view in iter_views(content)]
+    assert b"".join(bytes(chunk_view(p) or b"") for p in parts[1:]) == content
