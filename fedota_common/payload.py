@@ -628,7 +628,7 @@ def assemble(header_size: int, sha256: str, chunks: Iterable[bytes | memoryview]
         data = chunks.data
         if len(data) != header_size:
             raise PayloadError(f"content of {len(data)} bytes where its header announced {header_size}")
-        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        if sha256 and content_sha256(data) != sha256:
             raise PayloadError("content checksum mismatch")
         chunks.check_end()
         return data

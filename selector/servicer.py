@@ -174,13 +174,15 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
                     f"disconnected, or a message above the {MAX_FRAME}-byte limit)"
                 ) from exc
 
-        source: Iterable[bytes | memoryview] = chunks()
+        source: Iterable[bytes | memoryview]
         whole = header.content  # read once: each read of a bytes field is a copy of it
         if whole:  # the result came whole in its header (ResultHeader.content): folded as it is
             header.ClearField("content")  # the parsed message's copy goes; `whole` is the one kept
             source = Whole(whole, rest=request_iterator, what="a result sent whole in its header")
             if self.metrics is not None:
                 self.metrics.received.inc(len(whole))
+        else:
+            source = chunks()
         try:
             session = self.core.session(header.session_id)
             # Chunks are read as the core consumes them: folded or passed on, never queued here.
